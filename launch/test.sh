@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds (warnings as errors), runs the whole suite
+# through CTest, then builds again with ASan + UBSan and runs the suite once more.
+# Prints CTest's summary; exits non-zero on any failure.  Runnable from any directory.
+#   SHARDQ_SKIP_ASAN=1   skip the sanitizer pass (quicker local runs)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$repo/launch/deps.sh"
+jobs="$(nproc 2>/dev/null || echo 2)"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+echo "== build (warnings as errors) ==" >&2
+"$repo/launch/build.sh" "$repo/build" -DSHARDQ_WERROR=ON
+echo "== tests ==" >&2
+ctest --test-dir "$repo/build" -j "$jobs" --output-on-failure
+
+if [ "${SHARDQ_SKIP_ASAN:-0}" != 1 ]; then
+  # The sanitizer pass builds the host code only (CUDA kernels cannot run here anyway and are
+  # compiled and linked by the pass above).
+  echo "== build with ASan + UBSan ==" >&2
+  "$repo/launch/build.sh" "$repo/build-asan" -DSHARDQ_WERROR=ON -DSHARDQ_SANITIZE=ON \
+      -DSHARDQ_CUDA=OFF -DSHARDQ_FUZZ=OFF -DCMAKE_BUILD_TYPE=Debug
+  echo "== tests under ASan + UBSan ==" >&2
+  ctest --test-dir "$repo/build-asan" -j "$jobs" --output-on-failure -LE bench
+fi

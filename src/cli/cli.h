@@ -1,0 +1,55 @@
+/* Private to the CLI: the context every subcommand gets and small flag-parsing helpers.
+ * The CLI is thin: it parses flags, calls the library, prints.  Only rank 0 prints tables and
+ * progress; errors are printed by the rank that has them, as one line on stderr. */
+#ifndef SHARDQ_CLI_H
+#define SHARDQ_CLI_H
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "shardq/core.h"
+
+typedef struct sq_cli_ctx {
+    int rank, n_ranks;      /* MPI_COMM_WORLD; 0 and 1 outside mpirun */
+    MPI_Comm comm;          /* a duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN */
+    sq_log log;             /* to stderr on rank 0, prefixed "shardq: " */
+    const char *prog;       /* "shardq" */
+} sq_cli_ctx;
+
+/* A subcommand: argv[0] is the subcommand's name.  Returns the process exit code
+ * (0 ok, 1 failure, 2 usage error). */
+typedef int (*sq_cli_cmd_fn)(int argc, char **argv, sq_cli_ctx *ctx);
+
+/* Prints err as one line "shardq: rank R: file: tensor 'T': cause" on stderr; returns 1. */
+int sq_cli_report(const sq_cli_ctx *ctx, const sq_error *err);
+/* Prints "shardq <cmd>: <msg>" and a pointer to --help on stderr (rank 0 only); returns 2. */
+int sq_cli_usage_error(const sq_cli_ctx *ctx, const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Strict number parsing for flag values: the whole string must parse and fit. */
+bool sq_cli_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out);
+bool sq_cli_parse_f64(const char *s, double min, double max, double *out);
+
+/* True when argv[i] equals `name`; then *val gets argv[i+1] and i advances.  A flag given as
+ * the last argument with no value sets *missing. */
+bool sq_cli_flag_value(int argc, char **argv, int *i, const char *name, const char **val,
+                       bool *missing);
+
+/* Collective: every rank passes its local status; returns SQ_OK only if all ranks are OK.
+ * On failure *err on every rank describes the lowest failing rank's error (broadcast),
+ * so rank 0 can print it.  Never hangs as long as every rank calls it. */
+sq_status sq_cli_agree(const sq_cli_ctx *ctx, sq_status local, sq_error *err);
+
+/* The subcommands (one file each: cmd_<name>.c). */
+#define SQ_CLI_COMMANDS(X)                                                                  \
+    X(inspect, "show a model folder: architecture, sizes, tensors (config + headers only)")  \
+    X(make_model, "write a deterministic random model folder from a preset (tests, demo)")
+/* make_model is spelled make-model on the command line */
+
+#define SQ_CLI_DECLARE(name, help) int sq_cli_##name(int argc, char **argv, sq_cli_ctx *ctx);
+SQ_CLI_COMMANDS(SQ_CLI_DECLARE)
+#undef SQ_CLI_DECLARE
+
+#endif
