@@ -1,0 +1,141 @@
+/* transport: moves tensors (activations, token ids) between pipeline stage ranks.
+ *
+ * One opaque handle per run, over a duplicate of the caller's communicator.  Two planes:
+ *  - the data plane (isend / irecv / test / wait): asynchronous point-to-point transfers to
+ *    and from a neighbour rank, each with a completion handle (sq_xfer).  It sits behind a
+ *    vtable (src/transport/transport_impl.h): `mpi` today (host memory, MPI_Isend/MPI_Irecv,
+ *    one tag per micro-batch); an `nccl` implementation (device buffers, a dedicated stream,
+ *    events) plugs in behind the same calls, and the `mpi` one may stage device buffers
+ *    through pinned host memory (sq_mem_kind says which memory a buffer is in).
+ *  - the control plane, always MPI on host memory whatever the data plane: heartbeats to the
+ *    ring neighbours, abort notices, agreement on a status, broadcast, gather, close.
+ *
+ * Liveness: every wait polls (MPI_Test, never a blocking MPI call) with a deadline.  While a
+ * rank polls it sends heartbeats to its neighbours (prev and next in the ring), so a peer that
+ * is merely waiting too is known to be alive; a wait on peer X fails with SQ_ERR_PEER naming
+ * X when nothing (data or heartbeat) came from X for `timeout_s`.  A rank that computes for
+ * longer than timeout_s without polling looks dead to its neighbours: the timeout must exceed
+ * the longest single compute step.  A rank that fails calls sq_transport_abort_peers(), and
+ * every other rank's next wait then fails at once with SQ_ERR_PEER naming it.
+ *
+ * Ownership: sq_transport_create()/sq_transport_destroy() pair (destroy takes NULL and cancels
+ * what is pending).  An sq_xfer points into the transport's fixed pool: it stays valid until a
+ * test/wait reports it done, it fails, or it is cancelled; then it is recycled.  Buffers
+ * handed to isend/irecv belong to the caller and must stay valid (and, for isend, unchanged)
+ * until the transfer is done or cancelled.
+ * Never: print, exit, or call a blocking MPI function after create. */
+#ifndef SHARDQ_TRANSPORT_H
+#define SHARDQ_TRANSPORT_H
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "shardq/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Converts an MPI return code into *err (SQ_ERR_MPI, "<what>: <MPI_Error_string>") and
+ * returns SQ_ERR_MPI.  err may be NULL. */
+sq_status sq_mpi_error(sq_error *err, int mpi_rc, const char *what);
+
+/* SQ_MPI_CHECK(st, err, MPI_Call(...)): on a code other than MPI_SUCCESS, records it in err,
+ * sets the sq_status variable `st` to SQ_ERR_MPI and jumps to the enclosing `fail:` label.
+ * The communicator must have MPI_ERRORS_RETURN, or errors never come back here. */
+#define SQ_MPI_CHECK(st, err, call)                                                         \
+    do {                                                                                    \
+        int sq_mpi_rc_ = (call);                                                            \
+        if (sq_mpi_rc_ != MPI_SUCCESS) {                                                    \
+            (st) = sq_mpi_error((err), sq_mpi_rc_, #call);                                  \
+            goto fail;                                                                      \
+        }                                                                                   \
+    } while (0)
+
+typedef enum sq_transport_kind { SQ_TRANSPORT_MPI = 0, SQ_TRANSPORT_NCCL } sq_transport_kind;
+/* Where a buffer lives.  The mpi transport takes HOST today; DEVICE (staged through pinned
+ * memory) and the nccl transport come with the CUDA build. */
+typedef enum sq_mem_kind { SQ_MEM_HOST = 0, SQ_MEM_DEVICE } sq_mem_kind;
+
+typedef struct sq_transport_params {
+    sq_transport_kind kind;
+    MPI_Comm comm;        /* duplicated inside; the caller keeps and frees its own */
+    int prev, next;       /* neighbour ranks for heartbeats; < 0: the ring (r-1+p)%p, (r+1)%p */
+    double timeout_s;     /* silence from a peer before it is declared gone; <= 0: 30 s */
+    int max_inflight;     /* data-plane transfers pending at once; <= 0: 256 */
+    sq_log log;
+} sq_transport_params;
+
+/* Defaults: MPI, MPI_COMM_WORLD, ring neighbours, 30 s, 256 transfers, silent. */
+sq_transport_params sq_transport_params_default(void);
+
+typedef struct sq_transport sq_transport;
+typedef struct sq_xfer sq_xfer;   /* a pending transfer: the completion handle */
+
+/* Collective over params->comm (MPI_Comm_dup).  Sets MPI_ERRORS_RETURN on the duplicate.
+ * On failure *out is NULL and nothing leaks.  SQ_TRANSPORT_NCCL without a CUDA build:
+ * SQ_ERR_UNSUPPORTED. */
+sq_status sq_transport_create(const sq_transport_params *params, sq_transport **out,
+                              sq_error *err);
+/* Cancels pending transfers and frees the communicator.  Not collective.  NULL is fine. */
+void sq_transport_destroy(sq_transport *t);
+
+int sq_transport_rank(const sq_transport *t);
+int sq_transport_n_ranks(const sq_transport *t);
+const char *sq_transport_name(const sq_transport *t);   /* "mpi" */
+double sq_transport_timeout_s(const sq_transport *t);
+
+/* Data plane.  tag >= 0 chooses the stream (e.g. 2*micro_batch for activations,
+ * 2*micro_batch+1 for token ids); transfers between the same two ranks with the same tag
+ * match in order.  A receive accepts at most cap_bytes; the size that came is reported on
+ * completion.  n_bytes above INT_MAX, a tag above sq_transport_max_tag() or a peer out of
+ * range: SQ_ERR_INVALID; no free handle: SQ_ERR_INTERNAL.  On failure *x is NULL. */
+sq_status sq_transport_isend(sq_transport *t, int peer, int tag, const void *buf,
+                             uint64_t n_bytes, sq_mem_kind mem, sq_xfer **x, sq_error *err);
+sq_status sq_transport_irecv(sq_transport *t, int peer, int tag, void *buf, uint64_t cap_bytes,
+                             sq_mem_kind mem, sq_xfer **x, sq_error *err);
+int sq_transport_max_tag(const sq_transport *t);
+
+/* Non-blocking check.  *done true: x is recycled and *n_bytes (may be NULL) holds the size
+ * transferred.  Also runs one round of the control plane (heartbeats, abort notices), so an
+ * abort notice from another rank is reported here as SQ_ERR_PEER.  On failure x is
+ * cancelled and recycled. */
+sq_status sq_transport_test(sq_transport *t, sq_xfer *x, bool *done, uint64_t *n_bytes,
+                            sq_error *err);
+/* Polls x to completion.  Fails with SQ_ERR_PEER naming the peer when it has been silent for
+ * timeout_s, or naming the failed rank on an abort notice; x is then cancelled and recycled.
+ * *idle_s (may be NULL) gets the seconds spent waiting added to it. */
+sq_status sq_transport_wait(sq_transport *t, sq_xfer *x, uint64_t *n_bytes, double *idle_s,
+                            sq_error *err);
+/* Cancels a pending transfer and recycles x.  NULL is fine. */
+void sq_transport_cancel(sq_transport *t, sq_xfer *x);
+
+/* One round of the control plane: heartbeats due, incoming heartbeats, abort notices
+ * (reported as SQ_ERR_PEER).  For callers running their own loop. */
+sq_status sq_transport_poll(sq_transport *t, sq_error *err);
+
+/* Tells every other rank that this run failed with `cause` (best effort, returns within about
+ * a second): their next wait fails with SQ_ERR_PEER naming cause->rank, or this rank when
+ * cause->rank < 0, and quoting cause's message. */
+void sq_transport_abort_peers(sq_transport *t, const sq_error *cause);
+
+/* Control plane collectives: non-blocking MPI collectives polled with the same liveness rules.
+ * sq_transport_agree: every rank passes its local status; returns SQ_OK only if all are OK,
+ * else on every rank *err holds the error of the lowest failing rank (rank set to it). */
+sq_status sq_transport_agree(sq_transport *t, sq_status local, sq_error *err);
+sq_status sq_transport_bcast(sq_transport *t, void *buf, uint64_t n_bytes, int root,
+                             sq_error *err);
+/* Gathers n_bytes from every rank into recv (n_ranks * n_bytes, significant at root only). */
+sq_status sq_transport_gather(sq_transport *t, const void *send, uint64_t n_bytes, void *recv,
+                              int root, sq_error *err);
+
+/* End-of-run handshake with the neighbours: tells them this rank sends nothing more and waits
+ * until they say the same (so no heartbeat is left unmatched).  Every rank calls it once after
+ * its last data transfer completed; after it only destroy is allowed. */
+sq_status sq_transport_close(sq_transport *t, sq_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

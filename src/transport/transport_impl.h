@@ -1,0 +1,81 @@
+/* Private to the transport module: the handle, the pending-transfer pool and the vtable a
+ * data-plane implementation fills in (mpi.c today; an nccl.c with device buffers, a dedicated
+ * stream and events later).  The control plane (heartbeats, abort notices, collectives) lives
+ * in transport.c and is the same for every implementation.
+ * Must never be included outside src/transport/. */
+#ifndef SHARDQ_TRANSPORT_IMPL_H
+#define SHARDQ_TRANSPORT_IMPL_H
+
+#include "shardq/transport.h"
+
+/* MPI tags: control first, then the caller's data tags shifted by SQ_TAG_DATA0. */
+enum { SQ_TAG_HEARTBEAT = 0, SQ_TAG_ABORT = 1, SQ_TAG_DATA0 = 4 };
+
+struct sq_xfer {
+    int index;              /* in the pool */
+    bool in_use;
+    bool is_send;
+    int peer, tag;          /* tag as the caller gave it */
+    void *buf;              /* caller's buffer (const for sends) */
+    uint64_t n_bytes;       /* send size, or receive capacity */
+    sq_mem_kind mem;
+    uint64_t got_bytes;     /* set by ops->test when done */
+    MPI_Request req;        /* the MPI implementation's request */
+    void *impl;             /* per-transfer state of other implementations (events, staging) */
+};
+
+typedef struct sq_transport_ops {
+    const char *name;
+    /* Posts the transfer described by x (fields filled by the caller). */
+    sq_status (*start)(sq_transport *t, sq_xfer *x, sq_error *err);
+    /* Non-blocking: *done and x->got_bytes when complete. */
+    sq_status (*test)(sq_transport *t, sq_xfer *x, bool *done, sq_error *err);
+    /* Best effort; x is recycled by the caller afterwards. */
+    void (*cancel)(sq_transport *t, sq_xfer *x);
+    /* Frees t->impl. */
+    void (*fini)(sq_transport *t);
+} sq_transport_ops;
+
+/* One neighbour's heartbeat channel.  Payload: a sequence number >= 0, or -1 for "closed". */
+typedef struct sq_hb_chan {
+    int peer;
+    MPI_Request send_req, recv_req;
+    int64_t send_val, recv_val;
+    double last_heard, last_sent;
+    bool peer_closed;
+} sq_hb_chan;
+
+/* An abort notice as it travels. */
+typedef struct sq_abort_msg {
+    int32_t magic;
+    int32_t blamed;    /* the rank that failed */
+    int32_t reporter;  /* the rank that noticed */
+    int32_t code;      /* sq_status */
+    char msg[496];
+} sq_abort_msg;
+
+struct sq_transport {
+    const sq_transport_ops *ops;
+    void *impl;
+    MPI_Comm comm;          /* our duplicate, MPI_ERRORS_RETURN */
+    int rank, n_ranks, prev, next;
+    int max_tag;            /* largest caller tag */
+    double timeout_s, hb_interval_s;
+    sq_log log;
+    sq_xfer *xfers;         /* (n_xfers) */
+    int n_xfers;
+    int n_chans;            /* distinct neighbours other than self: 0..2 */
+    sq_hb_chan chans[2];
+    int64_t hb_seq;
+    bool closing;           /* close sent: no more heartbeats */
+    MPI_Request abort_req;
+    sq_abort_msg abort_in;
+    sq_abort_msg abort_out[1];
+    bool failed;            /* a transfer failed or a peer is gone: keep the communicator */
+    sq_error peer_err;      /* sticky: the first abort notice received */
+    bool have_peer_err;
+};
+
+extern const sq_transport_ops sq_transport_mpi_ops;
+
+#endif
