@@ -1,0 +1,190 @@
+/* backend: the compute interface every stage runs on.  One opaque handle with a vtable behind
+ * it; `cpu` is implemented here (src/backend/cpu*.c), `cuda` later behind the same calls.
+ * Nothing above this header knows which one runs.
+ *
+ * Memory model (made for device memory and streams):
+ *   - Tensor data lives in backend memory.  sq_backend_alloc() returns an opaque pointer
+ *     (suffix `_d`): host memory on the CPU backend, device memory on CUDA.  Callers may offset
+ *     it by bytes ((char *)p_d + off) but never dereference it; bytes move in and out only with
+ *     sq_backend_upload / sq_backend_download / sq_backend_copy / sq_backend_memset.
+ *   - Small per-call descriptors (positions, sequence slots, sampling parameters) are HOST
+ *     arrays; a device backend stages them itself.
+ *   - Ops are enqueued in order on the backend's one stream; sq_backend_sync() waits for them.
+ *     On the CPU backend every op has finished when it returns.  Downloads are synchronous.
+ *   - Activations are float32, row-major [n_rows, width].
+ *   - Ops never allocate: sq_backend_reserve() sizes the backend's internal scratch once from
+ *     the largest shapes a stage will use (call it before the first op; it only grows).
+ *
+ * Weights: sq_weight is an opaque, backend-resident weight.  Dense uploads keep BF16 and F32 as
+ * they are (F16 becomes F32); 4-bit uploads may be repacked into a SIMD-friendly layout, but
+ * no dequantized copy of a whole weight is ever kept.  Linear weights are [out, in] (PyTorch).
+ *
+ * Determinism: every output element has a fixed reduction order.  A row's result does not
+ * depend on how many rows are in the call, on which thread computes it, or on the thread count;
+ * a sequence decoded alone or in a batch gives bit-identical results (on one machine: the
+ * AVX2+FMA and the portable path use the same order and fused multiply-adds, so they agree).
+ *
+ * KV cache layout (one buffer for K and one for V per layer, float32):
+ *   [slot][pos][kv_head][head_dim]  — see sq_kv_layer.
+ *
+ * Ownership: create/destroy pair (destroy takes NULL, frees nothing the caller still holds:
+ * free buffers and weights first).  On failure every function leaves its outputs NULL / zero
+ * and the backend usable; err names the op and the cause. */
+#ifndef SHARDQ_BACKEND_H
+#define SHARDQ_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "shardq/config.h"
+#include "shardq/core.h"
+#include "shardq/quant.h"
+#include "shardq/safetensors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sq_backend sq_backend;
+typedef struct sq_weight sq_weight;
+
+/* ---- life cycle --------------------------------------------------------------------------- */
+
+/* CPU backend with a pool of n_threads (<= 0: one per online core).  Uses AVX2 + FMA when the
+ * CPU has them, a portable path otherwise.  On failure *out is NULL. */
+sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err);
+void sq_backend_destroy(sq_backend *be);
+const char *sq_backend_name(const sq_backend *be);   /* "cpu-avx2", "cpu-portable", … */
+int sq_backend_n_threads(const sq_backend *be);
+
+/* Largest shapes ops will see; sizes internal scratch (grows, never shrinks). */
+typedef struct sq_backend_limits {
+    int64_t max_rows;       /* rows per op call (tokens in a micro-batch) */
+    int64_t max_width;      /* widest activation row (max of hidden, n_heads*head_dim, inter) */
+    int64_t max_vocab;      /* logits row width for sampling (0: no sampling) */
+    int64_t max_head_dim;
+} sq_backend_limits;
+sq_status sq_backend_reserve(sq_backend *be, const sq_backend_limits *lim, sq_error *err);
+
+/* ---- memory -------------------------------------------------------------------------------- */
+
+/* n_bytes of backend memory, 64-byte aligned, contents undefined.  *out_d NULL on failure. */
+sq_status sq_backend_alloc(sq_backend *be, uint64_t n_bytes, void **out_d, sq_error *err);
+void sq_backend_free(sq_backend *be, void *p_d);            /* takes NULL */
+sq_status sq_backend_upload(sq_backend *be, void *dst_d, const void *src, uint64_t n_bytes,
+                            sq_error *err);
+sq_status sq_backend_download(sq_backend *be, void *dst, const void *src_d, uint64_t n_bytes,
+                              sq_error *err);
+sq_status sq_backend_copy(sq_backend *be, void *dst_d, const void *src_d, uint64_t n_bytes,
+                          sq_error *err);
+sq_status sq_backend_memset(sq_backend *be, void *dst_d, int value, uint64_t n_bytes,
+                            sq_error *err);
+/* Waits for every enqueued op (no-op on the CPU backend). */
+sq_status sq_backend_sync(sq_backend *be, sq_error *err);
+
+/* ---- weights ------------------------------------------------------------------------------- */
+
+/* A dense weight [rows, cols] (a 1-D tensor is rows = 1) from host data in src_dtype
+ * (F32, F16, BF16).  `name` is used in errors only (may be NULL).  *out NULL on failure. */
+sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                  const void *src, int64_t rows, int64_t cols, sq_weight **out,
+                                  sq_error *err);
+/* A 4-bit NF4 / FP4 weight (bitsandbytes layout, shape [out, in]).  The CPU backend needs
+ * in % 32 == 0 and keeps one float32 absmax per block (double-quant absmax is expanded once,
+ * exactly as bnb reconstructs it).  q is not kept: the caller may free it afterwards. */
+sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
+                                 sq_weight **out, sq_error *err);
+void sq_backend_weight_free(sq_backend *be, sq_weight *w);  /* takes NULL */
+int64_t sq_weight_rows(const sq_weight *w);
+int64_t sq_weight_cols(const sq_weight *w);
+sq_quant_type sq_weight_qtype(const sq_weight *w);        /* SQ_QUANT_NONE for dense */
+uint64_t sq_weight_bytes(const sq_weight *w);              /* backend memory it holds */
+
+/* ---- ops (float32 activations; out may not alias inputs unless said) ---------------------- */
+
+/* out[r] = table row ids[r] (ids_d: int32 on the backend, n_rows of them).  An id outside
+ * [0, rows) fails with SQ_ERR_INVALID naming it (the CPU backend checks every id). */
+sq_status sq_backend_embed(sq_backend *be, const sq_weight *table, const void *ids_d,
+                           int64_t n_rows, void *out_d, sq_error *err);
+
+/* out = x / sqrt(mean(x^2) + eps) * w, per row of width w->cols.  out may equal x. */
+sq_status sq_backend_rmsnorm(sq_backend *be, const void *x_d, const sq_weight *w, float eps,
+                             int64_t n_rows, void *out_d, sq_error *err);
+
+/* Rotary embedding in place on q (n_rows, n_heads, head_dim) and k (n_rows, n_kv_heads,
+ * head_dim); pos: host array of n_rows positions; inv_freq_d: head_dim / 2 floats on the
+ * backend (see kernels/rope_math.cuh, sq_rope_inv_freq).  k_d may be NULL. */
+sq_status sq_backend_rope(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int n_heads,
+                          int n_kv_heads, int head_dim, const int32_t *pos,
+                          const void *inv_freq_d, sq_error *err);
+
+/* One sequence's part of a batch: rows [row0, row0 + n_tokens) of the activations belong to
+ * cache slot `slot` at positions start_pos, start_pos + 1, …  Sequences are laid out one after
+ * another (row0 = sum of the previous n_tokens). */
+typedef struct sq_seq_span {
+    int32_t slot;
+    int32_t start_pos;
+    int32_t n_tokens;
+} sq_seq_span;
+
+/* One layer's KV cache: k_d, v_d each float32 (n_slots, max_seq, n_kv_heads, head_dim). */
+typedef struct sq_kv_layer {
+    void *k_d, *v_d;
+    int64_t n_slots, max_seq;
+    int n_kv_heads, head_dim;
+} sq_kv_layer;
+
+/* Grouped-query causal attention.  q (n_rows, n_heads, head_dim), k and v (n_rows, n_kv_heads,
+ * head_dim), already roped.  First stores k, v at (slot, pos) in the cache, then for every row
+ * at position p attends over cache positions [0, p] of its slot with scale 1/sqrt(head_dim);
+ * head h reads kv head h / (n_heads / n_kv_heads).  out (n_rows, n_heads, head_dim).
+ * Prefill (one sequence, many tokens) and decode (many sequences, one token each) are the same
+ * call; a row's result is the same bits either way. */
+sq_status sq_backend_attention(sq_backend *be, const void *q_d, const void *k_d,
+                               const void *v_d, const sq_kv_layer *kv, int n_heads,
+                               int n_seqs, const sq_seq_span *seqs, void *out_d,
+                               sq_error *err);
+
+/* out (n_rows, w->rows) = x (n_rows, w->cols) · wᵀ (+ bias (1, w->rows) when not NULL).
+ * Dense (F32 / BF16) or 4-bit weights; few rows take a dequantize-on-the-fly GEMV, many rows a
+ * blocked GEMM that reuses each dequantized tile across rows, with the same per-element
+ * reduction order (so results do not depend on n_rows). */
+sq_status sq_backend_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+                            const sq_weight *bias, void *out_d, sq_error *err);
+
+/* out = a + b, n floats.  out may equal a or b. */
+sq_status sq_backend_add(sq_backend *be, const void *a_d, const void *b_d, int64_t n,
+                         void *out_d, sq_error *err);
+/* out = silu(gate) * up, n floats (silu(g) = g / (1 + exp(-g))).  out may equal gate or up. */
+sq_status sq_backend_swiglu(sq_backend *be, const void *gate_d, const void *up_d, int64_t n,
+                            void *out_d, sq_error *err);
+
+/* ---- sampling ------------------------------------------------------------------------------ */
+
+/* temperature <= 0 or top_k == 1: greedy (argmax, lowest index on ties).  Otherwise softmax of
+ * logits / temperature restricted to the top_k largest (top_k <= 0: all; ties by lower index),
+ * then to the smallest prefix (by decreasing probability, ties by lower index) whose mass
+ * reaches top_p (top_p >= 1: all; at least one token always stays), renormalized, and one draw
+ * with u = sq_sample_uniform(seed, seq_id, step): results depend only on the logits and
+ * (seed, seq_id, step), never on batching or rank count. */
+typedef struct sq_sample_params {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    uint64_t seed;
+} sq_sample_params;
+
+/* Counter-based uniform in [0, 1) with 53 random bits (splitmix64 of the key). */
+double sq_sample_uniform(uint64_t seed, uint64_t seq_id, uint64_t step);
+
+/* Samples one token per row of logits_d (n_rows, vocab); seq_ids / steps are host arrays of
+ * n_rows (the key of each draw); ids_out a host array of n_rows.  n_rows <= reserved max_rows,
+ * vocab <= reserved max_vocab. */
+sq_status sq_backend_sample(sq_backend *be, const void *logits_d, int64_t n_rows, int64_t vocab,
+                            const sq_sample_params *p, const uint64_t *seq_ids,
+                            const uint64_t *steps, int32_t *ids_out, sq_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

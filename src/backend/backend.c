@@ -1,0 +1,297 @@
+/* The public face of the backend module: argument checks that do not depend on the
+ * implementation, then a call through the vtable.  Owns sq_weight's common fields and the
+ * counter-based sampling generator.  Must never touch tensor bytes itself (they may live on a
+ * device) and never print. */
+#include "backend_impl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK_BE(be) \
+    do { if (!(be)) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "backend: NULL handle"); } while (0)
+
+static sq_status bad(sq_error *err, const char *op, const char *what) {
+    return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "backend %s: %s", op, what);
+}
+
+static sq_status check_rows(const sq_backend *be, const char *op, int64_t n_rows, sq_error *err) {
+    if (n_rows < 0) return bad(err, op, "negative row count");
+    if (n_rows > be->limits.max_rows)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "backend %s: %lld rows exceed the reserved %lld (sq_backend_reserve)",
+                            op, (long long)n_rows, (long long)be->limits.max_rows);
+    return SQ_OK;
+}
+
+void sq_backend_destroy(sq_backend *be) {
+    if (be) be->ops->destroy(be);
+}
+const char *sq_backend_name(const sq_backend *be) { return be ? be->ops->name(be) : "none"; }
+int sq_backend_n_threads(const sq_backend *be) { return be ? be->n_threads : 0; }
+
+sq_status sq_backend_reserve(sq_backend *be, const sq_backend_limits *lim, sq_error *err) {
+    CHECK_BE(be);
+    if (!lim || lim->max_rows < 0 || lim->max_width < 0 || lim->max_vocab < 0 ||
+        lim->max_head_dim < 0 || lim->max_rows > (1 << 24) || lim->max_width > (1 << 24) ||
+        lim->max_vocab > (1 << 26) || lim->max_head_dim > 1024)
+        return bad(err, "reserve", "limits missing, negative or implausibly large");
+    sq_backend_limits m = be->limits;
+    if (lim->max_rows > m.max_rows) m.max_rows = lim->max_rows;
+    if (lim->max_width > m.max_width) m.max_width = lim->max_width;
+    if (lim->max_vocab > m.max_vocab) m.max_vocab = lim->max_vocab;
+    if (lim->max_head_dim > m.max_head_dim) m.max_head_dim = lim->max_head_dim;
+    sq_status st = be->ops->reserve(be, &m, err);
+    if (st == SQ_OK) be->limits = m;
+    return st;
+}
+
+sq_status sq_backend_alloc(sq_backend *be, uint64_t n_bytes, void **out_d, sq_error *err) {
+    if (out_d) *out_d = NULL;
+    CHECK_BE(be);
+    if (!out_d) return bad(err, "alloc", "NULL output");
+    return be->ops->alloc(be, n_bytes, out_d, err);
+}
+void sq_backend_free(sq_backend *be, void *p_d) {
+    if (be && p_d) be->ops->free(be, p_d);
+}
+sq_status sq_backend_upload(sq_backend *be, void *dst_d, const void *src, uint64_t n,
+                            sq_error *err) {
+    CHECK_BE(be);
+    if (n && (!dst_d || !src)) return bad(err, "upload", "NULL pointer");
+    return n ? be->ops->upload(be, dst_d, src, n, err) : SQ_OK;
+}
+sq_status sq_backend_download(sq_backend *be, void *dst, const void *src_d, uint64_t n,
+                              sq_error *err) {
+    CHECK_BE(be);
+    if (n && (!dst || !src_d)) return bad(err, "download", "NULL pointer");
+    return n ? be->ops->download(be, dst, src_d, n, err) : SQ_OK;
+}
+sq_status sq_backend_copy(sq_backend *be, void *dst_d, const void *src_d, uint64_t n,
+                          sq_error *err) {
+    CHECK_BE(be);
+    if (n && (!dst_d || !src_d)) return bad(err, "copy", "NULL pointer");
+    return n ? be->ops->copy(be, dst_d, src_d, n, err) : SQ_OK;
+}
+sq_status sq_backend_memset(sq_backend *be, void *dst_d, int v, uint64_t n, sq_error *err) {
+    CHECK_BE(be);
+    if (n && !dst_d) return bad(err, "memset", "NULL pointer");
+    return n ? be->ops->memset(be, dst_d, v, n, err) : SQ_OK;
+}
+sq_status sq_backend_sync(sq_backend *be, sq_error *err) {
+    CHECK_BE(be);
+    return be->ops->sync(be, err);
+}
+
+/* ---- weights ------------------------------------------------------------------------------ */
+
+static sq_weight *weight_new(const char *name, int64_t rows, int64_t cols) {
+    sq_weight *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
+    snprintf(w->name, sizeof w->name, "%s", name ? name : "");
+    w->rows = rows;
+    w->cols = cols;
+    return w;
+}
+
+sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                  const void *src, int64_t rows, int64_t cols, sq_weight **out,
+                                  sq_error *err) {
+    if (out) *out = NULL;
+    CHECK_BE(be);
+    if (!out || !src) return bad(err, "weight_dense", "NULL pointer");
+    if (src_dtype != SQ_DTYPE_F32 && src_dtype != SQ_DTYPE_F16 && src_dtype != SQ_DTYPE_BF16)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, name,
+                            "dense weight dtype %s (need F32, F16 or BF16)",
+                            sq_dtype_name(src_dtype));
+    if (rows <= 0 || cols <= 0 || rows > (INT64_C(1) << 31) || cols > (INT64_C(1) << 31))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "dense weight shape [%lld, %lld]",
+                            (long long)rows, (long long)cols);
+    sq_weight *w = weight_new(name, rows, cols);
+    if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
+    w->qtype = SQ_QUANT_NONE;
+    sq_status st = be->ops->weight_dense(be, w, src_dtype, src, err);
+    if (st != SQ_OK) { free(w); return st; }
+    *out = w;
+    return SQ_OK;
+}
+
+sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
+                                 sq_weight **out, sq_error *err) {
+    if (out) *out = NULL;
+    CHECK_BE(be);
+    if (!out || !q || !q->packed) return bad(err, "weight_4bit", "NULL pointer");
+    if (q->type != SQ_QUANT_NF4 && q->type != SQ_QUANT_FP4)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "4-bit weight of quant type %d",
+                            (int)q->type);
+    uint64_t n = 0;
+    if (q->shape[0] <= 0 || q->shape[1] <= 0 || q->shape[0] > (INT64_C(1) << 31) ||
+        q->shape[1] > (INT64_C(1) << 31) ||
+        !sq_mul_u64((uint64_t)q->shape[0], (uint64_t)q->shape[1], &n) || n != q->n_elements)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
+                            "4-bit weight shape [%lld, %lld] does not hold %llu elements",
+                            (long long)q->shape[0], (long long)q->shape[1],
+                            (unsigned long long)q->n_elements);
+    if (q->blocksize < 32 || q->blocksize > 4096 || (q->blocksize & (q->blocksize - 1)) ||
+        q->n_blocks != sq_ceil_div_u64(n, (uint64_t)q->blocksize))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
+                            "4-bit weight blocksize %lld / %llu blocks do not fit %llu elements",
+                            (long long)q->blocksize, (unsigned long long)q->n_blocks,
+                            (unsigned long long)n);
+    if (q->double_quant ? (!q->absmax_q || !q->nested_absmax || q->nested_blocksize <= 0)
+                        : !q->absmax)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "4-bit weight without its absmax");
+    sq_weight *w = weight_new(name, q->shape[0], q->shape[1]);
+    if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
+    w->qtype = q->type;
+    w->blocksize = q->blocksize;
+    w->store = SQ_WSTORE_Q4;
+    sq_status st = be->ops->weight_4bit(be, w, q, err);
+    if (st != SQ_OK) { free(w); return st; }
+    *out = w;
+    return SQ_OK;
+}
+
+void sq_backend_weight_free(sq_backend *be, sq_weight *w) {
+    if (!w) return;
+    if (be) be->ops->weight_release(be, w);
+    free(w);
+}
+int64_t sq_weight_rows(const sq_weight *w) { return w ? w->rows : 0; }
+int64_t sq_weight_cols(const sq_weight *w) { return w ? w->cols : 0; }
+sq_quant_type sq_weight_qtype(const sq_weight *w) { return w ? w->qtype : SQ_QUANT_NONE; }
+uint64_t sq_weight_bytes(const sq_weight *w) { return w ? w->n_bytes : 0; }
+
+/* ---- ops ---------------------------------------------------------------------------------- */
+
+sq_status sq_backend_embed(sq_backend *be, const sq_weight *t, const void *ids_d,
+                           int64_t n_rows, void *out_d, sq_error *err) {
+    CHECK_BE(be);
+    if (!t || (n_rows && (!ids_d || !out_d))) return bad(err, "embed", "NULL pointer");
+    if (t->store == SQ_WSTORE_Q4) return bad(err, "embed", "a 4-bit embedding table");
+    sq_status st = check_rows(be, "embed", n_rows, err);
+    if (st != SQ_OK || n_rows == 0) return st;
+    return be->ops->embed(be, t, ids_d, n_rows, out_d, err);
+}
+
+sq_status sq_backend_rmsnorm(sq_backend *be, const void *x_d, const sq_weight *w, float eps,
+                             int64_t n_rows, void *out_d, sq_error *err) {
+    CHECK_BE(be);
+    if (!w || (n_rows && (!x_d || !out_d))) return bad(err, "rmsnorm", "NULL pointer");
+    if (w->rows != 1 || w->store == SQ_WSTORE_Q4) return bad(err, "rmsnorm", "weight is not 1-D dense");
+    if (!(eps >= 0.0f)) return bad(err, "rmsnorm", "negative or NaN eps");
+    sq_status st = check_rows(be, "rmsnorm", n_rows, err);
+    if (st != SQ_OK || n_rows == 0) return st;
+    if (w->cols > be->limits.max_width) return bad(err, "rmsnorm", "row wider than reserved");
+    return be->ops->rmsnorm(be, x_d, w, eps, n_rows, out_d, err);
+}
+
+sq_status sq_backend_rope(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int n_heads,
+                          int n_kv_heads, int head_dim, const int32_t *pos,
+                          const void *inv_freq_d, sq_error *err) {
+    CHECK_BE(be);
+    if (n_rows && (!q_d || !pos || !inv_freq_d)) return bad(err, "rope", "NULL pointer");
+    if (n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || head_dim % 2 ||
+        head_dim > be->limits.max_head_dim)
+        return bad(err, "rope", "bad head counts or head_dim (odd, or above the reserved one)");
+    sq_status st = check_rows(be, "rope", n_rows, err);
+    if (st != SQ_OK || n_rows == 0) return st;
+    for (int64_t r = 0; r < n_rows; r++)
+        if (pos[r] < 0)
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "backend rope: row %lld has position %d",
+                                (long long)r, pos[r]);
+    return be->ops->rope(be, q_d, k_d, n_rows, n_heads, n_kv_heads, head_dim, pos, inv_freq_d, err);
+}
+
+sq_status sq_backend_attention(sq_backend *be, const void *q_d, const void *k_d,
+                               const void *v_d, const sq_kv_layer *kv, int n_heads,
+                               int n_seqs, const sq_seq_span *seqs, void *out_d,
+                               sq_error *err) {
+    CHECK_BE(be);
+    if (!kv || !kv->k_d || !kv->v_d || n_seqs < 0 || (n_seqs && !seqs))
+        return bad(err, "attention", "NULL pointer or negative sequence count");
+    if (n_heads <= 0 || kv->n_kv_heads <= 0 || n_heads % kv->n_kv_heads || kv->head_dim <= 0 ||
+        kv->head_dim > be->limits.max_head_dim)
+        return bad(err, "attention", "n_heads not a multiple of n_kv_heads, or bad head_dim");
+    int64_t n_rows = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const sq_seq_span *sp = &seqs[s];
+        if (sp->slot < 0 || sp->slot >= kv->n_slots || sp->start_pos < 0 || sp->n_tokens < 0 ||
+            (int64_t)sp->start_pos + sp->n_tokens > kv->max_seq)
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                "backend attention: sequence %d (slot %d, positions %d..%d) "
+                                "outside the cache (%lld slots, %lld positions)",
+                                s, sp->slot, sp->start_pos, sp->start_pos + sp->n_tokens - 1,
+                                (long long)kv->n_slots, (long long)kv->max_seq);
+        for (int t = 0; t < s; t++)
+            if (seqs[t].slot == sp->slot)
+                return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                    "backend attention: slot %d appears twice in one batch", sp->slot);
+        n_rows += sp->n_tokens;
+    }
+    sq_status st = check_rows(be, "attention", n_rows, err);
+    if (st != SQ_OK || n_rows == 0) return st;
+    if (!q_d || !k_d || !v_d || !out_d) return bad(err, "attention", "NULL pointer");
+    return be->ops->attention(be, q_d, k_d, v_d, kv, n_heads, n_seqs, seqs, n_rows, out_d, err);
+}
+
+sq_status sq_backend_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+                            const sq_weight *bias, void *out_d, sq_error *err) {
+    CHECK_BE(be);
+    if (!w || (n_rows && (!x_d || !out_d))) return bad(err, "linear", "NULL pointer");
+    if (bias && (bias->rows != 1 || bias->cols != w->rows || bias->store == SQ_WSTORE_Q4))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, bias->name,
+                            "backend linear: bias [%lld, %lld] does not match %lld outputs",
+                            (long long)bias->rows, (long long)bias->cols, (long long)w->rows);
+    sq_status st = check_rows(be, "linear", n_rows, err);
+    if (st != SQ_OK || n_rows == 0) return st;
+    if (w->cols > be->limits.max_width && w->cols > be->limits.max_vocab)
+        return bad(err, "linear", "input wider than reserved");
+    return be->ops->linear(be, x_d, n_rows, w, bias, out_d, err);
+}
+
+sq_status sq_backend_add(sq_backend *be, const void *a_d, const void *b_d, int64_t n,
+                         void *out_d, sq_error *err) {
+    CHECK_BE(be);
+    if (n < 0 || (n && (!a_d || !b_d || !out_d))) return bad(err, "add", "NULL pointer or negative size");
+    return n ? be->ops->add(be, a_d, b_d, n, out_d, err) : SQ_OK;
+}
+
+sq_status sq_backend_swiglu(sq_backend *be, const void *g_d, const void *u_d, int64_t n,
+                            void *out_d, sq_error *err) {
+    CHECK_BE(be);
+    if (n < 0 || (n && (!g_d || !u_d || !out_d))) return bad(err, "swiglu", "NULL pointer or negative size");
+    return n ? be->ops->swiglu(be, g_d, u_d, n, out_d, err) : SQ_OK;
+}
+
+sq_status sq_backend_sample(sq_backend *be, const void *logits_d, int64_t n_rows, int64_t vocab,
+                            const sq_sample_params *p, const uint64_t *seq_ids,
+                            const uint64_t *steps, int32_t *ids_out, sq_error *err) {
+    CHECK_BE(be);
+    if (!p || (n_rows && (!logits_d || !seq_ids || !steps || !ids_out)))
+        return bad(err, "sample", "NULL pointer");
+    if (vocab <= 0 || vocab > be->limits.max_vocab)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "backend sample: vocab %lld outside (0, reserved %lld]",
+                            (long long)vocab, (long long)be->limits.max_vocab);
+    if (p->temperature != p->temperature || p->top_p != p->top_p)
+        return bad(err, "sample", "NaN temperature or top_p");
+    sq_status st = check_rows(be, "sample", n_rows, err);
+    if (st != SQ_OK || n_rows == 0) return st;
+    return be->ops->sample(be, logits_d, n_rows, vocab, p, seq_ids, steps, ids_out, err);
+}
+
+/* splitmix64 finalizer */
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+double sq_sample_uniform(uint64_t seed, uint64_t seq_id, uint64_t step) {
+    const uint64_t g = UINT64_C(0x9e3779b97f4a7c15);
+    uint64_t h = mix64(seed + g);
+    h = mix64(h ^ (seq_id + 2 * g));
+    h = mix64(h ^ (step + 3 * g));
+    return (double)(h >> 11) * (1.0 / 9007199254740992.0);
+}

@@ -1,0 +1,73 @@
+/* Private to the backend module: the vtable every implementation fills in and the common parts
+ * of the handle and of a weight.  The public wrappers in backend.c check arguments that do not
+ * depend on the implementation (shapes, NULLs, limits) before calling through the table, so the
+ * implementations may assume them.  Must never be included outside src/backend/. */
+#ifndef SHARDQ_BACKEND_IMPL_H
+#define SHARDQ_BACKEND_IMPL_H
+
+#include "shardq/backend.h"
+
+typedef struct sq_backend_ops {
+    const char *(*name)(const sq_backend *be);
+    void (*destroy)(sq_backend *be);
+    sq_status (*reserve)(sq_backend *be, const sq_backend_limits *lim, sq_error *err);
+    sq_status (*alloc)(sq_backend *be, uint64_t n_bytes, void **out_d, sq_error *err);
+    void (*free)(sq_backend *be, void *p_d);
+    sq_status (*upload)(sq_backend *be, void *dst_d, const void *src, uint64_t n, sq_error *err);
+    sq_status (*download)(sq_backend *be, void *dst, const void *src_d, uint64_t n, sq_error *err);
+    sq_status (*copy)(sq_backend *be, void *dst_d, const void *src_d, uint64_t n, sq_error *err);
+    sq_status (*memset)(sq_backend *be, void *dst_d, int v, uint64_t n, sq_error *err);
+    sq_status (*sync)(sq_backend *be, sq_error *err);
+    /* fill w->impl fields; w's common fields are set by the caller */
+    sq_status (*weight_dense)(sq_backend *be, sq_weight *w, sq_dtype src_dtype, const void *src,
+                              sq_error *err);
+    sq_status (*weight_4bit)(sq_backend *be, sq_weight *w, const sq_qtensor *q, sq_error *err);
+    void (*weight_release)(sq_backend *be, sq_weight *w);
+    sq_status (*embed)(sq_backend *be, const sq_weight *t, const void *ids_d, int64_t n_rows,
+                       void *out_d, sq_error *err);
+    sq_status (*rmsnorm)(sq_backend *be, const void *x_d, const sq_weight *w, float eps,
+                         int64_t n_rows, void *out_d, sq_error *err);
+    sq_status (*rope)(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int n_heads,
+                      int n_kv_heads, int head_dim, const int32_t *pos, const void *inv_freq_d,
+                      sq_error *err);
+    sq_status (*attention)(sq_backend *be, const void *q_d, const void *k_d, const void *v_d,
+                           const sq_kv_layer *kv, int n_heads, int n_seqs,
+                           const sq_seq_span *seqs, int64_t n_rows, void *out_d, sq_error *err);
+    sq_status (*linear)(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+                        const sq_weight *bias, void *out_d, sq_error *err);
+    sq_status (*add)(sq_backend *be, const void *a_d, const void *b_d, int64_t n, void *out_d,
+                     sq_error *err);
+    sq_status (*swiglu)(sq_backend *be, const void *g_d, const void *u_d, int64_t n, void *out_d,
+                        sq_error *err);
+    sq_status (*sample)(sq_backend *be, const void *logits_d, int64_t n_rows, int64_t vocab,
+                        const sq_sample_params *p, const uint64_t *seq_ids,
+                        const uint64_t *steps, int32_t *ids_out, sq_error *err);
+} sq_backend_ops;
+
+struct sq_backend {
+    const sq_backend_ops *ops;
+    sq_backend_limits limits;   /* what sq_backend_reserve has sized so far */
+    int n_threads;
+};
+
+/* Storage of a weight on the backend. */
+typedef enum sq_wstore {
+    SQ_WSTORE_F32 = 0,   /* float32 [rows, cols] */
+    SQ_WSTORE_BF16,      /* bfloat16 [rows, cols] */
+    SQ_WSTORE_Q4         /* 4-bit, implementation-defined layout */
+} sq_wstore;
+
+struct sq_weight {
+    char name[96];
+    int64_t rows, cols;
+    sq_wstore store;
+    sq_quant_type qtype;
+    int64_t blocksize;          /* 4-bit: elements per absmax block */
+    uint64_t n_bytes;           /* backend memory held */
+    /* implementation data */
+    void *data_d;               /* dense values, or packed nibbles */
+    void *absmax_d;             /* 4-bit: float32 per block */
+    float code[16];             /* 4-bit: the code table (host copy) */
+};
+
+#endif
