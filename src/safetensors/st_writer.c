@@ -1,0 +1,368 @@
+/* Owns writing .safetensors files: collects tensors (copies of their bytes) and metadata,
+ * then writes the header (keys in insertion order, consecutive offsets, spaces to a multiple
+ * of 8 as the Rust crate pads) and the data to "<path>.tmp.<pid>", fsyncs and renames.
+ * Must never leave a half-written file under the final name, nor a temporary behind after
+ * destroy. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "st_impl.h"
+
+typedef struct {
+    char *name;
+    sq_dtype dtype;
+    int n_dims;
+    int64_t shape[SQ_MAX_DIMS];
+    uint64_t n_bytes;
+    void *data;      /* (n_bytes) a copy; freed once written */
+} w_tensor;
+
+typedef enum { W_OPEN, W_WRITTEN, W_DONE, W_FAILED } w_state;
+
+struct sq_st_writer {
+    char *path, *tmp;
+    w_tensor *t;
+    size_t n, cap;
+    char **meta;     /* (2 * n_meta) key, value, ... in insertion order */
+    size_t n_meta, meta_cap;
+    size_t *slots;   /* open-addressing set of names: tensor index + 1, 0 = empty */
+    size_t n_slots;  /* a power of two, at least 2 * n */
+    w_state state;
+    bool tmp_exists;
+};
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (b->n + n + 1 > cap) cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...) {
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0) sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* A JSON string: quotes, backslashes and control bytes escaped; other bytes (UTF-8) as is. */
+static void sb_json_str(sbuf *b, const char *s) {
+    sb_put(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+            sb_put(b, e, 2);
+        } else if (*p < 0x20) {
+            sb_printf(b, "\\u%04x", *p);
+        } else {
+            sb_put(b, (const char *)p, 1);
+        }
+    }
+    sb_put(b, "\"", 1);
+}
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    return p ? memcpy(p, s, n) : NULL;
+}
+
+static uint64_t hash_name(const char *s) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Slot holding `name`, or the empty slot where it would go. */
+static size_t find_slot(const sq_st_writer *w, const char *name) {
+    size_t mask = w->n_slots - 1, i = (size_t)hash_name(name) & mask;
+    while (w->slots[i] && strcmp(w->t[w->slots[i] - 1].name, name) != 0) i = (i + 1) & mask;
+    return i;
+}
+
+static bool grow_slots(sq_st_writer *w) {
+    size_t n_slots = w->n_slots ? 2 * w->n_slots : 64;
+    size_t *old = w->slots, old_n = w->n_slots;
+    w->slots = calloc(n_slots, sizeof *w->slots);
+    if (!w->slots) {
+        w->slots = old;
+        return false;
+    }
+    w->n_slots = n_slots;
+    for (size_t i = 0; i < old_n; i++)
+        if (old[i]) w->slots[find_slot(w, w->t[old[i] - 1].name)] = old[i];
+    free(old);
+    return true;
+}
+
+sq_status sq_st_writer_create(const char *path, sq_st_writer **out, sq_error *err) {
+    if (out) *out = NULL;
+    if (!path || !*path || !out)
+        return sq_error_set(err, SQ_ERR_INVALID, path, NULL, "sq_st_writer_create: no path");
+    sq_st_writer *w = calloc(1, sizeof *w);
+    size_t n = strlen(path) + 32;
+    if (!w || !(w->path = dup_str(path)) || !(w->tmp = malloc(n)) || !grow_slots(w)) {
+        sq_st_writer_destroy(w);
+        return sq_error_set(err, SQ_ERR_NOMEM, path, NULL, "out of memory");
+    }
+    snprintf(w->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    *out = w;
+    return SQ_OK;
+}
+
+sq_status sq_st_writer_add(sq_st_writer *w, const char *name, sq_dtype dtype, int n_dims,
+                           const int64_t *shape, const void *data, uint64_t n_bytes,
+                           sq_error *err) {
+    if (!w) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "sq_st_writer_add: NULL writer");
+    if (w->state != W_OPEN)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "writer is already finished");
+    if (!name || strcmp(name, "__metadata__") == 0)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "not a valid tensor name");
+    if ((unsigned)dtype >= SQ_DTYPE_COUNT)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "unknown dtype %d", (int)dtype);
+    if (n_dims < 0 || n_dims > SQ_MAX_DIMS || (n_dims > 0 && !shape))
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, name,
+                            "%d dimensions (0..%d allowed)", n_dims, SQ_MAX_DIMS);
+    uint64_t want = sq_dtype_size(dtype);
+    for (int i = 0; i < n_dims; i++) {
+        if (shape[i] < 0)
+            return sq_error_set(err, SQ_ERR_INVALID, w->path, name,
+                                "shape entry %d is negative (%" PRId64 ")", i, shape[i]);
+        if (!sq_mul_u64(want, (uint64_t)shape[i], &want))
+            return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "shape overflows 64 bits");
+    }
+    if (want != n_bytes)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, name,
+                            "%" PRIu64 " bytes given but the shape of %s needs %" PRIu64,
+                            n_bytes, sq_dtype_name(dtype), want);
+    if (n_bytes > 0 && !data)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "no data for %" PRIu64 " bytes",
+                            n_bytes);
+    if (n_bytes > SIZE_MAX)
+        return sq_error_set(err, SQ_ERR_NOMEM, w->path, name, "too large for memory");
+    if (w->slots[find_slot(w, name)])
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "duplicate tensor name");
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 64;
+        w_tensor *t = realloc(w->t, cap * sizeof *t);
+        if (!t) return sq_error_set(err, SQ_ERR_NOMEM, w->path, name, "out of memory");
+        w->t = t;
+        w->cap = cap;
+    }
+    if (2 * (w->n + 1) > w->n_slots && !grow_slots(w))
+        return sq_error_set(err, SQ_ERR_NOMEM, w->path, name, "out of memory");
+    w_tensor *t = &w->t[w->n];
+    memset(t, 0, sizeof *t);
+    t->name = dup_str(name);
+    t->data = malloc(n_bytes ? (size_t)n_bytes : 1);
+    if (!t->name || !t->data) {
+        free(t->name);
+        free(t->data);
+        return sq_error_set(err, SQ_ERR_NOMEM, w->path, name,
+                            "out of memory copying %" PRIu64 " bytes", n_bytes);
+    }
+    if (n_bytes) memcpy(t->data, data, (size_t)n_bytes);
+    t->dtype = dtype;
+    t->n_dims = n_dims;
+    for (int i = 0; i < n_dims; i++) t->shape[i] = shape[i];
+    t->n_bytes = n_bytes;
+    w->n++;
+    w->slots[find_slot(w, name)] = w->n;
+    return SQ_OK;
+}
+
+sq_status sq_st_writer_metadata(sq_st_writer *w, const char *key, const char *value,
+                                sq_error *err) {
+    if (!w || !key || !value)
+        return sq_error_set(err, SQ_ERR_INVALID, w ? w->path : NULL, NULL,
+                            "sq_st_writer_metadata: NULL argument");
+    if (w->state != W_OPEN)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, NULL, "writer is already finished");
+    for (size_t i = 0; i < w->n_meta; i++)
+        if (strcmp(w->meta[2 * i], key) == 0)
+            return sq_error_set(err, SQ_ERR_INVALID, w->path, NULL,
+                                "__metadata__ key \"%.128s\" given twice", key);
+    if (w->n_meta == w->meta_cap) {
+        size_t cap = w->meta_cap ? 2 * w->meta_cap : 8;
+        char **m = realloc(w->meta, 2 * cap * sizeof *m);
+        if (!m) return sq_error_set(err, SQ_ERR_NOMEM, w->path, NULL, "out of memory");
+        w->meta = m;
+        w->meta_cap = cap;
+    }
+    char *k = dup_str(key), *v = dup_str(value);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return sq_error_set(err, SQ_ERR_NOMEM, w->path, NULL, "out of memory");
+    }
+    w->meta[2 * w->n_meta] = k;
+    w->meta[2 * w->n_meta + 1] = v;
+    w->n_meta++;
+    return SQ_OK;
+}
+
+static bool write_all(int fd, const void *buf, uint64_t n) {
+    const char *p = buf;
+    while (n > 0) {
+        size_t chunk = n > (1u << 30) ? (1u << 30) : (size_t)n;
+        ssize_t r = write(fd, p, chunk);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        p += r;
+        n -= (uint64_t)r;
+    }
+    return true;
+}
+
+/* Makes a rename durable: fsync the folder holding `path` (best effort). */
+static void sync_parent(const char *path) {
+    char *copy = dup_str(path);
+    if (!copy) return;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(copy);
+}
+
+static sq_status build_header(const sq_st_writer *w, sbuf *b, sq_error *err) {
+    sb_puts(b, "{");
+    if (w->n_meta) {
+        sb_puts(b, "\"__metadata__\":{");
+        for (size_t i = 0; i < w->n_meta; i++) {
+            if (i) sb_puts(b, ",");
+            sb_json_str(b, w->meta[2 * i]);
+            sb_puts(b, ":");
+            sb_json_str(b, w->meta[2 * i + 1]);
+        }
+        sb_puts(b, "}");
+    }
+    uint64_t at = 0;
+    for (size_t i = 0; i < w->n; i++) {
+        const w_tensor *t = &w->t[i];
+        if (i || w->n_meta) sb_puts(b, ",");
+        sb_json_str(b, t->name);
+        sb_printf(b, ":{\"dtype\":\"%s\",\"shape\":[", sq_dtype_name(t->dtype));
+        for (int d = 0; d < t->n_dims; d++) sb_printf(b, "%s%" PRId64, d ? "," : "", t->shape[d]);
+        uint64_t end;
+        if (!sq_add_u64(at, t->n_bytes, &end) || (double)end > ST_MAX_JSON_INT)
+            return sq_error_set(err, SQ_ERR_INVALID, w->path, t->name,
+                                "data offsets pass 2^53 bytes");
+        sb_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", at, end);
+        at = end;
+    }
+    sb_puts(b, "}");
+    while (b->n % 8) sb_puts(b, " ");
+    if (b->oom) return sq_error_set(err, SQ_ERR_NOMEM, w->path, NULL, "out of memory for the header");
+    if (b->n > SQ_ST_MAX_HEADER_BYTES)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, NULL,
+                            "header would be %zu bytes, over the 100 MB limit", b->n);
+    return SQ_OK;
+}
+
+sq_status sq_st_writer_finish(sq_st_writer *w, bool rename_now, sq_error *err) {
+    if (!w) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "sq_st_writer_finish: NULL writer");
+    if (w->state != W_OPEN)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, NULL, "writer is already finished");
+    sbuf b = {0};
+    sq_status st = build_header(w, &b, err);
+    int fd = -1;
+    if (st != SQ_OK) goto fail;
+    fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        st = sq_error_set(err, SQ_ERR_IO, w->tmp, NULL, "cannot create: %s", strerror(errno));
+        goto fail;
+    }
+    w->tmp_exists = true;
+    uint8_t len[8];
+    for (int i = 0; i < 8; i++) len[i] = (uint8_t)((uint64_t)b.n >> (8 * i));
+    bool ok = write_all(fd, len, 8) && write_all(fd, b.p, b.n);
+    for (size_t i = 0; ok && i < w->n; i++) {
+        ok = write_all(fd, w->t[i].data, w->t[i].n_bytes);
+        free(w->t[i].data); /* written: give the memory back now */
+        w->t[i].data = NULL;
+    }
+    if (!ok || fsync(fd) != 0) {
+        st = sq_error_set(err, SQ_ERR_IO, w->tmp, NULL, "write failed: %s", strerror(errno));
+        goto fail;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        st = sq_error_set(err, SQ_ERR_IO, w->tmp, NULL, "close failed: %s", strerror(errno));
+        goto fail;
+    }
+    fd = -1;
+    free(b.p);
+    w->state = W_WRITTEN;
+    return rename_now ? sq_st_writer_commit(w, err) : SQ_OK;
+fail:
+    if (fd >= 0) close(fd);
+    if (w->tmp_exists) unlink(w->tmp);
+    w->tmp_exists = false;
+    w->state = W_FAILED;
+    free(b.p);
+    return st;
+}
+
+sq_status sq_st_writer_commit(sq_st_writer *w, sq_error *err) {
+    if (!w) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "sq_st_writer_commit: NULL writer");
+    if (w->state != W_WRITTEN)
+        return sq_error_set(err, SQ_ERR_INVALID, w->path, NULL, "%s",
+                            w->state == W_OPEN   ? "commit before finish"
+                            : w->state == W_DONE ? "already committed"
+                                                 : "finish failed: nothing to commit");
+    if (rename(w->tmp, w->path) != 0) {
+        int e = errno;
+        return sq_error_set(err, SQ_ERR_IO, w->path, NULL, "cannot rename %s to it: %s", w->tmp,
+                            strerror(e));
+    }
+    w->tmp_exists = false;
+    w->state = W_DONE;
+    sync_parent(w->path);
+    return SQ_OK;
+}
+
+void sq_st_writer_destroy(sq_st_writer *w) {
+    if (!w) return;
+    if (w->tmp_exists && w->tmp) unlink(w->tmp);
+    for (size_t i = 0; i < w->n; i++) {
+        free(w->t[i].name);
+        free(w->t[i].data);
+    }
+    for (size_t i = 0; i < 2 * w->n_meta; i++) free(w->meta[i]);
+    free(w->meta);
+    free(w->t);
+    free(w->slots);
+    free(w->tmp);
+    free(w->path);
+    free(w);
+}
