@@ -40,7 +40,6 @@ extern "C" {
 
 #define SQ_PLAN_MAX_LAYERS 100000
 #define SQ_PLAN_MAX_CELLS (1u << 26)   /* (n_devices + 1) * (n_layers + 1) the DP may use */
-#define SQ_GIB 1073741824ull
 
 /* ==== 1. the pure core ====================================================================== */
 typedef struct sq_plan_problem {

@@ -32,6 +32,7 @@ extern "C" {
 #define SQ_TOPO_MAX_DEVICES 65536  /* per cluster (a cluster file cannot ask for more) */
 #define SQ_TOPO_MAX_NODES 4096
 #define SQ_TOPO_NAME_BYTES 64
+#define SQ_GIB 1073741824ull
 
 /* Memory bandwidth assumed for a CPU device when nothing says otherwise (GB/s, shared by the
  * CPU devices of one node), and the default runtime reserve per device. */
