@@ -55,11 +55,48 @@ sq_status sq_quant_4bit_from(sq_dtype src_dtype, const void *src, int64_t rows, 
 /* The float32 absmax of block b (reconstructed exactly as bnb does with double quant:
  * t = dyn[q] * nested; t = t + offset, two roundings). */
 float sq_qtensor_absmax(const sq_qtensor *q, uint64_t block);
-/* Dequantizes elements [first, first + n) to float32 (code[q] * absmax, float32). */
+/* Dequantizes elements [first, first + n) to float32 (value[q] * absmax, float32).  FP4 code 8
+ * gives -0.0 when shape[1] is even (bnb 0.50.2 CPU native kernel), +0.0 when odd (its torch path). */
 void sq_dequant_4bit_f32(const sq_qtensor *q, uint64_t first, uint64_t n, float *out);
 /* Dequantizes to the original dtype as bnb does (float32 product, RNE to BF16/F16). */
 sq_status sq_dequant_4bit(const sq_qtensor *q, void *out, sq_dtype out_dtype, sq_error *err);
 void sq_qtensor_free(sq_qtensor *q);
+
+/* ---- additions (quant helper) -------------------------------------------------------------- */
+
+/* Which CPU code path quantizes: AUTO picks AVX2 when __builtin_cpu_supports says so.  Every
+ * path gives identical bytes (the tests compare them). */
+typedef enum sq_quant_isa { SQ_QUANT_ISA_AUTO = 0, SQ_QUANT_ISA_SCALAR, SQ_QUANT_ISA_AVX2 } sq_quant_isa;
+/* True when this build and this CPU can run `isa` (AUTO and SCALAR always). */
+bool sq_quant_isa_available(sq_quant_isa isa);
+/* "scalar" / "avx2": what AUTO resolves to on this machine. */
+const char *sq_quant_isa_name(sq_quant_isa isa);
+
+/* sq_quant_4bit_from with an explicit code path; SQ_ERR_UNSUPPORTED when `isa` is not
+ * available here.  src holds rows * cols elements of src_dtype (F32, F16 or BF16). */
+sq_status sq_quant_4bit_isa(sq_dtype src_dtype, const void *src, int64_t rows, int64_t cols,
+                            const sq_quant_scheme *s, sq_pool *pool, sq_quant_isa isa,
+                            sq_qtensor *out, sq_error *err);
+
+/* Allocates q's arrays for a [rows, cols] weight under scheme s, leaving the values unset:
+ * packed (ceil(n/2)) and a float32 absmax (n_blocks) always; with s->double_quant also
+ * absmax_q and nested_absmax, filled later by sq_qtensor_compress.  For producers that fill
+ * packed / absmax themselves (the CUDA path).  On failure *q is zeroed. */
+sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
+                          sq_dtype orig_dtype, sq_error *err);
+/* With double_quant: computes offset, absmax_q and nested_absmax from the float32 absmax
+ * exactly as bnb 0.50.2 on the CPU does, then frees absmax (NULL afterwards).  No-op
+ * without double quant. */
+sq_status sq_qtensor_compress(sq_qtensor *q, sq_error *err);
+
+/* torch's float32 x.mean() on the CPU (AVX2 kernel: 8-lane, 4-way ILP cascade sum, then / n),
+ * including the split it makes for n >= 32768 when torch runs `torch_threads` threads.
+ * bnb's double-quant offset is this mean; shardq uses torch_threads = 1 (see docs/QUANT.md). */
+float sq_quant_torch_mean(const float *x, uint64_t n, int torch_threads);
+/* bnb CPU 8-bit blockwise quantization with the dynamic map (the nested step of double quant):
+ * n values x in blocks of `blocksize`, codes (n) and block absmax (ceil(n/blocksize)). */
+void sq_quant_8bit_dynamic(const float *x, uint64_t n, int64_t blocksize, uint8_t *codes,
+                           float *absmax);
 
 #ifdef __cplusplus
 }

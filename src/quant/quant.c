@@ -1,0 +1,216 @@
+/* quant.c: the public face of the quant module: argument checks, allocation of sq_qtensor,
+ * splitting the blocks of a tensor over the thread pool (each task converts its own blocks from
+ * BF16/F16/F32 in a bounded per-block buffer: no full-precision copy of the tensor), choosing
+ * the CPU code path, and dequantization.  The bit-exact math lives in kernels/quant_math.cuh,
+ * double quant in quant_dq.c.  Must never print, exit, or keep mutable globals. */
+#include "shardq/quant.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant_impl.h"
+#include "../../kernels/quant_math.cuh"
+
+/* Elements per pool task: large enough to amortize the hand-out, small enough to balance. */
+#define SQ_QUANT_TASK_ELEMENTS (64 * 1024)
+
+const float *sq_quant_code_table(sq_quant_type t) {
+    static const uint32_t nf4[16] = SQ_QM_NF4_CODE_BITS, fp4[16] = SQ_QM_FP4_CODE_BITS;
+    if (t == SQ_QUANT_NF4) return (const float *)(const void *)nf4;
+    if (t == SQ_QUANT_FP4) return (const float *)(const void *)fp4;
+    return NULL;
+}
+
+const float *sq_quant_dynamic_map(void) {
+    static const uint32_t dyn[256] = SQ_QM_DYN_BITS;
+    return (const float *)(const void *)dyn;
+}
+
+bool sq_quant_isa_available(sq_quant_isa isa) {
+    if (isa != SQ_QUANT_ISA_AVX2) return true;
+#if defined(SQ_QUANT_HAVE_AVX2_CODE)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#else
+    return false;
+#endif
+}
+
+static sq_quant_isa resolve_isa(sq_quant_isa isa) {
+    if (isa == SQ_QUANT_ISA_AUTO)
+        return sq_quant_isa_available(SQ_QUANT_ISA_AVX2) ? SQ_QUANT_ISA_AVX2 : SQ_QUANT_ISA_SCALAR;
+    return isa;
+}
+
+const char *sq_quant_isa_name(sq_quant_isa isa) {
+    return resolve_isa(isa) == SQ_QUANT_ISA_AVX2 ? "avx2" : "scalar";
+}
+
+void sq_qtensor_free(sq_qtensor *q) {
+    if (!q) return;
+    free(q->packed);
+    free(q->absmax);
+    free(q->absmax_q);
+    free(q->nested_absmax);
+    memset(q, 0, sizeof *q);
+}
+
+static sq_status check_args(const sq_quant_scheme *s, int64_t rows, int64_t cols, uint64_t *n,
+                            sq_error *err) {
+    if (!s) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "quantize: no scheme given");
+    if (s->type != SQ_QUANT_NF4 && s->type != SQ_QUANT_FP4)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "quantize: scheme type %d is not nf4 or fp4", (int)s->type);
+    int64_t B = s->blocksize;
+    if (B < 32 || B > SQ_QUANT_MAX_BLOCKSIZE || (B & (B - 1)) != 0)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "quantize: blocksize %lld is not a power of two in 32..4096",
+                            (long long)B);
+    if (rows <= 0 || cols <= 0 || !sq_mul_u64((uint64_t)rows, (uint64_t)cols, n) ||
+        *n > (uint64_t)INT64_MAX / 2)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "quantize: shape [%lld, %lld] is empty or too large",
+                            (long long)rows, (long long)cols);
+    return SQ_OK;
+}
+
+sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
+                          sq_dtype orig_dtype, sq_error *err) {
+    memset(q, 0, sizeof *q);
+    uint64_t n = 0;
+    sq_status st = check_args(s, rows, cols, &n, err);
+    if (st != SQ_OK) return st;
+    q->type = s->type;
+    q->blocksize = s->blocksize;
+    q->n_elements = n;
+    q->shape[0] = rows;
+    q->shape[1] = cols;
+    q->dtype = orig_dtype;
+    q->n_blocks = sq_ceil_div_u64(n, (uint64_t)s->blocksize);
+    q->double_quant = s->double_quant;
+    q->nested_blocksize = SQ_QM_NESTED_BLOCKSIZE;
+    q->packed = malloc((size_t)((n + 1) / 2));
+    q->absmax = malloc((size_t)q->n_blocks * sizeof(float));
+    if (!q->packed || !q->absmax) goto nomem;
+    if (q->double_quant) {
+        q->absmax_q = malloc((size_t)q->n_blocks);
+        q->nested_absmax = malloc((size_t)sq_ceil_div_u64(q->n_blocks, SQ_QM_NESTED_BLOCKSIZE) *
+                                  sizeof(float));
+        if (!q->absmax_q || !q->nested_absmax) goto nomem;
+    }
+    return SQ_OK;
+nomem:
+    sq_qtensor_free(q);
+    return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
+                        "quantize: out of memory for a [%lld, %lld] 4-bit tensor",
+                        (long long)rows, (long long)cols);
+}
+
+typedef struct {
+    const sq_quant_job *job;
+    uint64_t blocks_per_task;
+    sq_quant_isa isa;
+} pool_ctx;
+
+static void run_task(void *ctx_, int64_t task, int thread) {
+    (void)thread;
+    const pool_ctx *c = ctx_;
+    uint64_t b0 = (uint64_t)task * c->blocks_per_task;
+    uint64_t b1 = b0 + c->blocks_per_task;
+    if (b1 > c->job->n_blocks) b1 = c->job->n_blocks;
+#if defined(SQ_QUANT_HAVE_AVX2_CODE)
+    if (c->isa == SQ_QUANT_ISA_AVX2) {
+        sq_quant_blocks_avx2(c->job, b0, b1);
+        return;
+    }
+#endif
+    sq_quant_blocks_scalar(c->job, b0, b1);
+}
+
+sq_status sq_quant_4bit_isa(sq_dtype src_dtype, const void *src, int64_t rows, int64_t cols,
+                            const sq_quant_scheme *s, sq_pool *pool, sq_quant_isa isa,
+                            sq_qtensor *out, sq_error *err) {
+    memset(out, 0, sizeof *out);
+    if (src_dtype != SQ_DTYPE_F32 && src_dtype != SQ_DTYPE_F16 && src_dtype != SQ_DTYPE_BF16)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "quantize: source dtype %d is not F32, F16 or BF16", (int)src_dtype);
+    if (!src) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "quantize: no source data");
+    if (!sq_quant_isa_available(isa))
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "quantize: the AVX2 code path is not available on this CPU");
+    sq_status st = sq_qtensor_init(out, s, rows, cols, src_dtype, err);
+    if (st != SQ_OK) return st;
+    sq_quant_job job = {
+        .src_dtype = src_dtype, .src = src, .n = out->n_elements, .blocksize = out->blocksize,
+        .is_fp4 = out->type == SQ_QUANT_FP4, .n_blocks = out->n_blocks, .absmax = out->absmax,
+        .packed = out->packed,
+    };
+    pool_ctx c = {.job = &job, .isa = resolve_isa(isa)};
+    c.blocks_per_task = SQ_QUANT_TASK_ELEMENTS / (uint64_t)out->blocksize;
+    if (c.blocks_per_task == 0) c.blocks_per_task = 1;
+    int64_t n_tasks = (int64_t)sq_ceil_div_u64(job.n_blocks, c.blocks_per_task);
+    if (pool && n_tasks > 1) {
+        sq_pool_run(pool, n_tasks, run_task, &c);
+    } else {
+        for (int64_t t = 0; t < n_tasks; t++) run_task(&c, t, 0);
+    }
+    st = sq_qtensor_compress(out, err);
+    if (st != SQ_OK) sq_qtensor_free(out);
+    return st;
+}
+
+sq_status sq_quant_4bit_from(sq_dtype src_dtype, const void *src, int64_t rows, int64_t cols,
+                             const sq_quant_scheme *s, sq_pool *pool, sq_qtensor *out,
+                             sq_error *err) {
+    return sq_quant_4bit_isa(src_dtype, src, rows, cols, s, pool, SQ_QUANT_ISA_AUTO, out, err);
+}
+
+sq_status sq_quant_4bit(const float *x, int64_t rows, int64_t cols, sq_dtype orig_dtype,
+                        const sq_quant_scheme *s, sq_pool *pool, sq_qtensor *out,
+                        sq_error *err) {
+    sq_status st = sq_quant_4bit_isa(SQ_DTYPE_F32, x, rows, cols, s, pool, SQ_QUANT_ISA_AUTO,
+                                     out, err);
+    if (st == SQ_OK) out->dtype = orig_dtype;
+    return st;
+}
+
+float sq_qtensor_absmax(const sq_qtensor *q, uint64_t block) {
+    if (!q->double_quant) return q->absmax[block];
+    return sq_qm_absmax_dq(sq_qm_dyn_value(q->absmax_q[block]),
+                           q->nested_absmax[block / (uint64_t)q->nested_blocksize],
+                           q->nested_offset);
+}
+
+void sq_dequant_4bit_f32(const sq_qtensor *q, uint64_t first, uint64_t n, float *out) {
+    const int is_fp4 = q->type == SQ_QUANT_FP4;
+    /* bnb 0.50.2 (CPU) dequantizes natively (FP4 zero = -0.0) when the last dim is even */
+    const int native = q->shape[1] % 2 == 0;
+    const uint64_t B = (uint64_t)q->blocksize;
+    uint64_t i = first, end = first + n;
+    while (i < end) {
+        uint64_t b = i / B, stop = (b + 1) * B < end ? (b + 1) * B : end;
+        float am = sq_qtensor_absmax(q, b);
+        for (; i < stop; i++) out[i - first] = sq_qm_dequant(is_fp4, native, sq_qm_unpack(q->packed, i), am);
+    }
+}
+
+sq_status sq_dequant_4bit(const sq_qtensor *q, void *out, sq_dtype out_dtype, sq_error *err) {
+    if (out_dtype != SQ_DTYPE_F32 && out_dtype != SQ_DTYPE_F16 && out_dtype != SQ_DTYPE_BF16)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "dequantize: output dtype %d is not F32, F16 or BF16", (int)out_dtype);
+    if (!q || !q->packed || !out)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "dequantize: empty tensor");
+    float buf[1024];
+    for (uint64_t i = 0; i < q->n_elements; i += 1024) {
+        uint64_t m = q->n_elements - i < 1024 ? q->n_elements - i : 1024;
+        sq_dequant_4bit_f32(q, i, m, buf);
+        if (out_dtype == SQ_DTYPE_F32) {
+            memcpy((float *)out + i, buf, (size_t)m * sizeof(float));
+        } else if (out_dtype == SQ_DTYPE_BF16) {
+            for (uint64_t j = 0; j < m; j++) ((uint16_t *)out)[i + j] = sq_qm_f32_to_bf16(buf[j]);
+        } else {
+            for (uint64_t j = 0; j < m; j++) ((uint16_t *)out)[i + j] = sq_qm_f32_to_f16(buf[j]);
+        }
+    }
+    return SQ_OK;
+}

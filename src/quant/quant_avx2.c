@@ -1,0 +1,106 @@
+/* quant_avx2.c: the AVX2 block quantizer, chosen at run time (__builtin_cpu_supports) and
+ * compiled per function with __attribute__((target)), so the rest of the build stays baseline
+ * x86-64.  It must give exactly the bytes of quant_scalar.c: the scale is one IEEE multiply
+ * (no FMA anywhere; the target list below leaves FMA out on purpose), the code is found by
+ * counting compares against the float32 midpoints (exact, NaN counts as above every bound as
+ * torch.bucketize does), and the trailing partial block is left to the scalar code.
+ * Must never allocate or log. */
+#include "quant_impl.h"
+
+#if defined(SQ_QUANT_HAVE_AVX2_CODE)
+#include <immintrin.h>
+
+#include "../../kernels/quant_math.cuh"
+
+#define SQ_AVX2 __attribute__((target("avx2,f16c")))
+
+/* 8 source elements at src[first + i] -> float32 lanes. */
+SQ_AVX2 static inline __m256 load8(sq_dtype d, const void *src, uint64_t i) {
+    if (d == SQ_DTYPE_BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)src + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    if (d == SQ_DTYPE_F16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)src + i));
+        return _mm256_cvtph_ps(h);  /* exact, subnormals included */
+    }
+    return _mm256_loadu_ps((const float *)src + i);
+}
+
+/* Sorted-position count: #bounds with !(v <= b); NaN lanes count all 15. */
+SQ_AVX2 static inline __m256i bucket8(__m256 v, const __m256 *bounds) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int k = 0; k < 15; k++)
+        acc = _mm256_sub_epi32(acc, _mm256_castps_si256(_mm256_cmp_ps(v, bounds[k], _CMP_NLE_UQ)));
+    return acc;
+}
+
+/* One full block (len multiple of 32) from the source: absmax + packed bytes. */
+SQ_AVX2 static void block_avx2(const sq_quant_job *job, uint64_t first, int64_t len,
+                               const __m256 *bounds, __m256i fp4_order, float *absmax_out,
+                               uint8_t *dst) {
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    /* pass 1: max|x| with torch's NaN propagation (track NaN lanes apart from the max) */
+    __m256 mx = _mm256_setzero_ps(), nanm = _mm256_setzero_ps();
+    for (int64_t i = 0; i < len; i += 8) {
+        __m256 a = _mm256_and_ps(load8(job->src_dtype, job->src, first + (uint64_t)i), sign);
+        nanm = _mm256_or_ps(nanm, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+        mx = _mm256_max_ps(mx, a);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    float am = _mm_cvtss_f32(m4);
+    if (_mm256_movemask_ps(nanm)) {
+        /* the block holds a NaN: let the scalar rule pick the same NaN bits */
+        am = 0.0f;
+        float buf[8];
+        for (int64_t i = 0; i < len; i += 8) {
+            _mm256_storeu_ps(buf, load8(job->src_dtype, job->src, first + (uint64_t)i));
+            for (int j = 0; j < 8; j++) am = sq_qm_absmax_step(am, buf[j]);
+        }
+    }
+    *absmax_out = am;
+    const __m256 r = _mm256_set1_ps(sq_qm_full_recip(am));
+    const __m256 lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i nib = _mm256_set1_epi16(0x0110);  /* even byte * 16 + odd byte * 1 */
+    /* pass 2: 32 elements -> 16 bytes */
+    for (int64_t i = 0; i < len; i += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 v = _mm256_mul_ps(load8(job->src_dtype, job->src, first + (uint64_t)(i + 8 * j)), r);
+            /* clamp keeping NaN: max/min return the second operand when either is NaN */
+            v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+            q[j] = bucket8(v, bounds);
+        }
+        __m256i p16a = _mm256_packs_epi32(q[0], q[1]);     /* a0-3 b0-3 | a4-7 b4-7 */
+        __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p8 = _mm256_packus_epi16(p16a, p16b);       /* a0-3 b0-3 c0-3 d0-3 | a4-7 ... */
+        p8 = _mm256_permutevar8x32_epi32(p8, perm);         /* elements 0..31 in order */
+        if (job->is_fp4) p8 = _mm256_shuffle_epi8(fp4_order, p8);  /* sorted pos -> bnb code */
+        __m256i w = _mm256_maddubs_epi16(p8, nib);          /* 16 x (even << 4 | odd) */
+        __m256i b = _mm256_packus_epi16(w, w);              /* bytes 0-7 | 8-15 per lane */
+        b = _mm256_permute4x64_epi64(b, 0x08);              /* qwords 0, 2 */
+        _mm_storeu_si128((__m128i *)(dst + i / 2), _mm256_castsi256_si128(b));
+    }
+}
+
+SQ_AVX2 void sq_quant_blocks_avx2(const sq_quant_job *job, uint64_t b0, uint64_t b1) {
+    static const uint32_t nf4b[15] = SQ_QM_NF4_BOUND_BITS, fp4b[15] = SQ_QM_FP4_BOUND_BITS;
+    static const uint8_t order[16] = SQ_QM_FP4_ORDER;
+    __m256 bounds[15];
+    for (int k = 0; k < 15; k++) bounds[k] = _mm256_set1_ps(sq_qm_f32(job->is_fp4 ? fp4b[k] : nf4b[k]));
+    __m128i o = _mm_loadu_si128((const __m128i *)order);
+    __m256i fp4_order = _mm256_broadcastsi128_si256(o);
+    const uint64_t B = (uint64_t)job->blocksize;
+    for (uint64_t b = b0; b < b1; b++) {
+        uint64_t first = b * B;
+        if (job->n - first < B) {  /* the trailing partial block */
+            sq_quant_blocks_scalar(job, b, b + 1);
+            continue;
+        }
+        block_avx2(job, first, (int64_t)B, bounds, fp4_order, &job->absmax[b], job->packed + first / 2);
+    }
+}
+#endif
