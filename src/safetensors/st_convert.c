@@ -9,6 +9,18 @@
 
 #include "st_impl.h"
 
+/* x86-64: each public loop is also compiled for x86-64-v3 (AVX2: twice the lanes), picked at
+ * load time by an ifunc; other machines get the baseline loop.  Sanitizer builds keep only the
+ * baseline loop, so the test suite checks both versions between the two builds. */
+#if defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && !defined(__SANITIZE_ADDRESS__)
+#define SQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef SQ_CLONES
+#define SQ_CLONES
+#endif
+
 static inline uint32_t f32_bits(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -21,7 +33,7 @@ static inline float f32_from(uint32_t u) {
     return f;
 }
 
-void sq_bf16_to_f32(const uint16_t *restrict src, float *restrict dst, size_t n) {
+SQ_CLONES void sq_bf16_to_f32(const uint16_t *restrict src, float *restrict dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = f32_from((uint32_t)src[i] << 16);
 }
 
@@ -39,7 +51,7 @@ static inline uint32_t f16_to_f32_bits(uint16_t h) {
     return sign | mag;
 }
 
-void sq_f16_to_f32(const uint16_t *restrict src, float *restrict dst, size_t n) {
+SQ_CLONES void sq_f16_to_f32(const uint16_t *restrict src, float *restrict dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = f32_from(f16_to_f32_bits(src[i]));
 }
 
@@ -51,7 +63,7 @@ static inline uint16_t f32_to_bf16_bits(uint32_t u) {
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
-void sq_f32_to_bf16(const float *restrict src, uint16_t *restrict dst, size_t n) {
+SQ_CLONES void sq_f32_to_bf16(const float *restrict src, uint16_t *restrict dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = f32_to_bf16_bits(f32_bits(src[i]));
 }
 
@@ -75,7 +87,7 @@ static inline uint16_t f32_to_f16_bits(uint32_t w) {
     return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? nan : nonsign));
 }
 
-void sq_f32_to_f16(const float *restrict src, uint16_t *restrict dst, size_t n) {
+SQ_CLONES void sq_f32_to_f16(const float *restrict src, uint16_t *restrict dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = f32_to_f16_bits(f32_bits(src[i]));
 }
 
