@@ -1,8 +1,18 @@
 /* size: exact integer byte counts.  Pure functions, no I/O.
  * Per tensor and per module, for dense dtypes and for bitsandbytes' 4-bit storage
- * (../shared/reference/bnb-nf4-format.md §4, §6): packed data ceil(n/2); absmax float32 per
- * block (uint8 with double quant, + float32 nested absmax per 256 blocks + the 256-entry
- * float32 nested map); the 16-entry float32 quant_map; the quant_state JSON bytes. */
+ * (../shared/reference/bnb-nf4-format.md §4, §6).  One 4-bit weight of n elements, B = the
+ * scheme's blocksize, nb = ceil(n / B):
+ *   packed            ceil(n/2)                  uint8, two codes a byte
+ *   absmax            nb * 4                     float32 (no double quant)
+ *                     nb * 1                     uint8 codes (double quant)
+ *   nested_absmax     ceil(nb / 256) * 4         float32 (double quant only)
+ *   nested_quant_map  256 * 4 = 1024             float32 (double quant only)
+ *   quant_map         16 * 4 = 64                float32, always
+ * The quant_state JSON blob (~170 bytes: bnb-nf4-format.md §4.2) and the double-quant offset
+ * it carries are EXCLUDED everywhere: their length depends on the printed float, and they are
+ * metadata rather than tensor storage.  So a 4096x4096 NF4 weight counts
+ *   8,388,608 + 1,048,576 + 64                   = 9,437,248 bytes without double quant,
+ *   8,388,608 + 262,144 + 4,096 + 1,024 + 64     = 8,655,936 bytes with it. */
 #ifndef SHARDQ_SIZE_H
 #define SHARDQ_SIZE_H
 
@@ -30,19 +40,36 @@ sq_quant_scheme sq_quant_scheme_default(void);
 /* Checks blocksize range and power of two. */
 sq_status sq_quant_scheme_check(const sq_quant_scheme *s, sq_error *err);
 const char *sq_quant_type_name(sq_quant_type t);   /* "none", "nf4", "fp4" */
+/* Inverse of sq_quant_type_name; false for an unknown name. */
+bool sq_quant_type_from_name(const char *name, sq_quant_type *out);
 
+#define SQ_BNB_QUANT_MAP_BYTES 64u           /* 16 float32 */
+#define SQ_BNB_NESTED_BLOCKSIZE 256u         /* absmax values per nested block */
+#define SQ_BNB_NESTED_MAP_BYTES 1024u        /* 256 float32 */
+
+/* The parts of one 4-bit weight (bytes), as listed at the top of this header. */
+typedef struct sq_4bit_parts {
+    uint64_t packed, absmax, nested_absmax, nested_quant_map, quant_map;
+    uint64_t n_blocks, n_nested_blocks;
+    uint64_t total;
+} sq_4bit_parts;
+
+/* The parts of an n-element weight under s (s->type NF4 or FP4; blocksize must pass
+ * sq_quant_scheme_check — anything else is a bug and asserts). */
+sq_4bit_parts sq_size_4bit_parts(uint64_t n_elements, const sq_quant_scheme *s);
 /* Bytes of one 4-bit quantized weight of n elements, as stored on disk and in memory
- * (packed + absmax + maps + nested; the JSON blob excluded). */
+ * (packed + absmax + maps + nested; the JSON blob excluded).  With s->type NONE: the dense
+ * bytes in s->dense_dtype. */
 uint64_t sq_size_4bit_bytes(uint64_t n_elements, const sq_quant_scheme *s);
 /* Bytes of the packed nibbles only: ceil(n/2). */
 uint64_t sq_size_4bit_packed_bytes(uint64_t n_elements);
-/* Number of absmax blocks: ceil(n / blocksize). */
+/* Number of absmax blocks: ceil(n / blocksize) (blocksize > 0, else a bug). */
 uint64_t sq_size_4bit_n_blocks(uint64_t n_elements, int64_t blocksize);
 /* Dense bytes: n * dtype size (saturating at UINT64_MAX). */
 uint64_t sq_size_dense_bytes(uint64_t n_elements, sq_dtype d);
 
 /* KV cache bytes of ONE layer for n_tokens tokens (batch x seq): 2 * n_kv_heads * head_dim *
- * n_tokens * kv dtype size. */
+ * n_tokens * kv dtype size (saturating at UINT64_MAX). */
 uint64_t sq_size_kv_bytes_per_layer(const sq_model_config *c, uint64_t n_tokens, sq_dtype kv);
 
 #ifdef __cplusplus
