@@ -2,13 +2,23 @@
  * which tensors a 4-bit scheme quantizes.  Built from the config alone; no weight bytes, ever.
  * Serializable to a flat, versioned byte buffer with a hash, for MPI_Bcast from rank 0.
  *
- * Ownership: sq_meta is opaque; sq_meta_create / sq_meta_deserialize pair with
- * sq_meta_destroy (takes NULL).  Returned pointers point into the sq_meta. */
+ * Order: model.embed_tokens; per layer L (module "model.layers.L") input_layernorm,
+ * self_attn.q_proj.weight (+ .bias), k_proj (+ bias), v_proj (+ bias), o_proj,
+ * post_attention_layernorm, mlp.gate_proj, mlp.up_proj, mlp.down_proj; model.norm; lm_head
+ * (absent when tie_word_embeddings).  Module i of layer L is 1 + L.
+ * Quantizable (bitsandbytes' rule): the seven Linear weights of every decoder layer;
+ * embeddings, norms, biases and lm_head stay dense.
+ *
+ * Ownership: sq_meta is opaque; sq_meta_create / sq_meta_deserialize / sq_meta_bcast pair with
+ * sq_meta_destroy (takes NULL).  Returned pointers point into the sq_meta and live until it
+ * is destroyed. */
 #ifndef SHARDQ_META_H
 #define SHARDQ_META_H
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <mpi.h>
 
 #include "shardq/config.h"
 #include "shardq/safetensors.h"
@@ -42,6 +52,12 @@ typedef struct sq_tensor_spec {
     uint64_t n_elements;
     sq_dtype dtype;         /* the checkpoint's dtype (from the headers when validated) */
     bool quantizable;       /* a Linear weight inside a decoder layer (bnb's rule) */
+    /* Set by sq_meta_validate when the checkpoint already holds this weight in bitsandbytes'
+     * 4-bit layout (dtype U8, shape [(n+1)/2, 1] + .absmax / .quant_map / .quant_state… keys):
+     * NF4 or FP4, else SQ_QUANT_NONE.  shape / n_elements stay the logical [out, in]. */
+    sq_quant_type stored_quant;
+    bool stored_double_quant;
+    int64_t stored_blocksize; /* from the absmax count (0 when not pre-quantized) */
 } sq_tensor_spec;
 
 typedef struct sq_module_spec {
@@ -70,26 +86,54 @@ int sq_meta_layer_module(const sq_meta *m, int64_t layer);
 int sq_meta_module_of_kind(const sq_meta *m, sq_module_kind kind);  /* -1 if absent (tied head) */
 uint64_t sq_meta_n_params(const sq_meta *m);
 
-/* Checks the skeleton against a checkpoint's headers: missing, unexpected and mis-shaped
- * tensors are all reported by name in one message (the first 8 of each, then a count).
- * Records the checkpoint's dtypes in the skeleton.  A pre-quantized bnb checkpoint's
- * quantized weights (weight U8 + absmax / quant_map / quant_state keys) are accepted. */
+/* Checks the skeleton against a checkpoint's headers: missing, unexpected and mis-shaped (or
+ * non-float) tensors are all reported by name in one SQ_ERR_FORMAT message (up to 8 names of
+ * each kind, as many as fit, then a count); with a single problem err->file is the tensor's
+ * file and err->tensor its name, else err->file is the model folder.
+ * On success records the checkpoint's dtypes (and pre-quantized layouts) in the skeleton;
+ * on failure the skeleton is unchanged.
+ * A pre-quantized bnb checkpoint's quantized weights (weight U8 [(n+1)/2, 1] + .absmax,
+ * .quant_map, [.nested_absmax, .nested_quant_map,] .quant_state.bitsandbytes__nf4|__fp4) are
+ * accepted with every companion's shape checked.  Also accepted and ignored: the legacy
+ * "*.rotary_emb.inv_freq" buffers, and lm_head.weight of the right shape in a tied model. */
 sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err);
 
-/* Exact bytes of tensor i / module i under a scheme (quantizable tensors take the 4-bit size,
- * the rest dense in their dtype). */
+/* Exact bytes of tensor i / module i under a scheme: with s->type NF4/FP4 quantizable tensors
+ * take sq_size_4bit_bytes; every other tensor (and every tensor when s->type is NONE) is dense
+ * in s->dense_dtype.  So {NONE, BF16} gives the bf16 footprint of the whole model. */
 uint64_t sq_meta_tensor_bytes(const sq_meta *m, int tensor, const sq_quant_scheme *s);
 uint64_t sq_meta_module_bytes(const sq_meta *m, int module, const sq_quant_scheme *s);
 uint64_t sq_meta_total_bytes(const sq_meta *m, const sq_quant_scheme *s);
 
-/* Flat serialization: "SQMETA" magic, format version, the config and every spec, in a fixed
- * little-endian layout.  *buf is malloc'd (caller frees).  hash is FNV-1a 64 of the bytes. */
+/* Flat serialization: "SQMETA\0\0" magic, u32 format version, u32 total length, the config
+ * field by field, the module and tensor specs, and a trailing u64: FNV-1a 64 of every byte
+ * before it.  Fixed little-endian layout, no padding, no pointers.  *buf is malloc'd (caller
+ * frees); on failure *buf is NULL and *buf_bytes 0.
+ * sq_meta_deserialize checks everything before trusting it: magic, version, length, the
+ * trailing hash, the config (sq_config_check), and that every module / tensor spec is exactly
+ * the one the config produces (only dtypes and pre-quantized fields come from the buffer, and
+ * they are range-checked).  Bad bytes give SQ_ERR_FORMAT, never a crash or an allocation
+ * sized by the buffer.  On failure *out is NULL. */
 #define SQ_META_FORMAT_VERSION 1
+#define SQ_META_MAX_BYTES (64u << 20)
 sq_status sq_meta_serialize(const sq_meta *m, uint8_t **buf, size_t *buf_bytes, sq_error *err);
 sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **out,
                               sq_error *err);
+/* FNV-1a 64 of the serialized skeleton (the value its trailer holds): equal hashes mean equal
+ * skeletons, dtypes included. */
 uint64_t sq_meta_hash(const sq_meta *m);
 uint64_t sq_hash_fnv1a64(const void *data, size_t n);
+
+/* Collective over comm (every rank must call it): the root serializes *m and broadcasts the
+ * length, its hash and status, then the bytes; every other rank deserializes into a new *m;
+ * every rank checks that its hash equals the root's, and the ranks agree (MPI_Allreduce) that
+ * all succeeded.
+ * On the root, *m is the caller's skeleton, or NULL when the root failed before: then err must
+ * hold the root's error, which is broadcast so every rank returns it (no rank is left waiting).
+ * On failure every rank returns the same error (naming the first failing rank; its code
+ * SQ_ERR_PEER on the ranks that did not fail themselves), non-root ranks get *m NULL, and the
+ * root's *m is left to its caller.  comm must have MPI_ERRORS_RETURN. */
+sq_status sq_meta_bcast(MPI_Comm comm, int root, sq_meta **m, sq_error *err);
 
 #ifdef __cplusplus
 }
