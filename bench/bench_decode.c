@@ -1,0 +1,293 @@
+/* bench_decode: CPU backend figures.
+ *   1. memory: memcpy GB/s (read + written bytes) and a float32 read-sum GB/s, 1 thread and
+ *      all threads, over buffers far larger than the last-level cache;
+ *   2. NF4 Linear (dequantize-on-the-fly GEMV / GEMM) on 4096x4096, 4096x14336, 14336x4096 at
+ *      batch 1 and 8: GB/s of weight bytes read (packed nibbles + float32 absmax) and GFLOP/s,
+ *      rotating over enough copies of the weight that they come from DRAM;
+ *   3. decode tokens/s of a random NF4 model of the `small` preset shape (hidden 256, 6 layers,
+ *      8 heads, 2 kv heads, intermediate 704, vocab 2048), batch 1 and 8.
+ * Usage: bench_decode [--threads N] [--reps N] [--quick]
+ * Prints a table (#-prefixed header with units) and an OK / FAILED footer. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shardq/model.h"
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t rnd(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float rndf(float a) { return a * ((float)((rnd() >> 40) * (1.0 / 8388608.0)) - 1.0f); }
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    char *dst;
+    const char *src;
+    size_t n, chunk;
+    double sums[64];
+} mem_ctx;
+
+static void copy_task(void *c_, int64_t t, int th) {
+    mem_ctx *c = c_;
+    size_t off = (size_t)t * c->chunk, n = off + c->chunk > c->n ? c->n - off : c->chunk;
+    memcpy(c->dst + off, c->src + off, n);
+}
+static void read_task(void *c_, int64_t t, int th) {
+    mem_ctx *c = c_;
+    size_t off = (size_t)t * c->chunk, n = off + c->chunk > c->n ? c->n - off : c->chunk;
+    const float *f = (const float *)(c->src + off);
+    float a[16] = {0};
+    for (size_t i = 0; i + 16 <= n / 4; i += 16)
+        for (int j = 0; j < 16; j++) a[j] += f[i + j];
+    double s = 0;
+    for (int j = 0; j < 16; j++) s += a[j];
+    c->sums[t % 64] += s;
+}
+
+static void bench_memory(int n_threads, int reps, double *copy_gbs, double *read_gbs) {
+    size_t n = (size_t)512 << 20;
+    char *a = aligned_alloc(64, n), *b = aligned_alloc(64, n);
+    memset(a, 1, n);
+    memset(b, 2, n);
+    sq_pool *pool = NULL;
+    sq_error err;
+    sq_pool_create(n_threads, &pool, &err);
+    mem_ctx c = {b, a, n, n / (size_t)(n_threads * 8), {0}};
+    int64_t tasks = (int64_t)((n + c.chunk - 1) / c.chunk);
+    double t[32];
+    for (int r = 0; r < reps; r++) {
+        double t0 = sq_now_s();
+        sq_pool_run(pool, tasks, copy_task, &c);
+        t[r] = sq_now_s() - t0;
+    }
+    *copy_gbs = 2.0 * (double)n / median(t, reps) / 1e9;
+    for (int r = 0; r < reps; r++) {
+        double t0 = sq_now_s();
+        sq_pool_run(pool, tasks, read_task, &c);
+        t[r] = sq_now_s() - t0;
+    }
+    *read_gbs = (double)n / median(t, reps) / 1e9;
+    sq_pool_destroy(pool);
+    free(a);
+    free(b);
+}
+
+/* ---- NF4 Linear -------------------------------------------------------------------------------- */
+
+static void rand_q(int64_t M, int64_t K, sq_qtensor *q) {
+    memset(q, 0, sizeof *q);
+    q->type = SQ_QUANT_NF4;
+    q->blocksize = 64;
+    q->n_elements = (uint64_t)(M * K);
+    q->shape[0] = M;
+    q->shape[1] = K;
+    q->dtype = SQ_DTYPE_BF16;
+    q->n_blocks = q->n_elements / 64;
+    q->packed = malloc(q->n_elements / 2);
+    q->absmax = malloc(q->n_blocks * 4);
+    for (uint64_t i = 0; i < q->n_elements / 2; i += 8) {
+        uint64_t v = rnd();
+        memcpy(q->packed + i, &v, 8);
+    }
+    for (uint64_t b = 0; b < q->n_blocks; b++) q->absmax[b] = 0.01f + 0.001f * (float)(b % 7);
+}
+
+static int bench_gemv(sq_backend *be, int reps) {
+    static const int64_t shapes[3][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
+    static const int batches[2] = {1, 8};
+    int ok = 1;
+    for (int s = 0; s < 3; s++) {
+        int64_t M = shapes[s][0], K = shapes[s][1];
+        sq_qtensor q;
+        rand_q(M, K, &q);
+        uint64_t wbytes = q.n_elements / 2 + q.n_blocks * 4;
+        int n_copies = (int)((uint64_t)(160u << 20) / wbytes) + 1;   /* > 160 MB: past the LLC */
+        sq_weight *w[32];
+        sq_error err;
+        sq_error_init(&err, -1);
+        if (n_copies > 32) n_copies = 32;
+        for (int i = 0; i < n_copies; i++)
+            if (sq_backend_weight_4bit(be, "bench", &q, &w[i], &err) != SQ_OK) {
+                fprintf(stderr, "bench_decode: %s\n", err.msg);
+                return 0;
+            }
+        sq_qtensor_free(&q);
+        void *x_d = NULL, *y_d = NULL;
+        sq_backend_alloc(be, (uint64_t)(8 * K * 4), &x_d, &err);
+        sq_backend_alloc(be, (uint64_t)(8 * M * 4), &y_d, &err);
+        float *x = malloc((size_t)(8 * K) * 4);
+        for (int64_t i = 0; i < 8 * K; i++) x[i] = rndf(1.0f);
+        sq_backend_upload(be, x_d, x, (uint64_t)(8 * K * 4), &err);
+        free(x);
+        for (int bi = 0; bi < 2; bi++) {
+            int B = batches[bi];
+            double t[64];
+            int n_runs = reps * n_copies < 64 ? reps * n_copies : 64;
+            for (int r = -n_copies; r < n_runs; r++) {   /* one warm-up round over the copies */
+                int c = (r + n_copies) % n_copies;
+                double t0 = sq_now_s();
+                if (sq_backend_linear(be, x_d, B, w[c], NULL, y_d, &err) != SQ_OK) ok = 0;
+                if (r >= 0) t[r] = sq_now_s() - t0;
+            }
+            double med = median(t, n_runs);
+            printf("  %-8s %6lld x %-6lld %5d %12.3f %10.2f %10.2f\n", "nf4", (long long)M,
+                   (long long)K, B, med * 1e3, (double)wbytes / med / 1e9,
+                   2.0 * (double)M * (double)K * B / med / 1e9);
+        }
+        for (int i = 0; i < n_copies; i++) sq_backend_weight_free(be, w[i]);
+        sq_backend_free(be, x_d);
+        sq_backend_free(be, y_d);
+    }
+    return ok;
+}
+
+/* ---- decode tokens/s on the small preset shape ---------------------------------------------- */
+
+static int bench_model(sq_backend *be, int n_new, double *tok_s1, double *tok_s8) {
+    sq_model_config c;
+    memset(&c, 0, sizeof c);
+    c.arch = SQ_ARCH_LLAMA;
+    c.hidden_size = 256;
+    c.intermediate_size = 704;
+    c.n_layers = 6;
+    c.n_heads = 8;
+    c.n_kv_heads = 2;
+    c.head_dim = 32;
+    c.vocab_size = 2048;
+    c.rms_norm_eps = 1e-5;
+    c.rope_theta = 10000;
+    c.max_position_embeddings = 2048;
+    c.tie_word_embeddings = false;
+    sq_stage_params p;
+    memset(&p, 0, sizeof p);
+    p.cfg = c;
+    p.n_layers = c.n_layers;
+    p.has_embed = p.has_head = true;
+    p.scheme.type = SQ_QUANT_NF4;
+    p.scheme.blocksize = 64;
+    p.scheme.dense_dtype = SQ_DTYPE_BF16;
+    p.max_seq = 16 + n_new;
+    p.max_batch = 8;
+    p.max_tokens = 16 * 8;
+    sq_stage *s = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    if (sq_stage_create(be, &p, &s, &err) != SQ_OK) goto fail;
+    int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size, q = 256, k = 64;
+    float *buf = malloc((size_t)(V * H) * 4);
+    for (int64_t i = 0; i < V * H; i++) buf[i] = rndf(0.05f);
+    int64_t sh[2] = {V, H}, s1[2] = {H, 0};
+    if (sq_stage_set_dense(s, SQ_ROLE_EMBED, -1, "embed", SQ_DTYPE_F32, buf, 2, sh, &err) ||
+        sq_stage_set_dense(s, SQ_ROLE_LM_HEAD, -1, "lm_head", SQ_DTYPE_F32, buf, 2, sh, &err))
+        goto fail;
+    for (int64_t i = 0; i < H; i++) buf[i] = 1.0f + rndf(0.1f);
+    if (sq_stage_set_dense(s, SQ_ROLE_FINAL_NORM, -1, "norm", SQ_DTYPE_F32, buf, 1, s1, &err)) goto fail;
+    struct { sq_tensor_role r; int64_t rows, cols; } lin[] = {
+        {SQ_ROLE_Q, q, H}, {SQ_ROLE_K, k, H}, {SQ_ROLE_V, k, H}, {SQ_ROLE_O, H, q},
+        {SQ_ROLE_GATE, I, H}, {SQ_ROLE_UP, I, H}, {SQ_ROLE_DOWN, H, I}};
+    for (int64_t l = 0; l < c.n_layers; l++) {
+        if (sq_stage_set_dense(s, SQ_ROLE_ATTN_NORM, l, "n", SQ_DTYPE_F32, buf, 1, s1, &err) ||
+            sq_stage_set_dense(s, SQ_ROLE_MLP_NORM, l, "n", SQ_DTYPE_F32, buf, 1, s1, &err))
+            goto fail;
+        for (size_t i = 0; i < sizeof lin / sizeof *lin; i++) {
+            float *w = malloc((size_t)(lin[i].rows * lin[i].cols) * 4);
+            for (int64_t j = 0; j < lin[i].rows * lin[i].cols; j++) w[j] = rndf(0.06f);
+            sq_qtensor qt;
+            sq_status st = sq_quant_4bit(w, lin[i].rows, lin[i].cols, SQ_DTYPE_BF16, &p.scheme, NULL, &qt, &err);
+            free(w);
+            if (st == SQ_OK) st = sq_stage_set_4bit(s, lin[i].r, l, "w", &qt, &err);
+            sq_qtensor_free(&qt);
+            if (st != SQ_OK) goto fail;
+        }
+    }
+    free(buf);
+    for (int bi = 0; bi < 2; bi++) {
+        int B = bi ? 8 : 1;
+        sq_seq_span sp[8];
+        int32_t tok[128];
+        uint64_t seq[8], step[8];
+        for (int i = 0; i < B; i++) {   /* prefill 16 tokens per sequence */
+            sp[0] = (sq_seq_span){i, 0, 16};
+            for (int t = 0; t < 16; t++) tok[t] = (int32_t)(rnd() % (uint64_t)V);
+            sq_stage_batch b = {1, sp, tok, NULL, false};
+            if (sq_stage_forward(s, &b, &err)) goto fail;
+        }
+        for (int i = 0; i < B; i++) tok[i] = 1 + i;
+        sq_sample_params gp = {0, 0, 1, 0};
+        double t0 = sq_now_s();
+        for (int step_i = 0; step_i < n_new; step_i++) {
+            for (int i = 0; i < B; i++) {
+                sp[i] = (sq_seq_span){i, 16 + step_i, 1};
+                seq[i] = (uint64_t)i;
+                step[i] = (uint64_t)step_i;
+            }
+            sq_stage_batch b = {B, sp, tok, NULL, false};
+            if (sq_stage_forward(s, &b, &err) || sq_stage_sample(s, &gp, seq, step, tok, &err)) goto fail;
+        }
+        double dt = sq_now_s() - t0;
+        *(bi ? tok_s8 : tok_s1) = (double)(n_new * B) / dt;
+    }
+    sq_stage_destroy(s);
+    return 1;
+fail:
+    fprintf(stderr, "bench_decode: %s\n", err.msg);
+    sq_stage_destroy(s);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int n_threads = 0, reps = 7, quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) n_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else {
+            fprintf(stderr, "usage: bench_decode [--threads N] [--reps N] [--quick]\n");
+            return 2;
+        }
+    }
+    if (reps < 1 || reps > 31) reps = 7;
+    sq_backend *be = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    if (sq_backend_create_cpu(n_threads, &be, &err) != SQ_OK) {
+        fprintf(stderr, "bench_decode: %s\n", err.msg);
+        return 1;
+    }
+    sq_backend_limits lim = {.max_rows = 128, .max_width = 14336, .max_vocab = 0, .max_head_dim = 128};
+    sq_backend_reserve(be, &lim, &err);
+    int nt = sq_backend_n_threads(be), ok = 1;
+    printf("# shardq bench_decode: backend %s, %d threads, median of %d\n", sq_backend_name(be), nt, reps);
+    double c1, r1, cn, rn;
+    bench_memory(1, reps, &c1, &r1);
+    bench_memory(nt, reps, &cn, &rn);
+    printf("# %-30s %10s %10s\n", "memory", "1 thr GB/s", "all GB/s");
+    printf("  %-30s %10.2f %10.2f\n", "memcpy 512 MiB (read+write)", c1, cn);
+    printf("  %-30s %10.2f %10.2f\n", "f32 read-sum 512 MiB", r1, rn);
+    if (!quick) {
+        printf("# %-8s %15s %5s %12s %10s %10s\n", "linear", "out x in", "batch", "ms", "GB/s", "GFLOP/s");
+        ok &= bench_gemv(be, reps);
+    }
+    double t1 = 0, t8 = 0;
+    ok &= bench_model(be, quick ? 32 : 128, &t1, &t8);
+    printf("# %-40s %12s\n", "decode, small preset shape, nf4", "tokens/s");
+    printf("  %-40s %12.1f\n", "batch 1", t1);
+    printf("  %-40s %12.1f\n", "batch 8", t8);
+    printf("# %s\n", ok ? "OK" : "FAILED");
+    sq_backend_destroy(be);
+    return ok ? 0 : 1;
+}
