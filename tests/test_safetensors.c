@@ -365,6 +365,86 @@ START_TEST(test_hand_made_file_data) {
 }
 END_TEST
 
+/* A file written by the official safetensors package (tests/fuzz/make_py_seed.py): read
+ * exactly, and rewritten by sq_st_writer in the same order it is the same file, byte for byte. */
+START_TEST(test_rust_crate_file) {
+    const char *path = SQ_SOURCE_DIR "/tests/fuzz/corpus_st/ok_rust_crate";
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_st_file *f = NULL;
+    ck_assert_int_eq(sq_st_file_open(path, &f, &err), SQ_OK);
+    static const char *names[] = {"d.i64", "c.f64", "b.f32", "g.scalar", "model.embed_tokens.weight",
+                                  "a.f16", "f.f8", "h.empty", "e.bool"};
+    static const sq_dtype dtypes[] = {SQ_DTYPE_I64, SQ_DTYPE_F64, SQ_DTYPE_F32, SQ_DTYPE_F32,
+                                      SQ_DTYPE_BF16, SQ_DTYPE_F16, SQ_DTYPE_F8_E4M3, SQ_DTYPE_I8,
+                                      SQ_DTYPE_BOOL};
+    ck_assert_uint_eq(sq_st_file_n_tensors(f), 9);
+    const sq_tensor_info *first = sq_st_file_tensor(f, 0);
+    ck_assert_uint_eq(first->offset % 8, 0);
+    for (size_t i = 0; i < 9; i++) {
+        ck_assert_str_eq(sq_st_file_tensor(f, i)->name, names[i]);
+        ck_assert_int_eq(sq_st_file_tensor(f, i)->dtype, dtypes[i]);
+    }
+    ck_assert_str_eq(sq_st_file_metadata(f, "format"), "pt");
+    float v[12];
+    const sq_tensor_info *t = sq_st_file_find(f, "d.i64");
+    int64_t i64;
+    memcpy(&i64, sq_st_file_data(f, t), 8);
+    ck_assert_int_eq(i64, -7);
+    t = sq_st_file_find(f, "c.f64");
+    ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_st_file_data(f, t), v, 1, &err), SQ_OK);
+    ck_assert_float_eq(v[0], 3.25f);
+    t = sq_st_file_find(f, "b.f32");
+    ck_assert_int_eq(t->n_dims, 2);
+    ck_assert_int_eq(t->shape[0], 1);
+    ck_assert_int_eq(t->shape[1], 2);
+    ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_st_file_data(f, t), v, 2, &err), SQ_OK);
+    ck_assert_float_eq(v[0], 1.5f);
+    ck_assert_float_eq(v[1], 2.5f);
+    t = sq_st_file_find(f, "g.scalar");
+    ck_assert_int_eq(t->n_dims, 0);
+    ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_st_file_data(f, t), v, 1, &err), SQ_OK);
+    ck_assert_float_eq(v[0], 9.0f);
+    t = sq_st_file_find(f, "model.embed_tokens.weight");
+    ck_assert_uint_eq(t->n_elements, 12);
+    ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_st_file_data(f, t), v, 12, &err), SQ_OK);
+    for (int i = 0; i < 12; i++) ck_assert_float_eq(v[i], (float)i / 8);
+    t = sq_st_file_find(f, "a.f16");
+    ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_st_file_data(f, t), v, 3, &err), SQ_OK);
+    ck_assert_float_eq(v[0], 0.5f);
+    ck_assert_float_eq(v[1], -2.0f);
+    ck_assert_float_eq(v[2], 65504.0f);
+    t = sq_st_file_find(f, "f.f8");
+    ck_assert_mem_eq(sq_st_file_data(f, t), "\x38\xb0", 2); /* e4m3fn 1.0, -0.5 */
+    t = sq_st_file_find(f, "e.bool");
+    ck_assert_mem_eq(sq_st_file_data(f, t), "\x01\x00", 2);
+    t = sq_st_file_find(f, "h.empty");
+    ck_assert_uint_eq(t->n_bytes, 0);
+    ck_assert_int_eq(t->shape[0], 0);
+    ck_assert_int_eq(t->shape[1], 3);
+
+    char *out = path_in(g_dir, "rewritten.safetensors");
+    sq_st_writer *w = NULL;
+    ck_assert_int_eq(sq_st_writer_create(out, &w, &err), SQ_OK);
+    ck_assert_int_eq(sq_st_writer_metadata(w, "format", "pt", &err), SQ_OK);
+    for (size_t i = 0; i < 9; i++) {
+        t = sq_st_file_tensor(f, i);
+        ck_assert_int_eq(sq_st_writer_add(w, t->name, t->dtype, t->n_dims, t->shape,
+                                          sq_st_file_data(f, t), t->n_bytes, &err), SQ_OK);
+    }
+    ck_assert_int_eq(sq_st_writer_finish(w, true, &err), SQ_OK);
+    sq_st_writer_destroy(w);
+    size_t na = 0, nb = 0;
+    char *a = sq_test_read_file(path, &na), *b = sq_test_read_file(out, &nb);
+    ck_assert_uint_eq(na, nb);
+    ck_assert_mem_eq(a, b, na);
+    free(a);
+    free(b);
+    free(out);
+    sq_st_file_close(f);
+}
+END_TEST
+
 /* ---- every bad input of issue 2 (files) ------------------------------------------------ */
 
 #define T1(dtype, shape, offs) "{\"w\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":" offs "}}"
@@ -590,6 +670,14 @@ START_TEST(test_model_sharded) {
     ck_assert_ptr_null(sq_st_model_tensor(m, 6));
     sq_st_model_close(m);
     sq_st_model_close(NULL);
+    /* a shard's tensor that weight_map leaves out is still found (transformers loads it too) */
+    write_text(dir, "model.safetensors.index.json",
+               "{\"weight_map\":{\"model.embed_tokens.weight\":\"" SHARD1 "\","
+               "\"model.layers.0.self_attn.v_proj.weight\":\"" SHARD2 "\"}}");
+    ck_assert_int_eq(sq_st_model_open(dir, &m, &err), SQ_OK);
+    ck_assert_uint_eq(sq_st_model_n_tensors(m), 6);
+    ck_assert_int_eq(sq_st_model_find(m, "model.norm.weight")->file_index, 1);
+    sq_st_model_close(m);
     free(dir);
 }
 END_TEST
@@ -1007,6 +1095,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_writer_rejects);
     tcase_add_test(tc, test_header_check_buffers);
     tcase_add_test(tc, test_hand_made_file_data);
+    tcase_add_test(tc, test_rust_crate_file);
     tcase_add_test(tc, test_bad_empty_and_short);
     tcase_add_test(tc, test_bad_header_length);
     tcase_add_test(tc, test_bad_json);
