@@ -18,6 +18,7 @@ typedef struct best {
     bool feasible;
     double bottleneck;
     int64_t headroom;       /* feasible: max min-headroom at the min bottleneck */
+    double spread;          /* feasible: min sum of squared stage times at (bottleneck, headroom) */
     int64_t best_min_head;  /* over all assignments: max of min headroom (−shortfall) */
     long n_assignments;
 } best;
@@ -29,15 +30,22 @@ static void brute_rec(const sq_plan_problem *p, int *counts, int j, int left, be
         if (left < minc) return;
         counts[j] = left;
         sq_plan_eval e;
-        sq_plan_evaluate(p, counts, 0, m - 1, NULL, &e);
+        sq_plan_stage_eval st[4];
+        sq_plan_evaluate(p, counts, 0, m - 1, st, &e);
+        double spread = 0;
+        for (int k = 0; k < m; k++) spread = k ? spread + st[k].step_s * st[k].step_s
+                                                : st[k].step_s * st[k].step_s;
         b->n_assignments++;
         if (e.min_headroom_bytes > b->best_min_head) b->best_min_head = e.min_headroom_bytes;
         if (!e.fits) return;
         if (!b->feasible || e.bottleneck_s < b->bottleneck ||
-            (e.bottleneck_s == b->bottleneck && e.min_headroom_bytes > b->headroom)) {
+            (e.bottleneck_s == b->bottleneck && e.min_headroom_bytes > b->headroom) ||
+            (e.bottleneck_s == b->bottleneck && e.min_headroom_bytes == b->headroom &&
+             spread < b->spread)) {
             b->feasible = true;
             b->bottleneck = e.bottleneck_s;
             b->headroom = e.min_headroom_bytes;
+            b->spread = spread;
         }
         return;
     }
@@ -103,6 +111,13 @@ START_TEST(test_solver_equals_brute_force) {
                           iter, e.bottleneck_s, b.bottleneck);
             ck_assert_msg(e.min_headroom_bytes == b.headroom, "iter %d: headroom %" PRId64
                           " vs brute %" PRId64, iter, e.min_headroom_bytes, b.headroom);
+            sq_plan_stage_eval st[4];
+            sq_plan_evaluate(&p, counts, 0, m - 1, st, &e);
+            double spread = 0;
+            for (int k = 0; k < m; k++) spread = k ? spread + st[k].step_s * st[k].step_s
+                                                    : st[k].step_s * st[k].step_s;
+            ck_assert_msg(spread == b.spread, "iter %d: spread %.17g vs brute %.17g", iter, spread,
+                          b.spread);
         } else {
             n_infeasible++;
             ck_assert_msg(st == SQ_ERR_FIT, "iter %d: brute force infeasible, solver %d", iter, st);

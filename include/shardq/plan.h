@@ -6,8 +6,9 @@
  *   1. The PURE core (sq_plan_problem → stages): numbers in, numbers out, no model, no files.
  *      Objective, lexicographic: (1) every stage fits its capacity; (2) minimise the bottleneck
  *      = max over stages of (bytes the stage reads per decode step ÷ its memory bandwidth);
- *      (3) among those, maximise the smallest headroom (capacity − used).  Solved exactly by
- *      dynamic programming over (devices × layers), O(n_devices · n_layers²).
+ *      (3) among those, maximise the smallest headroom (capacity − used); (4) a tie-break:
+ *      among those, minimise the sum of squared stage times (spreads the layers).  Solved
+ *      exactly by dynamic programming over (devices × layers), O(n_devices · n_layers²).
  *      Stage rule: when n_layers >= n_devices every stage holds at least one layer; otherwise
  *      (more ranks than layers) a stage may hold none: that rank only forwards activations.
  *      Also: accelerate's "balanced" greedy, re-implemented from its algorithm description

@@ -6,9 +6,13 @@
  *   A. min over assignments of the worst overflow max_j (used_j − capacity_j): feasibility, and
  *      for an infeasible problem the exact shortfall;
  *   B. min bottleneck T* = min max_j t_j over the assignments where every stage fits;
- *   C. max over the assignments with every stage fitting and t_j <= T* of min_j headroom_j.
- * Each is "min of max" (or "max of min") over contiguous partitions, so the recurrence
- * best[j][b] = opt_a combine(best[j-1][a], cost(j, a, b)) is exact.  O(n_devices · n_layers²). */
+ *   C. max over the assignments with every stage fitting and t_j <= T* of min_j headroom_j = H*;
+ *   D. a tie-break among the optimal assignments: min sum_j t_j² subject to t_j <= T* and
+ *      headroom_j >= H* (spreads layers instead of leaving ranks idle when the bottleneck is
+ *      pinned, e.g. by lm_head on the last stage).
+ * A-C are "min of max" (or "max of min") over contiguous partitions, D is additive under
+ * per-stage constraints, so each recurrence best[j][b] = opt_a combine(best[j-1][a],
+ * cost(j, a, b)) is exact.  O(n_devices · n_layers²). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,12 +144,12 @@ static inline bool b_ok(int j, int b, int n, int m, bool allow_empty) {
     return b >= j + 1 && n - b >= m - 1 - j;
 }
 
-enum { PASS_OVERFLOW, PASS_BOTTLENECK, PASS_HEADROOM };
+enum { PASS_OVERFLOW, PASS_BOTTLENECK, PASS_HEADROOM, PASS_SPREAD };
 
 /* One DP pass.  val is (m × (n+1)) of int64 (overflow / headroom) or double (bottleneck),
  * choice the a that realised it (-1: unreachable). */
 static void dp_pass(const sq_plan_problem *p, const uint64_t *W, const uint64_t *R, int pass,
-                    double tstar, int64_t *ival, double *dval, int *choice) {
+                    double tstar, int64_t hstar, int64_t *ival, double *dval, int *choice) {
     int n = p->n_layers, m = p->n_devices;
     bool allow_empty = n < m;
     size_t stride = (size_t)n + 1;
@@ -173,6 +177,11 @@ static void dp_pass(const sq_plan_problem *p, const uint64_t *W, const uint64_t 
                     double v = c.t;
                     if (j > 0 && dval[(size_t)(j - 1) * stride + (size_t)a] > v)
                         v = dval[(size_t)(j - 1) * stride + (size_t)a];
+                    if (v < best_d) { best_d = v; choice[at] = a; }
+                } else if (pass == PASS_SPREAD) {
+                    if (head < hstar || c.t > tstar) continue;
+                    double v = c.t * c.t;
+                    if (j > 0) v = dval[(size_t)(j - 1) * stride + (size_t)a] + v;
                     if (v < best_d) { best_d = v; choice[at] = a; }
                 } else {
                     if (head < 0 || c.t > tstar) continue;
@@ -217,7 +226,7 @@ sq_status sq_plan_solve(const sq_plan_problem *p, int *counts, sq_plan_eval *out
     sq_prefix_sums(p->layer_bytes, n, W);
     sq_prefix_sums(p->layer_read_bytes, n, R);
 
-    dp_pass(p, W, R, PASS_OVERFLOW, 0, ival, NULL, choice);
+    dp_pass(p, W, R, PASS_OVERFLOW, 0, 0, ival, NULL, choice);
     size_t last = (size_t)(m - 1) * ((size_t)n + 1) + (size_t)n;
     SQ_ASSERT(choice[last] >= 0);   /* some partition always exists under the stage rule */
     int64_t worst = ival[last];
@@ -229,14 +238,17 @@ sq_status sq_plan_solve(const sq_plan_problem *p, int *counts, sq_plan_eval *out
                           (double)worst / (double)SQ_GIB);
         goto done;
     }
-    dp_pass(p, W, R, PASS_BOTTLENECK, 0, NULL, dval, choice);
+    dp_pass(p, W, R, PASS_BOTTLENECK, 0, 0, NULL, dval, choice);
     SQ_ASSERT(choice[last] >= 0);
     double tstar = dval[last];
-    dp_pass(p, W, R, PASS_HEADROOM, tstar, ival, NULL, choice);
+    dp_pass(p, W, R, PASS_HEADROOM, tstar, 0, ival, NULL, choice);
+    SQ_ASSERT(choice[last] >= 0);
+    int64_t hstar = ival[last];
+    dp_pass(p, W, R, PASS_SPREAD, tstar, hstar, NULL, dval, choice);
     SQ_ASSERT(choice[last] >= 0);
     backtrack(p, choice, counts);
     sq_plan_evaluate(p, counts, 0, m - 1, NULL, out);
-    SQ_ASSERT(out->fits && out->bottleneck_s == tstar && out->min_headroom_bytes == ival[last]);
+    SQ_ASSERT(out->fits && out->bottleneck_s == tstar && out->min_headroom_bytes == hstar);
     st = SQ_OK;
 done:
     free(W);
