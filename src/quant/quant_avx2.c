@@ -27,17 +27,38 @@ SQ_AVX2 static inline __m256 load8(sq_dtype d, const void *src, uint64_t i) {
     return _mm256_loadu_ps((const float *)src + i);
 }
 
-/* Sorted-position count: #bounds with !(v <= b); NaN lanes count all 15. */
-SQ_AVX2 static inline __m256i bucket8(__m256 v, const __m256 *bounds) {
-    __m256i acc = _mm256_setzero_si256();
-    for (int k = 0; k < 15; k++)
-        acc = _mm256_sub_epi32(acc, _mm256_castps_si256(_mm256_cmp_ps(v, bounds[k], _CMP_NLE_UQ)));
+/* Sorted-position count #{k : !(v <= b[k])} (NaN lanes count all 15), in two levels: three
+ * compares against b[3], b[7], b[11] give the quarter g, then three compares against
+ * b[4g], b[4g+1], b[4g+2] fetched per lane with a permute.  The bounds are sorted, so this is
+ * the same count as fifteen compares, with sixteen instructions instead of thirty. */
+typedef struct { __m256 b3, b7, b11, t0, t1, t2; } bounds8;
+
+SQ_AVX2 static inline bounds8 make_bounds(const float *b) {
+    bounds8 r;
+    r.b3 = _mm256_set1_ps(b[3]);
+    r.b7 = _mm256_set1_ps(b[7]);
+    r.b11 = _mm256_set1_ps(b[11]);
+    r.t0 = _mm256_setr_ps(b[0], b[4], b[8], b[12], 0, 0, 0, 0);
+    r.t1 = _mm256_setr_ps(b[1], b[5], b[9], b[13], 0, 0, 0, 0);
+    r.t2 = _mm256_setr_ps(b[2], b[6], b[10], b[14], 0, 0, 0, 0);
+    return r;
+}
+
+SQ_AVX2 static inline __m256i bucket8(__m256 v, const bounds8 *b) {
+    __m256i g = _mm256_setzero_si256();
+    g = _mm256_sub_epi32(g, _mm256_castps_si256(_mm256_cmp_ps(v, b->b3, _CMP_NLE_UQ)));
+    g = _mm256_sub_epi32(g, _mm256_castps_si256(_mm256_cmp_ps(v, b->b7, _CMP_NLE_UQ)));
+    g = _mm256_sub_epi32(g, _mm256_castps_si256(_mm256_cmp_ps(v, b->b11, _CMP_NLE_UQ)));
+    __m256i acc = _mm256_slli_epi32(g, 2);
+    acc = _mm256_sub_epi32(acc, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_permutevar8x32_ps(b->t0, g), _CMP_NLE_UQ)));
+    acc = _mm256_sub_epi32(acc, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_permutevar8x32_ps(b->t1, g), _CMP_NLE_UQ)));
+    acc = _mm256_sub_epi32(acc, _mm256_castps_si256(_mm256_cmp_ps(v, _mm256_permutevar8x32_ps(b->t2, g), _CMP_NLE_UQ)));
     return acc;
 }
 
 /* One full block (len multiple of 32) from the source: absmax + packed bytes. */
 SQ_AVX2 static void block_avx2(const sq_quant_job *job, uint64_t first, int64_t len,
-                               const __m256 *bounds, __m256i fp4_order, float *absmax_out,
+                               const bounds8 *bounds, __m256i fp4_order, float *absmax_out,
                                uint8_t *dst) {
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     /* pass 1: max|x| with torch's NaN propagation (track NaN lanes apart from the max) */
@@ -89,8 +110,9 @@ SQ_AVX2 static void block_avx2(const sq_quant_job *job, uint64_t first, int64_t 
 SQ_AVX2 void sq_quant_blocks_avx2(const sq_quant_job *job, uint64_t b0, uint64_t b1) {
     static const uint32_t nf4b[15] = SQ_QM_NF4_BOUND_BITS, fp4b[15] = SQ_QM_FP4_BOUND_BITS;
     static const uint8_t order[16] = SQ_QM_FP4_ORDER;
-    __m256 bounds[15];
-    for (int k = 0; k < 15; k++) bounds[k] = _mm256_set1_ps(sq_qm_f32(job->is_fp4 ? fp4b[k] : nf4b[k]));
+    float bf[15];
+    for (int k = 0; k < 15; k++) bf[k] = sq_qm_f32(job->is_fp4 ? fp4b[k] : nf4b[k]);
+    const bounds8 bounds = make_bounds(bf);
     __m128i o = _mm_loadu_si128((const __m128i *)order);
     __m256i fp4_order = _mm256_broadcastsi128_si256(o);
     const uint64_t B = (uint64_t)job->blocksize;
@@ -100,7 +122,7 @@ SQ_AVX2 void sq_quant_blocks_avx2(const sq_quant_job *job, uint64_t b0, uint64_t
             sq_quant_blocks_scalar(job, b, b + 1);
             continue;
         }
-        block_avx2(job, first, (int64_t)B, bounds, fp4_order, &job->absmax[b], job->packed + first / 2);
+        block_avx2(job, first, (int64_t)B, &bounds, fp4_order, &job->absmax[b], job->packed + first / 2);
     }
 }
 #endif
