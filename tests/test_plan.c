@@ -265,6 +265,246 @@ START_TEST(test_accelerate_worked_examples) {
 }
 END_TEST
 
+
+/* ---- with real model configs ------------------------------------------------------------- */
+#define CFG(f) SQ_SOURCE_DIR "/tests/configs/" f
+
+typedef struct fixture {
+    sq_model_config cfg;
+    sq_meta *m;
+    sq_cluster *c;
+    sq_quant_scheme s;
+} fixture;
+
+static void fx_open(fixture *f, const char *cfg_path, const char *cluster_json) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_msg(sq_config_load(cfg_path, &f->cfg, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_msg(sq_meta_create(&f->cfg, &f->m, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_msg(sq_cluster_parse(cluster_json, strlen(cluster_json), "test cluster", &f->c, &err) == SQ_OK,
+                  "%s", err.msg);
+    f->s = sq_quant_scheme_default();
+    f->s.dense_dtype = f->cfg.torch_dtype;
+}
+static void fx_close(fixture *f) {
+    sq_meta_destroy(f->m);
+    sq_cluster_destroy(f->c);
+}
+
+static const char *k_4x24 =
+    "{\"name\": \"4x24GiB\", \"nodes\": [{\"name\": \"box\", \"gpus\": [{\"name\": \"RTX-4090\", "
+    "\"count\": 4, \"memory_gib\": 24}]}]}";
+static const char *k_2x40 =
+    "{\"name\": \"2x40GiB\", \"nodes\": [{\"name\": \"node\", \"gpus\": [{\"name\": \"A100-SXM4-40GB\", "
+    "\"count\": 2, \"memory_gib\": 40}]}]}";
+
+static void compare(const char *cfg, const char *cluster, const int *acc_counts, int n_dev) {
+    fixture f;
+    fx_open(&f, cfg, cluster);
+    sq_plan_options o = sq_plan_options_default();
+    sq_plan *p = NULL, *a = NULL;
+    sq_error err;
+    ck_assert_msg(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_int_eq(sq_plan_make_accelerate(f.m, &f.s, f.c, &o, &a, &err), SQ_OK);
+    ck_assert_int_eq(a->n_stages, n_dev);
+    for (int j = 0; j < n_dev; j++) ck_assert_int_eq(a->stages[j].n_layers, acc_counts[j]);
+    ck_assert(p->fits);
+    ck_assert_msg(p->bottleneck_ms < a->bottleneck_ms, "bottleneck %.4f vs %.4f", p->bottleneck_ms,
+                  a->bottleneck_ms);
+    ck_assert_uint_gt(p->max_kv_tokens, a->max_kv_tokens);
+    fprintf(stderr, "done-when %s NF4 on %s (max_seq %lld, batch 1):\n", cfg, f.c->name,
+            (long long)p->max_seq);
+    const sq_plan *both[2] = {a, p};
+    for (int k = 0; k < 2; k++) {
+        fprintf(stderr, "  %-10s layers", both[k]->label);
+        for (int j = 0; j < n_dev; j++) fprintf(stderr, " %d", both[k]->stages[j].n_layers);
+        fprintf(stderr, "  bottleneck %.4f ms  max_kv_tokens %llu  min headroom",
+                both[k]->bottleneck_ms, (unsigned long long)both[k]->max_kv_tokens);
+        int64_t mh = INT64_MAX;
+        for (int j = 0; j < n_dev; j++) if (both[k]->stages[j].headroom_bytes < mh) mh = both[k]->stages[j].headroom_bytes;
+        fprintf(stderr, " %.3f GiB\n", (double)mh / (double)SQ_GIB);
+    }
+    /* deterministic: the same inputs give the same plan */
+    sq_plan *p2 = NULL;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p2, &err), SQ_OK);
+    ck_assert_uint_eq(sq_plan_hash(p2), sq_plan_hash(p));
+    sq_plan_destroy(p2);
+    sq_plan_destroy(p);
+    sq_plan_destroy(a);
+    fx_close(&f);
+}
+
+START_TEST(test_done_when_llama2_7b) {
+    /* accelerate's 4 / 9 / 9 / 10 (device-map-anchors.md §9.2, v5 accounting) */
+    const int acc[4] = {4, 9, 9, 10};
+    compare(CFG("llama-2-7b.json"), k_4x24, acc, 4);
+}
+END_TEST
+
+START_TEST(test_done_when_llama3_70b) {
+    const int acc[2] = {31, 49};   /* §9.3 */
+    compare(CFG("llama-3-70b.json"), k_2x40, acc, 2);
+}
+END_TEST
+
+START_TEST(test_plan_fields_and_files) {
+    fixture f;
+    fx_open(&f, CFG("llama-2-7b.json"), k_4x24);
+    sq_plan_options o = sq_plan_options_default();
+    o.max_seq = 2048;
+    o.batch = 2;
+    sq_plan *p = NULL;
+    sq_error err;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_OK);
+    ck_assert_int_eq(p->n_stages, 4);
+    ck_assert_int_eq(p->max_seq, 2048);
+    ck_assert_int_eq(p->batch, 2);
+    int next = 0;
+    uint64_t weights = 0;
+    for (int j = 0; j < 4; j++) {
+        const sq_plan_stage *s = &p->stages[j];
+        ck_assert_int_eq(s->rank, j);
+        ck_assert_int_eq(s->first_layer, next);
+        ck_assert_int_ge(s->n_layers, 1);
+        next += s->n_layers;
+        ck_assert_str_eq(s->node, "box");
+        ck_assert_str_eq(s->device, "RTX-4090");
+        ck_assert(s->has_embed == (j == 0) && s->has_head == (j == 3));
+        /* KV: layers × tokens × 2 × kv_heads × head_dim × 2 bytes */
+        ck_assert_uint_eq(s->kv_bytes, (uint64_t)s->n_layers * 2048 * 2 * 2 * 32 * 128 * 2);
+        ck_assert_uint_eq(s->capacity_bytes, 23 * SQ_GIB);   /* 24 GiB − 1 GiB reserve */
+        ck_assert_uint_eq(s->logits_bytes, j == 3 ? 2ull * 32000 * 4 : 0);
+        ck_assert_int_eq(s->headroom_bytes, (int64_t)s->capacity_bytes -
+                         (int64_t)(s->weights_bytes + s->kv_bytes + s->workspace_bytes + s->logits_bytes));
+        weights += s->weights_bytes;
+    }
+    ck_assert_int_eq(next, 32);
+    /* every weight is held exactly once (untied) */
+    ck_assert_uint_eq(weights, sq_meta_total_bytes(f.m, &f.s));
+
+    char *dir = sq_test_tmpdir("plan");
+    char path[512], hf[512], svg[512];
+    snprintf(path, sizeof path, "%s/plan.json", dir);
+    snprintf(hf, sizeof hf, "%s/device_map.json", dir);
+    snprintf(svg, sizeof svg, "%s/plan.svg", dir);
+    ck_assert_int_eq(sq_plan_write_file(p, path, &err), SQ_OK);
+    sq_plan *back = NULL;
+    ck_assert_msg(sq_plan_read_file(path, &back, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_uint_eq(sq_plan_hash(back), sq_plan_hash(p));
+    ck_assert_uint_eq(back->model_hash, sq_meta_hash(f.m));
+    sq_plan_destroy(back);
+    /* a tampered file is refused with the reason */
+    size_t n = 0;
+    char *text = sq_test_read_file(path, &n);
+    char *at = strstr(text, "\"first_layer\":\t0");
+    ck_assert_ptr_nonnull(at);
+    at[15] = '1';
+    ck_assert_int_eq(sq_test_write_file(path, text, n), 0);
+    ck_assert_int_eq(sq_plan_read_file(path, &back, &err), SQ_ERR_FORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "contiguous"));
+    ck_assert_ptr_null(back);
+    free(text);
+    ck_assert_int_eq(sq_test_write_file(path, "{\"format\": 3", 12), 0);
+    ck_assert_int_eq(sq_plan_read_file(path, &back, &err), SQ_ERR_FORMAT);
+
+    ck_assert_int_eq(sq_plan_write_hf_device_map(p, hf, &err), SQ_OK);
+    text = sq_test_read_file(hf, &n);
+    char want[64];
+    snprintf(want, sizeof want, "\"model.layers.31\":\t3");
+    ck_assert_ptr_nonnull(strstr(text, want));
+    ck_assert_ptr_nonnull(strstr(text, "\"model.embed_tokens\":\t0"));
+    ck_assert_ptr_nonnull(strstr(text, "\"lm_head\":\t3"));
+    snprintf(want, sizeof want, "\"model.layers.%d\":\t1", p->stages[1].first_layer);
+    ck_assert_ptr_nonnull(strstr(text, want));
+    free(text);
+    ck_assert_int_eq(sq_plan_write_svg(p, svg, &err), SQ_OK);
+    text = sq_test_read_file(svg, &n);
+    ck_assert_ptr_nonnull(strstr(text, "<svg"));
+    ck_assert_int_eq(sq_test_count_lines(text) > 16, 1);
+    free(text);
+    remove(path); remove(hf); remove(svg); rmdir(dir);
+    free(dir);
+    sq_plan_destroy(p);
+    fx_close(&f);
+}
+END_TEST
+
+START_TEST(test_infeasible_and_bad_options) {
+    fixture f;
+    fx_open(&f, CFG("llama-3-70b.json"), k_4x24);   /* 4 × 24 GiB: 70B NF4 + KV at 4096 */
+    sq_plan_options o = sq_plan_options_default();
+    sq_plan *p = (sq_plan *)1;
+    sq_error err;
+    o.max_seq = 32768;
+    o.batch = 8;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_FIT);
+    ck_assert_ptr_null(p);
+    ck_assert_ptr_nonnull(strstr(err.msg, "does not fit: 80 layers on 4 devices fall short by "));
+    ck_assert_ptr_nonnull(strstr(err.msg, "would fit: --max-seq "));
+    ck_assert_ptr_nonnull(strstr(err.msg, "more RTX-4090 devices"));
+    ck_assert_ptr_null(strchr(err.msg, '\n'));
+    fprintf(stderr, "infeasible example: %s\n", err.msg);
+    /* the advice is right: the suggested max_seq fits, one more token does not */
+    const char *ms = strstr(err.msg, "--max-seq ") + 10;
+    long long best = atoll(ms);
+    o.max_seq = best;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_OK);
+    sq_plan_destroy(p);
+    o.max_seq = best + 1;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_FIT);
+
+    o = sq_plan_options_default();
+    o.batch = 0;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--batch must be"));
+    o.batch = 1;
+    o.max_memory = "7=20GiB";
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--max-memory: no device 7: the cluster has 4 (ranks 0..3)"));
+    o.max_memory = "node3:0=20GiB";
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "no node 'node3'"));
+    o.max_memory = "box:9=20GiB";
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "node 'box' has no device 9"));
+    o.max_memory = "0=-3GiB";
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_INVALID);
+    o.max_memory = "0=20parsecs";
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_ERR_INVALID);
+    fx_close(&f);
+}
+END_TEST
+
+START_TEST(test_max_memory_spec) {
+    fixture f;
+    fx_open(&f, CFG("llama-2-7b.json"),
+            "{\"nodes\": [{\"name\": \"node\", \"count\": 2, \"gpus\": [{\"name\": \"A10\", \"count\": 2, "
+            "\"memory_gib\": 24}]}]}");
+    uint64_t caps[4];
+    sq_error err;
+    ck_assert_int_eq(sq_plan_parse_max_memory("0=20GiB,node1:1=1.5GB,2=512MiB", f.c, caps, &err), SQ_OK);
+    ck_assert_uint_eq(caps[0], 20 * SQ_GIB);
+    ck_assert_uint_eq(caps[1], 0);
+    ck_assert_uint_eq(caps[2], 512ull << 20);
+    ck_assert_uint_eq(caps[3], 1500000000ull);
+    /* --max-memory replaces capacity (no reserve taken off), and the planner respects it */
+    sq_plan_options o = sq_plan_options_default();
+    o.max_memory = "0=2GiB";
+    sq_plan *p;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_OK);
+    ck_assert_uint_eq(p->stages[0].capacity_bytes, 2 * SQ_GIB);
+    ck_assert_int_ge(p->stages[0].headroom_bytes, 0);
+    ck_assert_uint_eq(p->stages[1].capacity_bytes, 23 * SQ_GIB);
+    sq_plan_destroy(p);
+    o.max_memory = NULL;
+    o.reserve_gib = 4;
+    ck_assert_int_eq(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err), SQ_OK);
+    ck_assert_uint_eq(p->stages[3].capacity_bytes, 20 * SQ_GIB);
+    sq_plan_destroy(p);
+    fx_close(&f);
+}
+END_TEST
+
 static Suite *plan_suite(void) {
     Suite *s = suite_create("plan");
     TCase *tc = tcase_create("core");
@@ -274,6 +514,14 @@ static Suite *plan_suite(void) {
     tcase_add_test(tc, test_bad_problems);
     tcase_add_test(tc, test_accelerate_worked_examples);
     suite_add_tcase(s, tc);
+    TCase *tm = tcase_create("models");
+    tcase_set_timeout(tm, 60);
+    tcase_add_test(tm, test_done_when_llama2_7b);
+    tcase_add_test(tm, test_done_when_llama3_70b);
+    tcase_add_test(tm, test_plan_fields_and_files);
+    tcase_add_test(tm, test_infeasible_and_bad_options);
+    tcase_add_test(tm, test_max_memory_spec);
+    suite_add_tcase(s, tm);
     return s;
 }
 

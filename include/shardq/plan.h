@@ -143,8 +143,9 @@ sq_status sq_plan_parse_max_memory(const char *spec, const sq_cluster *c, uint64
                                    sq_error *err);
 
 /* Activation workspace estimate for one device (bytes): fp32 activations of one prefill chunk
- * (batch × chunk rows: residual, norm, q/k/v/o, gate/up/act) + attention scores (rows ×
- * n_heads × max_seq fp32) + one dequantized bf16 copy of the largest Linear weight. */
+ * (rows = batch × min(chunk, max_seq): residual, norm, attention out, o_proj out, q, k, v,
+ * gate, up, act) + one head's attention scores (rows × max_seq fp32) + one dequantized bf16
+ * copy of the largest Linear weight.  An estimate for planning, not a measurement. */
 uint64_t sq_plan_workspace_bytes(const sq_model_config *cfg, int64_t batch, int64_t max_seq,
                                  int64_t prefill_chunk);
 

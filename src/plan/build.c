@@ -117,7 +117,7 @@ uint64_t sq_plan_workspace_bytes(const sq_model_config *cfg, int64_t batch, int6
     uint64_t q = (uint64_t)(cfg->n_heads * cfg->head_dim), kv = (uint64_t)(cfg->n_kv_heads * cfg->head_dim);
     /* fp32 rows: residual, normed, attention out, o_proj out; q, k, v; gate, up, act */
     uint64_t act = rows * (4 * h + q + 2 * kv + 3 * inter) * 4;
-    uint64_t scores = rows * (uint64_t)cfg->n_heads * (uint64_t)max_seq * 4;
+    uint64_t scores = rows * (uint64_t)max_seq * 4;   /* one head's scores at a time */
     uint64_t biggest = inter * h;   /* gate / up / down */
     if (q * h > biggest) biggest = q * h;
     return act + scores + biggest * 2;   /* + one dequantized bf16 weight */
