@@ -88,6 +88,9 @@ sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows,
  * exactly as bnb 0.50.2 on the CPU does, then frees absmax (NULL afterwards).  No-op
  * without double quant. */
 sq_status sq_qtensor_compress(sq_qtensor *q, sq_error *err);
+/* Same, with the offset reduced as torch does when it runs `torch_threads` threads (matters only
+ * for n_blocks >= 32768; sq_qtensor_compress uses 1).  bnb's offset depends on that setting. */
+sq_status sq_qtensor_compress_ex(sq_qtensor *q, int torch_threads, sq_error *err);
 
 /* torch's float32 x.mean() on the CPU (AVX2 kernel: 8-lane, 4-way ILP cascade sum, then / n),
  * including the split it makes for n >= 32768 when torch runs `torch_threads` threads.

@@ -164,11 +164,15 @@ void sq_quant_8bit_dynamic(const float *x, uint64_t n, int64_t blocksize, uint8_
 }
 
 sq_status sq_qtensor_compress(sq_qtensor *q, sq_error *err) {
+    return sq_qtensor_compress_ex(q, 1, err);
+}
+
+sq_status sq_qtensor_compress_ex(sq_qtensor *q, int torch_threads, sq_error *err) {
     if (!q->double_quant) return SQ_OK;
     if (!q->absmax || !q->absmax_q || !q->nested_absmax)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
                             "double quant: tensor has no float32 absmax to compress");
-    float offset = sq_quant_torch_mean(q->absmax, q->n_blocks, 1);
+    float offset = sq_quant_torch_mean(q->absmax, q->n_blocks, torch_threads);
     for (uint64_t b = 0; b < q->n_blocks; b++) q->absmax[b] = q->absmax[b] - offset;
     sq_quant_8bit_dynamic(q->absmax, q->n_blocks, q->nested_blocksize, q->absmax_q,
                           q->nested_absmax);
