@@ -185,9 +185,12 @@ sq_status sq_topo_discover(const char *xml_path, sq_node_info *out, sq_error *er
     out->n_cores = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_CORE);
     out->n_pus = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_PU);
     out->host_memory_bytes = root->total_memory;
-    if (out->host_memory_bytes == 0 && !xml_path) {
+    if (!xml_path) {
+        /* hwloc sums the NUMA nodes' memory; on VMs with hot-added memory that can miss part of
+         * MemTotal, so the live machine takes the larger of the two */
         long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-        if (pages > 0 && psz > 0) out->host_memory_bytes = (uint64_t)pages * (uint64_t)psz;
+        if (pages > 0 && psz > 0 && (uint64_t)pages * (uint64_t)psz > out->host_memory_bytes)
+            out->host_memory_bytes = (uint64_t)pages * (uint64_t)psz;
     }
     st = add_hwloc_gpus(t, out, src, err);
     if (st != SQ_OK) goto done;
