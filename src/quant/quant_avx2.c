@@ -57,14 +57,16 @@ SQ_AVX2 static inline __m256i bucket8(__m256 v, const bounds8 *b) {
 }
 
 /* One full block (len multiple of 32) from the source: absmax + packed bytes. */
-SQ_AVX2 static void block_avx2(const sq_quant_job *job, uint64_t first, int64_t len,
-                               const bounds8 *bounds, __m256i fp4_order, float *absmax_out,
-                               uint8_t *dst) {
+/* Always inlined into a dispatcher with constant dtype and is_fp4, so the per-vector branches
+ * fold away. */
+SQ_AVX2 static inline __attribute__((always_inline)) void
+block_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
+           int64_t len, const bounds8 *bounds, __m256i fp4_order, float *absmax_out, uint8_t *dst) {
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     /* pass 1: max|x| with torch's NaN propagation (track NaN lanes apart from the max) */
     __m256 mx = _mm256_setzero_ps(), nanm = _mm256_setzero_ps();
     for (int64_t i = 0; i < len; i += 8) {
-        __m256 a = _mm256_and_ps(load8(job->src_dtype, job->src, first + (uint64_t)i), sign);
+        __m256 a = _mm256_and_ps(load8(dtype, job->src, first + (uint64_t)i), sign);
         nanm = _mm256_or_ps(nanm, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
         mx = _mm256_max_ps(mx, a);
     }
@@ -77,7 +79,7 @@ SQ_AVX2 static void block_avx2(const sq_quant_job *job, uint64_t first, int64_t 
         am = 0.0f;
         float buf[8];
         for (int64_t i = 0; i < len; i += 8) {
-            _mm256_storeu_ps(buf, load8(job->src_dtype, job->src, first + (uint64_t)i));
+            _mm256_storeu_ps(buf, load8(dtype, job->src, first + (uint64_t)i));
             for (int j = 0; j < 8; j++) am = sq_qm_absmax_step(am, buf[j]);
         }
     }
@@ -88,18 +90,19 @@ SQ_AVX2 static void block_avx2(const sq_quant_job *job, uint64_t first, int64_t 
     const __m256i nib = _mm256_set1_epi16(0x0110);  /* even byte * 16 + odd byte * 1 */
     /* pass 2: 32 elements -> 16 bytes */
     for (int64_t i = 0; i < len; i += 32) {
-        __m256i q[4];
-        for (int j = 0; j < 4; j++) {
-            __m256 v = _mm256_mul_ps(load8(job->src_dtype, job->src, first + (uint64_t)(i + 8 * j)), r);
-            /* clamp keeping NaN: max/min return the second operand when either is NaN */
-            v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
-            q[j] = bucket8(v, bounds);
-        }
-        __m256i p16a = _mm256_packs_epi32(q[0], q[1]);     /* a0-3 b0-3 | a4-7 b4-7 */
-        __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
+        const uint64_t e = first + (uint64_t)i;
+        /* clamp keeping NaN: max/min return the second operand when either is NaN */
+        __m256 v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e), r)));
+        __m256 v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 8), r)));
+        __m256 v2 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 16), r)));
+        __m256 v3 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 24), r)));
+        __m256i q0 = bucket8(v0, bounds), q1 = bucket8(v1, bounds);
+        __m256i q2 = bucket8(v2, bounds), q3 = bucket8(v3, bounds);
+        __m256i p16a = _mm256_packs_epi32(q0, q1);     /* a0-3 b0-3 | a4-7 b4-7 */
+        __m256i p16b = _mm256_packs_epi32(q2, q3);
         __m256i p8 = _mm256_packus_epi16(p16a, p16b);       /* a0-3 b0-3 c0-3 d0-3 | a4-7 ... */
         p8 = _mm256_permutevar8x32_epi32(p8, perm);         /* elements 0..31 in order */
-        if (job->is_fp4) p8 = _mm256_shuffle_epi8(fp4_order, p8);  /* sorted pos -> bnb code */
+        if (is_fp4) p8 = _mm256_shuffle_epi8(fp4_order, p8);  /* sorted pos -> bnb code */
         __m256i w = _mm256_maddubs_epi16(p8, nib);          /* 16 x (even << 4 | odd) */
         __m256i b = _mm256_packus_epi16(w, w);              /* bytes 0-7 | 8-15 per lane */
         b = _mm256_permute4x64_epi64(b, 0x08);              /* qwords 0, 2 */
@@ -122,7 +125,18 @@ SQ_AVX2 void sq_quant_blocks_avx2(const sq_quant_job *job, uint64_t b0, uint64_t
             sq_quant_blocks_scalar(job, b, b + 1);
             continue;
         }
-        block_avx2(job, first, (int64_t)B, &bounds, fp4_order, &job->absmax[b], job->packed + first / 2);
+        float *am = &job->absmax[b];
+        uint8_t *dst = job->packed + first / 2;
+#define SQ_BLOCK(D, F) block_avx2(job, D, F, first, (int64_t)B, &bounds, fp4_order, am, dst)
+        switch (job->src_dtype * 2 + (job->is_fp4 != 0)) {
+        case SQ_DTYPE_BF16 * 2: SQ_BLOCK(SQ_DTYPE_BF16, 0); break;
+        case SQ_DTYPE_BF16 * 2 + 1: SQ_BLOCK(SQ_DTYPE_BF16, 1); break;
+        case SQ_DTYPE_F16 * 2: SQ_BLOCK(SQ_DTYPE_F16, 0); break;
+        case SQ_DTYPE_F16 * 2 + 1: SQ_BLOCK(SQ_DTYPE_F16, 1); break;
+        case SQ_DTYPE_F32 * 2 + 1: SQ_BLOCK(SQ_DTYPE_F32, 1); break;
+        default: SQ_BLOCK(SQ_DTYPE_F32, 0); break;
+        }
+#undef SQ_BLOCK
     }
 }
 #endif
