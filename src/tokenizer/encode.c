@@ -55,9 +55,7 @@ static bool ids_push(enc *e, int32_t id) {
 
 /* ---- added tokens ------------------------------------------------------------------------ */
 
-static bool is_word_char(uint32_t cp) {
-    return cp == '_' || sq_uni_is_letter(cp) || sq_uni_is_number(cp);
-}
+static bool is_word_char(uint32_t cp) { return sq_uni_is_word(cp); }
 
 /* The last code point before s[end] (s valid UTF-8), or 0 when end is 0. */
 static uint32_t prev_cp(const char *s, size_t end) {
@@ -127,13 +125,14 @@ static bool split_added(enc *e, const char *s, size_t n, bool normalized, bool a
             start = ns > start_offset ? ns : start_offset;
         }
         if (best->rstrip) {
+            /* the search goes on from the match's own end, as the library's does, so a next
+             * token may start inside the stripped spaces: it is then emitted overlapping */
             for (size_t t = stop; t < n;) {
                 size_t q = t;
                 if (!sq_uni_is_space(sq_utf8_next(s, n, &q))) break;
                 t = q;
                 stop = q;
             }
-            i = stop;
         }
         if (start_offset < start && !found(out, start_offset, start, -1, at_start && !start_offset))
             return false;
@@ -147,8 +146,8 @@ static bool split_added(enc *e, const char *s, size_t n, bool normalized, bool a
 
 /* ---- normalizers ------------------------------------------------------------------------- */
 
-static sq_status normalize(enc *e, const char *s, size_t n, sq_tok_buf *out) {
-    const sq_tokenizer *tok = e->tok;
+sq_status sq_tok_normalize(const sq_tokenizer *tok, const char *s, size_t n, sq_tok_buf *out,
+                           sq_error *err) {
     sq_tok_buf a = {0}, b = {0};
     if (!sq_tok_buf_put(&a, s, n)) goto nomem;
     for (int k = 0; k < tok->n_norm; k++) {
@@ -178,7 +177,7 @@ static sq_status normalize(enc *e, const char *s, size_t n, sq_tok_buf *out) {
                 if (!sq_uni_nfc_stable(cp)) {
                     free(a.p);
                     free(b.p);
-                    return sq_error_set(e->err, SQ_ERR_UNSUPPORTED, tok->name, NULL,
+                    return sq_error_set(err, SQ_ERR_UNSUPPORTED, tok->name, NULL,
                                         "NFC normalizer: text at byte %zu holds U+%04X, which "
                                         "NFC may change; shardq implements NFC only for text "
                                         "that is already NFC-stable", at, cp);
@@ -199,7 +198,7 @@ static sq_status normalize(enc *e, const char *s, size_t n, sq_tok_buf *out) {
 nomem:
     free(a.p);
     free(b.p);
-    return sq_error_set(e->err, SQ_ERR_NOMEM, tok->name, NULL, "normalizing");
+    return sq_error_set(err, SQ_ERR_NOMEM, tok->name, NULL, "normalizing");
 }
 
 /* ---- pre-tokenizers ---------------------------------------------------------------------- */
@@ -349,7 +348,8 @@ sq_status sq_tokenizer_encode(const sq_tokenizer *tok, const char *text, size_t 
             if (!ids_push(&e, sg->id)) goto nomem;
             continue;
         }
-        if ((s = normalize(&e, text + sg->start, sg->end - sg->start, &normalized))) goto fail;
+        if ((s = sq_tok_normalize(tok, text + sg->start, sg->end - sg->start, &normalized, err)))
+            goto fail;
         norm.n = 0;
         if (!split_added(&e, normalized.p ? normalized.p : "", normalized.n, true, sg->at_start,
                          &norm))

@@ -313,6 +313,20 @@ static sq_status parse_added(ctx *c, const cJSON *arr) {
         t->rstrip = get_bool(a, "rstrip", false);
         t->single_word = get_bool(a, "single_word", false);
         if (t->id > max_id) max_id = t->id;
+        if (t->normalized && tok->n_norm) {
+            /* the library matches (and decodes) a normalized token by its normalized form */
+            sq_tok_buf nb = {0};
+            sq_status s = sq_tok_normalize(tok, t->content, t->content_bytes, &nb, c->err);
+            if (s) {
+                free(nb.p);
+                return s;
+            }
+            t->orig = t->content;
+            t->orig_bytes = t->content_bytes;
+            t->content = nb.p ? nb.p : dup_str("", &t->content_bytes);
+            t->content_bytes = nb.p ? nb.n : 0;
+            if (!t->content) return sq_error_set(c->err, SQ_ERR_NOMEM, tok->name, NULL, "added");
+        }
     }
     /* grow the id tables to cover added ids past the model vocabulary */
     if (max_id + 1 > tok->n_ids) {
@@ -577,7 +591,10 @@ void sq_tokenizer_destroy(sq_tokenizer *tok) {
     free(tok->arena);
     free(tok->vocab.slots);
     free(tok->merges);
-    for (size_t i = 0; i < tok->n_added; i++) free(tok->added[i].content);
+    for (size_t i = 0; i < tok->n_added; i++) {
+        free(tok->added[i].content);
+        free(tok->added[i].orig);
+    }
     free(tok->added);
     for (int b = 0; b < 256; b++) free(tok->added_by_byte[b]);
     for (int i = 0; i < tok->n_norm; i++) { free(tok->norm[i].a); free(tok->norm[i].b); }
@@ -604,9 +621,9 @@ sq_status sq_tokenizer_load_json(const char *json, size_t json_bytes, const char
         goto fail;
     }
     if ((s = parse_model(&c, cJSON_GetObjectItemCaseSensitive(root, "model")))) goto fail;
-    if ((s = parse_added(&c, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")))) goto fail;
     if ((s = parse_normalizer(&c, cJSON_GetObjectItemCaseSensitive(root, "normalizer"))))
         goto fail;
+    if ((s = parse_added(&c, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")))) goto fail;
     if ((s = parse_pre(&c, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer")))) goto fail;
     if ((s = parse_decoder(&c, cJSON_GetObjectItemCaseSensitive(root, "decoder")))) goto fail;
     if ((s = parse_post(&c, cJSON_GetObjectItemCaseSensitive(root, "post_processor"))))
@@ -672,9 +689,12 @@ const char *sq_tokenizer_token_text(const sq_tokenizer *tok, int32_t id, size_t 
 }
 
 int32_t sq_tokenizer_token_id(const sq_tokenizer *tok, const char *text, size_t bytes) {
-    for (size_t i = 0; i < tok->n_added; i++)
-        if (tok->added[i].content_bytes == bytes && !memcmp(tok->added[i].content, text, bytes))
-            return tok->added[i].id;
+    for (size_t i = 0; i < tok->n_added; i++) {
+        const sq_tok_added *a = &tok->added[i];
+        const char *c = a->orig ? a->orig : a->content;
+        size_t n = a->orig ? a->orig_bytes : a->content_bytes;
+        if (n == bytes && !memcmp(c, text, bytes)) return a->id;
+    }
     return sq_tok_vocab_find(tok, text, bytes);
 }
 

@@ -146,6 +146,11 @@ bool sq_uni_is_number(uint32_t cp) {
     return in_ranges(sq_uni_number_ranges, sq_uni_number_n_ranges, cp);
 }
 
+bool sq_uni_is_word(uint32_t cp) {
+    if (cp < 0x80) return cp == '_' || sq_uni_is_letter(cp) || sq_uni_is_number(cp);
+    return in_ranges(sq_uni_word_ranges, sq_uni_word_n_ranges, cp);
+}
+
 bool sq_uni_nfc_stable(uint32_t cp) {
     if (cp < 0x80) return true;
     return !in_ranges(sq_uni_nfc_unstable_ranges, sq_uni_nfc_unstable_n_ranges, cp);

@@ -39,8 +39,10 @@ typedef struct sq_tok_merge_slot {
 
 typedef struct sq_tok_added {
     int32_t id;
-    char *content;
+    char *content; /* as matched and decoded: run through the normalizer if `normalized` */
     size_t content_bytes;
+    char *orig; /* as written in the file (token_id looks this up); NULL: same as content */
+    size_t orig_bytes;
     bool special, normalized, lstrip, rstrip, single_word;
 } sq_tok_added;
 
@@ -142,6 +144,8 @@ bool sq_utf8_lossy_append(sq_tok_buf *out, const char *s, size_t n);
 bool sq_uni_is_letter(uint32_t cp);
 bool sq_uni_is_number(uint32_t cp);
 bool sq_uni_is_space(uint32_t cp);
+/* Rust regex's \w (Alphabetic, marks, Nd, Pc, Join_Control): single_word added tokens. */
+bool sq_uni_is_word(uint32_t cp);
 /* False for code points NFC may change in some context (text without them is NFC). */
 bool sq_uni_nfc_stable(uint32_t cp);
 
@@ -168,6 +172,10 @@ static inline const char *sq_tok_str(const sq_tokenizer *tok, int32_t id, size_t
     *n = (size_t)tok->tok_len[id];
     return tok->arena + tok->tok_off[id];
 }
+
+/* Runs the tokenizer's normalizer over s[0, n) into *out (replacing its contents). */
+sq_status sq_tok_normalize(const sq_tokenizer *tok, const char *s, size_t n, sq_tok_buf *out,
+                           sq_error *err);
 
 /* BPE over one pre-token (UTF-8, non-empty): appends ids to *ids.  Scratch is per call. */
 typedef struct sq_bpe_scratch sq_bpe_scratch;

@@ -11,6 +11,8 @@ extern const uint32_t sq_uni_letter_ranges[][2]; /* \p{L}: Lu Ll Lt Lm Lo */
 extern const size_t sq_uni_letter_n_ranges;
 extern const uint32_t sq_uni_number_ranges[][2]; /* \p{N}: Nd Nl No */
 extern const size_t sq_uni_number_n_ranges;
+extern const uint32_t sq_uni_word_ranges[][2]; /* Rust regex \w */
+extern const size_t sq_uni_word_n_ranges;
 extern const uint32_t sq_uni_nfc_unstable_ranges[][2]; /* may change under NFC */
 extern const size_t sq_uni_nfc_unstable_n_ranges;
 
