@@ -23,7 +23,8 @@ extern "C" {
 /* Enqueues on `stream` the quantization of n elements src_d (F32, F16 or BF16, device memory)
  * into packed_d (ceil(n/2) bytes) and absmax_d (ceil(n/blocksize) float32), blocksize a power
  * of two in 32..4096, is_fp4 0 (NF4) or 1 (FP4).  Only enqueues: the results are there after
- * the stream is synchronized.  Returns SQ_ERR_INVALID for bad arguments, SQ_ERR_CUDA when the
+ * the stream is synchronized.  src_d must be aligned to its element size (cudaMalloc'd
+ * memory is).  Returns SQ_ERR_INVALID for bad arguments, SQ_ERR_CUDA when the
  * launch fails; nothing is allocated. */
 sq_status sq_cuda_quant_4bit(sq_dtype src_dtype, const void *src_d, uint64_t n,
                              int64_t blocksize, int is_fp4, uint8_t *packed_d, float *absmax_d,

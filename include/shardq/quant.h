@@ -48,7 +48,8 @@ sq_status sq_quant_4bit(const float *x, int64_t rows, int64_t cols, sq_dtype ori
                         const sq_quant_scheme *s, sq_pool *pool, sq_qtensor *out,
                         sq_error *err);
 /* Same, reading the source in its own dtype (BF16/F16/F32) and converting in bounded chunks:
- * no full-precision copy of the tensor is made. */
+ * no full-precision copy of the tensor is made.  src needs no alignment.  Uses AVX2 when the
+ * CPU has it (same bytes as the portable path); pool splits the blocks over its threads. */
 sq_status sq_quant_4bit_from(sq_dtype src_dtype, const void *src, int64_t rows, int64_t cols,
                              const sq_quant_scheme *s, sq_pool *pool, sq_qtensor *out,
                              sq_error *err);

@@ -3,25 +3,28 @@
  * kernels/quant_math.cuh.  Must never allocate, log, or depend on the CPU's features. */
 #include "quant_impl.h"
 
+#include <string.h>
+
 #include "../../kernels/quant_math.cuh"
 
+/* Sources need no alignment (a safetensors tensor may start at any byte): elements are read
+ * with memcpy, which compiles to plain loads. */
 void sq_quant_load_f32(sq_dtype d, const void *src, uint64_t first, int64_t n, float *dst) {
+    const unsigned char *p = (const unsigned char *)src;
     switch (d) {
-    case SQ_DTYPE_BF16: {
-        const uint16_t *s = (const uint16_t *)src + first;
-        for (int64_t i = 0; i < n; i++) dst[i] = sq_qm_bf16_to_f32(s[i]);
-        break;
-    }
+    case SQ_DTYPE_BF16:
     case SQ_DTYPE_F16: {
-        const uint16_t *s = (const uint16_t *)src + first;
-        for (int64_t i = 0; i < n; i++) dst[i] = sq_qm_f16_to_f32(s[i]);
+        p += first * 2u;
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = d == SQ_DTYPE_BF16 ? sq_qm_bf16_to_f32(h) : sq_qm_f16_to_f32(h);
+        }
         break;
     }
-    default: {  /* F32 (the caller checked the dtype) */
-        const float *s = (const float *)src + first;
-        for (int64_t i = 0; i < n; i++) dst[i] = s[i];
+    default:  /* F32 (the caller checked the dtype) */
+        memcpy(dst, p + first * 4u, (size_t)n * sizeof(float));
         break;
-    }
     }
 }
 
