@@ -68,7 +68,15 @@ static tcase *load_cases(const char *name, size_t *n_cases) {
         } else if (n && !strncmp(line, "dec1 ", 5)) {
             cs[n - 1].dec1 = unhex(line + 5, &cs[n - 1].dec1_n);
         } else if (n && !strncmp(line, "dec0 ", 5)) {
-            cs[n - 1].dec0 = unhex(line + 5, &cs[n - 1].dec0_n);
+            const char *src = line[5] == '=' ? NULL : line + 5;
+            if (src) {
+                cs[n - 1].dec0 = unhex(src, &cs[n - 1].dec0_n);
+            } else { /* same as dec1 */
+                ck_assert_ptr_nonnull(cs[n - 1].dec1);
+                cs[n - 1].dec0_n = cs[n - 1].dec1_n;
+                cs[n - 1].dec0 = malloc(cs[n - 1].dec1_n + 1);
+                memcpy(cs[n - 1].dec0, cs[n - 1].dec1, cs[n - 1].dec1_n + 1);
+            }
         } else if (n && !strncmp(line, "rt ", 3)) {
             cs[n - 1].rt = atoi(line + 3);
         }
@@ -205,6 +213,8 @@ END_TEST
 START_TEST(test_ref_llama2) { run_reference("llama2"); }
 END_TEST
 START_TEST(test_ref_mistral) { run_reference("mistral"); }
+END_TEST
+START_TEST(test_ref_flags) { run_reference("flags"); }
 END_TEST
 
 /* ---- lookups ----------------------------------------------------------------------------- */
@@ -527,6 +537,7 @@ int main(void) {
     tcase_add_test(tc, test_ref_gpt2);
     tcase_add_test(tc, test_ref_llama2);
     tcase_add_test(tc, test_ref_mistral);
+    tcase_add_test(tc, test_ref_flags);
     suite_add_tcase(s, tc);
     TCase *tu = tcase_create("api");
     tcase_set_timeout(tu, 60);
