@@ -30,8 +30,9 @@ static bool make_model(const char *name, const char *flags, char *dir, size_t n)
     if (g_rank == 0) {
         char cmd[2048];
         snprintf(cmd, sizeof cmd,
-                 "env -i PATH=/usr/bin:/bin OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 "
-                 "OMPI_MCA_btl=self '%s' make-model --out '%s' --force %s",
+                 "env -i PATH=\"$PATH\" TMPDIR=\"$TMPDIR\" ASAN_OPTIONS=\"$ASAN_OPTIONS\" "
+                 "UBSAN_OPTIONS=\"$UBSAN_OPTIONS\" OMPI_MCA_ess_singleton_isolated=1 "
+                 "OMPI_MCA_pml=ob1 OMPI_MCA_btl=self '%s' make-model --out '%s' --force %s",
                  SQ_SHARDQ_EXE, dir, flags);
         int rc = 0;
         char *out = sq_test_run(cmd, &rc);
