@@ -100,9 +100,8 @@ static sq_status cpu_weight_dense(sq_backend *be, sq_weight *w, sq_dtype dt, con
     return SQ_OK;
 }
 
-/* Repacked layout: row o, group g (32 elements of the row) → 16 bytes at (o * cols/32 + g) * 16;
- * byte j holds element j in its low nibble and element j + 16 in its high nibble.  absmax stays
- * one float32 per bnb block (flat index (o * cols + k) / blocksize). */
+/* Repacked into the layout of sq_cpu_q4_pos (cpu_impl.h); absmax stays one float32 per bnb
+ * block (flat index (o * cols + k) / blocksize), double-quant absmax expanded once. */
 static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor *q,
                                  sq_error *err) {
     if (w->cols % 32)
@@ -124,15 +123,17 @@ static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor 
     }
     const uint8_t *src = q->packed;
     uint8_t *dst = packed;
-    for (uint64_t base = 0; base < n; base += 32) {   /* groups never cross rows: cols % 32 == 0 */
-        const uint8_t *s = src + base / 2;             /* 16 bytes: elements base .. base + 31 */
-        for (int j = 0; j < 16; j++) {
-            uint8_t lo = (uint8_t)((j & 1) ? (s[j / 2] & 0x0F) : (s[j / 2] >> 4));
-            int e = j + 16;
-            uint8_t hi = (uint8_t)((e & 1) ? (s[e / 2] & 0x0F) : (s[e / 2] >> 4));
-            dst[base / 2 + (uint64_t)j] = (uint8_t)(lo | (hi << 4));
+    memset(dst, 0, n / 2);
+    int64_t K = w->cols;
+    for (int64_t o = 0; o < w->rows; o++)
+        for (int64_t k = 0; k < K; k++) {
+            uint64_t i = (uint64_t)(o * K + k);       /* bnb: even element in the high nibble */
+            uint8_t v = (uint8_t)((i & 1) ? (src[i / 2] & 0x0F) : (src[i / 2] >> 4));
+            int64_t byte;
+            int shift;
+            sq_cpu_q4_pos(K, k, &byte, &shift);
+            dst[o * (K / 2) + byte] |= (uint8_t)(v << shift);
         }
-    }
     float *am = absmax;
     for (uint64_t b = 0; b < q->n_blocks; b++)
         am[b] = q->double_quant ? sq_qtensor_absmax(q, b) : q->absmax[b];
@@ -200,7 +201,8 @@ static void rms_task(void *ctx_, int64_t r, int thread) {
 static sq_status cpu_rmsnorm(sq_backend *be, const void *x_d, const sq_weight *w, float eps,
                              int64_t n_rows, void *out_d, sq_error *err) {
     rms_ctx c = {x_d, w, eps, out_d};
-    sq_pool_run(sq_cpu_of(be)->pool, n_rows, rms_task, &c);
+    bool small = (uint64_t)n_rows * (uint64_t)w->cols < SQ_CPU_SERIAL_WORK / 4;
+    sq_pool_run(small ? NULL : sq_cpu_of(be)->pool, n_rows, rms_task, &c);
     return SQ_OK;
 }
 

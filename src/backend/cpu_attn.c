@@ -41,7 +41,9 @@ sq_status sq_cpu_rope(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int 
                       int n_kv_heads, int head_dim, const int32_t *pos, const void *inv_freq_d,
                       sq_error *err) {
     rope_ctx c = {q_d, k_d, n_heads, n_kv_heads, head_dim, pos, inv_freq_d};
-    sq_pool_run(sq_cpu_of(be)->pool, n_rows, rope_task, &c);
+    bool small = (uint64_t)n_rows * (uint64_t)(n_heads + n_kv_heads) * (uint64_t)head_dim * 8 <
+                 SQ_CPU_SERIAL_WORK;
+    sq_pool_run(small ? NULL : sq_cpu_of(be)->pool, n_rows, rope_task, &c);
     return SQ_OK;
 }
 
@@ -110,6 +112,10 @@ sq_status sq_cpu_attention(sq_backend *be, const void *q_d, const void *k_d, con
         }
     /* 2. attend */
     attn_ctx c = {q_d, kv, n_heads, n_seqs, seqs, out_d, sq_cpu_of(be)->isa};
-    sq_pool_run(sq_cpu_of(be)->pool, n_rows * n_heads, attn_task, &c);
+    uint64_t work = 0;   /* multiply-adds: 2 * head_dim per (row, head, attended position) */
+    for (int s = 0; s < n_seqs; s++)
+        work += (uint64_t)seqs[s].n_tokens * (uint64_t)(seqs[s].start_pos + seqs[s].n_tokens);
+    work *= (uint64_t)n_heads * (uint64_t)kv->head_dim * 2;
+    sq_pool_run(work < SQ_CPU_SERIAL_WORK ? NULL : sq_cpu_of(be)->pool, n_rows * n_heads, attn_task, &c);
     return SQ_OK;
 }
