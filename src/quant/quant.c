@@ -14,16 +14,21 @@
 /* Elements per pool task: large enough to amortize the hand-out, small enough to balance. */
 #define SQ_QUANT_TASK_ELEMENTS (64 * 1024)
 
+/* The tables are stored as bit patterns and read as floats through a union (C11 type punning,
+ * no aliasing trouble). */
+typedef union { uint32_t u[16]; float f[16]; } table16;
+typedef union { uint32_t u[256]; float f[256]; } table256;
+
 const float *sq_quant_code_table(sq_quant_type t) {
-    static const uint32_t nf4[16] = SQ_QM_NF4_CODE_BITS, fp4[16] = SQ_QM_FP4_CODE_BITS;
-    if (t == SQ_QUANT_NF4) return (const float *)(const void *)nf4;
-    if (t == SQ_QUANT_FP4) return (const float *)(const void *)fp4;
+    static const table16 nf4 = {SQ_QM_NF4_CODE_BITS}, fp4 = {SQ_QM_FP4_CODE_BITS};
+    if (t == SQ_QUANT_NF4) return nf4.f;
+    if (t == SQ_QUANT_FP4) return fp4.f;
     return NULL;
 }
 
 const float *sq_quant_dynamic_map(void) {
-    static const uint32_t dyn[256] = SQ_QM_DYN_BITS;
-    return (const float *)(const void *)dyn;
+    static const table256 dyn = {SQ_QM_DYN_BITS};
+    return dyn.f;
 }
 
 bool sq_quant_isa_available(sq_quant_isa isa) {
