@@ -182,7 +182,6 @@ sq_status sq_backend_rmsnorm(sq_backend *be, const void *x_d, const sq_weight *w
     if (!(eps >= 0.0f)) return bad(err, "rmsnorm", "negative or NaN eps");
     sq_status st = check_rows(be, "rmsnorm", n_rows, err);
     if (st != SQ_OK || n_rows == 0) return st;
-    if (w->cols > be->limits.max_width) return bad(err, "rmsnorm", "row wider than reserved");
     return be->ops->rmsnorm(be, x_d, w, eps, n_rows, out_d, err);
 }
 
@@ -245,8 +244,6 @@ sq_status sq_backend_linear(sq_backend *be, const void *x_d, int64_t n_rows, con
                             (long long)bias->rows, (long long)bias->cols, (long long)w->rows);
     sq_status st = check_rows(be, "linear", n_rows, err);
     if (st != SQ_OK || n_rows == 0) return st;
-    if (w->cols > be->limits.max_width && w->cols > be->limits.max_vocab)
-        return bad(err, "linear", "input wider than reserved");
     return be->ops->linear(be, x_d, n_rows, w, bias, out_d, err);
 }
 

@@ -100,6 +100,40 @@ static sq_status cpu_weight_dense(sq_backend *be, sq_weight *w, sq_dtype dt, con
     return SQ_OK;
 }
 
+typedef struct {
+    const uint8_t *src;   /* bnb: element i in byte i / 2, the even one in the high nibble */
+    uint8_t *dst;
+    int64_t K, rows;
+} repack_ctx;
+
+/* Rows [64 t, 64 t + 64): byte by byte, so the layout does not depend on the host's endianness
+ * (it equals sq_cpu_q4_pos; the tests read it back through the portable path). */
+static void repack_task(void *ctx_, int64_t t, int thread) {
+    const repack_ctx *c = ctx_;
+    int64_t K = c->K, full = K & ~(int64_t)63;
+    int64_t end = 64 * t + 64 < c->rows ? 64 * t + 64 : c->rows;
+    for (int64_t o = 64 * t; o < end; o++) {
+        const uint8_t *s = c->src + o * (K / 2);   /* K % 32 == 0: rows start on a byte */
+        uint8_t *d = c->dst + o * (K / 2);
+        for (int64_t g = 0; g < full; g += 64, s += 32, d += 32)
+            for (int l = 0; l < 8; l++)
+                for (int cb = 0; cb < 4; cb++) {        /* byte cb of lane l: chunks 2cb, 2cb+1 */
+                    int e0 = 16 * cb + l, e1 = e0 + 8;
+                    uint8_t lo = (uint8_t)((e0 & 1) ? (s[e0 >> 1] & 15) : (s[e0 >> 1] >> 4));
+                    uint8_t hi = (uint8_t)((e1 & 1) ? (s[e1 >> 1] & 15) : (s[e1 >> 1] >> 4));
+                    d[4 * l + cb] = (uint8_t)(lo | (hi << 4));
+                }
+        if (K & 32)
+            for (int l = 0; l < 8; l++)
+                for (int cb = 0; cb < 2; cb++) {
+                    int e0 = 16 * cb + l, e1 = e0 + 8;
+                    uint8_t lo = (uint8_t)((e0 & 1) ? (s[e0 >> 1] & 15) : (s[e0 >> 1] >> 4));
+                    uint8_t hi = (uint8_t)((e1 & 1) ? (s[e1 >> 1] & 15) : (s[e1 >> 1] >> 4));
+                    d[2 * l + cb] = (uint8_t)(lo | (hi << 4));
+                }
+    }
+}
+
 /* Repacked into the layout of sq_cpu_q4_pos (cpu_impl.h); absmax stays one float32 per bnb
  * block (flat index (o * cols + k) / blocksize), double-quant absmax expanded once. */
 static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor *q,
@@ -121,19 +155,8 @@ static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor 
         free(packed);
         return st;
     }
-    const uint8_t *src = q->packed;
-    uint8_t *dst = packed;
-    memset(dst, 0, n / 2);
-    int64_t K = w->cols;
-    for (int64_t o = 0; o < w->rows; o++)
-        for (int64_t k = 0; k < K; k++) {
-            uint64_t i = (uint64_t)(o * K + k);       /* bnb: even element in the high nibble */
-            uint8_t v = (uint8_t)((i & 1) ? (src[i / 2] & 0x0F) : (src[i / 2] >> 4));
-            int64_t byte;
-            int shift;
-            sq_cpu_q4_pos(K, k, &byte, &shift);
-            dst[o * (K / 2) + byte] |= (uint8_t)(v << shift);
-        }
+    repack_ctx rc = {q->packed, packed, w->cols, w->rows};
+    sq_pool_run(sq_cpu_of(be)->pool, (w->rows + 63) / 64, repack_task, &rc);
     float *am = absmax;
     for (uint64_t b = 0; b < q->n_blocks; b++)
         am[b] = q->double_quant ? sq_qtensor_absmax(q, b) : q->absmax[b];
