@@ -276,8 +276,8 @@ sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err) {
     for (int k = 0; k < 3; k++) {
         problem_list *l = lists[k];
         if (!l->n || used >= sizeof msg) continue;
-        used += (size_t)snprintf(msg + used, sizeof msg - used, "%s%s %d: %s%s", first ? "" : "; ",
-                                 l->label, l->n, l->text, "");
+        used += (size_t)snprintf(msg + used, sizeof msg - used, "%s%s %d: %s", first ? "" : "; ",
+                                 l->label, l->n, l->text);
         if (l->n > l->shown && used < sizeof msg)
             used += (size_t)snprintf(msg + used, sizeof msg - used, " (%d more)",
                                      l->n - l->shown);
