@@ -56,6 +56,10 @@ SQ_AVX2 static inline __m256i bucket8(__m256 v, const bounds8 *b) {
     return acc;
 }
 
+SQ_AVX2 static inline __attribute__((always_inline)) void
+encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
+            int64_t len, const __m256 r, const bounds8 *bounds, __m256i fp4_order, uint8_t *dst);
+
 /* One full block (len multiple of 32) from the source: absmax + packed bytes. */
 /* Always inlined into a dispatcher with constant dtype and is_fp4, so the per-vector branches
  * fold away. */
@@ -84,7 +88,14 @@ block_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint
         }
     }
     *absmax_out = am;
-    const __m256 r = _mm256_set1_ps(sq_qm_full_recip(am));
+    encode_avx2(job, dtype, is_fp4, first, len, _mm256_set1_ps(sq_qm_full_recip(am)), bounds,
+                fp4_order, dst);
+}
+
+/* Pass 2 of a full block: scale by r (8 equal lanes), find codes, pack 32 elements -> 16 bytes. */
+SQ_AVX2 static inline __attribute__((always_inline)) void
+encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
+            int64_t len, const __m256 r, const bounds8 *bounds, __m256i fp4_order, uint8_t *dst) {
     const __m256 lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     const __m256i nib = _mm256_set1_epi16(0x0110);  /* even byte * 16 + odd byte * 1 */
@@ -110,6 +121,52 @@ block_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint
     }
 }
 
+/* Eight consecutive full blocks: the eight maxima are reduced together and the eight
+ * reciprocals come from one vector division (the same IEEE 1.0f / max(absmax, 1e-38f) as the
+ * scalar rule), which hides the per-block reduction and division latency of small blocks.
+ * A group holding a NaN goes block by block (the scalar NaN rule). */
+SQ_AVX2 static inline __attribute__((always_inline)) void
+group8_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
+            int64_t B, const bounds8 *bounds, __m256i fp4_order, float *absmax_out, uint8_t *dst) {
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m[8];
+    int any_nan = 0;
+    for (int g = 0; g < 8; g++) {
+        __m256 mx = _mm256_setzero_ps(), nanm = _mm256_setzero_ps();
+        const uint64_t f = first + (uint64_t)g * (uint64_t)B;
+        for (int64_t i = 0; i < B; i += 8) {
+            __m256 a = _mm256_and_ps(load8(dtype, job->src, f + (uint64_t)i), sign);
+            nanm = _mm256_or_ps(nanm, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+            mx = _mm256_max_ps(mx, a);
+        }
+        m[g] = mx;
+        any_nan |= _mm256_movemask_ps(nanm);
+    }
+    if (any_nan) {
+        for (int g = 0; g < 8; g++)
+            block_avx2(job, dtype, is_fp4, first + (uint64_t)g * (uint64_t)B, B, bounds, fp4_order,
+                       absmax_out + g, dst + (size_t)g * (size_t)B / 2);
+        return;
+    }
+    /* 8 x 8 horizontal max: lane g of v = max over m[g] */
+    __m256 s0 = _mm256_max_ps(_mm256_unpacklo_ps(m[0], m[1]), _mm256_unpackhi_ps(m[0], m[1]));
+    __m256 s1 = _mm256_max_ps(_mm256_unpacklo_ps(m[2], m[3]), _mm256_unpackhi_ps(m[2], m[3]));
+    __m256 s2 = _mm256_max_ps(_mm256_unpacklo_ps(m[4], m[5]), _mm256_unpackhi_ps(m[4], m[5]));
+    __m256 s3 = _mm256_max_ps(_mm256_unpacklo_ps(m[6], m[7]), _mm256_unpackhi_ps(m[6], m[7]));
+    __m256 u0 = _mm256_max_ps(_mm256_shuffle_ps(s0, s1, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(s0, s1, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 u1 = _mm256_max_ps(_mm256_shuffle_ps(s2, s3, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(s2, s3, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 v = _mm256_max_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(absmax_out, v);
+    const __m256 lo = _mm256_set1_ps(sq_qm_f32(SQ_QM_ABSMAX_FLOOR_BITS));
+    const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_max_ps(lo, v));
+    for (int g = 0; g < 8; g++)
+        encode_avx2(job, dtype, is_fp4, first + (uint64_t)g * (uint64_t)B, B,
+                    _mm256_permutevar8x32_ps(r, _mm256_set1_epi32(g)), bounds, fp4_order,
+                    dst + (size_t)g * (size_t)B / 2);
+}
+
 SQ_AVX2 void sq_quant_blocks_avx2(const sq_quant_job *job, uint64_t b0, uint64_t b1) {
     static const uint32_t nf4b[15] = SQ_QM_NF4_BOUND_BITS, fp4b[15] = SQ_QM_FP4_BOUND_BITS;
     static const uint8_t order[16] = SQ_QM_FP4_ORDER;
@@ -119,15 +176,21 @@ SQ_AVX2 void sq_quant_blocks_avx2(const sq_quant_job *job, uint64_t b0, uint64_t
     __m128i o = _mm_loadu_si128((const __m128i *)order);
     __m256i fp4_order = _mm256_broadcastsi128_si256(o);
     const uint64_t B = (uint64_t)job->blocksize;
-    for (uint64_t b = b0; b < b1; b++) {
+    const uint64_t n_full = job->n / B;  /* blocks before the trailing partial one */
+    for (uint64_t b = b0; b < b1;) {
         uint64_t first = b * B;
-        if (job->n - first < B) {  /* the trailing partial block */
+        if (b >= n_full) {  /* the trailing partial block */
             sq_quant_blocks_scalar(job, b, b + 1);
+            b++;
             continue;
         }
         float *am = &job->absmax[b];
         uint8_t *dst = job->packed + first / 2;
-#define SQ_BLOCK(D, F) block_avx2(job, D, F, first, (int64_t)B, &bounds, fp4_order, am, dst)
+        const int group = b + 8 <= b1 && b + 8 <= n_full;
+        b += group ? 8 : 1;
+#define SQ_BLOCK(D, F)                                                                       \
+    (group ? group8_avx2(job, D, F, first, (int64_t)B, &bounds, fp4_order, am, dst)        \
+           : block_avx2(job, D, F, first, (int64_t)B, &bounds, fp4_order, am, dst))
         switch (job->src_dtype * 2 + (job->is_fp4 != 0)) {
         case SQ_DTYPE_BF16 * 2: SQ_BLOCK(SQ_DTYPE_BF16, 0); break;
         case SQ_DTYPE_BF16 * 2 + 1: SQ_BLOCK(SQ_DTYPE_BF16, 1); break;
