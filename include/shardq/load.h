@@ -1,0 +1,208 @@
+/* load: the per-rank streaming loader, and the distributed `quantize` that writes a
+ * bitsandbytes 4-bit checkpoint with it.
+ *
+ * sq_load_stage() walks ONE stage's tensors (from the plan: embed_tokens on the first stage,
+ * decoder layers [first_layer, first_layer + n_layers), model.norm + lm_head on the last;
+ * with tied embeddings the embedding table again on the last stage when asked), in skeleton
+ * order, and for each one: reads its bytes with pread() from a file descriptor of its own
+ * (never another stage's tensor, never through the safetensors mapping, so nothing but the
+ * bounded buffers below becomes resident), quantizes the decoder Linear weights to 4 bits
+ * (bitsandbytes NF4 / FP4, bit-exact with sq_quant_4bit_from on the whole tensor) or keeps
+ * them dense (scheme NONE), and hands the result to a consumer callback.  Weights already
+ * stored in bitsandbytes' 4-bit layout (a pre-quantized checkpoint: sq_tensor_spec.stored_quant)
+ * are read as they are — packed nibbles, absmax, nested absmax and offset — and never
+ * re-quantized; their quant_map / nested_quant_map must be bitsandbytes' own tables.
+ *
+ * Memory bound (host, per rank; B = staging_bytes, default 64 MiB):
+ *   peak RSS <= baseline + share + S + T
+ *   share: what the consumer keeps (for a consumer that keeps everything: the stage's
+ *          output bytes, sq_load_stage_bytes().out_bytes = 4-bit parts + dense tensors);
+ *   S:     the staging buffer, min(B, largest quantizable tensor's source bytes), rounded up
+ *          to whole blocks; plus, while a tensor is quantized piece by piece, one piece's
+ *          output (<= S * 9/16 / elsize) and its float32 absmax before double quant
+ *          (n_blocks * 4 of that tensor) — counted in stage_bytes().transient_bytes;
+ *   T:     the tensor being handed over, when the consumer copies instead of taking it
+ *          (<= the largest single output tensor, sq_load_stage_bytes().max_out_bytes).
+ * Dense tensors are read straight into their output buffer (no staging).  Page cache is not
+ * counted: pread copies out of it and posix_fadvise(WILLNEED) asks the kernel to read ahead.
+ *
+ * Bad data: a file that is shorter than its header said when it is read (truncated after the
+ * headers were checked) fails with SQ_ERR_IO naming file and tensor; a quantizable weight
+ * holding NaN or Inf (any block whose absmax is not finite) fails with SQ_ERR_FORMAT naming
+ * the tensor and block — bitsandbytes would store a NaN absmax and silently poison the block.
+ *
+ * Progress: with a communicator, every rank of it must call sq_load_stage (it is collective
+ * at the start and the end).  Non-root ranks send their byte counts to rank 0 of the
+ * communicator with non-blocking point-to-point messages at most every progress_interval_s
+ * (no collective inside the loop, so ranks that load at different speeds never wait for each
+ * other); rank 0 calls the progress callback (never the library's own printing) with bytes
+ * done across all ranks, GB/s and ETA, and once more with final = true when every rank is done.
+ *
+ * Ownership: the item handed to the consumer owns its buffers; the consumer may take them
+ * (copy the struct and zero the pointers: item->data = NULL, memset(&item->q, 0, ...)), and
+ * whatever is left is freed when the callback returns.  The sq_st_model and sq_meta are
+ * borrowed.  On failure nothing leaks and err names rank, file and tensor.
+ * Never: prints, exits, or touches a tensor outside the stage. */
+#ifndef SHARDQ_LOAD_H
+#define SHARDQ_LOAD_H
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "shardq/core.h"
+#include "shardq/meta.h"
+#include "shardq/plan.h"
+#include "shardq/quant.h"
+#include "shardq/safetensors.h"
+#include "shardq/size.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SQ_LOAD_DEFAULT_STAGING_BYTES (64ull << 20)
+
+/* Which part of the model a rank loads (the fields of sq_plan_stage the loader uses). */
+typedef struct sq_load_stage_desc {
+    int first_layer, n_layers;
+    bool has_embed, has_head;
+} sq_load_stage_desc;
+
+sq_load_stage_desc sq_load_stage_from_plan(const sq_plan_stage *s);
+
+/* One tensor, handed to the consumer. */
+typedef struct sq_load_item {
+    int tensor;                    /* index in the skeleton */
+    const sq_tensor_spec *spec;    /* points into the skeleton */
+    bool tied_head;                /* the embedding table handed to the last stage as lm_head */
+    bool prequantized;             /* read as stored in the checkpoint (no re-quantization) */
+    bool is_4bit;                  /* q holds it; else data does */
+    /* dense: the checkpoint's bytes, unchanged (or a pre-quantized weight dequantized by
+     * bitsandbytes' rule when the scheme is NONE) */
+    sq_dtype dtype;
+    int n_dims;
+    int64_t shape[2];
+    void *data;                    /* (n_bytes) malloc'd */
+    uint64_t n_bytes;
+    /* 4-bit */
+    sq_qtensor q;
+    uint64_t src_bytes;            /* checkpoint bytes read for this tensor */
+} sq_load_item;
+
+/* Called once per tensor in skeleton order.  Returning non-OK stops the load with that error. */
+typedef sq_status (*sq_load_consumer_fn)(void *user, sq_load_item *item, sq_error *err);
+
+typedef struct sq_load_progress {
+    uint64_t bytes_done, bytes_total;  /* checkpoint bytes, all ranks of the communicator */
+    int n_ranks, ranks_done;
+    double elapsed_s, gbps, eta_s;     /* gbps: 1e9 bytes / s; eta_s < 0 when unknown */
+    bool final;
+} sq_load_progress;
+typedef void (*sq_load_progress_fn)(void *user, const sq_load_progress *p);
+
+typedef struct sq_load_options {
+    sq_quant_scheme scheme;        /* NONE: quantizable weights stay dense */
+    uint64_t staging_bytes;        /* 0: SQ_LOAD_DEFAULT_STAGING_BYTES */
+    sq_pool *pool;                 /* quantization threads; NULL: the calling thread */
+    bool tied_head_copy;           /* tied embeddings: hand the table to the last stage too */
+    MPI_Comm comm;                 /* MPI_COMM_NULL: no cross-rank progress (a lone loader) */
+    sq_load_progress_fn progress;  /* called on rank 0 of comm (or alone); may be NULL */
+    void *progress_user;
+    double progress_interval_s;    /* <= 0: 0.25 s */
+    sq_log log;
+} sq_load_options;
+
+sq_load_options sq_load_options_default(void);
+
+typedef struct sq_load_stats {
+    int n_tensors;                 /* handed to the consumer */
+    uint64_t bytes_read;           /* checkpoint bytes this rank read */
+    uint64_t out_bytes;            /* bytes handed over (4-bit parts + dense) */
+    double seconds;                /* this rank's load, from start to its last tensor */
+    double gbps;                   /* bytes_read / seconds / 1e9 */
+} sq_load_stats;
+
+/* Byte counts of one stage, exactly as sq_load_stage will produce them. */
+typedef struct sq_load_bytes {
+    int n_tensors;
+    uint64_t src_bytes;            /* checkpoint bytes to read */
+    uint64_t out_bytes;            /* the quantized share: 4-bit parts (JSON excluded) + dense */
+    uint64_t max_out_bytes;        /* the largest single output tensor */
+    uint64_t staging_bytes;        /* the staging buffer that will be allocated */
+    uint64_t transient_bytes;      /* largest piece output + float32 absmax (see the bound) */
+} sq_load_bytes;
+
+/* Tensor indices of the stage, in the order they are loaded; *idx malloc'd (caller frees). */
+sq_status sq_load_stage_tensors(const sq_meta *m, const sq_load_stage_desc *stage,
+                                bool tied_head_copy, int **idx, int *n, sq_error *err);
+sq_status sq_load_stage_bytes(const sq_meta *m, const sq_st_model *st,
+                              const sq_load_stage_desc *stage, const sq_load_options *o,
+                              sq_load_bytes *out, sq_error *err);
+
+/* Loads the stage (see the top of this file).  stats may be NULL.  With o->comm every rank of
+ * comm must call it, each with its own stage; the function returns this rank's status only
+ * (agree on the outcome afterwards).  err->rank is left as the caller initialised it. */
+sq_status sq_load_stage(const sq_st_model *st, const sq_meta *m, const sq_load_stage_desc *stage,
+                        const sq_load_options *o, sq_load_consumer_fn consumer, void *user,
+                        sq_load_stats *stats, sq_error *err);
+
+/* Frees what an item still owns (done by the loader after the consumer returns). */
+void sq_load_item_release(sq_load_item *item);
+
+/* ---- bitsandbytes' serialization (../shared/reference/bnb-nf4-format.md §4) -------------- */
+
+/* Python's repr() of the double d (shortest digits that read back to d; exponent form when
+ * the decimal exponent is < -4 or >= 16, "1e-05", "0.0001", "1.0", "nan", "inf").  Returns
+ * the length; buf must hold 32 bytes. */
+int sq_bnb_py_repr(double d, char *buf, size_t buf_bytes);
+/* The quant_state JSON of q exactly as bnb's pack_dict_to_tensor writes it (json.dumps:
+ * keys quant_type, blocksize, dtype, shape[, nested_blocksize, nested_dtype, nested_offset]).
+ * *json malloc'd, NUL-terminated; *len excludes the NUL. */
+sq_status sq_bnb_quant_state_json(const sq_qtensor *q, char **json, size_t *len, sq_error *err);
+/* ".quant_state.bitsandbytes__nf4" or "…__fp4": the key suffix of the JSON blob. */
+const char *sq_bnb_quant_state_suffix(sq_quant_type t);
+
+/* ---- distributed quantize: `mpirun -np N shardq quantize` ---------------------------------- */
+typedef struct sq_quantize_options {
+    const char *model_dir;
+    const char *out_dir;
+    const char *plan_path;         /* NULL: plan for the ranks of comm (host memory capacity) */
+    sq_quant_scheme scheme;        /* type NF4 / FP4; a pre-quantized input keeps its own */
+    bool scheme_given;             /* the user chose the scheme (else a plan file's / default) */
+    const char *compute_dtype;     /* "bfloat16" / "float16" (bnb_4bit_compute_dtype) */
+    bool force;                    /* replace out_dir if it exists and holds a model */
+    uint64_t staging_bytes;        /* 0: default */
+    int n_threads;                 /* quantization threads per rank; <= 0: one per core */
+    sq_load_progress_fn progress;  /* rank 0 of comm only; may be NULL */
+    void *progress_user;
+    double progress_interval_s;
+    sq_log log;
+} sq_quantize_options;
+
+typedef struct sq_quantize_result {
+    int n_ranks;
+    int n_tensors;                 /* tensors (with companions) in the index */
+    uint64_t total_size;           /* the index's metadata.total_size */
+    uint64_t bytes_read;           /* all ranks */
+    double seconds;                /* wall time of the load + write, slowest rank */
+    double gbps;                   /* bytes_read / seconds */
+    bool prequantized;             /* the input was already a bnb 4-bit checkpoint */
+    sq_quant_scheme scheme;
+    uint64_t max_rss_bytes;        /* largest VmHWM over the ranks (0 when unknown) */
+} sq_quantize_result;
+
+/* Collective over comm (MPI_ERRORS_RETURN): every rank loads and quantizes its stage and
+ * writes "model-<r+1>-of-<N>.safetensors" into "<out_dir>.tmp.<pid of rank 0>"; rank 0 adds
+ * model.safetensors.index.json, config.json (with quantization_config), generation_config.json
+ * and the tokenizer files; the folder is renamed to out_dir only after every rank succeeded.
+ * On any failure every rank returns the same error, naming the first failing rank (its
+ * err->rank), and no out_dir and no temporary are left.  The output folder must be on a file
+ * system every rank sees.  res may be NULL. */
+sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quantize_result *res,
+                          sq_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
