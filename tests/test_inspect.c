@@ -274,6 +274,12 @@ START_TEST(make_model_flags) {
     free(out);
     snprintf(other, sizeof other, "%s/x", g_root);
     ck_assert_int_ne(access(other, F_OK), 0);   /* nothing half-written */
+    /* missing parent folders are made; a trailing slash is fine */
+    out = shardq(&rc, "make-model --out '%s/p/q/r/' --family qwen2", g_root);
+    ck_assert_msg(rc == 0, "%s", out);
+    free(out);
+    snprintf(other, sizeof other, "%s/p/q/r/model.safetensors", g_root);
+    ck_assert_int_eq(access(other, F_OK), 0);
 }
 END_TEST
 

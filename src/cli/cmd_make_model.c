@@ -103,6 +103,28 @@ static sq_status write_text(const char *path, const char *text, sq_error *err) {
     return ok ? SQ_OK : sq_error_set(err, SQ_ERR_IO, path, NULL, "write failed: %s", strerror(errno));
 }
 
+/* mkdir -p of the folder that will hold `path` (not `path` itself). */
+static sq_status make_parents(const char *path, sq_error *err) {
+    char p[PATH_BYTES];
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p)
+        return sq_error_set(err, SQ_ERR_INVALID, path, NULL, "path too long");
+    char *last = strrchr(p, '/');
+    if (!last || last == p) return SQ_OK;
+    *last = '\0';
+    for (char *q = p + 1; ; q++) {
+        bool end = *q == '\0';
+        if (*q == '/' || end) {
+            *q = '\0';
+            if (mkdir(p, 0755) != 0 && errno != EEXIST)
+                return sq_error_set(err, SQ_ERR_IO, p, NULL, "cannot create folder: %s",
+                                    strerror(errno));
+            if (end) break;
+            *q = '/';
+        }
+    }
+    return SQ_OK;
+}
+
 /* An existing --out may be replaced only when it is an empty folder or holds config.json. */
 static bool replaceable(const char *dir) {
     struct stat sb;
@@ -306,7 +328,8 @@ static sq_status make_model(const options *o, sq_meta **mout, sq_error *err) {
         return sq_error_set(err, SQ_ERR_INVALID, o->out, NULL, "path too long");
     }
     rm_tree(tmp);
-    st = write_model(o, m, tmp, err);
+    st = make_parents(o->out, err);
+    if (st == SQ_OK) st = write_model(o, m, tmp, err);
     if (st == SQ_OK && exists && rename(o->out, old) != 0)
         st = sq_error_set(err, SQ_ERR_IO, o->out, NULL, "cannot move the old folder aside: %s",
                           strerror(errno));
@@ -364,6 +387,11 @@ int sq_cli_make_model(int argc, char **argv, sq_cli_ctx *ctx) {
         if (missing) return sq_cli_usage_error(ctx, cmd, "%s needs a value", argv[i]);
     }
     if (!o.out || !*o.out) return sq_cli_usage_error(ctx, cmd, "--out DIR is required");
+    char out[PATH_BYTES / 2];
+    if (snprintf(out, sizeof out, "%s", o.out) >= (int)sizeof out)
+        return sq_cli_usage_error(ctx, cmd, "--out: path too long");
+    for (size_t n = strlen(out); n > 1 && out[n - 1] == '/'; n--) out[n - 1] = '\0';
+    o.out = out;
 
     sq_error err;
     sq_error_init(&err, ctx->n_ranks > 1 ? ctx->rank : -1);
