@@ -223,7 +223,7 @@ static int bench_model(sq_backend *be, int n_new, double *tok_s1, double *tok_s8
         for (int i = 0; i < B; i++) {   /* prefill 16 tokens per sequence */
             sp[0] = (sq_seq_span){i, 0, 16};
             for (int t = 0; t < 16; t++) tok[t] = (int32_t)(rnd() % (uint64_t)V);
-            sq_stage_batch b = {1, sp, tok, NULL, false};
+            sq_stage_input b = {1, sp, tok, NULL, false};
             if (sq_stage_forward(s, &b, &err)) goto fail;
         }
         for (int i = 0; i < B; i++) tok[i] = 1 + i;
@@ -235,7 +235,7 @@ static int bench_model(sq_backend *be, int n_new, double *tok_s1, double *tok_s8
                 seq[i] = (uint64_t)i;
                 step[i] = (uint64_t)step_i;
             }
-            sq_stage_batch b = {B, sp, tok, NULL, false};
+            sq_stage_input b = {B, sp, tok, NULL, false};
             if (sq_stage_forward(s, &b, &err) || sq_stage_sample(s, &gp, seq, step, tok, &err)) goto fail;
         }
         double dt = sq_now_s() - t0;

@@ -301,7 +301,7 @@ static host_model copy_model(const host_model *m) {
 /* forward of one call; returns malloc'd logits (out rows x V) when the stage has a head */
 static float *fwd(sq_stage *s, int n_seqs, const sq_seq_span *sp, const int32_t *tok,
                   const void *hidden_d, bool all) {
-    sq_stage_batch b = {n_seqs, sp, tok, hidden_d, all};
+    sq_stage_input b = {n_seqs, sp, tok, hidden_d, all};
     sq_error err;
     sq_error_init(&err, -1);
     ck_assert_msg(sq_stage_forward(s, &b, &err) == SQ_OK, "%s", err.msg);
@@ -437,6 +437,38 @@ START_TEST(test_4bit_vs_dequantized) {
 }
 END_TEST
 
+/* embed + layers + head on caller-held activations == forward, bit for bit */
+START_TEST(test_split_calls) {
+    sq_model_config cfg = tiny_cfg(SQ_ARCH_QWEN2, false, true, SQ_ROPE_DEFAULT);
+    host_model m = make_model(cfg, 7);
+    int64_t V = cfg.vocab_size, H = cfg.hidden_size;
+    sq_stage *s = mk_stage(&m, 0, NL, true, true, SQ_QUANT_NONE, NULL);
+    sq_stage *t = mk_stage(&m, 0, NL, true, true, SQ_QUANT_NONE, NULL);
+    sq_stage *mid = mk_stage(&m, 1, 2, false, false, SQ_QUANT_NONE, NULL);
+    sq_seq_span sp = {2, 0, 6};
+    float *ref = fwd(s, 1, &sp, TOK_A, NULL, true);
+    void *act = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_alloc(g_be, 16 * H * 4, &act, &err), SQ_OK);
+    sq_stage_input in = {1, &sp, TOK_A, NULL, true};
+    ck_assert_int_eq(sq_stage_embed(t, &in, act, &err), SQ_OK);
+    ck_assert_int_eq(sq_stage_layers(t, &in, act, &err), SQ_OK);
+    ck_assert_int_eq(sq_stage_head(t, &in, act, &err), SQ_OK);
+    float *got = malloc(6 * V * 4);
+    ck_assert_int_eq(sq_stage_read_logits(t, got, 6, &err), SQ_OK);
+    ck_assert_int_eq(memcmp(ref, got, 6 * V * 4), 0);
+    ck_assert_int_eq(sq_stage_embed(mid, &in, act, &err), SQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not the first stage"));
+    ck_assert_int_eq(sq_stage_head(mid, &in, act, &err), SQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not the last stage"));
+    sq_backend_free(g_be, act);
+    free(ref); free(got);
+    sq_stage_destroy(s); sq_stage_destroy(t); sq_stage_destroy(mid);
+    free_model(&m);
+}
+END_TEST
+
 START_TEST(test_errors) {
     sq_model_config cfg = tiny_cfg(SQ_ARCH_LLAMA, true, false, SQ_ROPE_DEFAULT);
     host_model m = make_model(cfg, 6);
@@ -475,7 +507,7 @@ START_TEST(test_errors) {
     /* forward before the weights: names the first missing one */
     int32_t tok[5] = {1, 2, 3, 4, 5};
     sq_seq_span sp = {0, 0, 2};
-    sq_stage_batch b = {1, &sp, tok, NULL, false};
+    sq_stage_input b = {1, &sp, tok, NULL, false};
     ck_assert_int_eq(sq_stage_forward(s, &b, &err), SQ_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(err.msg, "not set, first embed_tokens"));
     /* wrong shape, wrong stage, 4-bit norm */
@@ -498,22 +530,22 @@ START_TEST(test_errors) {
     s = mk_stage(&m, 0, NL, true, true, SQ_QUANT_NONE, NULL);
     int32_t bad_tok[2] = {1, 96};
     sq_seq_span two = {0, 0, 2};
-    b = (sq_stage_batch){1, &two, bad_tok, NULL, false};
+    b = (sq_stage_input){1, &two, bad_tok, NULL, false};
     ck_assert_int_eq(sq_stage_forward(s, &b, &err), SQ_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(err.msg, "token id 96 (row 1)"));
     sq_seq_span past = {0, 15, 2};
-    b = (sq_stage_batch){1, &past, tok, NULL, false};
+    b = (sq_stage_input){1, &past, tok, NULL, false};
     ck_assert_int_eq(sq_stage_forward(s, &b, &err), SQ_ERR_INVALID);
     sq_seq_span dup[2] = {{1, 0, 1}, {1, 1, 1}};
-    b = (sq_stage_batch){2, dup, tok, NULL, false};
+    b = (sq_stage_input){2, dup, tok, NULL, false};
     ck_assert_int_eq(sq_stage_forward(s, &b, &err), SQ_ERR_INVALID);
     ck_assert_ptr_nonnull(strstr(err.msg, "twice"));
     sq_seq_span many = {0, 0, 17};
-    b = (sq_stage_batch){1, &many, tok, NULL, false};
+    b = (sq_stage_input){1, &many, tok, NULL, false};
     ck_assert_int_eq(sq_stage_forward(s, &b, &err), SQ_ERR_INVALID);
     /* sampling from the last forward: greedy == argmax of the read logits */
     sq_seq_span one = {0, 0, 3};
-    b = (sq_stage_batch){1, &one, tok, NULL, false};
+    b = (sq_stage_input){1, &one, tok, NULL, false};
     ck_assert_int_eq(sq_stage_forward(s, &b, &err), SQ_OK);
     float lg[96];
     ck_assert_int_eq(sq_stage_read_logits(s, lg, 1, &err), SQ_OK);
@@ -542,6 +574,7 @@ int main(void) {
     tcase_add_test(tc, test_llama3_rope);
     tcase_add_test(tc, test_linear_rope);
     tcase_add_test(tc, test_4bit_vs_dequantized);
+    tcase_add_test(tc, test_split_calls);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);

@@ -83,20 +83,30 @@ sq_status sq_stage_check_ready(const sq_stage *s, sq_error *err);
  * max_tokens, each n_tokens >= 1, slot < max_batch, start_pos + n_tokens <= max_seq, no slot
  * twice.  A sequence's tokens must continue its cache: positions before start_pos were filled
  * by earlier calls (not checked). */
-typedef struct sq_stage_batch {
+typedef struct sq_stage_input {
     int n_seqs;
     const sq_seq_span *seqs;
     const int32_t *token_ids;   /* host, one per row: the first stage (has_embed) */
     const void *hidden_in_d;    /* backend memory (n_rows, hidden) float32: other stages */
     bool all_logits;            /* last stage: logits for every row, not only each sequence's
                                    last row (needs n_rows <= max_logit_rows) */
-} sq_stage_batch;
+} sq_stage_input;
 
 /* Runs the stage's layers on the batch.  Afterwards: a non-last stage's output is
  * sq_stage_hidden_d (n_rows, hidden); the last stage's is sq_stage_logits_d (one row per
  * sequence, or per row with all_logits; vocab wide).  KV cache positions of the batch are
  * written.  Bad token ids / batch descriptions fail with SQ_ERR_INVALID before any op runs. */
-sq_status sq_stage_forward(sq_stage *s, const sq_stage_batch *b, sq_error *err);
+sq_status sq_stage_forward(sq_stage *s, const sq_stage_input *b, sq_error *err);
+
+/* The three parts of sq_stage_forward, for executors that hold the activations themselves
+ * (act_d: backend memory, (n_rows, hidden) float32).  Each checks the batch like forward.
+ * embed: token ids -> act_d (first stage);  layers: this stage's layers in place on act_d
+ * (writes the KV cache);  head: final norm + lm_head on each sequence's last row of act_d (every
+ * row with all_logits) -> sq_stage_logits_d (last stage).  embed + layers + head on one stage
+ * give the same bits as sq_stage_forward. */
+sq_status sq_stage_embed(sq_stage *s, const sq_stage_input *b, void *act_d, sq_error *err);
+sq_status sq_stage_layers(sq_stage *s, const sq_stage_input *b, void *act_d, sq_error *err);
+sq_status sq_stage_head(sq_stage *s, const sq_stage_input *b, const void *act_d, sq_error *err);
 
 const void *sq_stage_hidden_d(const sq_stage *s);   /* (max_tokens, hidden) float32 */
 const void *sq_stage_logits_d(const sq_stage *s);   /* (max_logit_rows, vocab) float32; NULL

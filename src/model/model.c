@@ -382,8 +382,11 @@ sq_status sq_stage_check_ready(const sq_stage *s, sq_error *err) {
 
 #define TRY(x) do { if ((st = (x)) != SQ_OK) return st; } while (0)
 
-sq_status sq_stage_forward(sq_stage *s, const sq_stage_batch *b, sq_error *err) {
-    if (!s || !b || !b->seqs) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage forward: NULL argument");
+/* Checks a batch against the limits; on success *n_rows is its row count and s->pos holds
+ * every row's position. */
+static sq_status check_batch(sq_stage *s, const sq_stage_input *b, int64_t *n_rows,
+                             sq_error *err) {
+    if (!b || !b->seqs) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage forward: NULL argument");
     sq_status st;
     TRY(sq_stage_check_ready(s, err));
     if (b->n_seqs <= 0 || b->n_seqs > s->p.max_batch)
@@ -409,41 +412,39 @@ sq_status sq_stage_forward(sq_stage *s, const sq_stage_batch *b, sq_error *err) 
                 return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
                                     "stage forward: slot %d appears twice", sp->slot);
     }
-    int64_t out_rows = s->p.has_head ? (b->all_logits ? n : b->n_seqs) : n;
-    if (s->p.has_head && out_rows > s->p.max_logit_rows)
-        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
-                            "stage forward: %lld logit rows exceed max_logit_rows %lld",
-                            (long long)out_rows, (long long)s->p.max_logit_rows);
-    if (s->p.has_embed) {
-        if (!b->token_ids) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage forward: no token ids");
-        for (int64_t r = 0; r < n; r++)
-            if (b->token_ids[r] < 0 || b->token_ids[r] >= s->V)
-                return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
-                                    "stage forward: token id %d (row %lld) is outside the vocabulary [0, %lld)",
-                                    b->token_ids[r], (long long)r, (long long)s->V);
-    } else if (!b->hidden_in_d) {
-        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage forward: no hidden states in");
-    }
     int64_t r = 0;
     for (int i = 0; i < b->n_seqs; i++)
         for (int32_t t = 0; t < b->seqs[i].n_tokens; t++) s->pos[r++] = b->seqs[i].start_pos + t;
+    *n_rows = n;
+    return SQ_OK;
+}
 
+static sq_status embed_rows(sq_stage *s, const sq_stage_input *b, int64_t n, void *out_d,
+                            sq_error *err) {
+    sq_status st;
+    if (!b->token_ids) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage forward: no token ids");
+    for (int64_t r = 0; r < n; r++)
+        if (b->token_ids[r] < 0 || b->token_ids[r] >= s->V)
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                "stage forward: token id %d (row %lld) is outside the vocabulary [0, %lld)",
+                                b->token_ids[r], (long long)r, (long long)s->V);
+    TRY(sq_backend_upload(s->be, s->ids_d, b->token_ids, (uint64_t)n * 4, err));
+    return sq_backend_embed(s->be, s->embed, s->ids_d, n, out_d, err);
+}
+
+/* The decoder layers on the residual stream x (n, H), in place. */
+static sq_status run_layers(sq_stage *s, const sq_stage_input *b, int64_t n, void *x,
+                            sq_error *err) {
+    sq_status st;
     sq_backend *be = s->be;
-    const sq_model_config *c = &s->p.cfg;
-    float eps = (float)c->rms_norm_eps;
-    if (s->p.has_embed) {
-        TRY(sq_backend_upload(be, s->ids_d, b->token_ids, (uint64_t)n * 4, err));
-        TRY(sq_backend_embed(be, s->embed, s->ids_d, n, s->x_d, err));
-    } else {
-        TRY(sq_backend_copy(be, s->x_d, b->hidden_in_d, (uint64_t)(n * s->H) * 4, err));
-    }
+    float eps = (float)s->p.cfg.rms_norm_eps;
     uint64_t kv_layer = (uint64_t)s->p.max_batch * (uint64_t)s->p.max_seq * (uint64_t)s->kw * 4;
     for (int64_t l = 0; l < s->p.n_layers; l++) {
         sq_weight *const *w = s->layers[l].w;
         sq_kv_layer kv = {(char *)s->kc_d + (uint64_t)l * kv_layer, (char *)s->vc_d + (uint64_t)l * kv_layer,
                           s->p.max_batch, s->p.max_seq, (int)s->nkv, (int)s->hd};
         /* attention block */
-        TRY(sq_backend_rmsnorm(be, s->x_d, w[L_ATTN_NORM], eps, n, s->h_d, err));
+        TRY(sq_backend_rmsnorm(be, x, w[L_ATTN_NORM], eps, n, s->h_d, err));
         TRY(sq_backend_linear(be, s->h_d, n, w[L_Q], w[L_QB], s->q_d, err));
         TRY(sq_backend_linear(be, s->h_d, n, w[L_K], w[L_KB], s->k_d, err));
         TRY(sq_backend_linear(be, s->h_d, n, w[L_V], w[L_VB], s->v_d, err));
@@ -452,32 +453,92 @@ sq_status sq_stage_forward(sq_stage *s, const sq_stage_batch *b, sq_error *err) 
         TRY(sq_backend_attention(be, s->q_d, s->k_d, s->v_d, &kv, (int)s->nh, b->n_seqs, b->seqs,
                                  s->att_d, err));
         TRY(sq_backend_linear(be, s->att_d, n, w[L_O], NULL, s->t_d, err));
-        TRY(sq_backend_add(be, s->x_d, s->t_d, n * s->H, s->x_d, err));
+        TRY(sq_backend_add(be, x, s->t_d, n * s->H, x, err));
         /* MLP block */
-        TRY(sq_backend_rmsnorm(be, s->x_d, w[L_MLP_NORM], eps, n, s->h_d, err));
+        TRY(sq_backend_rmsnorm(be, x, w[L_MLP_NORM], eps, n, s->h_d, err));
         TRY(sq_backend_linear(be, s->h_d, n, w[L_GATE], NULL, s->g_d, err));
         TRY(sq_backend_linear(be, s->h_d, n, w[L_UP], NULL, s->u_d, err));
         TRY(sq_backend_swiglu(be, s->g_d, s->u_d, n * s->I, s->g_d, err));
         TRY(sq_backend_linear(be, s->g_d, n, w[L_DOWN], NULL, s->t_d, err));
-        TRY(sq_backend_add(be, s->x_d, s->t_d, n * s->H, s->x_d, err));
+        TRY(sq_backend_add(be, x, s->t_d, n * s->H, x, err));
     }
-    if (s->p.has_head) {
-        uint64_t row_bytes = (uint64_t)s->H * 4;
-        if (b->all_logits) {
-            TRY(sq_backend_copy(be, s->hl_d, s->x_d, (uint64_t)n * row_bytes, err));
-        } else {
-            int64_t last = -1;
-            for (int i = 0; i < b->n_seqs; i++) {
-                last += b->seqs[i].n_tokens;
-                TRY(sq_backend_copy(be, (char *)s->hl_d + (uint64_t)i * row_bytes,
-                                    (char *)s->x_d + (uint64_t)last * row_bytes, row_bytes, err));
-            }
+    return SQ_OK;
+}
+
+/* Final norm + lm_head on each sequence's last row of x (or every row with all_logits). */
+static sq_status run_head(sq_stage *s, const sq_stage_input *b, int64_t n, const void *x,
+                          sq_error *err) {
+    sq_status st;
+    sq_backend *be = s->be;
+    int64_t out_rows = b->all_logits ? n : b->n_seqs;
+    if (out_rows > s->p.max_logit_rows)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "stage forward: %lld logit rows exceed max_logit_rows %lld",
+                            (long long)out_rows, (long long)s->p.max_logit_rows);
+    uint64_t row_bytes = (uint64_t)s->H * 4;
+    if (b->all_logits) {
+        TRY(sq_backend_copy(be, s->hl_d, x, (uint64_t)n * row_bytes, err));
+    } else {
+        int64_t last = -1;
+        for (int i = 0; i < b->n_seqs; i++) {
+            last += b->seqs[i].n_tokens;
+            TRY(sq_backend_copy(be, (char *)s->hl_d + (uint64_t)i * row_bytes,
+                                (const char *)x + (uint64_t)last * row_bytes, row_bytes, err));
         }
-        TRY(sq_backend_rmsnorm(be, s->hl_d, s->final_norm, eps, out_rows, s->hl_d, err));
-        TRY(sq_backend_linear(be, s->hl_d, out_rows, s->lm_head, NULL, s->logits_d, err));
     }
+    TRY(sq_backend_rmsnorm(be, s->hl_d, s->final_norm, (float)s->p.cfg.rms_norm_eps, out_rows,
+                           s->hl_d, err));
+    TRY(sq_backend_linear(be, s->hl_d, out_rows, s->lm_head, NULL, s->logits_d, err));
     s->n_out_rows = out_rows;
     return SQ_OK;
+}
+
+sq_status sq_stage_forward(sq_stage *s, const sq_stage_input *b, sq_error *err) {
+    if (!s) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage forward: NULL stage");
+    int64_t n = 0;
+    sq_status st;
+    TRY(check_batch(s, b, &n, err));
+    if (s->p.has_head && (b->all_logits ? n : b->n_seqs) > s->p.max_logit_rows)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "stage forward: %lld logit rows exceed max_logit_rows %lld",
+                            (long long)(b->all_logits ? n : b->n_seqs), (long long)s->p.max_logit_rows);
+    if (s->p.has_embed) {
+        TRY(embed_rows(s, b, n, s->x_d, err));
+    } else {
+        if (!b->hidden_in_d)
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage forward: no hidden states in");
+        TRY(sq_backend_copy(s->be, s->x_d, b->hidden_in_d, (uint64_t)(n * s->H) * 4, err));
+    }
+    TRY(run_layers(s, b, n, s->x_d, err));
+    if (s->p.has_head) return run_head(s, b, n, s->x_d, err);
+    s->n_out_rows = n;
+    return SQ_OK;
+}
+
+sq_status sq_stage_embed(sq_stage *s, const sq_stage_input *b, void *out_d, sq_error *err) {
+    if (!s || !out_d) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage embed: NULL argument");
+    if (!s->p.has_embed) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage embed: not the first stage");
+    int64_t n = 0;
+    sq_status st;
+    TRY(check_batch(s, b, &n, err));
+    return embed_rows(s, b, n, out_d, err);
+}
+
+sq_status sq_stage_layers(sq_stage *s, const sq_stage_input *b, void *act_d, sq_error *err) {
+    if (!s || !act_d) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage layers: NULL argument");
+    int64_t n = 0;
+    sq_status st;
+    TRY(check_batch(s, b, &n, err));
+    return run_layers(s, b, n, act_d, err);
+}
+
+sq_status sq_stage_head(sq_stage *s, const sq_stage_input *b, const void *act_d, sq_error *err) {
+    if (!s || !act_d) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage head: NULL argument");
+    if (!s->p.has_head) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage head: not the last stage");
+    int64_t n = 0;
+    sq_status st;
+    TRY(check_batch(s, b, &n, err));
+    return run_head(s, b, n, act_d, err);
 }
 
 const void *sq_stage_hidden_d(const sq_stage *s) { return s ? s->x_d : NULL; }
