@@ -170,21 +170,13 @@ sq_status sq_tok_normalize(const sq_tokenizer *tok, const char *s, size_t n, sq_
             }
             if (!b.p && !sq_tok_buf_put(&b, "", 0)) goto nomem;
             break;
-        case SQ_NORM_NFC:
-            for (size_t i = 0; i < a.n;) {
-                size_t at = i;
-                uint32_t cp = sq_utf8_next(a.p, a.n, &i);
-                if (!sq_uni_nfc_stable(cp)) {
-                    free(a.p);
-                    free(b.p);
-                    return sq_error_set(err, SQ_ERR_UNSUPPORTED, tok->name, NULL,
-                                        "NFC normalizer: text at byte %zu holds U+%04X, which "
-                                        "NFC may change; shardq implements NFC only for text "
-                                        "that is already NFC-stable", at, cp);
-                }
-            }
-            if (!sq_tok_buf_put(&b, a.p, a.n)) goto nomem;
+        case SQ_NORM_NFC: {
+            bool stable = true;
+            for (size_t i = 0; i < a.n && stable;)
+                stable = sq_uni_nfc_stable(sq_utf8_next(a.p, a.n, &i));
+            if (!(stable ? sq_tok_buf_put(&b, a.p, a.n) : sq_nfc(a.p, a.n, &b))) goto nomem;
             break;
+        }
         }
         sq_tok_buf t = a;
         a = b;

@@ -173,6 +173,9 @@ static inline const char *sq_tok_str(const sq_tokenizer *tok, int32_t id, size_t
     return tok->arena + tok->tok_off[id];
 }
 
+/* Unicode NFC of valid UTF-8 s[0, n) into *out (replacing its contents); false: no memory. */
+bool sq_nfc(const char *s, size_t n, sq_tok_buf *out);
+
 /* Runs the tokenizer's normalizer over s[0, n) into *out (replacing its contents). */
 sq_status sq_tok_normalize(const sq_tokenizer *tok, const char *s, size_t n, sq_tok_buf *out,
                            sq_error *err);

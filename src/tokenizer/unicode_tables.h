@@ -16,4 +16,13 @@ extern const size_t sq_uni_word_n_ranges;
 extern const uint32_t sq_uni_nfc_unstable_ranges[][2]; /* may change under NFC */
 extern const size_t sq_uni_nfc_unstable_n_ranges;
 
+/* NFC data (Hangul is algorithmic and not in these) */
+extern const uint32_t sq_uni_ccc[][3]; /* {first, last, canonical combining class}, sorted */
+extern const size_t sq_uni_ccc_n;
+extern const uint32_t sq_uni_decomp[][3]; /* {cp, offset, length} into the pool, sorted */
+extern const size_t sq_uni_decomp_n;
+extern const uint32_t sq_uni_decomp_pool[]; /* full canonical decompositions */
+extern const uint32_t sq_uni_comp[][3]; /* {first, second, composite}, sorted by the pair */
+extern const size_t sq_uni_comp_n;
+
 #endif

@@ -25,11 +25,11 @@ For each NAME.json, NAME.expected holds, per corpus entry:
   dec1 HEX                      decode(ids1, skip_special_tokens=False)
   dec0 HEX                      decode(ids1, skip_special_tokens=True) ("=": same as dec1)
   rt 0|1                        decode(ids0) == text in the library
-Entries a tokenizer cannot take in shardq are left out of that tokenizer's file (qwen2: text
-NFC might change; see gen_unicode_tables.py) and the test checks that shardq refuses them.
 
 Run from the repository root:  python3 tests/reference/gen_tokenizers.py
-Output: tests/reference/tokenizers/  (committed; the C test needs no Python).
+Output: tests/reference/tokenizers/  (committed; the C test needs no Python).  The library's
+BPE trainer breaks ties differently from run to run, so a rerun gives a different (equally
+good) set: commit the .json and .expected files together.
 """
 import glob
 import json
@@ -42,8 +42,6 @@ from tokenizers import processors, trainers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "tokenizers")
-sys.path.insert(0, HERE)
-from gen_unicode_tables import nfc_unstable_pred  # noqa: E402
 
 LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
              r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -101,7 +99,8 @@ def corpus():
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>",
         "<|endoftext|>after",
         "Ελληνικά Русский עברית العربية हिन्दी ไทย",
-        "Cafe\u0301 (decomposed) and \u212b (angstrom sign)",
+        "Cafe\u0301 (decomposed) and \u212b (angstrom sign), \u1e0b\u0323 \u0071\u0307\u0323",
+        "\u1100\u1161\u11a8 \uac00\u11a8 Tiếng Việt: Tie\u0302\u0301ng Vie\u0323\u0302t",
         "a\u00a0b\u2003c\u3000d\u2028e\u0085f\u000bg\u000ch",
         "\x00\x01\x7f bell\x07 esc\x1b[0m",
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
@@ -257,11 +256,6 @@ def make_flags(base_json):
     return d
 
 
-def nfc_safe(text):
-    pred = nfc_unstable_pred()
-    return not any(pred(ord(c)) for c in text)
-
-
 def write_expected(name, tok, texts):
     lines = [f"# {name}.json: expected ids/texts from tokenizers {__import__('tokenizers').__version__}"]
     for k, text in enumerate(texts):
@@ -301,9 +295,8 @@ def main():
                       ("gpt2", make_gpt2(text)), ("llama2", llama2),
                       ("mistral", make_mistral(llama2)), ("flags", make_flags(llama2))]:
         tok = save(name, obj)
-        cases = [t for t in texts if name != "qwen2" or nfc_safe(t)]
-        write_expected(name, tok, cases)
-        print(f"{name}: vocab {tok.get_vocab_size()}, {len(cases)} cases, "
+        write_expected(name, tok, texts)
+        print(f"{name}: vocab {tok.get_vocab_size()}, {len(texts)} cases, "
               f"{os.path.getsize(os.path.join(OUT, name + '.json'))} bytes")
 
 
