@@ -321,7 +321,7 @@ static void check_close(const float *got, const double *ref, int64_t n, double r
 }
 
 static const int32_t TOK_A[9] = {5, 17, 88, 3, 42, 42, 0, 95, 61};
-static const int32_t TOK_B[6] = {11, 7, 64, 2, 90, 33};
+static const int32_t TOK_B[7] = {11, 7, 64, 2, 90, 33, 50};
 
 /* The scenario: A prefilled (6 tokens, all logits) in slot 1; B prefilled (4) in slot 2;
  * then 3 decode steps with A and B in one batch.  Returns A's logits rows (9 x V). */
