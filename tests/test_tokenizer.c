@@ -534,6 +534,14 @@ START_TEST(test_speed_100k) {
     time_encode("llama3", text, n);
     time_encode("llama2", text, n); /* no pre-tokenizer: one 100 kB BPE word */
     time_encode("gpt2", text, n);
+    /* worst cases for the merge loop: one 100 kB pre-token of letters, and of CJK */
+    for (size_t i = 0; i < cap; i++) text[i] = "abcab"[i % 5];
+    time_encode("llama3", text, cap);
+    time_encode("llama2", text, cap);
+    static const char cjk[] = "日本語中文文本";
+    for (n = 0; n + sizeof cjk - 1 <= cap; n += sizeof cjk - 1) memcpy(text + n, cjk, sizeof cjk - 1);
+    time_encode("qwen2", text, n);
+    time_encode("mistral", text, n);
     free(text);
 }
 END_TEST
