@@ -53,6 +53,15 @@ typedef struct sq_weight sq_weight;
 /* CPU backend with a pool of n_threads (<= 0: one per online core).  Uses AVX2 + FMA when the
  * CPU has them, a portable path otherwise.  On failure *out is NULL. */
 sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err);
+/* CUDA backend on `device` (< 0: the calling thread's current device), built only when
+ * SHARDQ_HAVE_CUDA (src/backend/cuda.c): one stream, one cuBLAS handle, kernels in kernels/.
+ * It makes `device` the calling thread's current device; ops must be called from threads whose
+ * current device it is.  No device: SQ_ERR_UNSUPPORTED ("no CUDA device").  Differences from
+ * the CPU backend: 4-bit weights are kept in bitsandbytes' packed layout; a bad token id in
+ * sq_backend_embed is reported by the next sq_backend_sync / download (the row reads zeros);
+ * linear switches from a GEMV (<= 16 rows) to cuBLAS SGEMM, so a row's bits can depend on the
+ * call's row count (within float32 rounding).  On failure *out is NULL. */
+sq_status sq_backend_create_cuda(int device, sq_backend **out, sq_error *err);
 void sq_backend_destroy(sq_backend *be);
 const char *sq_backend_name(const sq_backend *be);   /* "cpu-avx2", "cpu-portable", … */
 int sq_backend_n_threads(const sq_backend *be);

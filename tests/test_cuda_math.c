@@ -1,0 +1,209 @@
+/* CPU tests of the per-element math the CUDA kernels share with the host
+ * (kernels/backend_math.cuh): each shared function, run on the CPU, against the CPU backend or
+ * the quant module it must agree with.  Bit-exact where both sides run the same expression on
+ * the host (generator, 4-bit element, SwiGLU, RMSNorm, sampling walk); a tight bound for the
+ * attention step (the CPU backend's dot product has its own summation order). */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/backend_math.cuh"
+#include "shardq/backend.h"
+#include "shardq/quant.h"
+
+static uint64_t rng_state;
+static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
+static uint64_t rng_u64(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float rng_f(float lo, float hi) {
+    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
+}
+static sq_backend *cpu_be(void) {
+    sq_backend *be = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_create_cpu(1, &be, &err), SQ_OK);
+    sq_backend_limits lim = {.max_rows = 8, .max_width = 4096, .max_vocab = 4096, .max_head_dim = 128};
+    ck_assert_int_eq(sq_backend_reserve(be, &lim, &err), SQ_OK);
+    return be;
+}
+
+START_TEST(test_uniform_matches_backend) {
+    rng_seed(1);
+    for (int i = 0; i < 100000; i++) {
+        uint64_t seed = rng_u64(), seq = i % 7 ? rng_u64() % 64 : rng_u64(), step = rng_u64() % 4096;
+        double a = sq_bm_uniform(seed, seq, step), b = sq_sample_uniform(seed, seq, step);
+        ck_assert_msg(memcmp(&a, &b, sizeof a) == 0, "key (%llu, %llu, %llu): %.17g vs %.17g",
+                      (unsigned long long)seed, (unsigned long long)seq, (unsigned long long)step, a, b);
+        ck_assert(a >= 0.0 && a < 1.0);
+    }
+    /* fixed point: splitmix64's published first output for state 0 + golden gamma */
+    ck_assert_uint_eq(sq_bm_mix64(0x9e3779b97f4a7c15ull), 0xe220a8397b1dcdafull);
+}
+END_TEST
+
+/* The 4-bit element the GEMV and the band conversion compute equals bnb's dequantized value. */
+START_TEST(test_q4_element_matches_dequant) {
+    rng_seed(2);
+    const int64_t rows = 5, cols = 96;
+    float *x = malloc(rows * cols * sizeof *x), *ref = malloc(rows * cols * sizeof *ref);
+    for (int64_t i = 0; i < rows * cols; i++) x[i] = rng_f(-2.0f, 2.0f);
+    for (int t = 0; t < 2; t++)
+        for (int dq = 0; dq < 2; dq++) {
+            sq_quant_scheme s;
+            memset(&s, 0, sizeof s);
+            s.type = t ? SQ_QUANT_FP4 : SQ_QUANT_NF4;
+            s.blocksize = 64;
+            s.double_quant = dq;
+            sq_qtensor q;
+            sq_error err;
+            sq_error_init(&err, -1);
+            ck_assert_int_eq(sq_quant_4bit(x, rows, cols, SQ_DTYPE_F32, &s, NULL, &q, &err), SQ_OK);
+            sq_dequant_4bit_f32(&q, 0, (uint64_t)(rows * cols), ref);
+            const float *code = sq_quant_code_table(q.type);
+            for (int64_t o = 0; o < rows; o++)
+                for (int64_t k = 0; k < cols; k++) {
+                    uint64_t flat = (uint64_t)(o * cols + k);
+                    float am = q.double_quant ? sq_qtensor_absmax(&q, flat / 64) : q.absmax[flat / 64];
+                    unsigned c = sq_bm_q4_code(q.packed + o * cols / 2, k);
+                    float v = sq_bm_q4_weight(code, c, am);
+                    ck_assert_msg(v == ref[flat], "type %d dq %d (%lld, %lld): %a vs %a", t, dq,
+                                  (long long)o, (long long)k, v, ref[flat]);
+                }
+            sq_qtensor_free(&q);
+        }
+    free(x);
+    free(ref);
+}
+END_TEST
+
+START_TEST(test_swiglu_and_rmsnorm_match_cpu) {
+    rng_seed(3);
+    sq_backend *be = cpu_be();
+    sq_error err;
+    sq_error_init(&err, -1);
+    const int64_t R = 3, D = 1000;
+    float *g = malloc(R * D * 4), *u = malloc(R * D * 4), *o = malloc(R * D * 4), *w = malloc(D * 4);
+    for (int64_t i = 0; i < R * D; i++) { g[i] = rng_f(-12, 12); u[i] = rng_f(-3, 3); }
+    for (int64_t i = 0; i < D; i++) w[i] = rng_f(0.5f, 1.5f);
+    ck_assert_int_eq(sq_backend_swiglu(be, g, u, R * D, o, &err), SQ_OK);
+    for (int64_t i = 0; i < R * D; i++) ck_assert_msg(o[i] == sq_bm_swiglu1(g[i], u[i]), "swiglu %lld", (long long)i);
+    sq_weight *wt = NULL;
+    ck_assert_int_eq(sq_backend_weight_dense(be, "norm", SQ_DTYPE_F32, w, 1, D, &wt, &err), SQ_OK);
+    const float eps = 1e-5f;
+    ck_assert_int_eq(sq_backend_rmsnorm(be, g, wt, eps, R, o, &err), SQ_OK);
+    for (int64_t r = 0; r < R; r++) {
+        double ss = 0.0;
+        for (int64_t i = 0; i < D; i++) ss += (double)g[r * D + i] * (double)g[r * D + i];
+        float sc = sq_bm_rms_scale(ss, D, eps);
+        for (int64_t i = 0; i < D; i++)
+            ck_assert_msg(o[r * D + i] == sq_bm_rms_apply(g[r * D + i], sc, w[i]), "rmsnorm (%lld, %lld)",
+                          (long long)r, (long long)i);
+    }
+    sq_backend_weight_free(be, wt);
+    sq_backend_destroy(be);
+    free(g); free(u); free(o); free(w);
+}
+END_TEST
+
+/* One attention row on the host with the shared softmax step vs the CPU backend. */
+START_TEST(test_softmax_step_matches_cpu_attention) {
+    rng_seed(4);
+    sq_backend *be = cpu_be();
+    sq_error err;
+    sq_error_init(&err, -1);
+    const int hd = 64, T = 7;
+    float *q = malloc(T * hd * 4), *k = malloc(T * hd * 4), *v = malloc(T * hd * 4), *o = malloc(T * hd * 4);
+    float *ck = calloc((size_t)T * hd, 4), *cv = calloc((size_t)T * hd, 4);
+    for (int i = 0; i < T * hd; i++) { q[i] = rng_f(-2, 2); k[i] = rng_f(-2, 2); v[i] = rng_f(-1, 1); }
+    sq_kv_layer kv = {ck, cv, 1, T, 1, hd};
+    sq_seq_span sp = {0, 0, T};
+    ck_assert_int_eq(sq_backend_attention(be, q, k, v, &kv, 1, 1, &sp, o, &err), SQ_OK);
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int r = 0; r < T; r++) {
+        float m = -INFINITY, l = 0.0f, acc[64] = {0};
+        for (int j = 0; j <= r; j++) {
+            double d = 0.0;
+            for (int i = 0; i < hd; i++) d += (double)q[r * hd + i] * (double)k[j * hd + i];
+            float e;
+            float corr = sq_bm_softmax_step((float)d * scale, &m, &l, &e);
+            for (int i = 0; i < hd; i++) acc[i] = acc[i] * corr + e * v[j * hd + i];
+        }
+        for (int i = 0; i < hd; i++)
+            ck_assert_msg(fabsf(acc[i] / l - o[r * hd + i]) <= 2e-6f, "row %d elem %d: %g vs %g", r, i,
+                          acc[i] / l, o[r * hd + i]);
+    }
+    sq_backend_destroy(be);
+    free(q); free(k); free(v); free(o); free(ck); free(cv);
+}
+END_TEST
+
+/* The device's sampling algorithm (stable descending sort, weights, sequential walk, generator),
+ * run on the host, picks the CPU backend's token for every key and parameter set. */
+static const float *g_sort_x;
+static int cmp_desc(const void *a_, const void *b_) {
+    int32_t a = *(const int32_t *)a_, b = *(const int32_t *)b_;
+    if (g_sort_x[a] > g_sort_x[b]) return -1;
+    if (g_sort_x[a] < g_sort_x[b]) return 1;
+    return (a > b) - (a < b);
+}
+START_TEST(test_sampling_walk_matches_cpu) {
+    rng_seed(5);
+    sq_backend *be = cpu_be();
+    sq_error err;
+    sq_error_init(&err, -1);
+    const int64_t V = 1000, R = 4;
+    float *x = malloc(R * V * 4);
+    int32_t *idx = malloc(V * 4);
+    double *pr = malloc(V * 8);
+    const sq_sample_params ps[] = {{1.0f, 0, 1.0f, 7}, {0.7f, 40, 0.9f, 8}, {1.3f, 0, 0.5f, 9},
+                                   {0.9f, 5, 1.0f, 10}, {2.0f, 1000, 0.99f, 11}};
+    int n_checked = 0;
+    for (int trial = 0; trial < 20; trial++) {
+        for (int64_t i = 0; i < R * V; i++) x[i] = (float)(int)rng_f(-40, 40) * 0.125f;   /* many ties */
+        for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+            uint64_t seq[4] = {0, 1, 2, 3}, steps[4] = {(uint64_t)trial, 5, 6, 7};
+            int32_t ids[4];
+            ck_assert_int_eq(sq_backend_sample(be, x, R, V, &ps[pi], seq, steps, ids, &err), SQ_OK);
+            for (int64_t r = 0; r < R; r++) {
+                const float *xr = x + r * V;
+                for (int64_t i = 0; i < V; i++) idx[i] = (int32_t)i;
+                g_sort_x = xr;
+                qsort(idx, (size_t)V, sizeof *idx, cmp_desc);
+                int64_t n = ps[pi].top_k > 0 && ps[pi].top_k < V ? ps[pi].top_k : V;
+                double inv_t = 1.0 / (double)ps[pi].temperature;
+                for (int64_t i = 0; i < n; i++) pr[i] = sq_bm_sample_weight(xr[idx[i]], xr[idx[0]], inv_t);
+                int64_t pick = sq_bm_sample_walk(pr, n, ps[pi].top_p,
+                                                 sq_bm_uniform(ps[pi].seed, seq[r], steps[r]));
+                ck_assert_int_eq(idx[pick], ids[r]);
+                n_checked++;
+            }
+        }
+    }
+    ck_assert_int_eq(n_checked, 20 * 5 * 4);
+    sq_backend_destroy(be);
+    free(x); free(idx); free(pr);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cuda_math");
+    TCase *tc = tcase_create("shared");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_uniform_matches_backend);
+    tcase_add_test(tc, test_q4_element_matches_dequant);
+    tcase_add_test(tc, test_swiglu_and_rmsnorm_match_cpu);
+    tcase_add_test(tc, test_softmax_step_matches_cpu_attention);
+    tcase_add_test(tc, test_sampling_walk_matches_cpu);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
