@@ -119,7 +119,9 @@ sq_status bnb_config_json(const char *text, size_t len, const char *path,
         ADD(cJSON_AddBoolToObject(q, "llm_int8_enable_fp32_cpu_offload", false));
         ADD(cJSON_AddBoolToObject(q, "llm_int8_has_fp16_weight", false));
         ADD(cJSON_AddNullToObject(q, "llm_int8_skip_modules"));
-        ADD(cJSON_AddNumberToObject(q, "llm_int8_threshold", 6.0));
+        /* raw "6.0": cJSON would print 6, and transformers refuses an int ("llm_int8_threshold
+         * must be a float") */
+        ADD(cJSON_AddRawToObject(q, "llm_int8_threshold", "6.0"));
         ADD(cJSON_AddBoolToObject(q, "load_in_4bit", true));
         ADD(cJSON_AddBoolToObject(q, "load_in_8bit", false));
         ADD(cJSON_AddStringToObject(q, "quant_method", "bitsandbytes"));

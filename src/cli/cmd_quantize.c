@@ -1,0 +1,157 @@
+/* `shardq quantize MODEL_DIR --out DIR`: every rank quantizes its own stage and writes its own
+ * shard of a bitsandbytes 4-bit checkpoint; the folder appears only when every rank succeeded.
+ * Thin: parses flags, calls sq_quantize_run, prints progress (rank 0) and the summary.
+ * Must never hold quantization or file logic. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "shardq/load.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: [mpirun -np N] shardq quantize MODEL_DIR --out DIR [--plan plan.json]\n"
+            "                      [--quant nf4|fp4] [--double-quant] [--blocksize N]\n"
+            "                      [--compute-dtype bf16|fp16] [--threads N] [--staging-mib N]\n"
+            "                      [--quiet] [--json] [--force]\n\n"
+            "Writes a bitsandbytes 4-bit checkpoint that transformers loads with\n"
+            "AutoModelForCausalLM.from_pretrained: each rank reads only its own layers (from the\n"
+            "plan), quantizes them and writes model-<r>-of-<N>.safetensors; rank 0 adds\n"
+            "model.safetensors.index.json, config.json (with quantization_config), the tokenizer\n"
+            "files and generation_config.json.  Everything goes to DIR.tmp.<pid> first and is\n"
+            "renamed to DIR only after every rank succeeded.  DIR must be on a file system every\n"
+            "rank sees.  A bitsandbytes 4-bit MODEL_DIR is copied as stored (not re-quantized).\n"
+            "  --plan           use this plan file's layer split (it must have N stages); without\n"
+            "                   it the ranks started are planned for (host memory as capacity on\n"
+            "                   machines without GPUs)\n"
+            "  --quant          nf4 (default) or fp4\n"
+            "  --double-quant   quantize the absmax too (bnb_4bit_use_double_quant)\n"
+            "  --blocksize      elements per absmax block: 32..4096, a power of two (default 64)\n"
+            "  --compute-dtype  bnb_4bit_compute_dtype written to config.json (default bf16)\n"
+            "  --threads        quantization threads per rank (default: one per core)\n"
+            "  --staging-mib    staging buffer per rank in MiB (default 64)\n"
+            "  --quiet          no progress line\n"
+            "  --json           print the summary as JSON on stdout\n"
+            "  --force          replace DIR if it is a model folder or empty\n");
+}
+
+typedef struct cli_progress {
+    bool tty;
+} cli_progress;
+
+static void on_progress(void *user, const sq_load_progress *p) {
+    const cli_progress *c = user;
+    char eta[32];
+    if (p->eta_s < 0) snprintf(eta, sizeof eta, "--");
+    else snprintf(eta, sizeof eta, "%.0f s", p->eta_s);
+    char line[160];
+    snprintf(line, sizeof line,
+             "quantize: %.2f / %.2f GB read (%3.0f%%), %.2f GB/s, ETA %s, ranks done %d/%d",
+             (double)p->bytes_done / 1e9, (double)p->bytes_total / 1e9,
+             p->bytes_total ? 100.0 * (double)p->bytes_done / (double)p->bytes_total : 100.0,
+             p->gbps, eta, p->ranks_done, p->n_ranks);
+    if (c->tty) fprintf(stderr, "\r%-100s%s", line, p->final ? "\n" : "");
+    else fprintf(stderr, "shardq: %s\n", line);
+    fflush(stderr);
+}
+
+int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
+    sq_quantize_options o;
+    memset(&o, 0, sizeof o);
+    o.scheme = sq_quant_scheme_default();
+    o.compute_dtype = "bfloat16";
+    bool quiet = false, json = false, quant_given = false, bs_given = false;
+    int64_t staging_mib = 0, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        bool missing = false;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            if (ctx->rank == 0) usage(stdout);
+            return 0;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--out", &v, &missing)) {
+            o.out_dir = v;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--plan", &v, &missing)) {
+            o.plan_path = v;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--quant", &v, &missing)) {
+            if (!missing && (!sq_quant_type_from_name(v, &o.scheme.type) ||
+                             o.scheme.type == SQ_QUANT_NONE))
+                return sq_cli_usage_error(ctx, "quantize", "--quant must be nf4 or fp4, not '%s'", v);
+            quant_given = true;
+        } else if (!strcmp(argv[i], "--double-quant")) {
+            o.scheme.double_quant = true;
+            quant_given = true;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--blocksize", &v, &missing)) {
+            int64_t b = 0;
+            if (!missing && (!sq_cli_parse_i64(v, 32, 4096, &b) || (b & (b - 1)) != 0))
+                return sq_cli_usage_error(ctx, "quantize",
+                                          "--blocksize must be a power of two in 32..4096, not '%s'", v);
+            o.scheme.blocksize = b;
+            bs_given = true;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--compute-dtype", &v, &missing)) {
+            if (!missing && (!strcmp(v, "bf16") || !strcmp(v, "bfloat16"))) o.compute_dtype = "bfloat16";
+            else if (!missing && (!strcmp(v, "fp16") || !strcmp(v, "float16"))) o.compute_dtype = "float16";
+            else if (!missing)
+                return sq_cli_usage_error(ctx, "quantize", "--compute-dtype must be bf16 or fp16, not '%s'", v);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--threads", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 1, 4096, &threads))
+                return sq_cli_usage_error(ctx, "quantize", "--threads must be 1..4096, not '%s'", v);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--staging-mib", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 1, 1 << 20, &staging_mib))
+                return sq_cli_usage_error(ctx, "quantize", "--staging-mib must be 1..1048576, not '%s'", v);
+        } else if (!strcmp(argv[i], "--quiet")) {
+            quiet = true;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else if (!strcmp(argv[i], "--force")) {
+            o.force = true;
+        } else if (argv[i][0] == '-') {
+            return sq_cli_usage_error(ctx, "quantize", "unknown option '%s'", argv[i]);
+        } else if (!o.model_dir) {
+            o.model_dir = argv[i];
+        } else {
+            return sq_cli_usage_error(ctx, "quantize", "unexpected argument '%s'", argv[i]);
+        }
+        if (missing) return sq_cli_usage_error(ctx, "quantize", "%s needs a value", argv[i]);
+    }
+    if (!o.model_dir) return sq_cli_usage_error(ctx, "quantize", "no MODEL_DIR given");
+    if (!o.out_dir) return sq_cli_usage_error(ctx, "quantize", "no --out DIR given");
+    o.scheme_given = quant_given || bs_given;
+    o.staging_bytes = (uint64_t)staging_mib << 20;
+    o.n_threads = (int)threads;
+    o.log = ctx->log;
+    cli_progress cp = {.tty = isatty(fileno(stderr)) != 0};
+    if (!quiet && ctx->rank == 0) {
+        o.progress = on_progress;
+        o.progress_user = &cp;
+        o.progress_interval_s = cp.tty ? 0.2 : 5.0;
+    }
+
+    sq_error err;
+    sq_error_init(&err, ctx->rank);
+    sq_quantize_result r;
+    sq_status st = sq_quantize_run(ctx->comm, &o, &r, &err);
+    if (st != SQ_OK) return ctx->rank == 0 ? sq_cli_report(ctx, &err) : 1;
+    if (ctx->rank != 0) return 0;
+    const char *qt = sq_quant_type_name(r.scheme.type);
+    if (json) {
+        printf("{\"out\": \"%s\", \"ranks\": %d, \"tensors\": %d, \"total_size\": %llu, "
+               "\"bytes_read\": %llu, \"seconds\": %.6f, \"gbps\": %.6f, \"max_rss_bytes\": %llu, "
+               "\"quant\": \"%s\", \"double_quant\": %s, \"blocksize\": %lld, "
+               "\"prequantized\": %s}\n",
+               o.out_dir, r.n_ranks, r.n_tensors, (unsigned long long)r.total_size,
+               (unsigned long long)r.bytes_read, r.seconds, r.gbps,
+               (unsigned long long)r.max_rss_bytes, qt, r.scheme.double_quant ? "true" : "false",
+               (long long)r.scheme.blocksize, r.prequantized ? "true" : "false");
+    } else {
+        printf("wrote %s: %d tensors, %.3f MB in %d shard%s (%s%s, blocksize %lld%s)\n", o.out_dir,
+               r.n_tensors, (double)r.total_size / 1e6, r.n_ranks, r.n_ranks == 1 ? "" : "s", qt,
+               r.scheme.double_quant ? " + double quant" : "", (long long)r.scheme.blocksize,
+               r.prequantized ? ", copied as stored" : "");
+        printf("read %.3f GB in %.3f s: %.3f GB/s; max RSS per rank %.1f MiB\n",
+               (double)r.bytes_read / 1e9, r.seconds, r.gbps,
+               (double)r.max_rss_bytes / 1048576.0);
+    }
+    return 0;
+}
