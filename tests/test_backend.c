@@ -504,6 +504,33 @@ START_TEST(test_sampling) {
         ck_assert_int_eq(sample1(be, lg, V, p0, s, s), g);
         ck_assert_int_eq(sample1(be, tie, 6, k1, s, s), 1);
     }
+    /* top-k keeps exactly the k best (partial selection for k <= 64, a sort above) */
+    int32_t *order = malloc(V * 4);
+    for (int64_t i = 0; i < V; i++) order[i] = (int32_t)i;
+    for (int64_t i = 1; i < V; i++)   /* insertion sort by decreasing logit, ties low index */
+        for (int64_t j = i; j > 0 && (lg[order[j]] > lg[order[j - 1]] ||
+                                      (lg[order[j]] == lg[order[j - 1]] && order[j] < order[j - 1])); j--) {
+            int32_t t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+        }
+    int ks[2] = {10, 100};
+    for (int ki = 0; ki < 2; ki++) {
+        bool seen_last = false;
+        for (uint64_t d = 0; d < 400; d++) {
+            sq_sample_params tk = {8.0f, ks[ki], 1.0f, 9};
+            int32_t id = sample1(be, lg, V, tk, 3, d);
+            int64_t rank = 0;
+            while (order[rank] != id) rank++;
+            ck_assert_msg(rank < ks[ki], "top_k %d drew rank %lld", ks[ki], (long long)rank);
+            seen_last |= rank >= ks[ki] / 2;
+        }
+        ck_assert(seen_last);   /* a hot temperature reaches the lower half of the kept set */
+    }
+    free(order);
+    /* NaN logits do not crash (greedy fallback) */
+    float nan4[4] = {NAN, NAN, NAN, NAN};
+    sq_sample_params hot = {1.0f, 0, 0.9f, 1};
+    int32_t nid = sample1(be, nan4, 4, hot, 0, 0);
+    ck_assert(nid >= 0 && nid < 4);
     /* frequencies: p = (0.1, 0.2, 0.3, 0.4) at T = 1, with top-k / top-p / temperature */
     float lp[4] = {logf(0.1f), logf(0.2f), logf(0.3f), logf(0.4f)};
     struct { sq_sample_params p; double expect[4]; } cases[] = {

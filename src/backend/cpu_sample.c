@@ -43,11 +43,45 @@ static void sample_task(void *ctx_, int64_t r, int thread) {
     }
     int32_t *idx = c->cpu->sample_idx + r * c->cpu->sample_cap_vocab;
     double *pr = c->cpu->sample_p + r * c->cpu->sample_cap_vocab;
-    for (int64_t i = 0; i < V; i++) idx[i] = (int32_t)i;
-    qsort_r(idx, (size_t)V, sizeof *idx, cmp_desc, (void *)x);
-    int64_t n = (p->top_k > 0 && p->top_k < V) ? p->top_k : V;
     double inv_t = 1.0 / (double)p->temperature;
-    double mx = (double)x[idx[0]] * inv_t, sum = 0.0;
+    float mxl = x[argmax_lowest(x, V)];
+    int64_t n = 0;
+    {
+        /* candidates within 64 temperature-scaled nats of the best (the rest weigh less than
+         * V e^-64 of the mass, so the draw is the same but for u within ~1e-20 of a boundary),
+         * sorted by decreasing logit, ties by lower index: the order the draw walks */
+        double floor_l = (double)mxl - 64.0 * (double)p->temperature;
+        for (int64_t i = 0; i < V; i++)
+            if ((double)x[i] >= floor_l) idx[n++] = (int32_t)i;
+        int64_t keep_k = (p->top_k > 0 && p->top_k < n) ? p->top_k : n;
+        if (keep_k < n && keep_k <= 64) {
+            /* partial selection: keep the best keep_k in idx[0, m), in order */
+            int64_t m = 0;
+            for (int64_t i = 0; i < n; i++) {
+                int32_t v = idx[i];
+                int64_t j;
+                if (m == keep_k) {
+                    if (cmp_desc(&v, &idx[m - 1], (void *)x) > 0) continue;
+                    j = m - 1;   /* v replaces the last kept */
+                } else {
+                    j = m++;     /* j <= i: slots past i are untouched */
+                }
+                while (j > 0 && cmp_desc(&v, &idx[j - 1], (void *)x) < 0) {
+                    idx[j] = idx[j - 1];
+                    j--;
+                }
+                idx[j] = v;
+            }
+        } else {
+            qsort_r(idx, (size_t)n, sizeof *idx, cmp_desc, (void *)x);
+        }
+        n = keep_k;
+    }
+    if (n == 0) {   /* every logit NaN: nothing to weigh */
+        c->ids[r] = argmax_lowest(x, V);
+        return;
+    }
+    double mx = (double)mxl * inv_t, sum = 0.0;
     for (int64_t i = 0; i < n; i++) {
         pr[i] = exp((double)x[idx[i]] * inv_t - mx);
         sum += pr[i];
