@@ -101,8 +101,8 @@ void sq_detok_stream_destroy(sq_detok_stream *s);
  * One user turn, written per family (no template engine):
  *   SQ_CHAT_LLAMA3:  <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nSYS<|eot_id|>
  *                    <|start_header_id|>user<|end_header_id|>\n\nUSER<|eot_id|>
- *                    <|start_header_id|>assistant<|end_header_id|>\n\n   (system part only if given;
- *                    contents trimmed as Meta's template does)
+ *                    <|start_header_id|>assistant<|end_header_id|>\n\n
+ *                    (system part only if given; contents trimmed as Meta's template does)
  *   SQ_CHAT_CHATML:  <|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nUSER<|im_end|>\n
  *                    <|im_start|>assistant\n   (Qwen2: SYS defaults to "You are a helpful
  *                    assistant." when system is NULL)
@@ -113,11 +113,12 @@ void sq_detok_stream_destroy(sq_detok_stream *s);
  * *text is malloc'd and NUL-terminated; on failure it is NULL. */
 typedef enum sq_chat_family { SQ_CHAT_LLAMA3 = 0, SQ_CHAT_CHATML, SQ_CHAT_MISTRAL } sq_chat_family;
 sq_status sq_tokenizer_chat_format(sq_chat_family family, const char *system, const char *user,
-                         char **text, size_t *text_bytes, sq_error *err);
+                                   char **text, size_t *text_bytes, sq_error *err);
 /* Picks the family from the tokenizer's special tokens: <|start_header_id|> -> LLAMA3,
- * <|im_start|> -> CHATML, [INST] or an SentencePiece-style <s> -> MISTRAL.
+ * <|im_start|> -> CHATML, [INST] or a SentencePiece-style <s> -> MISTRAL.
  * None of them -> SQ_ERR_UNSUPPORTED. */
-sq_status sq_tokenizer_chat_family_guess(const sq_tokenizer *tok, sq_chat_family *out, sq_error *err);
+sq_status sq_tokenizer_chat_family_guess(const sq_tokenizer *tok, sq_chat_family *out,
+                                         sq_error *err);
 /* The token that ends an assistant turn in that format (<|eot_id|>, <|im_end|>, </s>), or -1. */
 int32_t sq_tokenizer_chat_stop_id(const sq_tokenizer *tok, sq_chat_family family);
 const char *sq_tokenizer_chat_family_name(sq_chat_family family);
