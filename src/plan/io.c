@@ -406,6 +406,7 @@ sq_status sq_plan_write_svg(const sq_plan *p, const char *path, sq_error *err) {
     }
     const int bw = 48, gap = 16, left = 60, top = 40, h = 300;
     int width = left + p->n_stages * (bw + gap) + 200;
+    if (width < 860) width = 860; /* room for the one-line title */
     char model[256], label[64];
     xml_escape(model, sizeof model, p->model_name);
     xml_escape(label, sizeof label, p->label);
