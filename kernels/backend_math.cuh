@@ -76,6 +76,21 @@ SQ_BM_HD double sq_bm_uniform(uint64_t seed, uint64_t seq_id, uint64_t step) {
     return (double)(h >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* Candidates are the logits within 64 temperature-scaled nats of the best one (the rest weigh
+ * less than V e^-64 of the mass): x is kept when (double)x >= this floor (src/backend/cpu_sample.c
+ * applies the same rule).  On a list sorted by decreasing logit they form a prefix; returns its
+ * length (binary search), then top_k (> 0) caps it. */
+SQ_BM_HD int64_t sq_bm_sample_n_candidates(const float *sorted, int64_t n, float temperature,
+                                           int32_t top_k) {
+    double floor_l = (double)sorted[0] - 64.0 * (double)temperature;
+    int64_t lo = 1, hi = n;   /* sorted[0] always stays; answer in [lo, hi] */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if ((double)sorted[mid] >= floor_l) lo = mid + 1; else hi = mid;
+    }
+    return (top_k > 0 && top_k < lo) ? top_k : lo;
+}
+
 /* The unnormalized probability of a candidate with logit x, given the largest kept logit x0 and
  * 1 / temperature (float64, as the CPU backend). */
 SQ_BM_HD double sq_bm_sample_weight(float x, float x0, double inv_t) {

@@ -48,11 +48,17 @@ __global__ void k_iota_rows(int32_t *idx, int64_t n_rows, int64_t vocab, int *of
 }
 
 __global__ void __launch_bounds__(kThreads)
-k_draw(const float *keys, const int32_t *idx, int64_t vocab, int64_t n, double inv_t, float top_p,
-       uint64_t seed, const uint64_t *seq_ids, const uint64_t *steps, double *pr, int32_t *ids) {
+k_draw(const float *keys, const int32_t *idx, int64_t vocab, float temperature, int32_t top_k,
+       float top_p, uint64_t seed, const uint64_t *seq_ids, const uint64_t *steps, double *pr,
+       int32_t *ids) {
+    __shared__ int64_t n_s;
     const int64_t r = blockIdx.x;
     const float *kr = keys + r * vocab;
     double *p = pr + r * vocab;
+    const double inv_t = 1.0 / (double)temperature;
+    if (threadIdx.x == 0) n_s = sq_bm_sample_n_candidates(kr, vocab, temperature, top_k);
+    __syncthreads();
+    const int64_t n = n_s;
     for (int64_t i = threadIdx.x; i < n; i += kThreads) p[i] = sq_bm_sample_weight(kr[i], kr[0], inv_t);
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -155,10 +161,9 @@ extern "C" sq_status sq_cuda_sample(const float *logits_d, int64_t n_rows, int64
         SQ_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
             c.cub, tb, logits_d, c.keys, c.idx_in, c.idx_out, (int)n, (int)n_rows, c.offsets,
             c.offsets + 1, 0, (int)sizeof(float) * 8, stream));
-        const int64_t keep = (top_k > 0 && top_k < vocab) ? top_k : vocab;
-        k_draw<<<(unsigned)n_rows, kThreads, 0, stream>>>(c.keys, c.idx_out, vocab, keep,
-                                                         1.0 / (double)temperature, top_p, seed,
-                                                         seq_ids_d, steps_d, c.pr, ids_d);
+        k_draw<<<(unsigned)n_rows, kThreads, 0, stream>>>(c.keys, c.idx_out, vocab, temperature,
+                                                         top_k, top_p, seed, seq_ids_d, steps_d,
+                                                         c.pr, ids_d);
         SQ_CUDA_CHECK(cudaGetLastError());
     }
     return SQ_OK;

@@ -6,6 +6,9 @@
 #include "transport_impl.h"
 
 static sq_status mpi_start(sq_transport *t, sq_xfer *x, sq_error *err) {
+#ifdef SHARDQ_HAVE_CUDA
+    if (x->mem == SQ_MEM_DEVICE) return sq_mpi_stage_start(t, x, err);
+#endif
     if (x->mem != SQ_MEM_HOST)
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
                             "the mpi transport of this build takes host buffers only "
@@ -27,6 +30,9 @@ static sq_status mpi_test(sq_transport *t, sq_xfer *x, bool *done, sq_error *err
     int flag = 0, count = 0;
     MPI_Status status;
     *done = false;
+#ifdef SHARDQ_HAVE_CUDA
+    if (x->impl) return sq_mpi_stage_test(t, x, done, err);
+#endif
     SQ_MPI_CHECK(st, err, MPI_Test(&x->req, &flag, &status));
     if (!flag) return SQ_OK;
     if (x->is_send) {
@@ -42,6 +48,12 @@ fail:
 }
 
 static void mpi_cancel(sq_transport *t, sq_xfer *x) {
+#ifdef SHARDQ_HAVE_CUDA
+    if (x->impl) {
+        sq_mpi_stage_cancel(t, x);
+        return;
+    }
+#endif
     if (x->req == MPI_REQUEST_NULL) return;
     /* A receive is cancelled for real; a send may already be on the wire, so it is only
      * released (MPI completes it in the background). */
@@ -50,7 +62,12 @@ static void mpi_cancel(sq_transport *t, sq_xfer *x) {
     x->req = MPI_REQUEST_NULL;
 }
 
-static void mpi_fini(sq_transport *t) { (void)t; }
+static void mpi_fini(sq_transport *t) {
+#ifdef SHARDQ_HAVE_CUDA
+    sq_mpi_stage_fini(t);
+#endif
+    (void)t;
+}
 
 const sq_transport_ops sq_transport_mpi_ops = {
     .name = "mpi",

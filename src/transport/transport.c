@@ -68,8 +68,12 @@ sq_status sq_transport_create(const sq_transport_params *params, sq_transport **
     const sq_transport_ops *ops = NULL;
     if (params->kind == SQ_TRANSPORT_MPI) ops = &sq_transport_mpi_ops;
     else if (params->kind == SQ_TRANSPORT_NCCL)
+#ifdef SHARDQ_HAVE_CUDA
+        ops = &sq_transport_nccl_ops;
+#else
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
                             "the nccl transport is not built in this shardq (use --transport mpi)");
+#endif
     else return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "unknown transport kind %d", (int)params->kind);
 
     sq_transport *t = calloc(1, sizeof *t);
@@ -114,6 +118,10 @@ sq_status sq_transport_create(const sq_transport_params *params, sq_transport **
     for (int i = 0; i < t->n_xfers; i++) {
         t->xfers[i].index = i;
         t->xfers[i].req = MPI_REQUEST_NULL;
+    }
+    if (ops->init) {
+        st = ops->init(t, err);
+        if (st != SQ_OK) goto fail;
     }
     double now = sq_now_s();
     int nb[2] = {t->prev, t->next};

@@ -34,6 +34,10 @@ typedef struct sq_transport_ops {
     void (*cancel)(sq_transport *t, sq_xfer *x);
     /* Frees t->impl. */
     void (*fini)(sq_transport *t);
+    /* Optional (NULL: nothing to do): collective set-up after the communicator is duplicated
+     * and the handle filled, before the first transfer (the nccl bring-up).  On failure the
+     * caller destroys t, which calls fini. */
+    sq_status (*init)(sq_transport *t, sq_error *err);
 } sq_transport_ops;
 
 /* One neighbour's heartbeat channel.  Payload: a sequence number >= 0, or -1 for "closed". */
@@ -77,5 +81,16 @@ struct sq_transport {
 };
 
 extern const sq_transport_ops sq_transport_mpi_ops;
+
+#ifdef SHARDQ_HAVE_CUDA
+/* nccl.c: device buffers over NCCL (CUDA builds only). */
+extern const sq_transport_ops sq_transport_nccl_ops;
+/* mpi_cuda.c: the mpi data plane's device buffers, staged through pinned host memory; x->impl
+ * points at the transfer's staging state while it is pending. */
+sq_status sq_mpi_stage_start(sq_transport *t, sq_xfer *x, sq_error *err);
+sq_status sq_mpi_stage_test(sq_transport *t, sq_xfer *x, bool *done, sq_error *err);
+void sq_mpi_stage_cancel(sq_transport *t, sq_xfer *x);
+void sq_mpi_stage_fini(sq_transport *t);
+#endif
 
 #endif
