@@ -187,6 +187,8 @@ typedef struct sq_quantize_result {
     uint64_t bytes_read;           /* all ranks */
     double seconds;                /* wall time of the load + write, slowest rank */
     double gbps;                   /* bytes_read / seconds */
+    double load_seconds;           /* read + quantize only (no file writing), slowest rank */
+    double load_gbps;              /* bytes_read / load_seconds */
     bool prequantized;             /* the input was already a bnb 4-bit checkpoint */
     sq_quant_scheme scheme;
     uint64_t max_rss_bytes;        /* largest VmHWM over the ranks (0 when unknown) */

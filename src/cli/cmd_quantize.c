@@ -137,11 +137,12 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     const char *qt = sq_quant_type_name(r.scheme.type);
     if (json) {
         printf("{\"out\": \"%s\", \"ranks\": %d, \"tensors\": %d, \"total_size\": %llu, "
-               "\"bytes_read\": %llu, \"seconds\": %.6f, \"gbps\": %.6f, \"max_rss_bytes\": %llu, "
+               "\"bytes_read\": %llu, \"seconds\": %.6f, \"gbps\": %.6f, \"load_seconds\": %.6f, "
+               "\"load_gbps\": %.6f, \"max_rss_bytes\": %llu, "
                "\"quant\": \"%s\", \"double_quant\": %s, \"blocksize\": %lld, "
                "\"prequantized\": %s}\n",
                o.out_dir, r.n_ranks, r.n_tensors, (unsigned long long)r.total_size,
-               (unsigned long long)r.bytes_read, r.seconds, r.gbps,
+               (unsigned long long)r.bytes_read, r.seconds, r.gbps, r.load_seconds, r.load_gbps,
                (unsigned long long)r.max_rss_bytes, qt, r.scheme.double_quant ? "true" : "false",
                (long long)r.scheme.blocksize, r.prequantized ? "true" : "false");
     } else {
@@ -149,9 +150,9 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
                r.n_tensors, (double)r.total_size / 1e6, r.n_ranks, r.n_ranks == 1 ? "" : "s", qt,
                r.scheme.double_quant ? " + double quant" : "", (long long)r.scheme.blocksize,
                r.prequantized ? ", copied as stored" : "");
-        printf("read %.3f GB in %.3f s: %.3f GB/s; max RSS per rank %.1f MiB\n",
-               (double)r.bytes_read / 1e9, r.seconds, r.gbps,
-               (double)r.max_rss_bytes / 1048576.0);
+        printf("read + quantized %.3f GB in %.3f s (%.3f GB/s); with writing %.3f s (%.3f GB/s); "
+               "max RSS per rank %.1f MiB\n", (double)r.bytes_read / 1e9, r.load_seconds,
+               r.load_gbps, r.seconds, r.gbps, (double)r.max_rss_bytes / 1048576.0);
     }
     return 0;
 }

@@ -451,6 +451,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     snprintf(shard_name, sizeof shard_name, "model-%05d-of-%05d.safetensors", rank + 1, size);
     join(shard_path, tmp, shard_name);
     rc = sq_st_writer_create(shard_path, &w, err);
+    sc.w = w;
     if (rc == SQ_OK) rc = sq_st_writer_metadata(w, "format", "pt", err);
     if (rc == SQ_OK) rc = sq_pool_create(o->n_threads, &pool, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
@@ -475,7 +476,8 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
     /* figures and names to rank 0 */
-    double mx[2] = {secs, (double)load_max_rss_bytes()}, mx_all[2] = {secs, mx[1]};
+    double mx[3] = {secs, (double)load_max_rss_bytes(), stats.seconds};
+    double mx_all[3] = {secs, mx[1], mx[2]};
     uint64_t sm[3] = {stats.bytes_read, sc.bytes, sc.n_names}, sm_all[3] = {sm[0], sm[1], sm[2]};
     size_t blen = 0;
     for (size_t i = 0; i < sc.n_names; i++) blen += strlen(sc.names[i]) + 1;
@@ -492,7 +494,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
         free(blob);
         goto out;
     }
-    if (MPI_Allreduce(mx, mx_all, 2, MPI_DOUBLE, MPI_MAX, comm) != MPI_SUCCESS ||
+    if (MPI_Allreduce(mx, mx_all, 3, MPI_DOUBLE, MPI_MAX, comm) != MPI_SUCCESS ||
         MPI_Allreduce(sm, sm_all, 3, MPI_UINT64_T, MPI_SUM, comm) != MPI_SUCCESS)
         rc = sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Allreduce failed");
     if (rank == 0) {
@@ -556,6 +558,8 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
             res->bytes_read = sm_all[0];
             res->seconds = mx_all[0];
             res->gbps = mx_all[0] > 0 ? (double)sm_all[0] / mx_all[0] / 1e9 : 0;
+            res->load_seconds = mx_all[2];
+            res->load_gbps = mx_all[2] > 0 ? (double)sm_all[0] / mx_all[2] / 1e9 : 0;
             res->prequantized = prequant;
             res->scheme = scheme;
             res->max_rss_bytes = (uint64_t)mx_all[1];
