@@ -498,6 +498,12 @@ static rss_report run_rss_child(const char *dir, const char *mode) {
 }
 
 START_TEST(test_max_rss_small) {
+#if defined(__SANITIZE_ADDRESS__)
+    /* AddressSanitizer's quarantine keeps freed memory resident and adds redzones: the bound
+     * is about the product's allocations, so it is checked in normal builds only */
+    fprintf(stderr, "test_max_rss_small: skipped under AddressSanitizer\n");
+    return;
+#endif
     fixture fx;
     fixture_make(&fx, "small", false);
     rss_report r = run_rss_child(fx.dir, "--rss-child");
