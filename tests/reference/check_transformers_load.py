@@ -16,7 +16,10 @@ blocksize 128), it
   4. compares shardq's stored tensors (packed, absmax, nested_absmax, quant_map,
      nested_quant_map, quant_state JSON) byte for byte with bitsandbytes' quantize_4bit on CPU;
   5. compares the dense tensors (embeddings, norms, biases, lm_head) with the originals and
-     runs one forward pass of the loaded model.
+     runs one forward pass of the loaded model;
+  6. the other way: transformers quantizes the original itself (BitsAndBytesConfig, CPU) and
+     save_pretrained's it; shardq must read that checkpoint as pre-quantized and copy it byte
+     for byte, and its tensors must equal shardq's own quantization of the original.
 Prints one line per check and a summary; exit status 0 only when everything is exact.
 No Python is needed by shardq or its tests: this is a reference check, run by hand.
 """
@@ -156,6 +159,30 @@ def check(exe, work, np_, mpirun, family, preset, quant, dq, blocksize, results)
                    and model is not None)
 
 
+def check_transformers_written(exe, work, family, quant, dq, blocksize, results):
+    src = os.path.join(work, f"src-{family}-tiny")
+    tag = f"{family}-tiny-{quant}{'-dq' if dq else ''}-b{blocksize}"
+    hf = os.path.join(work, "hf-" + tag)
+    q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant,
+                                        bnb_4bit_use_double_quant=dq,
+                                        bnb_4bit_compute_dtype=torch.bfloat16)
+    if blocksize != 64:
+        raise SystemExit("transformers' BitsAndBytesConfig has no blocksize: use 64")
+    m = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16,
+                                                          quantization_config=q)
+    m.save_pretrained(hf)
+    copy = os.path.join(work, "hf-copy-" + tag)
+    out = run([exe, "quantize", hf, "--out", copy, "--quiet", "--force"])
+    mine = os.path.join(work, "q-" + tag)
+    a, b, c = load_dir(hf), load_dir(copy), load_dir(mine)
+    copied = a.keys() == b.keys() and all(bytes_of(a[k]) == bytes_of(b[k]) for k in a)
+    same = a.keys() == c.keys() and all(bytes_of(a[k]) == bytes_of(c[k]) for k in a)
+    print(f"transformers-written {tag}: {len(a)} tensors; shardq reads it as pre-quantized "
+          f"({'copied as stored' in out}) and copies it exactly: {copied}; equal to shardq's own "
+          f"quantize of the original: {same}")
+    results.append(copied and same and "copied as stored" in out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("shardq")
@@ -175,6 +202,8 @@ def main():
                                           ("qwen2", "tiny", "nf4", True, 64),
                                           ("mistral", "tiny", "fp4", False, 32)]:
         check(a.shardq, work, a.np, a.mpirun, family, preset, quant, dq, bs, results)
+    check_transformers_written(a.shardq, work, "llama", "nf4", True, 64, results)
+    check_transformers_written(a.shardq, work, "llama", "fp4", True, 64, results)
     print(f"SUMMARY: {sum(results)}/{len(results)} checkpoints exact")
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)
