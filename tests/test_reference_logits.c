@@ -581,13 +581,18 @@ START_TEST(test_manifest) {
     }
     ck_assert_msg(f32 && tied_bias && untied, "the manifest lacks an f32, a Qwen2 or a Llama model");
     ck_assert_uint_lt(total, 300u << 10);
+    ck_assert_int_ge(load_manifest("nf4_models", ms, MAX_MODELS, ver, sizeof ver), 2);
+    printf("reference logits: %d models, %zu bytes of logits, from %s\n", n, total, ver);
+    fflush(stdout);
     free(ms);
 }
 END_TEST
 
 /* One committed model: none vs transformers and vs float64, greedy ids, last-row-only head;
- * NF4 == dense-on-dequantized and its cosine to none (reported; the 0.99 bound is for the
- * `small` preset below, checked here too). */
+ * NF4 == dense-on-dequantized bit for bit and its cosine to none (reported only: the bound is
+ * checked on the `small` preset below).  The tiny preset's down_proj has 172 inputs, which the
+ * CPU backend refuses as a 4-bit weight (it needs a multiple of 32); that refusal, and only it,
+ * is reported instead of failing. */
 START_TEST(test_model_vs_references) {
     ref_model *ms = calloc(MAX_MODELS, sizeof *ms);
     char ver[256];
