@@ -1,0 +1,205 @@
+/* runtime: the glue that turns a model folder and a set of MPI ranks into pipelined generation.
+ *
+ *  - sq_runtime_load_stage(): one stage of a model folder into a new sq_stage (model.h) on a
+ *    backend, through the streaming loader (load.h): every tensor the stage wants is handed to
+ *    sq_stage_set_dense / sq_stage_set_4bit as it arrives.  Usable without MPI (one process
+ *    holding the whole model: the reference-logits tests) or per rank.
+ *  - sq_runtime_compute: the sq_stage_compute adapter (pipeline.h) around an sq_stage: embed /
+ *    layers / head + sampling with sequence i in KV slot i, optionally keeping every step's
+ *    final-position logits and reporting tokens to a callback as rank 0 sees them.
+ *  - sq_run(): the whole `shardq run` on a communicator: rank 0 reads config + headers, the
+ *    skeleton is broadcast (sq_meta_bcast), the plan comes from a plan file (checked against
+ *    this model and the rank count) or is made for the ranks started (hwloc discovery on each,
+ *    gathered), every rank loads only its stage, then sq_pipeline_run; results on rank 0.
+ *
+ * Request rules (checked on rank 0 before any weight is read, agreed by every rank): at least
+ * one sequence, no empty prompt, every id in [0, vocab_size), prompt + max_new_tokens <= the
+ * plan's max_seq (a plan file's) or <= max_position_embeddings (no plan file).
+ * KV cache: max_batch = the number of sequences; max_seq = o->max_seq when given, else the
+ * longest prompt + max_new_tokens rounded up to a multiple of 16, capped at
+ * max_position_embeddings (and at a plan file's max_seq).  With a plan file the cache must fit
+ * what the plan reserved: n_seqs * max_seq <= plan.batch * plan.max_seq.
+ *
+ * Logits dump (sq_run_result.logits, and `shardq run --dump-logits FILE`): for every sequence
+ * in prompt order, for every generated token t in order, the vocab_size float32 logits the
+ * last stage sampled token t from (the sequence's final position at that step).
+ * sq_runtime_write_logits() writes them as a file, little-endian:
+ *     "SQLOGIT1" (8 bytes), u32 n_seqs, u32 vocab,
+ *     u32 n_tokens[n_seqs],
+ *     float32 logits[sum(n_tokens)][vocab]   (sequence-major, then token)
+ * to PATH.tmp.<pid> first, renamed to PATH when complete.
+ *
+ * Failure: every phase before the pipeline ends with all ranks agreeing on the status (the
+ * lowest failing rank's one-line error, on every rank); those failures leave the communicator
+ * usable.  A failure during generation (a rank that dies, hangs or fails) is reported by the
+ * pipeline as SQ_ERR_PEER naming the rank; then *must_abort is set: the caller must end the
+ * job (MPI_Abort) because a dead or hung rank cannot be finalized.
+ *
+ * Ownership: sq_run_result from sq_run (rank 0 only) is freed with sq_run_result_destroy
+ * (takes NULL); sq_runtime_compute_create / _destroy and sq_runtime_load_stage's stage
+ * (sq_stage_destroy) pair as usual; nothing is kept of the options' pointers after return.
+ * Never: print, exit, or read a tensor outside this rank's stage. */
+#ifndef SHARDQ_RUNTIME_H
+#define SHARDQ_RUNTIME_H
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "shardq/backend.h"
+#include "shardq/config.h"
+#include "shardq/core.h"
+#include "shardq/load.h"
+#include "shardq/meta.h"
+#include "shardq/model.h"
+#include "shardq/pipeline.h"
+#include "shardq/quant.h"
+#include "shardq/safetensors.h"
+#include "shardq/size.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- one stage from a model folder ---------------------------------------------------------- */
+
+typedef struct sq_runtime_stage_params {
+    sq_load_stage_desc stage;   /* which layers (+ embed / head) */
+    sq_quant_scheme scheme;     /* NONE: dense; NF4/FP4: quantized on the fly (a pre-quantized
+                                   checkpoint is taken as stored, or dequantized with NONE) */
+    int64_t max_seq, max_batch, max_tokens, max_logit_rows;   /* as sq_stage_params */
+    int n_threads;              /* quantization threads; <= 0: one per core */
+    MPI_Comm comm;              /* MPI_COMM_NULL: alone; else collective load progress */
+    sq_load_progress_fn progress;
+    void *progress_user;
+    double progress_interval_s;
+    sq_log log;
+} sq_runtime_stage_params;
+
+/* Creates the stage on `be` and loads its weights from st (checked against m, which must have
+ * been validated against st) and checks every wanted weight is set.  stats may be NULL.
+ * With p->comm every rank of it must call this (the loader's progress is collective).
+ * On failure *out is NULL and nothing leaks. */
+sq_status sq_runtime_load_stage(sq_backend *be, const sq_st_model *st, const sq_meta *m,
+                                const sq_runtime_stage_params *p, sq_stage **out,
+                                sq_load_stats *stats, sq_error *err);
+
+/* The two halves of sq_runtime_load_stage, for callers that agree between them (sq_run):
+ * create the stage (run state allocated, no weights; on failure *out NULL), then load its
+ * weights and check every wanted one is set (with p->comm: collective, every rank calls it). */
+sq_status sq_runtime_create_stage(sq_backend *be, const sq_meta *m,
+                                  const sq_runtime_stage_params *p, sq_stage **out,
+                                  sq_error *err);
+sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_meta *m,
+                                  const sq_runtime_stage_params *p, sq_load_stats *stats,
+                                  sq_error *err);
+
+/* Reads config.json + headers of a folder, builds and validates the skeleton.  The
+ * checkpoint's own 4-bit scheme (a bnb folder) goes to *stored (type NONE otherwise; may be
+ * NULL).  On failure *st and *m are NULL. */
+sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta **m,
+                                sq_quant_scheme *stored, sq_error *err);
+/* The 4-bit scheme a validated skeleton's decoder Linear weights are stored in (type NONE for
+ * a dense checkpoint); a partly quantized or mixed checkpoint is SQ_ERR_UNSUPPORTED. */
+sq_status sq_runtime_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err);
+
+/* ---- the sq_stage_compute adapter ----------------------------------------------------------- */
+
+/* Called on the first stage for each generated id as it reaches that stage (ids of step k are
+ * reported when step k+1 embeds them; a sequence's last id is only in the result).  token_index
+ * is the id's place in its sequence's output (0-based). */
+typedef void (*sq_run_token_fn)(void *user, int32_t seq, int32_t token_index, int32_t id);
+
+typedef struct sq_runtime_compute_params {
+    sq_sample_params sample;
+    int32_t n_seqs;             /* sequence i uses KV slot i */
+    int32_t max_new_tokens;     /* largest of any sequence (sizes the logits store) */
+    bool keep_logits;           /* last stage: keep every step's logits (see the top) */
+    sq_run_token_fn on_token;   /* first stage; may be NULL */
+    void *token_user;
+} sq_runtime_compute_params;
+
+typedef struct sq_runtime_compute sq_runtime_compute;
+
+/* The adapter borrows the stage (it must outlive it).  keep_logits allocates n_seqs *
+ * max_new_tokens * vocab floats up front (refused above 4 GiB).  On failure *out is NULL. */
+sq_status sq_runtime_compute_create(sq_stage *stage, const sq_runtime_compute_params *p,
+                                    sq_runtime_compute **out, sq_error *err);
+void sq_runtime_compute_destroy(sq_runtime_compute *c);
+/* The compute to hand to sq_pipeline_run (points into c). */
+const sq_stage_compute *sq_runtime_compute_get(const sq_runtime_compute *c);
+/* Kept logits of sequence s: *n_tokens rows of vocab floats (points into c; NULL without
+ * keep_logits or outside [0, n_seqs)). */
+const float *sq_runtime_compute_logits(const sq_runtime_compute *c, int32_t s, int32_t *n_tokens);
+
+/* ---- the whole run -------------------------------------------------------------------------- */
+
+typedef struct sq_run_options {
+    const char *model_dir;
+    const char *plan_path;          /* NULL: plan for the ranks of comm */
+    sq_quant_scheme scheme;         /* type NONE / NF4 / FP4, double quant, blocksize */
+    bool scheme_given;              /* the user chose it (else a plan file's, or a bnb folder's) */
+    /* the request (rank 0; ignored elsewhere) */
+    int32_t n_seqs;
+    const int32_t *const *prompts;  /* (n_seqs) arrays of prompt_lens[i] ids */
+    const int32_t *prompt_lens;     /* (n_seqs) */
+    int32_t max_new_tokens;         /* per sequence, >= 1 */
+    const int32_t *extra_eos;       /* ids that end a sequence besides the config's (chat stop) */
+    int32_t n_extra_eos;
+    bool ignore_eos;                /* only max_new_tokens ends a sequence */
+    int64_t max_seq;                /* 0: the default (see the top) */
+    int32_t n_micro_batches;        /* 0: min(n_seqs, n_ranks) */
+    sq_sample_params sample;
+    bool keep_logits;               /* result->logits (the dump) */
+    sq_run_token_fn on_token;       /* rank 0; may be NULL */
+    void *token_user;
+    /* execution */
+    int n_threads;                  /* backend + quantization threads per rank; <= 0: the
+                                       node's cores / the ranks started on the node */
+    double timeout_s;               /* peer silence during generation; <= 0: 30 s */
+    sq_load_progress_fn progress;   /* rank 0; may be NULL */
+    void *progress_user;
+    double progress_interval_s;
+    sq_log log;
+} sq_run_options;
+
+sq_run_options sq_run_options_default(void);
+
+typedef struct sq_run_stage_info {
+    int32_t rank, first_layer, n_layers;
+    bool has_embed, has_head;
+    uint64_t weight_bytes, state_bytes;   /* backend bytes: weights, run state (KV etc.) */
+    double load_s;
+} sq_run_stage_info;
+
+typedef struct sq_run_result {
+    sq_pipeline_result *pipe;       /* tokens, finish reasons, stage times, bubble */
+    sq_model_config cfg;
+    sq_quant_scheme scheme;         /* what ran */
+    bool prequantized;              /* weights taken as stored from a bnb folder */
+    bool plan_from_file;
+    int32_t n_ranks;
+    int64_t max_seq;
+    double load_s;                  /* slowest rank's load */
+    uint64_t bytes_read;            /* checkpoint bytes, all ranks */
+    sq_run_stage_info *stages;      /* (n_ranks) */
+    char backend[32];               /* "cpu-avx2" … */
+    int n_threads;                  /* per rank (rank 0's) */
+    /* with keep_logits: per sequence n_tokens[s] rows of cfg.vocab_size floats, in order */
+    float *logits;                  /* (sum n_tokens, vocab) */
+} sq_run_result;
+
+/* Collective over comm (MPI_ERRORS_RETURN): see the top of this file.  *out is set on rank 0
+ * only (NULL elsewhere and on failure).  must_abort (may be NULL) is set when the failure
+ * happened during generation and the job must be ended with MPI_Abort. */
+sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bool *must_abort,
+                 sq_error *err);
+void sq_run_result_destroy(sq_run_result *r);
+
+/* Writes r's logits as the dump file described at the top (PATH.tmp.<pid>, then rename). */
+sq_status sq_runtime_write_logits(const sq_run_result *r, const char *path, sq_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

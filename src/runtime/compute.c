@@ -1,0 +1,354 @@
+/* Owns the glue between the loader, the model stage and the pipeline: loading one stage of a
+ * folder into an sq_stage (the loader's consumer hands each tensor to the stage's setters),
+ * and the sq_stage_compute adapter (embed / layers / head + sampling, sequence i in KV slot i,
+ * kept logits, the first stage's token callback).  Must never print, allocate inside a
+ * compute callback, or read a tensor the stage does not own. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shardq/runtime.h"
+
+/* ---- opening a folder ------------------------------------------------------------------------ */
+
+static bool same_scheme(const sq_quant_scheme *a, const sq_quant_scheme *b) {
+    return a->type == b->type && a->double_quant == b->double_quant && a->blocksize == b->blocksize;
+}
+
+sq_status sq_runtime_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err) {
+    memset(out, 0, sizeof *out);
+    out->type = SQ_QUANT_NONE;
+    out->blocksize = 64;
+    out->dense_dtype = sq_meta_config(m)->torch_dtype;
+    int n_q = 0, n_stored = 0;
+    for (int i = 0; i < sq_meta_n_tensors(m); i++) {
+        const sq_tensor_spec *t = sq_meta_tensor(m, i);
+        if (!t->quantizable) continue;
+        n_q++;
+        if (t->stored_quant == SQ_QUANT_NONE) continue;
+        sq_quant_scheme s = {.type = t->stored_quant, .double_quant = t->stored_double_quant,
+                             .blocksize = t->stored_blocksize,
+                             .dense_dtype = sq_meta_config(m)->torch_dtype};
+        if (n_stored++ && !same_scheme(&s, out))
+            return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
+                                "pre-quantized weights disagree (%s blocksize %lld here, %s "
+                                "blocksize %lld before)", sq_quant_type_name(s.type),
+                                (long long)s.blocksize, sq_quant_type_name(out->type),
+                                (long long)out->blocksize);
+        *out = s;
+    }
+    if (n_stored && n_stored != n_q)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "%d of %d decoder Linear weights are stored in 4 bits: a partly "
+                            "quantized checkpoint is not supported", n_stored, n_q);
+    return SQ_OK;
+}
+
+sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta **m,
+                                sq_quant_scheme *stored, sq_error *err) {
+    *st = NULL;
+    *m = NULL;
+    sq_model_config cfg;
+    sq_status rc = sq_config_load(model_dir, &cfg, err);
+    if (rc == SQ_OK) rc = sq_st_model_open(model_dir, st, err);
+    if (rc == SQ_OK) rc = sq_meta_create(&cfg, m, err);
+    if (rc == SQ_OK) rc = sq_meta_validate(*m, *st, err);
+    sq_quant_scheme s;
+    if (rc == SQ_OK) rc = sq_runtime_stored_scheme(*m, &s, err);
+    if (rc != SQ_OK) {
+        sq_meta_destroy(*m);
+        sq_st_model_close(*st);
+        *m = NULL;
+        *st = NULL;
+        return rc;
+    }
+    if (stored) *stored = s;
+    return SQ_OK;
+}
+
+/* ---- loading one stage ----------------------------------------------------------------------- */
+
+/* The backends' 4-bit kernels take rows whose length is a multiple of 32 (the packed groups);
+ * a weight with other input widths (the tiny preset's down_proj: 172) runs as its dequantized
+ * values in float32 — exactly the values the 4-bit weight stands for — and is counted. */
+#define SQ_4BIT_COLS_MULTIPLE 32
+
+typedef struct consume_ctx {
+    sq_stage *s;
+    int n_dequant;
+    char first_dequant[96];
+} consume_ctx;
+
+static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
+    consume_ctx *c = user;
+    const sq_tensor_spec *t = it->spec;
+    if (!sq_stage_wants(c->s, t->role, t->layer))
+        return sq_error_set(err, SQ_ERR_INTERNAL, NULL, t->name,
+                            "the loader handed a tensor this stage does not hold");
+    if (it->is_4bit && it->q.shape[1] % SQ_4BIT_COLS_MULTIPLE == 0)
+        return sq_stage_set_4bit(c->s, t->role, t->layer, t->name, &it->q, err);
+    if (it->is_4bit) {
+        uint64_t n = it->q.n_elements;
+        float *f = malloc((size_t)n * sizeof *f);
+        if (!f) return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory");
+        sq_status rc = sq_dequant_4bit(&it->q, f, SQ_DTYPE_F32, err);
+        const int64_t shape[2] = {it->q.shape[0], it->q.shape[1]};
+        if (rc == SQ_OK) rc = sq_stage_set_dense(c->s, t->role, t->layer, t->name, SQ_DTYPE_F32, f, 2, shape, err);
+        free(f);
+        if (rc == SQ_OK && c->n_dequant++ == 0)
+            snprintf(c->first_dequant, sizeof c->first_dequant, "%s", t->name);
+        return rc;
+    }
+    return sq_stage_set_dense(c->s, t->role, t->layer, t->name, it->dtype, it->data, it->n_dims,
+                              it->shape, err);
+}
+
+static sq_stage_params stage_params(const sq_meta *m, const sq_runtime_stage_params *p) {
+    sq_stage_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.cfg = *sq_meta_config(m);
+    sp.first_layer = p->stage.first_layer;
+    sp.n_layers = p->stage.n_layers;
+    sp.has_embed = p->stage.has_embed;
+    sp.has_head = p->stage.has_head;
+    sp.scheme = p->scheme;
+    sp.max_seq = p->max_seq;
+    sp.max_batch = p->max_batch;
+    sp.max_tokens = p->max_tokens;
+    sp.max_logit_rows = p->max_logit_rows;
+    sp.log = p->log;
+    return sp;
+}
+
+sq_status sq_runtime_create_stage(sq_backend *be, const sq_meta *m,
+                                  const sq_runtime_stage_params *p, sq_stage **out,
+                                  sq_error *err) {
+    if (out) *out = NULL;
+    if (!be || !m || !p || !out)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "create stage: NULL argument");
+    sq_stage_params sp = stage_params(m, p);
+    return sq_stage_create(be, &sp, out, err);
+}
+
+sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_meta *m,
+                                  const sq_runtime_stage_params *p, sq_load_stats *stats,
+                                  sq_error *err) {
+    if (!s || !st || !m || !p)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "load stage: NULL argument");
+    sq_pool *pool = NULL;
+    sq_status rc = sq_pool_create(p->n_threads, &pool, err);
+    sq_load_options lo = sq_load_options_default();
+    lo.scheme = p->scheme;
+    lo.pool = pool;              /* NULL after a failed create: the loader's own thread */
+    lo.tied_head_copy = true;
+    lo.comm = p->comm;
+    lo.progress = p->progress;
+    lo.progress_user = p->progress_user;
+    lo.progress_interval_s = p->progress_interval_s;
+    lo.log = p->log;
+    /* collective with a comm: a rank whose pool failed still loads (on one thread) so that
+     * nobody waits, and reports the pool's error afterwards */
+    sq_error lerr = err ? *err : (sq_error){0};
+    consume_ctx cc = {.s = s};
+    sq_status lrc = sq_load_stage(st, m, &p->stage, &lo, consume, &cc, stats, &lerr);
+    sq_pool_destroy(pool);
+    if (lrc == SQ_OK && cc.n_dequant)
+        sq_logf(&p->log, SQ_LOG_INFO,   /* info: rank 0's line stands for every rank's */
+                "layers %d-%d: %d 4-bit weight%s with input features not a multiple of %d (first: "
+                "%s) run as their dequantized values in float32", p->stage.first_layer,
+                p->stage.first_layer + p->stage.n_layers - 1, cc.n_dequant,
+                cc.n_dequant == 1 ? "" : "s", SQ_4BIT_COLS_MULTIPLE, cc.first_dequant);
+    if (rc != SQ_OK) return rc;
+    if (lrc != SQ_OK) {
+        if (err) *err = lerr;
+        return lrc;
+    }
+    return sq_stage_check_ready(s, err);
+}
+
+sq_status sq_runtime_load_stage(sq_backend *be, const sq_st_model *st, const sq_meta *m,
+                                const sq_runtime_stage_params *p, sq_stage **out,
+                                sq_load_stats *stats, sq_error *err) {
+    sq_stage *s = NULL;
+    sq_status rc = sq_runtime_create_stage(be, m, p, &s, err);
+    if (rc == SQ_OK) rc = sq_runtime_load_weights(s, st, m, p, stats, err);
+    if (rc != SQ_OK) {
+        sq_stage_destroy(s);
+        return rc;
+    }
+    *out = s;
+    return SQ_OK;
+}
+
+/* ---- the compute adapter --------------------------------------------------------------------- */
+
+struct sq_runtime_compute {
+    sq_stage_compute c;
+    sq_stage *stage;
+    sq_backend *be;
+    sq_runtime_compute_params p;
+    int64_t vocab;
+    sq_seq_span *spans;        /* (n_seqs) */
+    uint64_t *seq_ids, *steps; /* (n_seqs) sampling keys */
+    float *tmp;                /* (n_seqs, vocab) logits of one step, keep_logits only */
+    float *kept;               /* (n_seqs, max_new_tokens, vocab) */
+    int32_t *n_kept;           /* (n_seqs) */
+};
+
+static sq_status spans_of(sq_runtime_compute *rc, const sq_stage_batch *b, sq_stage_input *in,
+                          sq_error *err) {
+    if (b->n_seqs < 1 || b->n_seqs > rc->p.n_seqs)
+        return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL,
+                            "stage compute: %d sequences in a step (at most %d)", b->n_seqs,
+                            rc->p.n_seqs);
+    for (int32_t i = 0; i < b->n_seqs; i++) {
+        if (b->seq[i] < 0 || b->seq[i] >= rc->p.n_seqs)
+            return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL,
+                                "stage compute: sequence %d outside [0, %d)", b->seq[i], rc->p.n_seqs);
+        rc->spans[i] = (sq_seq_span){.slot = b->seq[i], .start_pos = b->pos[i],
+                                     .n_tokens = b->n_tokens[i]};
+    }
+    memset(in, 0, sizeof *in);
+    in->n_seqs = b->n_seqs;
+    in->seqs = rc->spans;
+    return SQ_OK;
+}
+
+static sq_status cb_embed(void *user, const sq_stage_batch *b, const int32_t *ids, float *act,
+                          sq_error *err) {
+    sq_runtime_compute *rc = user;
+    sq_stage_input in;
+    sq_status st = spans_of(rc, b, &in, err);
+    if (st != SQ_OK) return st;
+    in.token_ids = ids;
+    if (b->step >= 1 && rc->p.on_token)   /* the ids of step - 1, as they come back */
+        for (int32_t i = 0; i < b->n_seqs; i++)
+            rc->p.on_token(rc->p.token_user, b->seq[i], b->step - 1, ids[b->row0[i]]);
+    return sq_stage_embed(rc->stage, &in, act, err);
+}
+
+static sq_status cb_forward(void *user, const sq_stage_batch *b, float *act, sq_error *err) {
+    sq_runtime_compute *rc = user;
+    sq_stage_input in;
+    sq_status st = spans_of(rc, b, &in, err);
+    if (st != SQ_OK) return st;
+    return sq_stage_layers(rc->stage, &in, act, err);
+}
+
+static sq_status cb_sample(void *user, const sq_stage_batch *b, const float *act, int32_t *ids,
+                           sq_error *err) {
+    sq_runtime_compute *rc = user;
+    sq_stage_input in;
+    sq_status st = spans_of(rc, b, &in, err);
+    if (st != SQ_OK) return st;
+    if ((st = sq_stage_head(rc->stage, &in, act, err)) != SQ_OK) return st;
+    for (int32_t i = 0; i < b->n_seqs; i++) {
+        rc->seq_ids[i] = (uint64_t)b->seq[i];
+        rc->steps[i] = (uint64_t)b->step;   /* the generated token's index: batching-free */
+    }
+    if (rc->kept) {
+        if (b->step < 0 || b->step >= rc->p.max_new_tokens)
+            return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL,
+                                "stage compute: step %d beyond max-new-tokens %d", b->step,
+                                rc->p.max_new_tokens);
+        if ((st = sq_stage_read_logits(rc->stage, rc->tmp, b->n_seqs, err)) != SQ_OK) return st;
+        for (int32_t i = 0; i < b->n_seqs; i++) {
+            int32_t s = b->seq[i];
+            size_t row = (size_t)s * (size_t)rc->p.max_new_tokens + (size_t)b->step;
+            memcpy(rc->kept + row * (size_t)rc->vocab, rc->tmp + (size_t)i * (size_t)rc->vocab,
+                   (size_t)rc->vocab * sizeof(float));
+            if (b->step + 1 > rc->n_kept[s]) rc->n_kept[s] = b->step + 1;
+        }
+    }
+    return sq_stage_sample(rc->stage, &rc->p.sample, rc->seq_ids, rc->steps, ids, err);
+}
+
+static void *cb_alloc(void *user, uint64_t n_bytes) {
+    sq_runtime_compute *rc = user;
+    void *p = NULL;
+    return sq_backend_alloc(rc->be, n_bytes, &p, NULL) == SQ_OK ? p : NULL;
+}
+
+static void cb_free(void *user, void *p) {
+    sq_runtime_compute *rc = user;
+    sq_backend_free(rc->be, p);
+}
+
+void sq_runtime_compute_destroy(sq_runtime_compute *c) {
+    if (!c) return;
+    free(c->spans);
+    free(c->seq_ids);
+    free(c->steps);
+    free(c->tmp);
+    free(c->kept);
+    free(c->n_kept);
+    free(c);
+}
+
+sq_status sq_runtime_compute_create(sq_stage *stage, const sq_runtime_compute_params *p,
+                                    sq_runtime_compute **out, sq_error *err) {
+    if (out) *out = NULL;
+    if (!stage || !p || !out)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage compute: NULL argument");
+    const sq_stage_params *sp = sq_stage_get_params(stage);
+    if (p->n_seqs < 1 || p->n_seqs > sp->max_batch || p->max_new_tokens < 1)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "stage compute: %d sequences (the stage has %lld KV slots), "
+                            "max-new-tokens %d", p->n_seqs, (long long)sp->max_batch,
+                            p->max_new_tokens);
+    sq_runtime_compute *c = calloc(1, sizeof *c);
+    if (!c) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "stage compute: out of memory");
+    c->stage = stage;
+    c->be = sq_stage_backend(stage);
+    c->p = *p;
+    c->vocab = sp->cfg.vocab_size;
+    size_t n = (size_t)p->n_seqs;
+    c->spans = malloc(n * sizeof *c->spans);
+    c->seq_ids = malloc(n * sizeof *c->seq_ids);
+    c->steps = malloc(n * sizeof *c->steps);
+    if (!c->spans || !c->seq_ids || !c->steps) goto nomem;
+    if (p->keep_logits && sp->has_head) {
+        uint64_t rows = (uint64_t)p->n_seqs * (uint64_t)p->max_new_tokens, bytes = 0;
+        if (!sq_mul_u64(rows, (uint64_t)c->vocab * sizeof(float), &bytes) || bytes > (4ull << 30)) {
+            sq_runtime_compute_destroy(c);
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                "keeping the logits of %d sequences x %d tokens x %lld vocab "
+                                "needs more than 4 GiB", p->n_seqs, p->max_new_tokens,
+                                (long long)c->vocab);
+        }
+        c->tmp = malloc(n * (size_t)c->vocab * sizeof(float));
+        c->kept = calloc((size_t)rows * (size_t)c->vocab, sizeof(float));
+        c->n_kept = calloc(n, sizeof *c->n_kept);
+        if (!c->tmp || !c->kept || !c->n_kept) goto nomem;
+    }
+    /* the CPU backend's memory is host memory; any other backend's is the device's */
+    bool host = !strncmp(sq_backend_name(c->be), "cpu", 3);
+    c->c = (sq_stage_compute){
+        .user = c,
+        .hidden_dim = sp->cfg.hidden_size,
+        .vocab = c->vocab,
+        .max_seq = sp->max_seq,
+        .act_mem = host ? SQ_MEM_HOST : SQ_MEM_DEVICE,
+        .embed = sp->has_embed ? cb_embed : NULL,
+        .forward = cb_forward,
+        .sample = sp->has_head ? cb_sample : NULL,
+        .alloc_act = host ? NULL : cb_alloc,
+        .free_act = host ? NULL : cb_free,
+    };
+    *out = c;
+    return SQ_OK;
+nomem:
+    sq_runtime_compute_destroy(c);
+    return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "stage compute: out of memory");
+}
+
+const sq_stage_compute *sq_runtime_compute_get(const sq_runtime_compute *c) {
+    return c ? &c->c : NULL;
+}
+
+const float *sq_runtime_compute_logits(const sq_runtime_compute *c, int32_t s, int32_t *n_tokens) {
+    if (n_tokens) *n_tokens = 0;
+    if (!c || !c->kept || s < 0 || s >= c->p.n_seqs) return NULL;
+    if (n_tokens) *n_tokens = c->n_kept[s];
+    return c->kept + (size_t)s * (size_t)c->p.max_new_tokens * (size_t)c->vocab;
+}
