@@ -22,6 +22,7 @@
 #include "shardq/config.h"
 #include "shardq/meta.h"
 #include "shardq/safetensors.h"
+#include "shardq/tokenizer.h"
 
 #define MAX_SHARDS 64
 
@@ -29,7 +30,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: shardq make-model --out DIR [--preset tiny|small] [--family llama|mistral|qwen2]\n"
             "                         [--dtype bf16|f16|f32] [--shards N] [--seed S]\n"
-            "                         [--tie-embeddings] [--force] [--json]\n\n"
+            "                         [--tie-embeddings] [--tokenizer tokenizer.json] [--force]\n"
+            "                         [--json]\n\n"
             "Writes a deterministic random Hugging Face model folder: config.json,\n"
             "generation_config.json and model.safetensors (or N shards + index.json, with at\n"
             "least one decoder layer split across two files).  Weights ~ N(0, 0.02), norms near 1.\n"
@@ -40,6 +42,10 @@ static void usage(FILE *f) {
             "  --shards    number of safetensors files (default 1)\n"
             "  --seed      PRNG seed (default 0); the same seed gives the same bytes\n"
             "  --tie-embeddings  tie lm_head to embed_tokens (no lm_head.weight)\n"
+            "  --tokenizer FILE  copy this tokenizer.json into the folder (checked by loading it);\n"
+            "              when its vocabulary is larger than the preset's, vocab_size becomes its\n"
+            "              size rounded up to a multiple of 64 (a padded embedding, as real models\n"
+            "              have); bos_token_id / eos_token_id become the tokenizer's BOS and EOS\n"
             "  --force     replace DIR if it exists (only if empty or a model folder)\n"
             "  --json      print a JSON summary instead of text\n");
 }
@@ -190,11 +196,34 @@ static void file_name(char *buf, size_t n, int f, int n_files) {
 }
 
 typedef struct options {
-    const char *out, *preset, *family;
+    const char *out, *preset, *family, *tokenizer;
     sq_dtype dtype;
     int64_t shards, seed;
     bool tie, force, json;
 } options;
+
+/* Copies src (at most 64 MiB, already checked by loading it) to dir/name. */
+static sq_status copy_file(const char *src, const char *dir, const char *name, sq_error *err) {
+    char path[PATH_BYTES];
+    if (!join(path, dir, name)) return sq_error_set(err, SQ_ERR_INVALID, dir, NULL, "path too long");
+    FILE *in = fopen(src, "rb");
+    if (!in) return sq_error_set(err, SQ_ERR_IO, src, NULL, "cannot open: %s", strerror(errno));
+    FILE *out = fopen(path, "wb");
+    if (!out) {
+        fclose(in);
+        return sq_error_set(err, SQ_ERR_IO, path, NULL, "cannot create: %s", strerror(errno));
+    }
+    char buf[65536];
+    size_t n, total = 0;
+    bool ok = true;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) {
+        ok = fwrite(buf, 1, n, out) == n && (total += n) <= (64u << 20);
+    }
+    ok = !ferror(in) && ok;
+    fclose(in);
+    ok = (fclose(out) == 0) && ok;
+    return ok ? SQ_OK : sq_error_set(err, SQ_ERR_IO, path, NULL, "copying %s failed", src);
+}
 
 static sq_status write_model(const options *o, const sq_meta *m, const char *tmp,
                              sq_error *err) {
@@ -213,12 +242,17 @@ static sq_status write_model(const options *o, const sq_meta *m, const char *tmp
     if (st != SQ_OK) return st;
 
     char gen[256];
-    snprintf(gen, sizeof gen,
-             "{\n  \"_from_model_config\": true,\n  \"bos_token_id\": %lld,\n"
-             "  \"eos_token_id\": %lld\n}\n",
-             (long long)c->bos_token_id, (long long)c->eos_token_ids[0]);
+    int gn = snprintf(gen, sizeof gen, "{\n  \"_from_model_config\": true");
+    if (c->bos_token_id >= 0)
+        gn += snprintf(gen + gn, sizeof gen - (size_t)gn, ",\n  \"bos_token_id\": %lld",
+                       (long long)c->bos_token_id);
+    if (c->n_eos > 0)
+        gn += snprintf(gen + gn, sizeof gen - (size_t)gn, ",\n  \"eos_token_id\": %lld",
+                       (long long)c->eos_token_ids[0]);
+    snprintf(gen + gn, sizeof gen - (size_t)gn, "\n}\n");
     join(path, tmp, "generation_config.json");
     if ((st = write_text(path, gen, err)) != SQ_OK) return st;
+    if (o->tokenizer && (st = copy_file(o->tokenizer, tmp, "tokenizer.json", err)) != SQ_OK) return st;
 
     plan p;
     plan_shards(m, o->dtype, (int)o->shards, &p);
@@ -299,6 +333,18 @@ static sq_status make_model(const options *o, sq_meta **mout, sq_error *err) {
     if (st != SQ_OK) return st;
     c.torch_dtype = o->dtype;
     if (o->tie) c.tie_word_embeddings = true;
+    if (o->tokenizer) {   /* the model's vocabulary and special ids follow the tokenizer */
+        sq_tokenizer *tok = NULL;
+        if ((st = sq_tokenizer_load(o->tokenizer, &tok, err)) != SQ_OK) return st;
+        int64_t v = sq_tokenizer_vocab_size(tok);
+        if (v > c.vocab_size) c.vocab_size = (v + 63) / 64 * 64;
+        c.bos_token_id = sq_tokenizer_bos_id(tok);
+        int32_t eos = sq_tokenizer_eos_id(tok);
+        c.n_eos = eos >= 0 ? 1 : 0;
+        c.eos_token_ids[0] = eos >= 0 ? eos : 0;
+        sq_tokenizer_destroy(tok);
+        if ((st = sq_config_check(&c, o->tokenizer, err)) != SQ_OK) return st;
+    }
     sq_meta *m = NULL;
     if ((st = sq_meta_create(&c, &m, err)) != SQ_OK) return st;
     if (o->shards > sq_meta_n_tensors(m) / 2) {
@@ -375,6 +421,8 @@ int sq_cli_make_model(int argc, char **argv, sq_cli_ctx *ctx) {
         } else if (sq_cli_flag_value(argc, argv, &i, "--seed", &val, &missing)) {
             if (!missing && !sq_cli_parse_i64(val, 0, INT64_MAX, &o.seed))
                 return sq_cli_usage_error(ctx, cmd, "--seed '%s': a non-negative integer", val);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--tokenizer", &val, &missing)) {
+            o.tokenizer = val;
         } else if (!strcmp(argv[i], "--tie-embeddings")) {
             o.tie = true;
         } else if (!strcmp(argv[i], "--force")) {
