@@ -360,11 +360,10 @@ static void die_after_peer_failure(const sq_cli_ctx *ctx, const sq_error *err) {
     MPI_Abort(ctx->comm, 1);
 }
 
-int sq_cli_run(int argc, char **argv, sq_cli_ctx *ctx) {
+static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     const char *cmd = "run";
     sq_run_options o = sq_run_options_default();
     const char *ids_arg = NULL, *dump = NULL, *system = NULL;
-    static text_src srcs[MAX_PROMPTS];
     int n_src = 0;
     bool quiet = false, json = false, chat = false, dq = false, quant_given = false;
     int64_t v64 = 0;
@@ -606,5 +605,16 @@ int sq_cli_run(int argc, char **argv, sq_cli_ctx *ctx) {
     prompts_free(&p);
     sq_detok_stream_destroy(ds);
     sq_tokenizer_destroy(tok);
+    return rc;
+}
+
+int sq_cli_run(int argc, char **argv, sq_cli_ctx *ctx) {
+    text_src *srcs = calloc(MAX_PROMPTS, sizeof *srcs);   /* the text prompts' sources */
+    if (!srcs) {
+        fprintf(stderr, "shardq run: out of memory\n");
+        return 1;
+    }
+    int rc = run_cmd(argc, argv, ctx, srcs);
+    free(srcs);
     return rc;
 }
