@@ -134,6 +134,28 @@ const float *sq_runtime_compute_logits(const sq_runtime_compute *c, int32_t s, i
 
 /* ---- the whole run -------------------------------------------------------------------------- */
 
+/* Where a rank computes and how activations move (shardq run --backend / --transport).
+ *  backend AUTO: cuda when this build has CUDA and every rank sees at least one CUDA device
+ *    (agreed over the communicator), else cpu.  CUDA asked for in a build without CUDA, or on
+ *    a rank without a device: SQ_ERR_UNSUPPORTED on every rank, before any file is read.
+ *  device: with cuda, the GPU of each rank: o->device when >= 0 (the same number on every
+ *    rank), else (local rank on its node) mod (CUDA devices on the node); the local rank comes
+ *    from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED).  Ranks of one node may share a GPU.
+ *  transport AUTO: nccl when every rank runs cuda and no two ranks of a node share a GPU (each
+ *    on GPU local rank mod device count: the nccl transport's own placement), else mpi (which
+ *    stages device activations through pinned host memory).  NCCL asked for with the cpu
+ *    backend, in a build without CUDA, or for ranks that share a GPU: SQ_ERR_UNSUPPORTED /
+ *    SQ_ERR_INVALID on every rank, one line naming the cause.
+ * Planning without a plan file follows the backend: host memory for cpu; the GPUs for cuda,
+ * a GPU's memory divided among the ranks that share it. */
+typedef enum sq_run_backend { SQ_RUN_BACKEND_AUTO = 0, SQ_RUN_BACKEND_CPU, SQ_RUN_BACKEND_CUDA } sq_run_backend;
+typedef enum sq_run_transport {
+    SQ_RUN_TRANSPORT_AUTO = 0, SQ_RUN_TRANSPORT_MPI, SQ_RUN_TRANSPORT_NCCL
+} sq_run_transport;
+/* "auto", "cpu", "cuda" / "auto", "mpi", "nccl" -> value; false for anything else. */
+bool sq_run_backend_from_name(const char *s, sq_run_backend *out);
+bool sq_run_transport_from_name(const char *s, sq_run_transport *out);
+
 typedef struct sq_run_options {
     const char *model_dir;
     const char *plan_path;          /* NULL: plan for the ranks of comm */
@@ -154,6 +176,10 @@ typedef struct sq_run_options {
     sq_run_token_fn on_token;       /* rank 0; may be NULL */
     void *token_user;
     /* execution */
+    sq_run_backend backend;         /* AUTO (default), CPU, CUDA: see above */
+    sq_run_transport transport;     /* AUTO (default), MPI, NCCL */
+    int device;                     /* CUDA device on every rank; < 0 (the default): local
+                                       rank mod device count */
     int n_threads;                  /* backend + quantization threads per rank; <= 0: the
                                        node's cores / the ranks started on the node */
     double timeout_s;               /* peer silence during generation; <= 0: 30 s */
@@ -168,6 +194,7 @@ sq_run_options sq_run_options_default(void);
 typedef struct sq_run_stage_info {
     int32_t rank, first_layer, n_layers;
     bool has_embed, has_head;
+    int32_t device;                       /* CUDA device number; -1 on the cpu backend */
     uint64_t weight_bytes, state_bytes;   /* backend bytes: weights, run state (KV etc.) */
     double load_s;
 } sq_run_stage_info;
@@ -183,7 +210,9 @@ typedef struct sq_run_result {
     double load_s;                  /* slowest rank's load */
     uint64_t bytes_read;            /* checkpoint bytes, all ranks */
     sq_run_stage_info *stages;      /* (n_ranks) */
-    char backend[32];               /* "cpu-avx2" … */
+    char backend[96];               /* rank 0's backend: "cpu-avx2", "cuda:0 NVIDIA H100 … (sm_90)" */
+    char backend_kind[8];           /* "cpu" or "cuda" (every rank the same) */
+    char transport[8];              /* "mpi" or "nccl" */
     int n_threads;                  /* per rank (rank 0's) */
     /* with keep_logits: per sequence n_tokens[s] rows of cfg.vocab_size floats, in order */
     float *logits;                  /* (sum n_tokens, vocab) */

@@ -26,7 +26,8 @@ static void usage(FILE *f) {
         "          | --prompt-file FILE ...) [--chat] [--system TEXT] [--max-new-tokens N]\n"
         "          [--max-seq N] [--micro-batches M] [--temperature T] [--top-k K] [--top-p P]\n"
         "          [--seed S] [--ignore-eos] [--threads N] [--timeout S] [--quiet] [--json]\n"
-        "          [--dump-logits FILE]\n\n"
+        "          [--dump-logits FILE] [--backend auto|cpu|cuda] [--transport auto|mpi|nccl]\n"
+        "          [--device N]\n\n"
         "Runs the model as a pipeline over the ranks started: each rank loads only its own\n"
         "layers (from the plan), quantizing them to 4 bits as they are read, and the ranks pass\n"
         "activations rank to rank; several micro-batches are in flight at once.\n"
@@ -57,6 +58,12 @@ static void usage(FILE *f) {
         "                      seed gives the same tokens on any number of ranks\n"
         "  --ignore-eos        only --max-new-tokens ends a sequence\n"
         "  --threads N         compute threads per rank (default: cores / ranks on the node)\n"
+        "  --backend B         auto (default: cuda when this build has CUDA and every rank sees a\n"
+        "                      GPU, else cpu), cpu, or cuda (activations in GPU memory)\n"
+        "  --transport T       auto (default: nccl when every rank runs cuda on a GPU of its own,\n"
+        "                      else mpi), mpi (host messages; GPU activations are staged through\n"
+        "                      pinned memory, so ranks may share a GPU), or nccl\n"
+        "  --device N          the CUDA device of every rank (default: local rank mod GPUs)\n"
         "  --timeout S         seconds of silence after which a peer counts as dead (default 30)\n"
         "  --quiet             no progress and no summary table: only the generated output\n"
         "  --json              one JSON object on stdout: tokens, text, figures\n"
@@ -266,11 +273,12 @@ static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, 
     const sq_pipeline_result *p = r->pipe;
     printf("{\"model\": ");
     json_str(stdout, model, strlen(model));
-    printf(", \"architecture\": \"%s\", \"n_ranks\": %d, \"backend\": \"%s\", \"threads\": %d, "
+    printf(", \"architecture\": \"%s\", \"n_ranks\": %d, \"backend\": ", r->cfg.architecture, r->n_ranks);
+    json_str(stdout, r->backend, strlen(r->backend));
+    printf(", \"backend_kind\": \"%s\", \"transport\": \"%s\", \"threads\": %d, "
            "\"quant\": \"%s\", \"double_quant\": %s, \"blocksize\": %lld, \"prequantized\": %s, "
            "\"plan_file\": %s, \"max_seq\": %lld, \"n_micro_batches\": %d,\n \"tokens\": [",
-           r->cfg.architecture, r->n_ranks, r->backend, r->n_threads,
-           sq_quant_type_name(r->scheme.type), r->scheme.double_quant ? "true" : "false",
+           r->backend_kind, r->transport, r->n_threads, sq_quant_type_name(r->scheme.type), r->scheme.double_quant ? "true" : "false",
            (long long)r->scheme.blocksize, r->prequantized ? "true" : "false",
            r->plan_from_file ? "true" : "false", (long long)r->max_seq, p->n_micro_batches);
     for (int32_t s = 0; s < p->n_seqs; s++) {
@@ -299,9 +307,9 @@ static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, 
         const sq_stage_stats *s = &p->stages[i];
         const sq_run_stage_info *in = &r->stages[i];
         printf("%s\n  {\"rank\": %d, \"first_layer\": %d, \"n_layers\": %d, \"embed\": %s, \"head\": %s, "
-               "\"weight_bytes\": %llu, \"state_bytes\": %llu, \"load_s\": %.6f, \"busy_s\": %.6f, "
+               "\"device\": %d, \"weight_bytes\": %llu, \"state_bytes\": %llu, \"load_s\": %.6f, \"busy_s\": %.6f, "
                "\"idle_s\": %.6f, \"wall_s\": %.6f}", i ? "," : "", s->rank, in->first_layer, in->n_layers,
-               in->has_embed ? "true" : "false", in->has_head ? "true" : "false",
+               in->has_embed ? "true" : "false", in->has_head ? "true" : "false", in->device,
                (unsigned long long)in->weight_bytes, (unsigned long long)in->state_bytes, in->load_s,
                s->busy_s, s->idle_s, s->wall_s);
     }
@@ -438,6 +446,16 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
             if (!missing && (!sq_cli_parse_f64(v, 0, 1e6, &vd) || vd <= 0))
                 return sq_cli_usage_error(ctx, cmd, "--timeout must be a positive number of seconds, not '%s'", v);
             o.timeout_s = vd;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--backend", &v, &missing)) {
+            if (!missing && !sq_run_backend_from_name(v, &o.backend))
+                return sq_cli_usage_error(ctx, cmd, "--backend must be auto, cpu or cuda, not '%s'", v);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--transport", &v, &missing)) {
+            if (!missing && !sq_run_transport_from_name(v, &o.transport))
+                return sq_cli_usage_error(ctx, cmd, "--transport must be auto, mpi or nccl, not '%s'", v);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--device", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 0, 1023, &v64))
+                return sq_cli_usage_error(ctx, cmd, "--device must be a CUDA device number 0..1023, not '%s'", v);
+            o.device = (int)v64;
         } else if (!strcmp(argv[i], "--quiet")) {
             quiet = true;
         } else if (!strcmp(argv[i], "--json")) {
@@ -565,12 +583,13 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
         } else {
             if (!quiet)
                 printf("# shardq run: %s (%s, %lld layers, vocab %lld): %s%s blocksize %lld%s on %d rank%s "
-                       "x %d thread%s (%s), max_seq %lld, %d sequence%s in %d micro-batch%s, %s\n",
+                       "x %d thread%s (backend %s, transport %s), max_seq %lld, %d sequence%s in %d "
+                       "micro-batch%s, %s\n",
                        o.model_dir, r->cfg.architecture, (long long)r->cfg.n_layers,
                        (long long)r->cfg.vocab_size, sq_quant_type_name(r->scheme.type),
                        r->scheme.double_quant ? "+double-quant" : "", (long long)r->scheme.blocksize,
                        r->prequantized ? " (as stored)" : "", r->n_ranks, r->n_ranks == 1 ? "" : "s",
-                       r->n_threads, r->n_threads == 1 ? "" : "s", r->backend, (long long)r->max_seq,
+                       r->n_threads, r->n_threads == 1 ? "" : "s", r->backend, r->transport, (long long)r->max_seq,
                        pr->n_seqs, pr->n_seqs == 1 ? "" : "s", pr->n_micro_batches,
                        pr->n_micro_batches == 1 ? "" : "es",
                        o.sample.temperature > 0 ? "sampled" : "greedy");

@@ -232,7 +232,11 @@ static sq_status cb_forward(void *user, const sq_stage_batch *b, float *act, sq_
     sq_stage_input in;
     sq_status st = spans_of(rc, b, &in, err);
     if (st != SQ_OK) return st;
-    return sq_stage_layers(rc->stage, &in, act, err);
+    if ((st = sq_stage_layers(rc->stage, &in, act, err)) != SQ_OK) return st;
+    /* device activations go to the transport next: its streams (nccl, or the mpi transport's
+     * pinned staging) do not wait for the backend's stream, so the layers must have finished */
+    if (rc->c.act_mem == SQ_MEM_DEVICE) st = sq_backend_sync(rc->be, err);
+    return st;
 }
 
 static sq_status cb_sample(void *user, const sq_stage_batch *b, const float *act, int32_t *ids,

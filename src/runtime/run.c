@@ -15,6 +15,30 @@
 #include "shardq/topology.h"
 #include "shardq/transport.h"
 
+#ifdef SHARDQ_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+bool sq_run_backend_from_name(const char *s, sq_run_backend *out) {
+    static const char *const names[] = {"auto", "cpu", "cuda"};
+    for (int i = 0; s && i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *out = (sq_run_backend)i;
+            return true;
+        }
+    return false;
+}
+
+bool sq_run_transport_from_name(const char *s, sq_run_transport *out) {
+    static const char *const names[] = {"auto", "mpi", "nccl"};
+    for (int i = 0; s && i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *out = (sq_run_transport)i;
+            return true;
+        }
+    return false;
+}
+
 sq_run_options sq_run_options_default(void) {
     sq_run_options o;
     memset(&o, 0, sizeof o);
@@ -22,6 +46,7 @@ sq_run_options sq_run_options_default(void) {
     o.max_new_tokens = 16;
     o.sample = (sq_sample_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
     o.timeout_s = 30.0;
+    o.device = -1;
     return o;
 }
 
@@ -53,6 +78,143 @@ static sq_status agree(MPI_Comm comm, int rank, int size, sq_status local, sq_er
     copy.rank = first;
     if (err) *err = copy;
     return copy.code;
+}
+
+/* ---- backend, device and transport -------------------------------------------------------------- */
+
+typedef struct exec_choice {
+    bool cuda, nccl;
+    int device;                   /* CUDA device of this rank; -1 with cpu */
+    int local_rank, local_size;   /* among the ranks of this node (shared-memory domain) */
+    int n_dev;                    /* CUDA devices this rank sees (0 without CUDA) */
+} exec_choice;
+
+static int cuda_device_count(void) {
+#ifdef SHARDQ_HAVE_CUDA
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();   /* no driver / no device: not sticky, but keep it clean */
+        n = 0;
+    }
+    return n > 0 ? n : 0;
+#else
+    return 0;
+#endif
+}
+
+/* Collective: every rank reaches the same backend and transport (see runtime.h), or every rank
+ * fails with the lowest failing rank's line.  Reads no file and touches no GPU beyond counting. */
+static sq_status choose_exec(MPI_Comm comm, int rank, int size, const sq_run_options *o,
+                             exec_choice *x, sq_error *err) {
+    memset(x, 0, sizeof *x);
+    x->device = -1;
+    x->local_size = 1;
+    sq_status rc = SQ_OK;
+    MPI_Comm node = MPI_COMM_NULL;
+    if (size > 1) {
+        if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) != MPI_SUCCESS ||
+            MPI_Comm_rank(node, &x->local_rank) != MPI_SUCCESS ||
+            MPI_Comm_size(node, &x->local_size) != MPI_SUCCESS)
+            rc = sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Comm_split_type (ranks of this node) failed");
+        if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) return rc;
+    }
+    x->n_dev = cuda_device_count();
+#ifdef SHARDQ_HAVE_CUDA
+    const bool built = true;
+#else
+    const bool built = false;
+#endif
+    /* 1. the backend */
+    int has_dev = x->n_dev > 0, all_dev = has_dev;
+    if (size > 1 && MPI_Allreduce(&has_dev, &all_dev, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS)
+        return sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Allreduce of the CUDA device counts failed");
+    if (o->backend == SQ_RUN_BACKEND_CUDA) {
+        if (!built)
+            rc = sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                              "--backend cuda: this shardq was built without CUDA (configure with "
+                              "-DSHARDQ_CUDA=ON where nvcc and NCCL are found), use --backend cpu");
+        else if (!has_dev)
+            rc = sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                              "--backend cuda: no CUDA device on this rank's machine, use --backend cpu");
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) return rc;
+        x->cuda = true;
+    } else {
+        x->cuda = o->backend == SQ_RUN_BACKEND_AUTO && built && all_dev;
+    }
+    /* 2. the device: local rank mod device count, or the one asked for */
+    if (o->device >= 0 && !x->cuda) {
+        if (o->backend == SQ_RUN_BACKEND_CPU)
+            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "--device %d goes with the cuda backend, not --backend cpu",
+                              o->device);
+        else if (rank == 0)
+            sq_logf(&o->log, SQ_LOG_WARN, "--device %d ignored: %s, so the run uses the cpu backend",
+                    o->device, built ? "not every rank has a CUDA device" : "this shardq was built without CUDA");
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) return rc;
+    }
+    if (x->cuda) {
+        if (o->device >= 0 && o->device >= x->n_dev)
+            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "--device %d: this rank's machine has %d CUDA device%s",
+                              o->device, x->n_dev, x->n_dev == 1 ? "" : "s");
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) return rc;
+        x->device = o->device >= 0 ? o->device : x->local_rank % x->n_dev;
+    }
+    /* 3. the transport: nccl needs one GPU per rank, placed where the nccl transport puts it */
+    bool alone = !x->cuda || (x->local_size <= x->n_dev && x->device == x->local_rank % x->n_dev);
+    int shares = !alone, any_shares = shares;
+    if (size > 1 && MPI_Allreduce(&shares, &any_shares, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+        return sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Allreduce of GPU sharing failed");
+    if (o->transport == SQ_RUN_TRANSPORT_NCCL) {
+        if (!x->cuda)
+            rc = sq_error_set(err, built ? SQ_ERR_INVALID : SQ_ERR_UNSUPPORTED, NULL, NULL,
+                              "--transport nccl moves activations in GPU memory: it needs the cuda "
+                              "backend (this run uses cpu%s), use --transport mpi",
+                              !built ? ": this shardq was built without CUDA and NCCL"
+                              : o->backend == SQ_RUN_BACKEND_CPU ? "" : ": not every rank has a GPU");
+        else if (x->local_size > x->n_dev)
+            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                              "--transport nccl: %d ranks on this node share its %d GPU%s and one NCCL "
+                              "communicator cannot hold two ranks of one GPU, use --transport mpi",
+                              x->local_size, x->n_dev, x->n_dev == 1 ? "" : "s");
+        else if (shares)
+            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                              "--transport nccl puts this rank on GPU %d (local rank %d mod %d GPUs), "
+                              "not --device %d: leave out --device or use --transport mpi",
+                              x->local_rank % x->n_dev, x->local_rank, x->n_dev, x->device);
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) return rc;
+        x->nccl = true;
+    } else {
+        x->nccl = o->transport == SQ_RUN_TRANSPORT_AUTO && x->cuda && !any_shares;
+    }
+    return SQ_OK;
+}
+
+/* The local machine's record as the plan should see it: no GPUs on the cpu backend; on cuda,
+ * one GPU entry per rank of this node (the GPU it uses), a shared GPU's memory divided among
+ * the ranks on it, so that several ranks may share one GPU. */
+static void node_for_exec(sq_node_info *node, const exec_choice *x, int explicit_device) {
+    if (!x->cuda || node->n_gpus <= 0) {
+        node->n_gpus = 0;
+        memset(node->gpus, 0, sizeof node->gpus);
+        return;
+    }
+    int n = x->local_size < SQ_TOPO_MAX_GPUS ? x->local_size : SQ_TOPO_MAX_GPUS;
+    int n_phys = node->n_gpus < x->n_dev ? node->n_gpus : x->n_dev;
+    if (n_phys <= 0) n_phys = node->n_gpus;
+    sq_gpu_info orig[SQ_TOPO_MAX_GPUS];
+    memcpy(orig, node->gpus, sizeof orig);
+    memset(node->gpus, 0, sizeof node->gpus);
+    for (int i = 0; i < n; i++) {
+        int g = explicit_device >= 0 ? explicit_device : i % n_phys;
+        if (g >= node->n_gpus) g = node->n_gpus - 1;
+        int sharing = 0;
+        for (int j = 0; j < x->local_size; j++)
+            sharing += (explicit_device >= 0 ? explicit_device : j % n_phys) == g;
+        node->gpus[i] = orig[g];
+        node->gpus[i].memory_bytes /= (uint64_t)(sharing > 0 ? sharing : 1);
+        node->gpus[i].free_bytes /= (uint64_t)(sharing > 0 ? sharing : 1);
+    }
+    node->n_gpus = n;
 }
 
 /* ---- plan ------------------------------------------------------------------------------------ */
@@ -95,9 +257,11 @@ static sq_status read_plan(const char *path, const sq_meta *m, int size, sq_plan
 
 /* --discover semantics: every rank is a device (its GPU, or its share of host memory). */
 static sq_status make_plan(MPI_Comm comm, int size, const sq_meta *m, const sq_quant_scheme *s,
-                           int64_t max_seq, int64_t batch, sq_plan **out, sq_error *err) {
+                           int64_t max_seq, int64_t batch, const exec_choice *x,
+                           int explicit_device, sq_plan **out, sq_error *err) {
     sq_node_info node;
     sq_status rc = sq_topo_discover(NULL, &node, err);
+    if (rc == SQ_OK) node_for_exec(&node, x, explicit_device);
     int rank = 0;
     MPI_Comm_rank(comm, &rank);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) return rc;
@@ -269,6 +433,10 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
                                          : SQ_OK;
     if (rc == SQ_OK && rank == 0 && !out)
         rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "run: no place for the result on rank 0");
+    if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
+    /* 0. backend, device and transport: agreed before any file is read */
+    exec_choice ex;
+    if ((rc = choose_exec(comm, rank, size, o, &ex, err)) != SQ_OK) goto out;
     /* 1. the skeleton: every rank opens the files (its loader reads through them); rank 0
      * reads config.json and checks the headers; every rank gets the same skeleton */
     if (rc == SQ_OK) rc = sq_st_model_open(o->model_dir, &st, err);
@@ -331,7 +499,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
 
     /* 5. no plan file: plan for the ranks started */
     if (!plan) {
-        rc = make_plan(comm, size, meta, &scheme, sh.max_seq, sh.n_seqs, &plan, err);
+        rc = make_plan(comm, size, meta, &scheme, sh.max_seq, sh.n_seqs, &ex, o->device, &plan, err);
         if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
     }
     if (plan->n_stages != size) {   /* made for the ranks of comm: a bug if not */
@@ -358,7 +526,15 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     }
     sp.progress_interval_s = o->progress_interval_s;
     sp.log = log;
-    rc = sq_backend_create_cpu(n_threads, &be, err);
+    if (ex.cuda) {
+#ifdef SHARDQ_HAVE_CUDA
+        rc = sq_backend_create_cuda(ex.device, &be, err);
+#else
+        rc = sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL, "cuda chosen in a build without CUDA");
+#endif
+    } else {
+        rc = sq_backend_create_cpu(n_threads, &be, err);
+    }
     if (rc == SQ_OK) rc = sq_runtime_create_stage(be, meta, &sp, &stage, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
@@ -391,7 +567,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
     sq_run_stage_info mine = {.rank = rank, .first_layer = sp.stage.first_layer,
                               .n_layers = sp.stage.n_layers, .has_embed = sp.stage.has_embed,
-                              .has_head = sp.stage.has_head,
+                              .has_head = sp.stage.has_head, .device = ex.device,
                               .weight_bytes = sq_stage_weight_bytes(stage),
                               .state_bytes = sq_stage_state_bytes(stage), .load_s = load_s};
     uint64_t bytes_read = ls.bytes_read, bytes_all = bytes_read;
@@ -405,6 +581,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     }
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
     sq_transport_params tp = sq_transport_params_default();
+    tp.kind = ex.nccl ? SQ_TRANSPORT_NCCL : SQ_TRANSPORT_MPI;
     tp.comm = comm;
     tp.timeout_s = o->timeout_s > 0 ? o->timeout_s : 30.0;
     tp.log = log;
@@ -497,6 +674,8 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
             res->stages = infos;
             infos = NULL;
             snprintf(res->backend, sizeof res->backend, "%s", sq_backend_name(be));
+            snprintf(res->backend_kind, sizeof res->backend_kind, "%s", ex.cuda ? "cuda" : "cpu");
+            snprintf(res->transport, sizeof res->transport, "%s", ex.nccl ? "nccl" : "mpi");
             res->n_threads = n_threads;
             res->logits = logits_all;
             logits_all = NULL;
