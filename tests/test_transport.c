@@ -8,8 +8,24 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef SHARDQ_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 #include "shardq/transport.h"
 #include "testutil.h"
+
+/* CUDA devices this process sees: 0 in a build without CUDA or on a machine without a GPU. */
+static int n_cuda_devices(void) {
+    int n = 0;
+#ifdef SHARDQ_HAVE_CUDA
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        n = 0;
+    }
+#endif
+    return n;
+}
 
 static int g_rank, g_size;
 
@@ -105,13 +121,34 @@ START_TEST(bad_arguments) {
     ck_assert_int_ge(sq_transport_max_tag(t), 32767 - 4);
     ck_assert_int_eq(sq_transport_isend(t, 0, 0, b, (uint64_t)1 << 31, SQ_MEM_HOST, &x, &err), SQ_ERR_INVALID);
     ck_assert(strstr(err.msg, "2 GiB"));
-    ck_assert_int_eq(sq_transport_isend(t, 0, 0, b, 4, SQ_MEM_DEVICE, &x, &err), SQ_ERR_UNSUPPORTED);
+    /* a host buffer marked device: without CUDA (build or device) the mpi transport cannot
+     * stage it; with a GPU the CUDA build sees it is not device memory */
+    int n_gpus = n_cuda_devices();
+    sq_status want_dev = n_gpus > 0 ? SQ_ERR_INVALID : SQ_ERR_UNSUPPORTED;
+    ck_assert_int_eq(sq_transport_isend(t, 0, 0, b, 4, SQ_MEM_DEVICE, &x, &err), want_dev);
     ck_assert_ptr_null(x);
+    ck_assert_msg(strstr(err.msg, n_gpus > 0 ? "not CUDA device memory" : "device"), "%s", err.msg);
+    /* nccl: unsupported without CUDA; in a CUDA build it needs a GPU per rank (all ranks of
+     * this test run on one host) */
     sq_transport_params p = sq_transport_params_default();
     p.kind = SQ_TRANSPORT_NCCL;
     sq_transport *t2 = (sq_transport *)&err;
-    ck_assert_int_eq(sq_transport_create(&p, &t2, &err), SQ_ERR_UNSUPPORTED);
+    sq_status got = sq_transport_create(&p, &t2, &err);
+#ifdef SHARDQ_HAVE_CUDA
+    if (n_gpus >= g_size) {
+        ck_assert_msg(got == SQ_OK, "%s", err.msg);
+        ck_assert_str_eq(sq_transport_name(t2), "nccl");
+        ck_assert_int_eq(sq_transport_close(t2, &err), SQ_OK);
+        sq_transport_destroy(t2);
+    } else {
+        ck_assert_int_eq(got, SQ_ERR_UNSUPPORTED);
+        ck_assert_ptr_null(t2);
+        ck_assert_msg(strstr(err.msg, "GPU"), "%s", err.msg);
+    }
+#else
+    ck_assert_int_eq(got, SQ_ERR_UNSUPPORTED);
     ck_assert_ptr_null(t2);
+#endif
     ck_assert_int_eq(sq_transport_close(t, &err), SQ_OK);
     sq_transport_destroy(t);
     sq_transport_destroy(NULL);

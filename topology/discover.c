@@ -139,7 +139,7 @@ static void add_cuda_gpus(hwloc_topology_t t, sq_node_info *out) {
     for (int i = 0; i < n; i++) {
         struct cudaDeviceProp p;
         if (cudaGetDeviceProperties(&p, i) != cudaSuccess) return;
-        snprintf(gpus[i].name, sizeof gpus[i].name, "%s", p.name);
+        snprintf(gpus[i].name, sizeof gpus[i].name, "%.*s", (int)sizeof gpus[i].name - 1, p.name);
         snprintf(gpus[i].pci_busid, sizeof gpus[i].pci_busid, "%04x:%02x:%02x.0",
                  (unsigned)p.pciDomainID, (unsigned)p.pciBusID, (unsigned)p.pciDeviceID);
         gpus[i].memory_bytes = (uint64_t)p.totalGlobalMem;
