@@ -49,7 +49,8 @@ sq_status sq_cli_agree(const sq_cli_ctx *ctx, sq_status local, sq_error *err);
     X(topo, "show this machine (hwloc: NUMA, cores, GPUs) or, under mpirun, the cluster")     \
     X(plan, "plan where every layer goes (optimal; config.json + a cluster, no weights)")      \
     X(quantize, "write a bitsandbytes 4-bit checkpoint, each rank quantizing its own layers") \
-    X(run, "generate: the ranks run the model as a pipeline, each its own 4-bit layers")
+    X(run, "generate: the ranks run the model as a pipeline, each its own 4-bit layers")   \
+    X(bench, "throughput of the pipeline: prefill / decode tok/s and bubble per micro-batch count")
 /* make_model is spelled make-model on the command line */
 
 #define SQ_CLI_DECLARE(name, help) int sq_cli_##name(int argc, char **argv, sq_cli_ctx *ctx);

@@ -1,0 +1,492 @@
+/* `shardq bench [MODEL_DIR | --preset-model tiny|small]`: sharded quantized throughput.  For
+ * each micro-batch count asked for, one sq_run over the ranks started with synthetic prompts
+ * (deterministic from --seed, no EOS id in them, EOS ignored while generating), then an
+ * nccl-tests-style table: a `#` header with names and units, one fixed-width row per
+ * configuration (ranks, batch, M, prefill and decode tokens/s, bubble measured vs the
+ * (p-1)/(m+p-1) model, load seconds), and an OK / FAILED footer; --json carries the same facts.
+ * Without MODEL_DIR, --preset-model makes a model with make-model's own code in a temporary
+ * folder (rank 0 writes it; every rank reads it, so it must be on a file system they share) and
+ * removes it afterwards.
+ * Thin: parses flags, makes prompts, calls sq_run, prints.  Must never hold model or pipeline
+ * logic; a failure during generation ends the job with MPI_Abort like `shardq run`. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "shardq/config.h"
+#include "shardq/runtime.h"
+
+#define MAX_CONFIGS 16
+#define MAX_BATCH 4096
+#define MAX_PROMPT_LEN 65536
+#define MAX_NEW_TOKENS 65536
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: [mpirun -np N] shardq bench (MODEL_DIR | --preset-model tiny|small)\n"
+        "          [--quant nf4|fp4|none] [--double-quant] [--blocksize N] [--batch B]\n"
+        "          [--prompt-len L] [--new-tokens N] [--micro-batches M[,M...]] [--seed S]\n"
+        "          [--backend auto|cpu|cuda] [--transport auto|mpi|nccl] [--device N]\n"
+        "          [--threads N] [--timeout S] [--json]\n\n"
+        "Measures pipelined 4-bit generation over the ranks started: for each micro-batch count\n"
+        "M, B synthetic prompts of L token ids (deterministic from --seed, never an EOS id) are\n"
+        "prefilled and decoded for N new tokens each (EOS ignored), exactly as 'shardq run' does;\n"
+        "the model is loaded (and quantized) again for every M.\n"
+        "  MODEL_DIR           a Hugging Face folder (config.json + *.safetensors)\n"
+        "  --preset-model P    no folder: make-model's preset P (tiny or small) in a temporary\n"
+        "                      folder under $TMPDIR (removed afterwards)\n"
+        "  --quant Q           nf4 (default), fp4 or none;  --double-quant;  --blocksize N\n"
+        "  --batch B           sequences per run, 1..%d (default 4)\n"
+        "  --prompt-len L      prompt tokens per sequence, 1..%d (default 32)\n"
+        "  --new-tokens N      generated tokens per sequence, 1..%d (default 16)\n"
+        "  --micro-batches M   comma-separated and/or repeated, each 1..B (default: 1, 2, 4, ...\n"
+        "                      up to B)\n"
+        "  --seed S            prompt ids seed (default 0)\n"
+        "  --backend, --transport, --device, --threads, --timeout: as for 'shardq run'\n"
+        "  --json              one JSON object with the same facts\n"
+        "Columns: ranks, batch, M, prefill tokens/s (prompt tokens / prefill wall time, slowest\n"
+        "rank), decode tokens/s (tokens after each sequence's first / decode wall time), bubble:\n"
+        "1 - sum(busy) / (ranks x wall) over the run, model: (p-1)/(M+p-1), load: slowest rank's\n"
+        "load seconds.  Footer OK when every run generated B x N tokens and (on the cpu backend,\n"
+        "whose results do not depend on batching) the tokens are the same for every M.\n",
+        MAX_BATCH, MAX_PROMPT_LEN, MAX_NEW_TOKENS);
+}
+
+/* ---- the temporary preset model -------------------------------------------------------------- */
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path) == 0 ? 0 : -1;
+}
+
+static void remove_tree(const char *path) {
+    if (path && *path) nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Collective: rank 0 makes a temporary folder, every rank learns its name, and make-model's
+ * code writes the preset into <tmp>/model (its summary line silenced).  On failure *tmp is
+ * "" or a folder to remove. */
+static sq_status make_preset(sq_cli_ctx *ctx, const char *preset, char *tmp, size_t tmp_n,
+                             char *model, size_t model_n, sq_error *err) {
+    sq_status st = SQ_OK;
+    tmp[0] = '\0';
+    if (ctx->rank == 0) {
+        const char *base = getenv("TMPDIR");
+        if (!base || !*base) base = "/tmp";
+        if (snprintf(tmp, tmp_n, "%s/shardq-bench-XXXXXX", base) >= (int)tmp_n)
+            st = sq_error_set(err, SQ_ERR_INVALID, base, NULL, "TMPDIR: path too long");
+        else if (!mkdtemp(tmp)) {
+            st = sq_error_set(err, SQ_ERR_IO, tmp, NULL, "cannot make a temporary folder: %s", strerror(errno));
+            tmp[0] = '\0';
+        }
+    }
+    if ((st = sq_cli_agree(ctx, st, err)) != SQ_OK) return st;
+    if (ctx->n_ranks > 1 && MPI_Bcast(tmp, (int)tmp_n, MPI_CHAR, 0, ctx->comm) != MPI_SUCCESS)
+        return sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Bcast of the temporary folder's name failed");
+    tmp[tmp_n - 1] = '\0';
+    snprintf(model, model_n, "%s/model", tmp);
+    char a0[] = "make-model", a1[] = "--out", a3[] = "--preset";
+    char *argv[] = {a0, a1, model, a3, (char *)preset, NULL};
+    /* make-model prints one summary line on rank 0: not part of the benchmark's output */
+    int saved = -1;
+    if (ctx->rank == 0) {
+        fflush(stdout);
+        saved = dup(STDOUT_FILENO);
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, STDOUT_FILENO);
+            close(null);
+        }
+    }
+    int rc = sq_cli_make_model(5, argv, ctx);   /* collective; reports its own error line */
+    if (saved >= 0) {
+        fflush(stdout);
+        dup2(saved, STDOUT_FILENO);
+        close(saved);
+    }
+    if (rc != 0)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "make-model --preset %s failed", preset);
+    return SQ_OK;
+}
+
+/* ---- synthetic prompts ------------------------------------------------------------------------ */
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static bool is_eos(const sq_model_config *c, int64_t id) {
+    for (int e = 0; e < c->n_eos; e++)
+        if (c->eos_token_ids[e] == id) return true;
+    return false;
+}
+
+/* (batch, len) ids in [0, vocab), none an EOS id of the config; sequence s's stream is seeded
+ * from (seed, s), so a sequence's prompt does not depend on the batch size. */
+static int32_t *make_prompts(const sq_model_config *c, uint64_t seed, int batch, int len) {
+    int32_t *ids = malloc((size_t)batch * (size_t)len * sizeof *ids);
+    if (!ids) return NULL;
+    for (int s = 0; s < batch; s++) {
+        uint64_t st = seed * 0x100000001b3ull ^ ((uint64_t)s + 1) * 0x9e3779b97f4a7c15ull;
+        for (int j = 0; j < len; j++) {
+            int64_t id = (int64_t)(splitmix64(&st) % (uint64_t)c->vocab_size);
+            for (int k = 0; k < c->n_eos + 1 && is_eos(c, id); k++) id = (id + 1) % c->vocab_size;
+            ids[(size_t)s * (size_t)len + (size_t)j] = (int32_t)id;
+        }
+    }
+    return ids;
+}
+
+/* ---- flags ----------------------------------------------------------------------------------- */
+
+typedef struct bench_opts {
+    const char *model_dir, *preset;
+    int batch, prompt_len, new_tokens, n_m;
+    int m[MAX_CONFIGS];
+    uint64_t seed;
+    bool json;
+} bench_opts;
+
+/* "1,2,4" appended to o->m; false with why filled */
+static bool parse_m_list(const char *v, bench_opts *o, char *why, size_t why_n) {
+    const char *p = v;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        char item[32];
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        int64_t x = 0;
+        if (n == 0 || n >= sizeof item) {
+            snprintf(why, why_n, "--micro-batches '%s': expected numbers separated by ','", v);
+            return false;
+        }
+        memcpy(item, p, n);
+        item[n] = '\0';
+        if (!sq_cli_parse_i64(item, 1, MAX_BATCH, &x)) {
+            snprintf(why, why_n, "--micro-batches: '%s' is not a count in 1..%d", item, MAX_BATCH);
+            return false;
+        }
+        if (o->n_m == MAX_CONFIGS) {
+            snprintf(why, why_n, "--micro-batches: at most %d configurations", MAX_CONFIGS);
+            return false;
+        }
+        o->m[o->n_m++] = (int)x;
+        if (!end) return true;
+        p = end + 1;
+    }
+}
+
+/* ---- output ---------------------------------------------------------------------------------- */
+
+typedef struct row {
+    int ranks, batch, m;
+    double prefill_tok_s, decode_tok_s, prefill_s, decode_s;
+    int64_t prefill_tokens, decode_tokens;
+    double bubble, prefill_bubble, decode_bubble, bubble_model, load_s;
+    bool tokens_ok;      /* batch x new_tokens tokens came back */
+} row;
+
+static void json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\') fprintf(f, "\\%c", *c);
+        else if (*c < 0x20) fprintf(f, "\\u%04x", *c);
+        else fputc(*c, f);
+    }
+    fputc('"', f);
+}
+
+static void print_preamble(const bench_opts *o, const char *model, const sq_run_result *r) {
+    printf("# shardq bench: %s (%s, %lld layers, hidden %lld, vocab %lld)%s\n", model,
+           r->cfg.architecture, (long long)r->cfg.n_layers, (long long)r->cfg.hidden_size,
+           (long long)r->cfg.vocab_size, o->preset ? " [preset, temporary]" : "");
+    printf("# %s%s blocksize %lld%s, backend %s, transport %s, %d thread%s per rank, prompt seed %llu\n",
+           sq_quant_type_name(r->scheme.type), r->scheme.double_quant ? "+double-quant" : "",
+           (long long)r->scheme.blocksize, r->prequantized ? " (as stored)" : "", r->backend,
+           r->transport, r->n_threads, r->n_threads == 1 ? "" : "s", (unsigned long long)o->seed);
+    printf("#\n");
+    printf("# %5s %6s %6s %6s %5s %12s %12s %8s %8s %9s\n", "ranks", "batch", "prompt", "new", "M",
+           "prefill", "decode", "bubble", "model", "load");
+    printf("# %5s %6s %6s %6s %5s %12s %12s %8s %8s %9s\n", "", "", "(tok)", "(tok)", "",
+           "(tok/s)", "(tok/s)", "", "", "(s)");
+    fflush(stdout);
+}
+
+static void print_row(const bench_opts *o, const row *w) {
+    printf("  %5d %6d %6d %6d %5d %12.1f %12.1f %8.3f %8.3f %9.3f\n", w->ranks, w->batch, o->prompt_len,
+           o->new_tokens, w->m, w->prefill_tok_s, w->decode_tok_s, w->bubble, w->bubble_model, w->load_s);
+    fflush(stdout);
+}
+
+static void print_json(const bench_opts *o, const char *model, const sq_run_result *r, const row *rows,
+                       int n_rows, bool same_tokens, bool ok) {
+    printf("{\"model\": ");
+    json_str(stdout, model);
+    printf(", \"preset\": ");
+    if (o->preset) json_str(stdout, o->preset);
+    else printf("null");
+    printf(", \"architecture\": \"%s\", \"n_layers\": %lld, \"hidden_size\": %lld, \"vocab_size\": %lld, "
+           "\"n_ranks\": %d, \"backend\": ", r->cfg.architecture, (long long)r->cfg.n_layers,
+           (long long)r->cfg.hidden_size, (long long)r->cfg.vocab_size, r->n_ranks);
+    json_str(stdout, r->backend);
+    printf(", \"backend_kind\": \"%s\", \"transport\": \"%s\", \"threads\": %d, \"quant\": \"%s\", "
+           "\"double_quant\": %s, \"blocksize\": %lld, \"prequantized\": %s, \"batch\": %d, "
+           "\"prompt_len\": %d, \"new_tokens\": %d, \"seed\": %llu,\n \"rows\": [",
+           r->backend_kind, r->transport, r->n_threads, sq_quant_type_name(r->scheme.type),
+           r->scheme.double_quant ? "true" : "false", (long long)r->scheme.blocksize,
+           r->prequantized ? "true" : "false", o->batch, o->prompt_len, o->new_tokens,
+           (unsigned long long)o->seed);
+    for (int i = 0; i < n_rows; i++) {
+        const row *w = &rows[i];
+        printf("%s\n  {\"ranks\": %d, \"batch\": %d, \"micro_batches\": %d, \"prefill_tokens\": %lld, "
+               "\"prefill_s\": %.6f, \"prefill_tok_s\": %.3f, \"decode_tokens\": %lld, \"decode_s\": %.6f, "
+               "\"decode_tok_s\": %.3f, \"bubble\": %.6f, \"prefill_bubble\": %.6f, \"decode_bubble\": %.6f, "
+               "\"bubble_model\": %.6f, \"load_s\": %.6f, \"tokens_ok\": %s}", i ? "," : "", w->ranks,
+               w->batch, w->m, (long long)w->prefill_tokens, w->prefill_s, w->prefill_tok_s,
+               (long long)w->decode_tokens, w->decode_s, w->decode_tok_s, w->bubble, w->prefill_bubble,
+               w->decode_bubble, w->bubble_model, w->load_s, w->tokens_ok ? "true" : "false");
+    }
+    printf("],\n \"same_tokens\": %s, \"ok\": %s}\n", same_tokens ? "true" : "false", ok ? "true" : "false");
+}
+
+/* The context's log: warnings and errors only (the runs' info lines would repeat per row). */
+static void warn_log(void *user, sq_log_level level, const char *msg) {
+    const sq_log *inner = user;
+    if (level <= SQ_LOG_WARN && inner->fn) inner->fn(inner->user, level, msg);
+}
+
+/* ---- the command ----------------------------------------------------------------------------- */
+
+int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
+    const char *cmd = "bench";
+    bench_opts o = {.batch = 4, .prompt_len = 32, .new_tokens = 16};
+    sq_run_options ro = sq_run_options_default();
+    bool dq = false, quant_given = false;
+    int64_t v64 = 0;
+    double vd = 0;
+    char why[256];
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        bool missing = false;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            if (ctx->rank == 0) usage(stdout);
+            return 0;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--preset-model", &v, &missing)) {
+            if (!missing && strcmp(v, "tiny") && strcmp(v, "small"))
+                return sq_cli_usage_error(ctx, cmd, "--preset-model must be tiny or small, not '%s'", v);
+            o.preset = v;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--quant", &v, &missing)) {
+            if (!missing && !sq_quant_type_from_name(v, &ro.scheme.type))
+                return sq_cli_usage_error(ctx, cmd, "--quant must be nf4, fp4 or none, not '%s'", v);
+            quant_given = true;
+        } else if (!strcmp(argv[i], "--double-quant")) {
+            dq = true;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--blocksize", &v, &missing)) {
+            if (!missing && (!sq_cli_parse_i64(v, 32, 4096, &v64) || (v64 & (v64 - 1)) != 0))
+                return sq_cli_usage_error(ctx, cmd, "--blocksize must be a power of two in 32..4096, not '%s'", v);
+            ro.scheme.blocksize = v64;
+            quant_given = true;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--batch", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 1, MAX_BATCH, &v64))
+                return sq_cli_usage_error(ctx, cmd, "--batch must be 1..%d, not '%s'", MAX_BATCH, v);
+            o.batch = (int)v64;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--prompt-len", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 1, MAX_PROMPT_LEN, &v64))
+                return sq_cli_usage_error(ctx, cmd, "--prompt-len must be 1..%d, not '%s'", MAX_PROMPT_LEN, v);
+            o.prompt_len = (int)v64;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--new-tokens", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 1, MAX_NEW_TOKENS, &v64))
+                return sq_cli_usage_error(ctx, cmd, "--new-tokens must be 1..%d, not '%s'", MAX_NEW_TOKENS, v);
+            o.new_tokens = (int)v64;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--micro-batches", &v, &missing)) {
+            if (!missing && !parse_m_list(v, &o, why, sizeof why)) return sq_cli_usage_error(ctx, cmd, "%s", why);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--seed", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 0, INT64_MAX, &v64))
+                return sq_cli_usage_error(ctx, cmd, "--seed must be a whole number >= 0, not '%s'", v);
+            o.seed = (uint64_t)v64;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--backend", &v, &missing)) {
+            if (!missing && !sq_run_backend_from_name(v, &ro.backend))
+                return sq_cli_usage_error(ctx, cmd, "--backend must be auto, cpu or cuda, not '%s'", v);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--transport", &v, &missing)) {
+            if (!missing && !sq_run_transport_from_name(v, &ro.transport))
+                return sq_cli_usage_error(ctx, cmd, "--transport must be auto, mpi or nccl, not '%s'", v);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--device", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 0, 1023, &v64))
+                return sq_cli_usage_error(ctx, cmd, "--device must be a CUDA device number 0..1023, not '%s'", v);
+            ro.device = (int)v64;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--threads", &v, &missing)) {
+            if (!missing && !sq_cli_parse_i64(v, 1, 4096, &v64))
+                return sq_cli_usage_error(ctx, cmd, "--threads must be 1..4096, not '%s'", v);
+            ro.n_threads = (int)v64;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--timeout", &v, &missing)) {
+            if (!missing && (!sq_cli_parse_f64(v, 0, 1e6, &vd) || vd <= 0))
+                return sq_cli_usage_error(ctx, cmd, "--timeout must be a positive number of seconds, not '%s'", v);
+            ro.timeout_s = vd;
+        } else if (!strcmp(argv[i], "--json")) {
+            o.json = true;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            return sq_cli_usage_error(ctx, cmd, "unknown option '%s'", argv[i]);
+        } else if (!o.model_dir) {
+            o.model_dir = argv[i];
+        } else {
+            return sq_cli_usage_error(ctx, cmd, "unexpected argument '%s'", argv[i]);
+        }
+        if (missing) return sq_cli_usage_error(ctx, cmd, "%s needs a value", argv[i]);
+    }
+    if (!o.model_dir && !o.preset) return sq_cli_usage_error(ctx, cmd, "give MODEL_DIR or --preset-model tiny|small");
+    if (o.model_dir && o.preset) return sq_cli_usage_error(ctx, cmd, "give MODEL_DIR or --preset-model, not both");
+    if (o.n_m == 0)
+        for (int m = 1; m <= o.batch && o.n_m < MAX_CONFIGS; m *= 2) o.m[o.n_m++] = m;
+    for (int k = 0; k < o.n_m; k++)
+        if (o.m[k] > o.batch)
+            return sq_cli_usage_error(ctx, cmd, "--micro-batches %d exceeds --batch %d", o.m[k], o.batch);
+    ro.scheme.double_quant = dq;
+    ro.scheme_given = quant_given || dq;
+
+    sq_error err;
+    sq_error_init(&err, ctx->n_ranks > 1 ? ctx->rank : -1);
+    char tmp[1024] = "", model[1200];
+    sq_status st = SQ_OK;
+    if (o.preset) {
+        st = make_preset(ctx, o.preset, tmp, sizeof tmp, model, sizeof model, &err);
+        if (st != SQ_OK) {
+            if (ctx->rank == 0) remove_tree(tmp);
+            /* make-model reported its own line; anything before it is reported here */
+            return (ctx->rank == 0 && !strstr(err.msg, "make-model")) ? sq_cli_report(ctx, &err) : 1;
+        }
+    } else {
+        snprintf(model, sizeof model, "%s", o.model_dir);
+    }
+
+    /* rank 0: the prompts, from the config's vocabulary and EOS ids */
+    int32_t *ids = NULL;
+    const int32_t **prompts = NULL;
+    int32_t *lens = NULL;
+    row *rows = calloc((size_t)o.n_m, sizeof *rows);
+    int32_t *first_tokens = NULL;   /* (batch, new_tokens) of the first configuration */
+    if (!rows) st = sq_error_set(&err, SQ_ERR_NOMEM, NULL, NULL, "out of memory");
+    if (st == SQ_OK && ctx->rank == 0) {
+        sq_model_config cfg;
+        st = sq_config_load(model, &cfg, &err);
+        if (st == SQ_OK) {
+            ids = make_prompts(&cfg, o.seed, o.batch, o.prompt_len);
+            prompts = malloc((size_t)o.batch * sizeof *prompts);
+            lens = malloc((size_t)o.batch * sizeof *lens);
+            first_tokens = calloc((size_t)o.batch * (size_t)o.new_tokens, sizeof *first_tokens);
+            if (!ids || !prompts || !lens || !first_tokens) {
+                st = sq_error_set(&err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for %d prompts of %d tokens",
+                                  o.batch, o.prompt_len);
+            } else {
+                for (int s = 0; s < o.batch; s++) {
+                    prompts[s] = ids + (size_t)s * (size_t)o.prompt_len;
+                    lens[s] = o.prompt_len;
+                }
+            }
+        }
+    }
+    st = sq_cli_agree(ctx, st, &err);
+    sq_log inner = ctx->log;
+    ro.log = (sq_log){.fn = warn_log, .user = &inner};
+    ro.model_dir = model;
+    ro.n_seqs = o.batch;
+    ro.prompts = (const int32_t *const *)prompts;
+    ro.prompt_lens = lens;
+    ro.max_new_tokens = o.new_tokens;
+    ro.ignore_eos = true;
+
+    sq_run_result *first = NULL;   /* rank 0: the first run's result (config, backend, …) */
+    bool same_tokens = true, all_ok = true;
+    int n_rows = 0;
+    for (int k = 0; st == SQ_OK && k < o.n_m; k++) {
+        ro.n_micro_batches = o.m[k];
+        sq_run_result *r = NULL;
+        bool must_abort = false;
+        st = sq_run(ctx->comm, &ro, &r, &must_abort, &err);
+        if (st != SQ_OK && must_abort) {
+            if (ctx->rank == 0) remove_tree(tmp);
+            bool own = err.code != SQ_ERR_PEER, blames_0 = !strncmp(err.msg, "rank 0 ", 7);
+            if (ctx->rank == 0 || own || (blames_0 && ctx->rank == 1)) {
+                sq_cli_report(ctx, &err);
+            } else {
+                struct timespec ts = {1, 0};   /* let the rank that reports do it first */
+                nanosleep(&ts, NULL);
+            }
+            fflush(stdout);
+            MPI_Abort(ctx->comm, 1);
+        }
+        if (st != SQ_OK || ctx->rank != 0) continue;
+        const sq_pipeline_result *p = r->pipe;
+        row *w = &rows[n_rows++];
+        *w = (row){.ranks = r->n_ranks, .batch = o.batch, .m = p->n_micro_batches,
+                   .prefill_s = p->prefill_s, .decode_s = p->decode_s,
+                   .prefill_tokens = p->prefill_tokens, .decode_tokens = p->decode_tokens,
+                   .prefill_tok_s = p->prefill_s > 0 ? (double)p->prefill_tokens / p->prefill_s : 0,
+                   .decode_tok_s = p->decode_s > 0 ? (double)p->decode_tokens / p->decode_s : 0,
+                   .bubble = p->bubble_fraction, .prefill_bubble = p->prefill_bubble_fraction,
+                   .decode_bubble = p->decode_bubble_fraction, .bubble_model = p->bubble_model,
+                   .load_s = r->load_s, .tokens_ok = p->n_seqs == o.batch};
+        for (int32_t s = 0; w->tokens_ok && s < p->n_seqs; s++) {
+            if (p->n_tokens[s] != o.new_tokens) {
+                w->tokens_ok = false;
+                break;
+            }
+            int32_t *ref = first_tokens + (size_t)s * (size_t)o.new_tokens;
+            if (k == 0) memcpy(ref, p->tokens[s], (size_t)o.new_tokens * sizeof *ref);
+            else if (memcmp(ref, p->tokens[s], (size_t)o.new_tokens * sizeof *ref)) same_tokens = false;
+        }
+        all_ok = all_ok && w->tokens_ok;
+        if (k == 0) {
+            first = r;
+            if (!o.json) print_preamble(&o, model, first);
+        } else {
+            sq_run_result_destroy(r);
+        }
+        if (!o.json) print_row(&o, w);
+    }
+    int rc = 0;
+    if (st != SQ_OK) {
+        rc = ctx->rank == 0 ? sq_cli_report(ctx, &err) : 1;
+    } else if (ctx->rank == 0 && !first) {
+        sq_error_set(&err, SQ_ERR_INTERNAL, NULL, NULL, "bench: no configuration ran");
+        rc = sq_cli_report(ctx, &err);   /* not reached: every configuration ran or failed */
+    } else if (ctx->rank == 0) {
+        /* batching does not change the cpu backend's results; cuda's rounding may depend on
+         * the rows per call, so there a difference is reported, not failed */
+        bool cpu = !strcmp(first->backend_kind, "cpu");
+        bool ok = all_ok && (same_tokens || !cpu);
+        if (o.json) {
+            print_json(&o, model, first, rows, n_rows, same_tokens, ok);
+        } else {
+            printf("# %s: %d configuration%s on %d rank%s, %s%s\n", ok ? "OK" : "FAILED", n_rows,
+                   n_rows == 1 ? "" : "s", first->n_ranks, first->n_ranks == 1 ? "" : "s",
+                   !all_ok ? "a run generated fewer tokens than asked"
+                   : same_tokens ? "the same tokens for every micro-batch count"
+                                 : "tokens differ between micro-batch counts",
+                   !same_tokens && !cpu ? " (cuda: rounding depends on rows per call)" : "");
+        }
+        rc = ok ? 0 : 1;
+    }
+    if (ctx->n_ranks > 1) {   /* every rank leaves with rank 0's verdict, after the last read */
+        int all = rc;
+        MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, ctx->comm);
+        rc = all;
+    }
+    if (ctx->rank == 0) remove_tree(tmp);
+    sq_run_result_destroy(first);
+    free(rows);
+    free(first_tokens);
+    free(ids);
+    free(prompts);
+    free(lens);
+    return rc;
+}
