@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh: the one GPU script (issue 6).  Builds shardq for sm_90 in a fresh folder, runs
 # the gpu-labelled tests (every backend op on the CPU and the GPU, named error bounds) and the CPU
-# test of the shared kernel math, the pipeline on one GPU when `shardq run` exists, and the GPU
-# benchmark (bench_gpu: copy bandwidth, NF4 GEMV vs cuBLAS fp16, GPU quantize).  Without a GPU
-# every GPU step reports a skip and the script still exits 0 when everything else passed.
+# test of the shared kernel math, the pipeline on one GPU, and the GPU benchmark (bench_gpu: copy
+# bandwidth, NF4 GEMV vs cuBLAS fp16, GPU quantize).  Without a GPU every GPU step reports a skip
+# and the script still exits 0 when everything else passed.
+#
+# The pipeline (step 4) on make-model's `small` preset, greedy, for --quant nf4 and none: the CPU
+# backend on 1 rank is the reference; on a GPU, 1 rank with the cuda backend (nccl transport) and
+# 2 ranks sharing the GPU with --transport mpi (device activations staged through pinned memory)
+# must give the reference's tokens; decode tokens/s of each run are printed, then `shardq bench`
+# on the preset (1 rank cuda; 2 ranks on the one GPU over mpi).  Without a GPU it checks the CPU
+# reference on 1 and 2 ranks and that --backend cuda is refused with one line.
 #
 # Machines without Open MPI / hwloc / cJSON / Check (the device machine): carry their .deb files
 # in .debs/ (see docs/BENCHMARKS.md); they are unpacked with dpkg -x into a scratch prefix and
@@ -12,7 +19,8 @@
 # Environment: SQ_GPU_BUILD (build folder, default build-gpu-sm90, wiped first), SQ_DEBS (.deb
 # folder, default .debs), SQ_FORCE_DEBS=1 (unpack even when the tools are installed),
 # SQ_JOBS (parallel build jobs), OUT (folder for logs; default $SQ_GPU_BUILD/out),
-# SQ_GPU_RUN_ARGS (arguments of the one-GPU pipeline run, after `shardq`).
+# SQ_MPIRUN_FLAGS (mpirun flags; default --allow-run-as-root --oversubscribe --bind-to none),
+# SQ_PIPE_NEW_TOKENS (tokens per sequence in the pipeline runs, default 32).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${SQ_GPU_BUILD:-$ROOT/build-gpu-sm90}
@@ -83,21 +91,88 @@ if [ "$GPU" = 1 ]; then
 fi
 
 # ---- 4. the pipeline on one GPU -----------------------------------------------------------
+# tokens of a `shardq run --json` output: the "tokens" line, spaces removed
+tokens_of() { grep -m1 '"tokens":' "$1" | tr -d ' \n' | sed -e 's/^"tokens"://' -e 's/,$//'; }
+json_num() { grep -o "\"$2\": [0-9.eE+-]*" "$1" | head -1 | sed 's/.*: //'; }
 if [ "$HAVE_RUN" = 0 ]; then
     say "skip: the pipeline run (no 'shardq run' in this tree yet)"
-elif [ "$GPU" = 0 ]; then
-    say "skip: the pipeline run (no GPU)"
 else
+    read -r -a MPIRUN <<< "mpirun ${SQ_MPIRUN_FLAGS:---allow-run-as-root --oversubscribe --bind-to none}"
+    SQ=$BUILD/src/cli/shardq
     M="$OUT/model-small"
-    "$BUILD/shardq" make-model --out "$M" --preset small --force > "$OUT/make-model.log" 2>&1 || status=1
-    ARGS=${SQ_GPU_RUN_ARGS:-"run --model $M --backend cuda --max-new 64 --prompt hello"}
-    # 1 rank with NCCL, then 2 ranks sharing the GPU over the MPI transport (staged buffers)
-    # shellcheck disable=SC2086
-    (set -x; mpirun --allow-run-as-root -np 1 "$BUILD/shardq" $ARGS --transport nccl) \
-        2>&1 | tee "$OUT/run-1rank-nccl.log" || status=1
-    # shellcheck disable=SC2086
-    (set -x; mpirun --allow-run-as-root --oversubscribe -np 2 "$BUILD/shardq" $ARGS --transport mpi) \
-        2>&1 | tee "$OUT/run-2ranks-mpi.log" || status=1
+    NEW=${SQ_PIPE_NEW_TOKENS:-32}
+    IDS='1,17,42,99,7,300,5;12,8,1000,77;250,3,64,512,9,31'
+    "$SQ" make-model --out "$M" --preset small --force > "$OUT/make-model.log" 2>&1 ||
+        { cat "$OUT/make-model.log"; status=1; }
+    # one run: NAME NP ARGS...; its JSON in $OUT/pipe-NAME.json, a row in the summary
+    pipe_rows=()
+    pipe_run() {
+        local name=$1 np=$2
+        shift 2
+        local log="$OUT/pipe-$name.json"
+        if (set -x; timeout 300 "${MPIRUN[@]}" -np "$np" "$SQ" run "$M" --prompt-ids "$IDS" \
+                --max-new-tokens "$NEW" --ignore-eos --json "$@") > "$log" 2> "$OUT/pipe-$name.err"; then
+            pipe_rows+=("$(printf '  %-22s %3d %-9s %-5s %12s %12s' "$name" "$np" \
+                "$(grep -o '"backend_kind": "[a-z]*"' "$log" | sed 's/.*: "//; s/"//')" \
+                "$(grep -o '"transport": "[a-z]*"' "$log" | sed 's/.*: "//; s/"//')" \
+                "$(json_num "$log" prefill_tok_s)" "$(json_num "$log" decode_tok_s)")")
+            return 0
+        fi
+        cat "$OUT/pipe-$name.err"
+        say "FAILED: pipeline run $name"
+        return 1
+    }
+    # the same tokens as the reference, or the first position where they part
+    same_tokens() {
+        local ref want got
+        ref=$1
+        want=$(tokens_of "$OUT/pipe-$ref.json")
+        got=$(tokens_of "$OUT/pipe-$2.json")
+        if [ -n "$want" ] && [ "$want" = "$got" ]; then
+            say "$2: the same tokens as $ref"
+        else
+            say "FAILED: $2 tokens differ from $ref"
+            printf '  %s: %s\n  %s: %s\n' "$ref" "$want" "$2" "$got"
+            return 1
+        fi
+    }
+    for q in nf4 none; do
+        pipe_run "cpu-1rank-$q" 1 --quant "$q" --backend cpu --transport mpi || status=1
+        pipe_run "cpu-2ranks-$q" 2 --quant "$q" --backend cpu --transport mpi || status=1
+        same_tokens "cpu-1rank-$q" "cpu-2ranks-$q" || status=1
+        if [ "$GPU" = 1 ]; then
+            pipe_run "cuda-1rank-nccl-$q" 1 --quant "$q" --backend cuda --transport nccl || status=1
+            pipe_run "cuda-2ranks-mpi-$q" 2 --quant "$q" --backend cuda --transport mpi || status=1
+            same_tokens "cpu-1rank-$q" "cuda-1rank-nccl-$q" || status=1
+            same_tokens "cpu-1rank-$q" "cuda-2ranks-mpi-$q" || status=1
+        fi
+    done
+    printf '# pipeline on the small preset, %s new tokens per sequence, greedy\n' "$NEW"
+    printf '# %-22s %3s %-9s %-5s %12s %12s\n' run ranks backend xport "prefill" "decode"
+    printf '# %-22s %3s %-9s %-5s %12s %12s\n' "" "" "" "" "(tok/s)" "(tok/s)"
+    printf '%s\n' "${pipe_rows[@]}" | tee "$OUT/pipeline.txt"
+    if [ "$GPU" = 1 ]; then
+        # throughput over micro-batch counts: 1 rank on the GPU, then 2 ranks sharing it
+        (set -x; timeout 300 "${MPIRUN[@]}" -np 1 "$SQ" bench "$M" --backend cuda --batch 8 \
+            --prompt-len 64 --new-tokens 64 --micro-batches 1,2,4,8) 2>&1 | tee "$OUT/bench-1rank.txt" || status=1
+        (set -x; timeout 300 "${MPIRUN[@]}" -np 2 "$SQ" bench "$M" --backend cuda --transport mpi \
+            --batch 8 --prompt-len 64 --new-tokens 64 --micro-batches 1,2,4,8) 2>&1 |
+            tee "$OUT/bench-2ranks-mpi.txt" || status=1
+    else
+        say "skip: the pipeline on a GPU (no GPU)"
+        # where there is none, cuda must be refused with one line and exit 1, not hang
+        set +e
+        timeout 60 "${MPIRUN[@]}" -np 2 "$SQ" run "$M" --prompt-ids 1,2 --backend cuda > "$OUT/no-gpu.log" 2>&1
+        rc=$?
+        set -e
+        if [ "$rc" = 1 ] && [ "$(grep -c '^shardq: ' "$OUT/no-gpu.log")" = 1 ]; then
+            say "no GPU: --backend cuda refused: $(grep '^shardq: ' "$OUT/no-gpu.log")"
+        else
+            say "FAILED: --backend cuda without a GPU: exit $rc"
+            cat "$OUT/no-gpu.log"
+            status=1
+        fi
+    fi
 fi
 
 # ---- 5. the benchmark ---------------------------------------------------------------------
