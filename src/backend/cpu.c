@@ -1,6 +1,7 @@
 /* The CPU backend: host memory, weight upload (dense kept as F32 / BF16; 4-bit repacked per
- * 32-element group), element-wise ops, embedding and RMSNorm.  Kernels for Linear, RoPE,
- * attention and sampling are in cpu_linear.c, cpu_attn.c and cpu_sample.c.
+ * 64-element group by cpu_linear.c, any in_features), element-wise ops, embedding and RMSNorm.
+ * Kernels for Linear, RoPE, attention and sampling are in cpu_linear.c, cpu_attn.c and
+ * cpu_sample.c.
  * Must never keep a dequantized copy of a 4-bit weight, allocate inside an op, or print. */
 #include "cpu_impl.h"
 
@@ -100,69 +101,31 @@ static sq_status cpu_weight_dense(sq_backend *be, sq_weight *w, sq_dtype dt, con
     return SQ_OK;
 }
 
-typedef struct {
-    const uint8_t *src;   /* bnb: element i in byte i / 2, the even one in the high nibble */
-    uint8_t *dst;
-    int64_t K, rows;
-} repack_ctx;
-
-/* Rows [64 t, 64 t + 64): byte by byte, so the layout does not depend on the host's endianness
- * (it equals sq_cpu_q4_pos; the tests read it back through the portable path). */
-static void repack_task(void *ctx_, int64_t t, int thread) {
-    const repack_ctx *c = ctx_;
-    int64_t K = c->K, full = K & ~(int64_t)63;
-    int64_t end = 64 * t + 64 < c->rows ? 64 * t + 64 : c->rows;
-    for (int64_t o = 64 * t; o < end; o++) {
-        const uint8_t *s = c->src + o * (K / 2);   /* K % 32 == 0: rows start on a byte */
-        uint8_t *d = c->dst + o * (K / 2);
-        for (int64_t g = 0; g < full; g += 64, s += 32, d += 32)
-            for (int l = 0; l < 8; l++)
-                for (int cb = 0; cb < 4; cb++) {        /* byte cb of lane l: chunks 2cb, 2cb+1 */
-                    int e0 = 16 * cb + l, e1 = e0 + 8;
-                    uint8_t lo = (uint8_t)((e0 & 1) ? (s[e0 >> 1] & 15) : (s[e0 >> 1] >> 4));
-                    uint8_t hi = (uint8_t)((e1 & 1) ? (s[e1 >> 1] & 15) : (s[e1 >> 1] >> 4));
-                    d[4 * l + cb] = (uint8_t)(lo | (hi << 4));
-                }
-        if (K & 32)
-            for (int l = 0; l < 8; l++)
-                for (int cb = 0; cb < 2; cb++) {
-                    int e0 = 16 * cb + l, e1 = e0 + 8;
-                    uint8_t lo = (uint8_t)((e0 & 1) ? (s[e0 >> 1] & 15) : (s[e0 >> 1] >> 4));
-                    uint8_t hi = (uint8_t)((e1 & 1) ? (s[e1 >> 1] & 15) : (s[e1 >> 1] >> 4));
-                    d[2 * l + cb] = (uint8_t)(lo | (hi << 4));
-                }
-    }
-}
-
-/* Repacked into the layout of sq_cpu_q4_pos (cpu_impl.h); absmax stays one float32 per bnb
- * block (flat index (o * cols + k) / blocksize), double-quant absmax expanded once. */
+/* Repacked into the layout of sq_cpu_q4_pos (cpu_impl.h, any in_features; cpu_linear.c does
+ * it); absmax stays one float32 per bnb block (flat index (o * cols + k) / blocksize, blocks
+ * may cross rows), double-quant absmax expanded once. */
 static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor *q,
                                  sq_error *err) {
-    if (w->cols % 32)
-        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, w->name,
-                            "cpu backend: 4-bit weight with %lld input features (needs a multiple of 32)",
-                            (long long)w->cols);
     const float *code = sq_quant_code_table(q->type);
     if (!code)
         return sq_error_set(err, SQ_ERR_INTERNAL, NULL, w->name, "no code table for quant type %d",
                             (int)q->type);
     memcpy(w->code, code, sizeof w->code);
-    uint64_t n = q->n_elements;
+    uint64_t packed_bytes = (uint64_t)w->rows * (uint64_t)sq_cpu_q4_row_bytes(w->cols);
     void *packed = NULL, *absmax = NULL;
-    sq_status st = cpu_alloc(be, n / 2, &packed, err);
+    sq_status st = cpu_alloc(be, packed_bytes, &packed, err);
     if (st == SQ_OK) st = cpu_alloc(be, q->n_blocks * sizeof(float), &absmax, err);
     if (st != SQ_OK) {
         free(packed);
         return st;
     }
-    repack_ctx rc = {q->packed, packed, w->cols, w->rows};
-    sq_pool_run(sq_cpu_of(be)->pool, (w->rows + 63) / 64, repack_task, &rc);
+    sq_cpu_q4_repack(sq_cpu_of(be)->pool, q->packed, packed, w->rows, w->cols);
     float *am = absmax;
     for (uint64_t b = 0; b < q->n_blocks; b++)
         am[b] = q->double_quant ? sq_qtensor_absmax(q, b) : q->absmax[b];
     w->data_d = packed;
     w->absmax_d = absmax;
-    w->n_bytes = n / 2 + q->n_blocks * sizeof(float);
+    w->n_bytes = packed_bytes + q->n_blocks * sizeof(float);
     return SQ_OK;
 }
 

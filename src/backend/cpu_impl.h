@@ -34,23 +34,31 @@ sq_status sq_cpu_sample(sq_backend *be, const void *logits_d, int64_t n_rows, in
                         const sq_sample_params *p, const uint64_t *seq_ids,
                         const uint64_t *steps, int32_t *ids_out, sq_error *err);
 
-/* The CPU backend's 4-bit layout.  Row o of a [N, K] weight (K % 32 == 0) takes K / 2 bytes at
- * o * K / 2.  Each full group of 64 elements is 32 bytes read as eight 32-bit lanes: lane l holds,
- * in nibble c (bits 4c .. 4c + 3), element 8c + l of the group, so the 8-element chunk c of the
- * group is `lanes >> 4c` with no shuffle.  A trailing half group (K % 64 == 32) is 16 bytes read
- * as eight 16-bit lanes with the same rule for its 4 chunks.  Element k's byte and nibble shift: */
+/* The CPU backend's 4-bit layout (any K >= 1).  Row o of a [N, K] weight takes
+ * sq_cpu_q4_row_bytes(K) bytes at o * that.  Each group of 64 elements k = 64 G + e is 32 bytes at
+ * 32 G: element e sits in the low nibble (e < 32) or the high nibble (e >= 32) of byte
+ * pos(e % 32), pos(8 j + i) = 4 j + i for i < 4 and 16 + 4 j + (i - 4) for i >= 4, so that a
+ * vpshufb lookup of the 32 nibbles of a half and two rounds of unpacks give the half's four
+ * 8-element chunks in k order.  A last group of 1 .. 32 elements takes 16 bytes: element e in
+ * byte pos(e) % 16, low nibble for pos(e) < 16.  Unused nibbles are zero.  Element k's byte and
+ * nibble shift: */
 static inline void sq_cpu_q4_pos(int64_t K, int64_t k, int64_t *byte, int *shift) {
-    int64_t G = K / 64;
-    if (k < G * 64) {
-        int64_t e = k & 63;
-        *byte = (k >> 6) * 32 + 4 * (e & 7) + (e >> 4);
-        *shift = (int)((e >> 3) & 1) * 4;
+    int64_t G = k >> 6;
+    int e = (int)(k & 63), i = e & 7, j = (e >> 3) & 3;
+    int p = i < 4 ? 4 * j + i : 16 + 4 * j + (i - 4);
+    if (K - G * 64 > 32) {
+        *byte = G * 32 + p;
+        *shift = (e >> 5) * 4;
     } else {
-        int64_t e = k - G * 64;
-        *byte = G * 32 + 2 * (e & 7) + (e >> 4);
-        *shift = (int)((e >> 3) & 1) * 4;
+        *byte = G * 32 + (p & 15);
+        *shift = (p >> 4) * 4;
     }
 }
+/* Packed bytes per weight row. */
+int64_t sq_cpu_q4_row_bytes(int64_t K);
+/* bnb's packed nibbles of a [rows, K] weight (flat element i in byte i / 2, even i in the high
+ * nibble) into the layout above, rows in parallel on pool (NULL: the calling thread). */
+void sq_cpu_q4_repack(sq_pool *pool, const uint8_t *src, uint8_t *dst, int64_t rows, int64_t K);
 
 /* Dot product with the backend's fixed order: one 8-lane accumulator, fused multiply-adds
  * over k = 0, 8, 16, …, a fixed horizontal sum, then the tail fused one by one. */
