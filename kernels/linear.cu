@@ -98,6 +98,34 @@ k_gemv_q4(const sq_cuda_wdesc w, const float *__restrict__ x, const float *__res
     }
 }
 
+/* 4-bit rows of any length (cols % 32 != 0: rows start anywhere in bnb's flat layout, even
+ * mid-byte): lane l takes elements l, l + 32, …, each decoded from its flat index. */
+template <int R>
+__global__ void __launch_bounds__(kWarps * 32)
+k_gemv_q4_any(const sq_cuda_wdesc w, const float *__restrict__ x, const float *__restrict__ bias,
+              float *__restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int64_t o = (int64_t)blockIdx.x * kWarps + (threadIdx.x >> 5);
+    if (o >= w.rows) return;
+    const int64_t K = w.cols;
+    const uint8_t *packed = reinterpret_cast<const uint8_t *>(w.data_d);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    for (int64_t k = lane; k < K; k += 32) {
+        const int64_t f = o * K + k;
+        const unsigned b = __ldg(packed + (f >> 1));
+        const float wk = sq_bm_q4_weight(w.code, (f & 1) ? (b & 15u) : (b >> 4), __ldg(w.absmax_d + (f >> w.log2_block)));
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = fmaf(wk, __ldg(x + (int64_t)r * K + k), acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = warp_sum(acc[r]);
+        if (lane == 0) out[(int64_t)r * w.rows + o] = bias ? s + bias[o] : s;
+    }
+}
+
 /* Dense rows: 16-byte chunks of 4 float32 or 8 bfloat16 when the row is 16-byte aligned and a
  * whole number of chunks; element-strided otherwise. */
 template <int R, bool BF16>
@@ -163,7 +191,9 @@ template <int R>
 cudaError_t launch_gemv(const sq_cuda_wdesc &w, const float *x, const float *bias, float *out,
                         cudaStream_t stream) {
     const unsigned grid = (unsigned)((w.rows + kWarps - 1) / kWarps);
-    if (w.store == SQ_CUDA_W_Q4) {
+    if (w.store == SQ_CUDA_W_Q4 && (w.cols % 32 || (uintptr_t)x % 16)) {
+        k_gemv_q4_any<R><<<grid, kWarps * 32, 0, stream>>>(w, x, bias, out);
+    } else if (w.store == SQ_CUDA_W_Q4) {
         k_gemv_q4<R><<<grid, kWarps * 32, 0, stream>>>(w, x, bias, out);
     } else {
         const int esz = w.store == SQ_CUDA_W_BF16 ? 2 : 4;
@@ -177,14 +207,15 @@ cudaError_t launch_gemv(const sq_cuda_wdesc &w, const float *x, const float *bia
     return cudaGetLastError();
 }
 
-/* One thread per 32 elements (4-bit: one 16-byte chunk; dense: element-wise). */
+/* One thread per 32 elements (4-bit with cols % 32 == 0: one 16-byte chunk; otherwise
+ * element-wise). */
 __global__ void k_weight_to_f32(const sq_cuda_wdesc w, int64_t row0, int64_t n_elems,
                                 float *__restrict__ dst) {
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int64_t e0 = g * 32;
     if (e0 >= n_elems) return;
     const int64_t base = row0 * w.cols;   /* flat index of the band's first element */
-    if (w.store == SQ_CUDA_W_Q4) {
+    if (w.store == SQ_CUDA_W_Q4 && w.cols % 32 == 0) {
         const uint4 c = reinterpret_cast<const uint4 *>(w.data_d)[(base + e0) / 32];
         const float am = w.absmax_d[(base + e0) >> w.log2_block];
         const uint32_t words[4] = {c.x, c.y, c.z, c.w};
@@ -201,6 +232,15 @@ __global__ void k_weight_to_f32(const sq_cuda_wdesc w, int64_t row0, int64_t n_e
         return;
     }
     const int64_t e1 = e0 + 32 < n_elems ? e0 + 32 : n_elems;
+    if (w.store == SQ_CUDA_W_Q4) {   /* any row length: element by element from the flat index */
+        const uint8_t *packed = reinterpret_cast<const uint8_t *>(w.data_d);
+        for (int64_t e = e0; e < e1; e++) {
+            const int64_t f = base + e;
+            const unsigned b = packed[f >> 1];
+            dst[e] = sq_bm_q4_weight(w.code, (f & 1) ? (b & 15u) : (b >> 4), w.absmax_d[f >> w.log2_block]);
+        }
+        return;
+    }
     for (int64_t e = e0; e < e1; e++)
         dst[e] = w.store == SQ_CUDA_W_BF16
                      ? sq_qm_bf16_to_f32(reinterpret_cast<const uint16_t *>(w.data_d)[base + e])
@@ -219,12 +259,10 @@ extern "C" sq_status sq_cuda_gemv(const sq_cuda_wdesc *w, const float *x_d, int6
                                   const float *bias_d, float *out_d, cudaStream_t stream,
                                   sq_error *err) {
     sq_status st = SQ_OK;
-    if (n_rows < 1 || n_rows > SQ_CUDA_GEMV_MAX_ROWS || w->rows <= 0 || w->cols <= 0 ||
-        (w->store == SQ_CUDA_W_Q4 && (w->cols % 32 || (uintptr_t)x_d % 16)))
+    if (n_rows < 1 || n_rows > SQ_CUDA_GEMV_MAX_ROWS || w->rows <= 0 || w->cols <= 0)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
-                            "cuda gemv: %lld rows x [%lld, %lld] (needs 1..%d rows; 4-bit: in %% 32 == 0 "
-                            "and 16-byte aligned x)", (long long)n_rows, (long long)w->rows,
-                            (long long)w->cols, SQ_CUDA_GEMV_MAX_ROWS);
+                            "cuda gemv: %lld rows x [%lld, %lld] (needs 1..%d rows)", (long long)n_rows,
+                            (long long)w->rows, (long long)w->cols, SQ_CUDA_GEMV_MAX_ROWS);
     if (w->rows / kWarps >= 0x7fffffff)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "cuda gemv: %lld outputs", (long long)w->rows);
     cudaError_t e = cudaSuccess;
@@ -246,7 +284,7 @@ fail:
 extern "C" sq_status sq_cuda_weight_to_f32(const sq_cuda_wdesc *w, int64_t row0, int64_t n,
                                            float *dst_d, cudaStream_t stream, sq_error *err) {
     sq_status st = SQ_OK;
-    if (row0 < 0 || n <= 0 || row0 + n > w->rows || (w->store == SQ_CUDA_W_Q4 && w->cols % 32))
+    if (row0 < 0 || n <= 0 || row0 + n > w->rows)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
                             "cuda weight_to_f32: rows [%lld, %lld) of %lld", (long long)row0,
                             (long long)(row0 + n), (long long)w->rows);

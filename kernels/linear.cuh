@@ -23,7 +23,9 @@ enum { SQ_CUDA_GEMV_MAX_ROWS = 16 };
 
 /* A weight [rows, cols] (PyTorch [out, in]) on the device.  Q4: data_d is bnb's packed bytes
  * (row-major, element 2j in the high nibble of byte j), absmax_d one float32 per block of
- * 2^log2_block elements (flat index), code the 16 code values; needs cols % 32 == 0. */
+ * 2^log2_block elements (flat index), code the 16 code values.  Any cols: with cols % 32 == 0
+ * (and x 16-byte aligned) the GEMV reads 16-byte chunks, otherwise elements one by one from
+ * their flat index (rows may start mid-byte; blocks cross rows). */
 typedef struct sq_cuda_wdesc {
     int store;
     int log2_block;

@@ -98,9 +98,10 @@ sq_status sq_backend_sync(sq_backend *be, sq_error *err);
 sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
                                   const void *src, int64_t rows, int64_t cols, sq_weight **out,
                                   sq_error *err);
-/* A 4-bit NF4 / FP4 weight (bitsandbytes layout, shape [out, in]).  The CPU backend needs
- * in % 32 == 0 and keeps one float32 absmax per block (double-quant absmax is expanded once,
- * exactly as bnb reconstructs it).  q is not kept: the caller may free it afterwards. */
+/* A 4-bit NF4 / FP4 weight (bitsandbytes layout, shape [out, in], any in >= 1: rows may start
+ * mid-byte and blocks may cross rows).  Both backends keep one float32 absmax per block
+ * (double-quant absmax is expanded once, exactly as bnb reconstructs it).  q is not kept: the
+ * caller may free it afterwards. */
 sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
                                  sq_weight **out, sq_error *err);
 void sq_backend_weight_free(sq_backend *be, sq_weight *w);  /* takes NULL */

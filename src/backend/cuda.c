@@ -286,10 +286,6 @@ static sq_status cuda_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor
                                   sq_error *err) {
     sq_cuda *c = cuda_of(be);
     sq_status st = SQ_OK;
-    if (w->cols % 32)
-        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, w->name,
-                            "cuda backend: 4-bit weight with %lld input features (needs a multiple of 32)",
-                            (long long)w->cols);
     const float *code = sq_quant_code_table(q->type);
     if (!code)
         return sq_error_set(err, SQ_ERR_INTERNAL, NULL, w->name, "no code table for quant type %d", (int)q->type);
@@ -298,7 +294,7 @@ static sq_status cuda_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor
     if (!am) return sq_error_set(err, SQ_ERR_NOMEM, NULL, w->name, "out of host memory for absmax");
     for (uint64_t b = 0; b < q->n_blocks; b++)
         am[b] = q->double_quant ? sq_qtensor_absmax(q, b) : q->absmax[b];
-    size_t packed_bytes = (size_t)(q->n_elements / 2), am_bytes = q->n_blocks * sizeof(float);
+    size_t packed_bytes = (size_t)((q->n_elements + 1) / 2), am_bytes = q->n_blocks * sizeof(float);
     SQ_CUDA_CHECK(cudaMalloc(&w->data_d, packed_bytes));
     SQ_CUDA_CHECK(cudaMalloc(&w->absmax_d, am_bytes));
     SQ_CUDA_CHECK(cudaMemcpyAsync(w->data_d, q->packed, packed_bytes, cudaMemcpyHostToDevice, c->stream));

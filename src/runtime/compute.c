@@ -68,15 +68,8 @@ sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta
 
 /* ---- loading one stage ----------------------------------------------------------------------- */
 
-/* The backends' 4-bit kernels take rows whose length is a multiple of 32 (the packed groups);
- * a weight with other input widths (the tiny preset's down_proj: 172) runs as its dequantized
- * values in float32 — exactly the values the 4-bit weight stands for — and is counted. */
-#define SQ_4BIT_COLS_MULTIPLE 32
-
 typedef struct consume_ctx {
     sq_stage *s;
-    int n_dequant;
-    char first_dequant[96];
 } consume_ctx;
 
 static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
@@ -85,20 +78,8 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
     if (!sq_stage_wants(c->s, t->role, t->layer))
         return sq_error_set(err, SQ_ERR_INTERNAL, NULL, t->name,
                             "the loader handed a tensor this stage does not hold");
-    if (it->is_4bit && it->q.shape[1] % SQ_4BIT_COLS_MULTIPLE == 0)
-        return sq_stage_set_4bit(c->s, t->role, t->layer, t->name, &it->q, err);
-    if (it->is_4bit) {
-        uint64_t n = it->q.n_elements;
-        float *f = malloc((size_t)n * sizeof *f);
-        if (!f) return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory");
-        sq_status rc = sq_dequant_4bit(&it->q, f, SQ_DTYPE_F32, err);
-        const int64_t shape[2] = {it->q.shape[0], it->q.shape[1]};
-        if (rc == SQ_OK) rc = sq_stage_set_dense(c->s, t->role, t->layer, t->name, SQ_DTYPE_F32, f, 2, shape, err);
-        free(f);
-        if (rc == SQ_OK && c->n_dequant++ == 0)
-            snprintf(c->first_dequant, sizeof c->first_dequant, "%s", t->name);
-        return rc;
-    }
+    /* 4-bit weights of any input width stay 4-bit: both backends take every row length */
+    if (it->is_4bit) return sq_stage_set_4bit(c->s, t->role, t->layer, t->name, &it->q, err);
     return sq_stage_set_dense(c->s, t->role, t->layer, t->name, it->dtype, it->data, it->n_dims,
                               it->shape, err);
 }
@@ -152,12 +133,6 @@ sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_m
     consume_ctx cc = {.s = s};
     sq_status lrc = sq_load_stage(st, m, &p->stage, &lo, consume, &cc, stats, &lerr);
     sq_pool_destroy(pool);
-    if (lrc == SQ_OK && cc.n_dequant)
-        sq_logf(&p->log, SQ_LOG_INFO,   /* info: rank 0's line stands for every rank's */
-                "layers %d-%d: %d 4-bit weight%s with input features not a multiple of %d (first: "
-                "%s) run as their dequantized values in float32", p->stage.first_layer,
-                p->stage.first_layer + p->stage.n_layers - 1, cc.n_dequant,
-                cc.n_dequant == 1 ? "" : "s", SQ_4BIT_COLS_MULTIPLE, cc.first_dequant);
     if (rc != SQ_OK) return rc;
     if (lrc != SQ_OK) {
         if (err) *err = lerr;
