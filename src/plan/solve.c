@@ -217,7 +217,7 @@ sq_status sq_plan_solve(const sq_plan_problem *p, int *counts, sq_plan_eval *out
     uint64_t *W = malloc(sizeof(uint64_t) * ((size_t)n + 1));
     uint64_t *R = malloc(sizeof(uint64_t) * ((size_t)n + 1));
     int64_t *ival = malloc(sizeof(int64_t) * cells);
-    double *dval = malloc(sizeof(double) * cells);
+    double *dval = calloc(cells, sizeof(double));   /* zeroed: -O3 cannot see dp_pass fill it */
     int *choice = malloc(sizeof(int) * cells);
     if (!W || !R || !ival || !dval || !choice) {
         st = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "plan: out of memory for %zu DP cells", cells);

@@ -289,11 +289,11 @@ sq_status sq_runtime_compute_create(sq_stage *stage, const sq_runtime_compute_pa
     if (p->keep_logits && sp->has_head) {
         uint64_t rows = (uint64_t)p->n_seqs * (uint64_t)p->max_new_tokens, bytes = 0;
         if (!sq_mul_u64(rows, (uint64_t)c->vocab * sizeof(float), &bytes) || bytes > (4ull << 30)) {
+            long long vocab = (long long)c->vocab;   /* c is freed before the message is made */
             sq_runtime_compute_destroy(c);
             return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
                                 "keeping the logits of %d sequences x %d tokens x %lld vocab "
-                                "needs more than 4 GiB", p->n_seqs, p->max_new_tokens,
-                                (long long)c->vocab);
+                                "needs more than 4 GiB", p->n_seqs, p->max_new_tokens, vocab);
         }
         c->tmp = malloc(n * (size_t)c->vocab * sizeof(float));
         c->kept = calloc((size_t)rows * (size_t)c->vocab, sizeof(float));
