@@ -42,7 +42,8 @@ enum {
     Q4_OTILE = 16,        /* outputs per task, 4-bit with many rows */
     Q4_RTILE = 32,        /* rows per task, 4-bit with many rows */
     Q4_FEW_ROWS = 2,      /* up to this many rows: decode straight into the accumulators */
-    Q4_PANEL = 128        /* elements of one output decoded at a time on the many-row path */
+    Q4_PANEL = 128,       /* elements of one output decoded at a time on the many-row path */
+    Q4_PREFETCH = 512     /* bytes ahead in a weight row that the few-row path prefetches */
 };
 
 static inline float bias_of(const lin_ctx *c, int64_t o) {
@@ -331,9 +332,6 @@ TGT_AVX2 INLINE __m256 q4_scale(const lin_ctx *c, uint64_t f, const int SM) {
 /* Few rows: outputs o .. o + NO - 1 (NO = 4 or 1) for row r, decoded straight into the
  * accumulators.  A whole group of output i (written out: the decoded vectors must stay in
  * registers), then the last partial group of 1 .. 7 chunks. */
-#ifndef Q4_PF
-#define Q4_PF 512
-#endif
 #define Q4_SC(i, k) (SM == SM_GROUP ? sg##i : q4_scale(c, fb##i + (uint64_t)(k), SM))
 #define Q4_FMA4(i, acc, f, k)                                                                   \
     acc = _mm256_fmadd_ps(_mm256_mul_ps(f[0], Q4_SC(i, (k))), _mm256_loadu_ps(x + (k)), acc);   \
@@ -343,7 +341,7 @@ TGT_AVX2 INLINE __m256 q4_scale(const lin_ctx *c, uint64_t f, const int SM) {
 #define Q4_GROUP(i, acc, G)                                                                     \
     do {                                                                                       \
         __m256i v_ = _mm256_loadu_si256((const __m256i *)(p##i + (G) * 32));                   \
-        _mm_prefetch((const char *)(p##i + (G) * 32 + Q4_PF), _MM_HINT_T0);                    \
+        _mm_prefetch((const char *)(p##i + (G) * 32 + Q4_PREFETCH), _MM_HINT_T0);              \
         __m256 f_[4];                                                                          \
         if (SM == SM_GROUP) sg##i = q4_scale(c, fb##i + (uint64_t)(G) * 64, SM);               \
         q4_deq32(&L, _mm256_and_si256(v_, L.m), f_);                                           \
@@ -411,6 +409,10 @@ TGT_AVX2 INLINE void q4_decode(const lin_ctx *c, const q4_lut *L, int64_t o, int
     const uint8_t *row = (const uint8_t *)c->w->data_d + o * c->rs;
     const uint64_t fb = (uint64_t)o * (uint64_t)K;
     __m256 f[4], sg = _mm256_setzero_ps();
+    /* the tile walks Q4_OTILE rows a panel at a time: too many slow streams for the hardware
+     * prefetcher, so fetch this row's bytes a few panels ahead */
+    _mm_prefetch((const char *)(row + (k0 >> 1) + Q4_PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char *)(row + (k0 >> 1) + Q4_PREFETCH + 32), _MM_HINT_T0);
     for (int64_t k = k0; k < kf; k += 64) {   /* whole groups */
         __m256i v = _mm256_loadu_si256((const __m256i *)(row + (k >> 6) * 32));
         if (SM == SM_GROUP) sg = q4_scale(c, fb + (uint64_t)k, SM);
@@ -463,7 +465,7 @@ TGT_AVX2 INLINE void q4_many(const lin_ctx *c, const q4_lut *L, int64_t o0, int6
     __m256 acc[Q4_OTILE + 1][Q4_RTILE];   /* + 1: the unused partner of an odd last output */
     float wb[2][Q4_PANEL] __attribute__((aligned(32)));
     float xb[Q4_RTILE * Q4_PANEL] __attribute__((aligned(32)));
-    for (int64_t i = 0; i < NO; i++)
+    for (int64_t i = 0; i <= NO; i++)
         for (int64_t r = 0; r < R; r++) acc[i][r] = _mm256_setzero_ps();
     for (int64_t kp = 0; kp < K8; kp += Q4_PANEL) {
         const int64_t kn = K8 - kp < Q4_PANEL ? K8 - kp : Q4_PANEL;
