@@ -370,7 +370,7 @@ START_TEST(test_hand_made_file_data) {
 }
 END_TEST
 
-/* A file written by the official safetensors package (tests/fuzz/make_py_seed.py): read
+/* A file written by the official safetensors package (tests/reference/make_st_fuzz_seed.py): read
  * exactly, and rewritten by sq_st_writer in the same order it is the same file, byte for byte. */
 START_TEST(test_rust_crate_file) {
     const char *path = SQ_SOURCE_DIR "/tests/fuzz/corpus_st/ok_rust_crate";

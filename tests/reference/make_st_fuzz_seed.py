@@ -1,7 +1,7 @@
 """Reference generator: writes tests/fuzz/corpus_st/ok_rust_crate, a small file written by the
 official safetensors package (the Rust crate underneath), so that test_safetensors checks that
 shardq reads the reference writer's output exactly (names, dtypes, shapes, offsets, values)
-and the fuzzer starts from a real file.  Run once: python3 tests/fuzz/make_py_seed.py"""
+and the fuzzer starts from a real file.  Run once: python3 tests/reference/make_st_fuzz_seed.py"""
 import os
 
 import torch
