@@ -19,4 +19,4 @@ tensors = {
     "g.scalar": torch.tensor(9.0),
     "h.empty": torch.zeros(0, 3, dtype=torch.int8),
 }
-save_file(tensors, os.path.join(here, "corpus_st", "ok_rust_crate"), metadata={"format": "pt"})
+save_file(tensors, os.path.join(here, "..", "fuzz", "corpus_st", "ok_rust_crate"), metadata={"format": "pt"})
