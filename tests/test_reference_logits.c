@@ -229,8 +229,7 @@ static sq_quant_scheme scheme_of(const folder *f, sq_quant_type type, bool dq) {
 }
 
 /* The whole folder as one stage, loaded exactly as `shardq run --quant none|nf4` loads a
- * stage (sq_runtime_load_stage: the streaming loader handing every tensor to the stage; NF4
- * weights whose input width is not a multiple of 32 run as their dequantized values). */
+ * stage (sq_runtime_load_stage: the streaming loader handing every tensor to the stage). */
 static sq_stage *load_stage(sq_backend *be, const folder *f, sq_quant_type type, bool dq) {
     sq_runtime_stage_params p;
     memset(&p, 0, sizeof p);
@@ -579,9 +578,8 @@ END_TEST
 
 /* One committed model: none vs transformers and vs float64, greedy ids, last-row-only head;
  * NF4 == dense-on-dequantized bit for bit and its cosine to none (reported only: the bound is
- * checked on the `small` preset below).  The tiny preset's down_proj (172 inputs) runs as its
- * dequantized values in the NF4 stage too (the CPU backend's 4-bit kernel needs a multiple of
- * 32; see runtime.h), so there the equality covers the other six Linears per layer. */
+ * checked on the `small` preset below).  The 4-bit kernels take any input width, so the
+ * equality covers every Linear, the tiny preset's down_proj (172 inputs) included. */
 START_TEST(test_model_vs_references) {
     ref_model *ms = calloc(MAX_MODELS, sizeof *ms);
     char ver[256];
