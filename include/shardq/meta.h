@@ -98,6 +98,12 @@ uint64_t sq_meta_n_params(const sq_meta *m);
  * "*.rotary_emb.inv_freq" buffers, and lm_head.weight of the right shape in a tied model. */
 sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err);
 
+/* The scheme a validated pre-quantized (bitsandbytes 4-bit) checkpoint is stored in: every
+ * decoder Linear weight must be stored alike.  For a dense checkpoint *out is type NONE,
+ * blocksize 64, the checkpoint's dtype.  A partly quantized checkpoint, or weights stored with
+ * different schemes: SQ_ERR_UNSUPPORTED naming the tensor. */
+sq_status sq_meta_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err);
+
 /* Exact bytes of tensor i / module i under a scheme: with s->type NF4/FP4 quantizable tensors
  * take sq_size_4bit_bytes; every other tensor (and every tensor when s->type is NONE) is dense
  * in s->dense_dtype.  So {NONE, BF16} gives the bf16 footprint of the whole model. */

@@ -96,12 +96,9 @@ sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_m
 
 /* Reads config.json + headers of a folder, builds and validates the skeleton.  The
  * checkpoint's own 4-bit scheme (a bnb folder) goes to *stored (type NONE otherwise; may be
- * NULL).  On failure *st and *m are NULL. */
+ * NULL; see sq_meta_stored_scheme).  On failure *st and *m are NULL. */
 sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta **m,
                                 sq_quant_scheme *stored, sq_error *err);
-/* The 4-bit scheme a validated skeleton's decoder Linear weights are stored in (type NONE for
- * a dense checkpoint); a partly quantized or mixed checkpoint is SQ_ERR_UNSUPPORTED. */
-sq_status sq_runtime_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err);
 
 /* ---- the sq_stage_compute adapter ----------------------------------------------------------- */
 

@@ -39,6 +39,9 @@ typedef struct sq_quant_scheme {
 sq_quant_scheme sq_quant_scheme_default(void);
 /* Checks blocksize range and power of two. */
 sq_status sq_quant_scheme_check(const sq_quant_scheme *s, sq_error *err);
+/* True when a and b store 4-bit weights alike (type, double quant, blocksize; dense dtype not
+ * compared). */
+bool sq_quant_scheme_equal(const sq_quant_scheme *a, const sq_quant_scheme *b);
 const char *sq_quant_type_name(sq_quant_type t);   /* "none", "nf4", "fp4" */
 /* Inverse of sq_quant_type_name; false for an unknown name. */
 bool sq_quant_type_from_name(const char *name, sq_quant_type *out);

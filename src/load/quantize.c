@@ -176,39 +176,6 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
 
 /* ---- scheme and plan ------------------------------------------------------------------------ */
 
-static bool same_scheme(const sq_quant_scheme *a, const sq_quant_scheme *b) {
-    return a->type == b->type && a->double_quant == b->double_quant && a->blocksize == b->blocksize;
-}
-
-/* A pre-quantized checkpoint's scheme (every decoder Linear stored alike), or type NONE. */
-static sq_status stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err) {
-    memset(out, 0, sizeof *out);
-    out->type = SQ_QUANT_NONE;
-    int n_q = 0, n_stored = 0;
-    for (int i = 0; i < sq_meta_n_tensors(m); i++) {
-        const sq_tensor_spec *t = sq_meta_tensor(m, i);
-        if (!t->quantizable) continue;
-        n_q++;
-        if (t->stored_quant == SQ_QUANT_NONE) continue;
-        sq_quant_scheme s = {.type = t->stored_quant, .double_quant = t->stored_double_quant,
-                             .blocksize = t->stored_blocksize,
-                             .dense_dtype = sq_meta_config(m)->torch_dtype};
-        if (n_stored++ && !same_scheme(&s, out))
-            return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
-                                "pre-quantized weights disagree (%s blocksize %lld%s here, %s "
-                                "blocksize %lld%s before)", sq_quant_type_name(s.type),
-                                (long long)s.blocksize, s.double_quant ? " double quant" : "",
-                                sq_quant_type_name(out->type), (long long)out->blocksize,
-                                out->double_quant ? " double quant" : "");
-        *out = s;
-    }
-    if (n_stored && n_stored != n_q)
-        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
-                            "%d of %d decoder Linear weights are stored in 4 bits: a partly "
-                            "quantized checkpoint is not supported", n_stored, n_q);
-    return SQ_OK;
-}
-
 static sq_status make_plan(MPI_Comm comm, int size, const sq_quantize_options *o,
                            const sq_meta *m, sq_quant_scheme *scheme, bool prequant,
                            sq_plan **plan, sq_log log, sq_error *err) {
@@ -411,10 +378,10 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     sq_quant_scheme scheme = o->scheme, stored;
     if (scheme.blocksize <= 0) scheme.blocksize = 64;
     scheme.dense_dtype = sq_meta_config(meta)->torch_dtype;
-    rc = stored_scheme(meta, &stored, err);
+    rc = sq_meta_stored_scheme(meta, &stored, err);
     bool prequant = rc == SQ_OK && stored.type != SQ_QUANT_NONE;
     if (prequant) {
-        if (o->scheme_given && !same_scheme(&stored, &scheme))
+        if (o->scheme_given && !sq_quant_scheme_equal(&stored, &scheme))
             rc = sq_error_set(err, SQ_ERR_INVALID, o->model_dir, NULL,
                               "already a bitsandbytes 4-bit checkpoint (%s, blocksize %lld%s): its "
                               "weights are copied as stored; leave out --quant / --blocksize / "

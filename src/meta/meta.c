@@ -217,3 +217,33 @@ uint64_t sq_meta_total_bytes(const sq_meta *m, const sq_quant_scheme *s) {
     }
     return total;
 }
+
+sq_status sq_meta_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err) {
+    memset(out, 0, sizeof *out);
+    out->type = SQ_QUANT_NONE;
+    out->blocksize = 64;
+    out->dense_dtype = sq_meta_config(m)->torch_dtype;
+    int n_q = 0, n_stored = 0;
+    for (int i = 0; i < sq_meta_n_tensors(m); i++) {
+        const sq_tensor_spec *t = sq_meta_tensor(m, i);
+        if (!t->quantizable) continue;
+        n_q++;
+        if (t->stored_quant == SQ_QUANT_NONE) continue;
+        sq_quant_scheme s = {.type = t->stored_quant, .double_quant = t->stored_double_quant,
+                             .blocksize = t->stored_blocksize,
+                             .dense_dtype = sq_meta_config(m)->torch_dtype};
+        if (n_stored++ && !sq_quant_scheme_equal(&s, out))
+            return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
+                                "pre-quantized weights disagree (%s blocksize %lld%s here, %s "
+                                "blocksize %lld%s before)", sq_quant_type_name(s.type),
+                                (long long)s.blocksize, s.double_quant ? " double quant" : "",
+                                sq_quant_type_name(out->type), (long long)out->blocksize,
+                                out->double_quant ? " double quant" : "");
+        *out = s;
+    }
+    if (n_stored && n_stored != n_q)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "%d of %d decoder Linear weights are stored in 4 bits: a partly "
+                            "quantized checkpoint is not supported", n_stored, n_q);
+    return SQ_OK;
+}

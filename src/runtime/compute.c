@@ -11,39 +11,6 @@
 
 /* ---- opening a folder ------------------------------------------------------------------------ */
 
-static bool same_scheme(const sq_quant_scheme *a, const sq_quant_scheme *b) {
-    return a->type == b->type && a->double_quant == b->double_quant && a->blocksize == b->blocksize;
-}
-
-sq_status sq_runtime_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err) {
-    memset(out, 0, sizeof *out);
-    out->type = SQ_QUANT_NONE;
-    out->blocksize = 64;
-    out->dense_dtype = sq_meta_config(m)->torch_dtype;
-    int n_q = 0, n_stored = 0;
-    for (int i = 0; i < sq_meta_n_tensors(m); i++) {
-        const sq_tensor_spec *t = sq_meta_tensor(m, i);
-        if (!t->quantizable) continue;
-        n_q++;
-        if (t->stored_quant == SQ_QUANT_NONE) continue;
-        sq_quant_scheme s = {.type = t->stored_quant, .double_quant = t->stored_double_quant,
-                             .blocksize = t->stored_blocksize,
-                             .dense_dtype = sq_meta_config(m)->torch_dtype};
-        if (n_stored++ && !same_scheme(&s, out))
-            return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
-                                "pre-quantized weights disagree (%s blocksize %lld here, %s "
-                                "blocksize %lld before)", sq_quant_type_name(s.type),
-                                (long long)s.blocksize, sq_quant_type_name(out->type),
-                                (long long)out->blocksize);
-        *out = s;
-    }
-    if (n_stored && n_stored != n_q)
-        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
-                            "%d of %d decoder Linear weights are stored in 4 bits: a partly "
-                            "quantized checkpoint is not supported", n_stored, n_q);
-    return SQ_OK;
-}
-
 sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta **m,
                                 sq_quant_scheme *stored, sq_error *err) {
     *st = NULL;
@@ -54,7 +21,7 @@ sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta
     if (rc == SQ_OK) rc = sq_meta_create(&cfg, m, err);
     if (rc == SQ_OK) rc = sq_meta_validate(*m, *st, err);
     sq_quant_scheme s;
-    if (rc == SQ_OK) rc = sq_runtime_stored_scheme(*m, &s, err);
+    if (rc == SQ_OK) rc = sq_meta_stored_scheme(*m, &s, err);
     if (rc != SQ_OK) {
         sq_meta_destroy(*m);
         sq_st_model_close(*st);

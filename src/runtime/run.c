@@ -219,11 +219,6 @@ static void node_for_exec(sq_node_info *node, const exec_choice *x, int explicit
 
 /* ---- plan ------------------------------------------------------------------------------------ */
 
-static bool same_scheme(const sq_quant_scheme *a, const sq_quant_scheme *b) {
-    return a->type == b->type && (a->type == SQ_QUANT_NONE ||
-                                  (a->double_quant == b->double_quant && a->blocksize == b->blocksize));
-}
-
 /* A plan file: it must be for this model (hash of the skeleton `shardq plan` builds from this
  * folder's config.json, or of the validated one) and for this many ranks. */
 static sq_status read_plan(const char *path, const sq_meta *m, int size, sq_plan **out,
@@ -470,11 +465,11 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if (!o->scheme_given && plan) scheme = plan->scheme;
     if (scheme.blocksize <= 0) scheme.blocksize = 64;
     scheme.dense_dtype = cfg->torch_dtype;
-    rc = sq_runtime_stored_scheme(meta, &stored, err);
+    rc = sq_meta_stored_scheme(meta, &stored, err);
     bool prequant = rc == SQ_OK && stored.type != SQ_QUANT_NONE;
     if (prequant) {
         bool dequant = o->scheme_given && o->scheme.type == SQ_QUANT_NONE;
-        if (o->scheme_given && !dequant && !same_scheme(&stored, &o->scheme))
+        if (o->scheme_given && !dequant && !sq_quant_scheme_equal(&stored, &o->scheme))
             rc = sq_error_set(err, SQ_ERR_INVALID, o->model_dir, NULL,
                               "a bitsandbytes 4-bit checkpoint (%s, blocksize %lld%s): its weights "
                               "run as stored; leave out --quant / --blocksize / --double-quant, "

@@ -11,6 +11,10 @@ sq_quant_scheme sq_quant_scheme_default(void) {
     return s;
 }
 
+bool sq_quant_scheme_equal(const sq_quant_scheme *a, const sq_quant_scheme *b) {
+    return a->type == b->type && a->double_quant == b->double_quant && a->blocksize == b->blocksize;
+}
+
 sq_status sq_quant_scheme_check(const sq_quant_scheme *s, sq_error *err) {
     if (!s) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "no quantization scheme");
     if ((unsigned)s->type > SQ_QUANT_FP4)
