@@ -178,7 +178,7 @@ sq_status sq_topo_discover(const char *xml_path, sq_node_info *out, sq_error *er
     } else {
         char h[256] = "";
         if (gethostname(h, sizeof h - 1) != 0) snprintf(h, sizeof h, "localhost");
-        snprintf(out->host, sizeof out->host, "%s", h);
+        snprintf(out->host, sizeof out->host, "%.*s", (int)sizeof out->host - 1, h);
     }
     out->n_packages = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_PACKAGE);
     out->n_numa = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE);
@@ -200,7 +200,12 @@ sq_status sq_topo_discover(const char *xml_path, sq_node_info *out, sq_error *er
     qsort(out->gpus, (size_t)out->n_gpus, sizeof out->gpus[0], cmp_busid);
     for (int i = 0; i < out->n_gpus; i++) {
         sq_gpu_info *g = &out->gpus[i];
-        if (!g->name[0]) snprintf(g->name, sizeof g->name, "GPU %s", g->pci_busid);
+        if (!g->name[0]) {
+            char busid[sizeof g->pci_busid];
+            memcpy(busid, g->pci_busid, sizeof busid);
+            busid[sizeof busid - 1] = '\0';
+            snprintf(g->name, sizeof g->name, "GPU %s", busid);
+        }
         if (!sq_topo_gpu_facts(g->name, g->memory_bytes, &g->mem_bandwidth_gbps, &g->bf16_tflops)) {
             g->mem_bandwidth_gbps = 0;
             g->bf16_tflops = 0;

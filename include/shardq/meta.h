@@ -140,6 +140,12 @@ uint64_t sq_hash_fnv1a64(const void *data, size_t n);
  * SQ_ERR_PEER on the ranks that did not fail themselves), non-root ranks get *m NULL, and the
  * root's *m is left to its caller.  comm must have MPI_ERRORS_RETURN. */
 sq_status sq_meta_bcast(MPI_Comm comm, int root, sq_meta **m, sq_error *err);
+/* Collective: the root reads model_dir/config.json, builds the skeleton and validates it
+ * against st (the root's open checkpoint; other ranks' st and model_dir are not used), then
+ * sq_meta_bcast gives every rank the same skeleton.  On success every rank owns a new *m; on
+ * failure every rank returns the same error (the root's rank when it failed) and *m is NULL. */
+sq_status sq_meta_read_bcast(MPI_Comm comm, int root, const char *model_dir,
+                             const sq_st_model *st, sq_meta **m, sq_error *err);
 
 #ifdef __cplusplus
 }

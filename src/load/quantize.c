@@ -358,21 +358,8 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
     /* the skeleton: rank 0 reads config + headers, every rank gets the same bytes */
-    if (rank == 0) {
-        sq_model_config cfg;
-        rc = sq_config_load(o->model_dir, &cfg, err);
-        if (rc == SQ_OK) rc = sq_meta_create(&cfg, &meta, err);
-        if (rc == SQ_OK) rc = sq_meta_validate(meta, st, err);
-        if (rc != SQ_OK) {
-            sq_meta_destroy(meta);
-            meta = NULL;
-        }
-    }
-    rc = sq_meta_bcast(comm, 0, &meta, err);
-    if (rc != SQ_OK) {
-        if (err) err->rank = err->rank < 0 ? 0 : err->rank;
-        goto out;
-    }
+    rc = sq_meta_read_bcast(comm, 0, o->model_dir, st, &meta, err);
+    if (rc != SQ_OK) goto out;
 
     /* the scheme: a pre-quantized input keeps its own */
     sq_quant_scheme scheme = o->scheme, stored;

@@ -461,3 +461,32 @@ sq_status sq_meta_bcast(MPI_Comm comm, int root, sq_meta **m, sq_error *err) {
     if (rank != root) *m = mine;
     return SQ_OK;
 }
+
+sq_status sq_meta_read_bcast(MPI_Comm comm, int root, const char *model_dir,
+                             const sq_st_model *st, sq_meta **m, sq_error *err) {
+    *m = NULL;
+    int rank = 0;
+    if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS)
+        return sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Comm_rank failed");
+    if (rank == root) {
+        sq_model_config cfg;
+        sq_status rc = (!model_dir || !st)
+                           ? sq_error_set(err, SQ_ERR_INVALID, model_dir, NULL,
+                                          "no model folder or checkpoint to read the skeleton from")
+                           : sq_config_load(model_dir, &cfg, err);
+        if (rc == SQ_OK) rc = sq_meta_create(&cfg, m, err);
+        /* sq_meta_validate records the checkpoint's dtypes: it needs a mutable skeleton */
+        if (rc == SQ_OK) rc = sq_meta_validate(*m, st, err);
+        if (rc != SQ_OK) {
+            sq_meta_destroy(*m);
+            *m = NULL;
+        }
+    }
+    sq_status rc = sq_meta_bcast(comm, root, m, err);
+    if (rc != SQ_OK) {
+        if (rank == root) sq_meta_destroy(*m);
+        *m = NULL;
+        if (err && err->rank < 0) err->rank = root;
+    }
+    return rc;
+}

@@ -436,21 +436,8 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
      * reads config.json and checks the headers; every rank gets the same skeleton */
     if (rc == SQ_OK) rc = sq_st_model_open(o->model_dir, &st, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
-    if (rank == 0) {
-        sq_model_config cfg;
-        rc = sq_config_load(o->model_dir, &cfg, err);
-        if (rc == SQ_OK) rc = sq_meta_create(&cfg, &meta, err);
-        if (rc == SQ_OK) rc = sq_meta_validate(meta, st, err);
-        if (rc != SQ_OK) {
-            sq_meta_destroy(meta);
-            meta = NULL;
-        }
-    }
-    rc = sq_meta_bcast(comm, 0, &meta, err);
-    if (rc != SQ_OK) {
-        if (err && err->rank < 0) err->rank = 0;
-        goto out;
-    }
+    rc = sq_meta_read_bcast(comm, 0, o->model_dir, st, &meta, err);
+    if (rc != SQ_OK) goto out;
     const sq_model_config *cfg = sq_meta_config(meta);
 
     /* 2. a plan file (every rank reads it: it must be where every rank sees it) */
