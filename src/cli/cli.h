@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "shardq/core.h"
+#include "shardq/runtime.h"
 
 typedef struct sq_cli_ctx {
     int rank, n_ranks;      /* MPI_COMM_WORLD; 0 and 1 outside mpirun */
@@ -36,6 +37,14 @@ bool sq_cli_parse_f64(const char *s, double min, double max, double *out);
  * the last argument with no value sets *missing. */
 bool sq_cli_flag_value(int argc, char **argv, int *i, const char *name, const char **val,
                        bool *missing);
+
+/* The flags run and bench share (src/cli/run_flags.c): --quant, --double-quant, --blocksize,
+ * --backend, --transport, --device, --threads, --timeout.  Returns true when argv[*i] is one of
+ * them (then *i is past its value); *usage_rc is 0, or 2 after a usage error was printed;
+ * *missing is set when the value is absent (the caller reports it). */
+bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **argv, int *i,
+                     sq_run_options *o, bool *dq, bool *quant_given, bool *missing,
+                     int *usage_rc);
 
 /* Collective: every rank passes its local status; returns SQ_OK only if all ranks are OK.
  * On failure *err on every rank describes the lowest failing rank's error (broadcast),

@@ -273,29 +273,20 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     sq_run_options ro = sq_run_options_default();
     bool dq = false, quant_given = false;
     int64_t v64 = 0;
-    double vd = 0;
     char why[256];
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         bool missing = false;
+        int urc = 0;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             if (ctx->rank == 0) usage(stdout);
             return 0;
+        } else if (sq_cli_run_flag(ctx, cmd, argc, argv, &i, &ro, &dq, &quant_given, &missing, &urc)) {
+            if (urc) return urc;
         } else if (sq_cli_flag_value(argc, argv, &i, "--preset-model", &v, &missing)) {
             if (!missing && strcmp(v, "tiny") && strcmp(v, "small"))
                 return sq_cli_usage_error(ctx, cmd, "--preset-model must be tiny or small, not '%s'", v);
             o.preset = v;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--quant", &v, &missing)) {
-            if (!missing && !sq_quant_type_from_name(v, &ro.scheme.type))
-                return sq_cli_usage_error(ctx, cmd, "--quant must be nf4, fp4 or none, not '%s'", v);
-            quant_given = true;
-        } else if (!strcmp(argv[i], "--double-quant")) {
-            dq = true;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--blocksize", &v, &missing)) {
-            if (!missing && (!sq_cli_parse_i64(v, 32, 4096, &v64) || (v64 & (v64 - 1)) != 0))
-                return sq_cli_usage_error(ctx, cmd, "--blocksize must be a power of two in 32..4096, not '%s'", v);
-            ro.scheme.blocksize = v64;
-            quant_given = true;
         } else if (sq_cli_flag_value(argc, argv, &i, "--batch", &v, &missing)) {
             if (!missing && !sq_cli_parse_i64(v, 1, MAX_BATCH, &v64))
                 return sq_cli_usage_error(ctx, cmd, "--batch must be 1..%d, not '%s'", MAX_BATCH, v);
@@ -314,24 +305,6 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
             if (!missing && !sq_cli_parse_i64(v, 0, INT64_MAX, &v64))
                 return sq_cli_usage_error(ctx, cmd, "--seed must be a whole number >= 0, not '%s'", v);
             o.seed = (uint64_t)v64;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--backend", &v, &missing)) {
-            if (!missing && !sq_run_backend_from_name(v, &ro.backend))
-                return sq_cli_usage_error(ctx, cmd, "--backend must be auto, cpu or cuda, not '%s'", v);
-        } else if (sq_cli_flag_value(argc, argv, &i, "--transport", &v, &missing)) {
-            if (!missing && !sq_run_transport_from_name(v, &ro.transport))
-                return sq_cli_usage_error(ctx, cmd, "--transport must be auto, mpi or nccl, not '%s'", v);
-        } else if (sq_cli_flag_value(argc, argv, &i, "--device", &v, &missing)) {
-            if (!missing && !sq_cli_parse_i64(v, 0, 1023, &v64))
-                return sq_cli_usage_error(ctx, cmd, "--device must be a CUDA device number 0..1023, not '%s'", v);
-            ro.device = (int)v64;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--threads", &v, &missing)) {
-            if (!missing && !sq_cli_parse_i64(v, 1, 4096, &v64))
-                return sq_cli_usage_error(ctx, cmd, "--threads must be 1..4096, not '%s'", v);
-            ro.n_threads = (int)v64;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--timeout", &v, &missing)) {
-            if (!missing && (!sq_cli_parse_f64(v, 0, 1e6, &vd) || vd <= 0))
-                return sq_cli_usage_error(ctx, cmd, "--timeout must be a positive number of seconds, not '%s'", v);
-            ro.timeout_s = vd;
         } else if (!strcmp(argv[i], "--json")) {
             o.json = true;
         } else if (argv[i][0] == '-' && argv[i][1]) {

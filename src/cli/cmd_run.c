@@ -379,22 +379,14 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         bool missing = false;
+        int urc = 0;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             if (ctx->rank == 0) usage(stdout);
             return 0;
+        } else if (sq_cli_run_flag(ctx, cmd, argc, argv, &i, &o, &dq, &quant_given, &missing, &urc)) {
+            if (urc) return urc;
         } else if (sq_cli_flag_value(argc, argv, &i, "--plan", &v, &missing)) {
             o.plan_path = v;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--quant", &v, &missing)) {
-            if (!missing && !sq_quant_type_from_name(v, &o.scheme.type))
-                return sq_cli_usage_error(ctx, cmd, "--quant must be nf4, fp4 or none, not '%s'", v);
-            quant_given = true;
-        } else if (!strcmp(argv[i], "--double-quant")) {
-            dq = true;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--blocksize", &v, &missing)) {
-            if (!missing && (!sq_cli_parse_i64(v, 32, 4096, &v64) || (v64 & (v64 - 1)) != 0))
-                return sq_cli_usage_error(ctx, cmd, "--blocksize must be a power of two in 32..4096, not '%s'", v);
-            o.scheme.blocksize = v64;
-            quant_given = true;
         } else if (sq_cli_flag_value(argc, argv, &i, "--prompt-ids", &v, &missing)) {
             if (ids_arg) return sq_cli_usage_error(ctx, cmd, "--prompt-ids given twice (use ';' between sequences)");
             ids_arg = v;
@@ -438,24 +430,6 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
             o.sample.seed = (uint64_t)v64;
         } else if (!strcmp(argv[i], "--ignore-eos")) {
             o.ignore_eos = true;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--threads", &v, &missing)) {
-            if (!missing && !sq_cli_parse_i64(v, 1, 4096, &v64))
-                return sq_cli_usage_error(ctx, cmd, "--threads must be 1..4096, not '%s'", v);
-            o.n_threads = (int)v64;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--timeout", &v, &missing)) {
-            if (!missing && (!sq_cli_parse_f64(v, 0, 1e6, &vd) || vd <= 0))
-                return sq_cli_usage_error(ctx, cmd, "--timeout must be a positive number of seconds, not '%s'", v);
-            o.timeout_s = vd;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--backend", &v, &missing)) {
-            if (!missing && !sq_run_backend_from_name(v, &o.backend))
-                return sq_cli_usage_error(ctx, cmd, "--backend must be auto, cpu or cuda, not '%s'", v);
-        } else if (sq_cli_flag_value(argc, argv, &i, "--transport", &v, &missing)) {
-            if (!missing && !sq_run_transport_from_name(v, &o.transport))
-                return sq_cli_usage_error(ctx, cmd, "--transport must be auto, mpi or nccl, not '%s'", v);
-        } else if (sq_cli_flag_value(argc, argv, &i, "--device", &v, &missing)) {
-            if (!missing && !sq_cli_parse_i64(v, 0, 1023, &v64))
-                return sq_cli_usage_error(ctx, cmd, "--device must be a CUDA device number 0..1023, not '%s'", v);
-            o.device = (int)v64;
         } else if (!strcmp(argv[i], "--quiet")) {
             quiet = true;
         } else if (!strcmp(argv[i], "--json")) {
