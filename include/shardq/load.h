@@ -26,6 +26,20 @@
  * Dense tensors are read straight into their output buffer (no staging).  Page cache is not
  * counted: pread copies out of it and posix_fadvise(WILLNEED) asks the kernel to read ahead.
  *
+ * GPU quantization (sq_load_options.quant_device >= 0, CUDA builds): each 4-bit weight is read
+ * chunk by chunk (whole blocks) with pread() straight into a ring of 3 pinned buffers that
+ * share the staging budget S, copied to the device and quantized there by sq_cuda_quant_4bit
+ * (bit-identical to the CPU quantizer), while the next chunk is read: the reader blocks only
+ * when the ring is full.  Device memory: the same 3 chunks plus their outputs (about
+ * 1.3 * S), never a whole tensor.  Packed nibbles and float32 absmax come back to the host
+ * sq_qtensor (double quant is then done on the host, as on the CPU path), so the consumer
+ * interface stays a host sq_qtensor: a CUDA backend uploads it again, an extra round trip of
+ * the 4-bit bytes (n/2 + 4 n/blocksize per weight: about 0.56 byte per element at blocksize
+ * 64, i.e. 28% of the BF16 source's bytes) down and up over PCIe.  Bytes equal the CPU path's.
+ * Without CUDA in the build, quant_device >= 0 fails with SQ_ERR_UNSUPPORTED; in a CUDA build
+ * with no device likewise, and a device number past the machine's count with SQ_ERR_INVALID.
+ * The calling thread's current CUDA device is left as it was.
+ *
  * Bad data: a file that is shorter than its header said when it is read (truncated after the
  * headers were checked) fails with SQ_ERR_IO naming file and tensor; a quantizable weight
  * holding NaN or Inf (any block whose absmax is not finite) fails with SQ_ERR_FORMAT naming
@@ -111,9 +125,14 @@ typedef struct sq_load_options {
     void *progress_user;
     double progress_interval_s;    /* <= 0: 0.25 s */
     sq_log log;
+    int quant_device;              /* -1 (default): quantize on the CPU; >= 0: on this CUDA
+                                      device (see "GPU quantization" above) */
 } sq_load_options;
 
 sq_load_options sq_load_options_default(void);
+
+/* CUDA devices this process sees; 0 in a build without CUDA or without a usable device. */
+int sq_load_cuda_device_count(void);
 
 typedef struct sq_load_stats {
     int n_tensors;                 /* handed to the consumer */
@@ -164,6 +183,13 @@ sq_status sq_bnb_quant_state_json(const sq_qtensor *q, char **json, size_t *len,
 const char *sq_bnb_quant_state_suffix(sq_quant_type t);
 
 /* ---- distributed quantize: `mpirun -np N shardq quantize` ---------------------------------- */
+typedef enum sq_quantize_on {
+    SQ_QUANTIZE_ON_CPU = 0,        /* every rank quantizes on its CPU */
+    SQ_QUANTIZE_ON_AUTO,           /* a CUDA build on a rank whose machine has devices: device
+                                      local rank mod count; else the CPU */
+    SQ_QUANTIZE_ON_CUDA,           /* device quant_device on every rank, or fail */
+} sq_quantize_on;
+
 typedef struct sq_quantize_options {
     const char *model_dir;
     const char *out_dir;
@@ -178,6 +204,8 @@ typedef struct sq_quantize_options {
     void *progress_user;
     double progress_interval_s;
     sq_log log;
+    sq_quantize_on quant_on;       /* where 4-bit weights are quantized (CPU: the zero default) */
+    int quant_device;              /* SQ_QUANTIZE_ON_CUDA: this device on every rank */
 } sq_quantize_options;
 
 typedef struct sq_quantize_result {
@@ -192,6 +220,7 @@ typedef struct sq_quantize_result {
     bool prequantized;             /* the input was already a bnb 4-bit checkpoint */
     sq_quant_scheme scheme;
     uint64_t max_rss_bytes;        /* largest VmHWM over the ranks (0 when unknown) */
+    int cuda_ranks;                /* ranks that quantized on a CUDA device (0: all on CPUs) */
 } sq_quantize_result;
 
 /* Collective over comm (MPI_ERRORS_RETURN): every rank loads and quantizes its stage and

@@ -74,6 +74,9 @@ typedef struct sq_runtime_stage_params {
     void *progress_user;
     double progress_interval_s;
     sq_log log;
+    bool quant_on_device;       /* quantize 4-bit weights on CUDA device quant_device (the loader's
+                                   GPU path; sq_run sets it with the cuda backend); false: CPU */
+    int quant_device;
 } sq_runtime_stage_params;
 
 /* Creates the stage on `be` and loads its weights from st (checked against m, which must have

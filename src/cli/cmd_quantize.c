@@ -15,7 +15,7 @@ static void usage(FILE *f) {
             "usage: [mpirun -np N] shardq quantize MODEL_DIR --out DIR [--plan plan.json]\n"
             "                      [--quant nf4|fp4] [--double-quant] [--blocksize N]\n"
             "                      [--compute-dtype bf16|fp16] [--threads N] [--staging-mib N]\n"
-            "                      [--quiet] [--json] [--force]\n\n"
+            "                      [--device auto|cpu|N] [--quiet] [--json] [--force]\n\n"
             "Writes a bitsandbytes 4-bit checkpoint that transformers loads with\n"
             "AutoModelForCausalLM.from_pretrained: each rank reads only its own layers (from the\n"
             "plan), quantizes them and writes model-<r>-of-<N>.safetensors; rank 0 adds\n"
@@ -32,6 +32,9 @@ static void usage(FILE *f) {
             "  --compute-dtype  bnb_4bit_compute_dtype written to config.json (default bf16)\n"
             "  --threads        quantization threads per rank (default: one per core)\n"
             "  --staging-mib    staging buffer per rank in MiB (default 64)\n"
+            "  --device         where the 4-bit weights are quantized: auto (default: a CUDA build\n"
+            "                   on a rank with a GPU uses GPU local-rank mod count, else the CPU),\n"
+            "                   cpu, or CUDA device N on every rank (fails without one); same bytes\n"
             "  --quiet          no progress line\n"
             "  --json           print the summary as JSON on stdout\n"
             "  --force          replace DIR if it is a model folder or empty\n");
@@ -62,6 +65,7 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     memset(&o, 0, sizeof o);
     o.scheme = sq_quant_scheme_default();
     o.compute_dtype = "bfloat16";
+    o.quant_on = SQ_QUANTIZE_ON_AUTO;
     bool quiet = false, json = false, quant_given = false, bs_given = false;
     int64_t staging_mib = 0, threads = 0;
     for (int i = 1; i < argc; i++) {
@@ -100,6 +104,20 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
         } else if (sq_cli_flag_value(argc, argv, &i, "--staging-mib", &v, &missing)) {
             if (!missing && !sq_cli_parse_i64(v, 1, 1 << 20, &staging_mib))
                 return sq_cli_usage_error(ctx, "quantize", "--staging-mib must be 1..1048576, not '%s'", v);
+        } else if (sq_cli_flag_value(argc, argv, &i, "--device", &v, &missing)) {
+            int64_t d = 0;
+            if (missing) {
+            } else if (!strcmp(v, "auto")) {
+                o.quant_on = SQ_QUANTIZE_ON_AUTO;
+            } else if (!strcmp(v, "cpu")) {
+                o.quant_on = SQ_QUANTIZE_ON_CPU;
+            } else if (sq_cli_parse_i64(v, 0, 1023, &d)) {
+                o.quant_on = SQ_QUANTIZE_ON_CUDA;
+                o.quant_device = (int)d;
+            } else {
+                return sq_cli_usage_error(ctx, "quantize",
+                                          "--device must be auto, cpu or a CUDA device number 0..1023, not '%s'", v);
+            }
         } else if (!strcmp(argv[i], "--quiet")) {
             quiet = true;
         } else if (!strcmp(argv[i], "--json")) {
@@ -135,16 +153,19 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     if (st != SQ_OK) return ctx->rank == 0 ? sq_cli_report(ctx, &err) : 1;
     if (ctx->rank != 0) return 0;
     const char *qt = sq_quant_type_name(r.scheme.type);
+    /* where the weights were quantized: "cpu", "cuda" (every rank) or "cuda+cpu" (some ranks) */
+    const char *on = r.prequantized || r.cuda_ranks == 0 ? "cpu"
+                     : r.cuda_ranks == r.n_ranks         ? "cuda" : "cuda+cpu";
     if (json) {
         printf("{\"out\": \"%s\", \"ranks\": %d, \"tensors\": %d, \"total_size\": %llu, "
                "\"bytes_read\": %llu, \"seconds\": %.6f, \"gbps\": %.6f, \"load_seconds\": %.6f, "
                "\"load_gbps\": %.6f, \"max_rss_bytes\": %llu, "
                "\"quant\": \"%s\", \"double_quant\": %s, \"blocksize\": %lld, "
-               "\"prequantized\": %s}\n",
+               "\"prequantized\": %s, \"device\": \"%s\", \"cuda_ranks\": %d}\n",
                o.out_dir, r.n_ranks, r.n_tensors, (unsigned long long)r.total_size,
                (unsigned long long)r.bytes_read, r.seconds, r.gbps, r.load_seconds, r.load_gbps,
                (unsigned long long)r.max_rss_bytes, qt, r.scheme.double_quant ? "true" : "false",
-               (long long)r.scheme.blocksize, r.prequantized ? "true" : "false");
+               (long long)r.scheme.blocksize, r.prequantized ? "true" : "false", on, r.cuda_ranks);
     } else {
         printf("wrote %s: %d tensors, %.3f MB in %d shard%s (%s%s, blocksize %lld%s)\n", o.out_dir,
                r.n_tensors, (double)r.total_size / 1e6, r.n_ranks, r.n_ranks == 1 ? "" : "s", qt,
@@ -153,6 +174,10 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
         printf("read + quantized %.3f GB in %.3f s (%.3f GB/s); with writing %.3f s (%.3f GB/s); "
                "max RSS per rank %.1f MiB\n", (double)r.bytes_read / 1e9, r.load_seconds,
                r.load_gbps, r.seconds, r.gbps, (double)r.max_rss_bytes / 1048576.0);
+        if (r.prequantized) printf("quantized on: nothing (copied as stored)\n");
+        else if (r.cuda_ranks == 0) printf("quantized on: cpu\n");
+        else printf("quantized on: cuda on %d of %d rank%s (%s)\n", r.cuda_ranks, r.n_ranks,
+                    r.n_ranks == 1 ? "" : "s", on);
     }
     return 0;
 }

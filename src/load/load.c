@@ -2,7 +2,8 @@
  * into a bounded staging buffer (or straight into a dense output), quantizing decoder Linear
  * weights piece by piece (whole absmax blocks at a time, so the bytes equal a whole-tensor
  * sq_quant_4bit_from), reading pre-quantized bitsandbytes weights as stored, and handing each
- * result to the consumer.  Must never read a tensor outside the stage, touch the safetensors
+ * result to the consumer; with quant_device >= 0 the 4-bit weights go through the GPU ring of
+ * load_cuda.c instead of the CPU quantizer.  Must never read a tensor outside the stage, touch the safetensors
  * mapping's data pages, print, or hold more than one staging buffer. */
 #include <cJSON.h>
 #include <errno.h>
@@ -22,8 +23,30 @@
 sq_load_options sq_load_options_default(void) {
     return (sq_load_options){.scheme = sq_quant_scheme_default(), .staging_bytes = 0,
                              .pool = NULL, .tied_head_copy = false, .comm = MPI_COMM_NULL,
-                             .progress = NULL, .progress_user = NULL, .progress_interval_s = 0};
+                             .progress = NULL, .progress_user = NULL, .progress_interval_s = 0,
+                             .quant_device = -1};
 }
+
+#ifndef SHARDQ_HAVE_CUDA
+/* Built without CUDA: no device, and the GPU ring cannot be made (load_cuda.c is not built). */
+int sq_load_cuda_device_count(void) { return 0; }
+
+sq_status load_gpu_create(int device, uint64_t staging_bytes, int64_t blocksize, load_gpu **out,
+                          sq_error *err) {
+    (void)staging_bytes;
+    (void)blocksize;
+    *out = NULL;
+    return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                        "GPU quantize on CUDA device %d: this shardq was built without CUDA "
+                        "(rebuild with -DSHARDQ_CUDA=ON, or quantize on the CPU)", device);
+}
+void load_gpu_destroy(load_gpu *g) { (void)g; }
+sq_status load_gpu_quantize(load_gpu *g, sq_dtype dtype, load_read_fn read, void *ctx,
+                            sq_qtensor *q, const char *path, const char *name, sq_error *err) {
+    (void)g, (void)dtype, (void)read, (void)ctx, (void)q;
+    return sq_error_set(err, SQ_ERR_INTERNAL, path, name, "GPU quantize in a build without CUDA");
+}
+#endif
 
 sq_load_stage_desc sq_load_stage_from_plan(const sq_plan_stage *s) {
     return (sq_load_stage_desc){.first_layer = s->first_layer, .n_layers = s->n_layers,
@@ -86,6 +109,7 @@ typedef struct loader {
     size_t n_files;
     uint8_t *staging;        /* (staging_cap) */
     uint64_t staging_cap;
+    load_gpu *gpu;           /* quant_device >= 0: the GPU ring (then staging is NULL) */
     load_prog prog;
 } loader;
 
@@ -262,6 +286,40 @@ static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_tensor_
     return read_range(L, w, 0, w->n_bytes, item->data, t->name, err);
 }
 
+/* The GPU ring's reader: one chunk of the weight into pinned memory, then read-ahead advice for
+ * the next chunk. */
+typedef struct gpu_read_ctx {
+    loader *L;
+    const sq_tensor_info *w;
+    const char *name;
+} gpu_read_ctx;
+
+static sq_status gpu_read(void *ctx, uint64_t off, uint64_t n, void *dst, sq_error *err) {
+    gpu_read_ctx *c = ctx;
+    sq_status rc = read_range(c->L, c->w, off, n, dst, c->name, err);
+    if (rc == SQ_OK && off + n < c->w->n_bytes) {
+        uint64_t left = c->w->n_bytes - off - n;
+        prefetch(c->L, c->w, off + n, left < n ? left : n);
+    }
+    return rc;
+}
+
+/* Every absmax finite, else SQ_ERR_FORMAT naming the block (bnb would store a NaN absmax). */
+static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_tensor_info *w,
+                              const sq_qtensor *q, sq_error *err) {
+    const uint64_t n = q->n_elements, B = (uint64_t)q->blocksize;
+    for (uint64_t b = 0; b < q->n_blocks; b++)
+        if (!isfinite(q->absmax[b])) {
+            uint64_t e0 = b * B, e1 = e0 + B < n ? e0 + B : n;
+            return sq_error_set(err, SQ_ERR_FORMAT, sq_st_model_file_path(L->st, (size_t)w->file_index),
+                                t->name, "block %llu (elements %llu..%llu, row %llu) holds NaN or "
+                                "Inf: the checkpoint is corrupt", (unsigned long long)b,
+                                (unsigned long long)e0, (unsigned long long)(e1 - 1),
+                                (unsigned long long)(e0 / (uint64_t)t->shape[1]));
+        }
+    return SQ_OK;
+}
+
 static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_tensor_info *w,
                                const sq_quant_scheme *s, sq_load_item *item, sq_error *err) {
     if (w->dtype != SQ_DTYPE_BF16 && w->dtype != SQ_DTYPE_F16 && w->dtype != SQ_DTYPE_F32)
@@ -274,6 +332,15 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_tens
     sq_qtensor *q = &item->q;
     sq_status rc = sq_qtensor_init(q, s, t->shape[0], t->shape[1], w->dtype, err);
     if (rc != SQ_OK) return with_tensor(err, rc, t->name);
+    if (L->gpu) {
+        gpu_read_ctx c = {.L = L, .w = w, .name = t->name};
+        rc = load_gpu_quantize(L->gpu, w->dtype, gpu_read, &c, q,
+                               sq_st_model_file_path(L->st, (size_t)w->file_index), t->name, err);
+        if (rc == SQ_OK) rc = check_absmax(L, t, w, q, err);
+        if (rc == SQ_OK) rc = sq_qtensor_compress(q, err);
+        return rc == SQ_OK || rc == SQ_ERR_FORMAT || rc == SQ_ERR_CUDA || rc == SQ_ERR_IO
+                   ? rc : with_tensor(err, rc, t->name);
+    }
     uint64_t pe = piece_elements(L->staging_cap, es, s->blocksize);
     sq_quant_scheme piece_s = *s;
     piece_s.double_quant = false;   /* the offset is the mean over the whole tensor: later */
@@ -291,15 +358,8 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_tens
         memcpy(q->absmax + first / B, piece.absmax, (size_t)piece.n_blocks * sizeof(float));
         sq_qtensor_free(&piece);
     }
-    for (uint64_t b = 0; b < q->n_blocks; b++)
-        if (!isfinite(q->absmax[b])) {
-            uint64_t e0 = b * B, e1 = e0 + B < n ? e0 + B : n;
-            return sq_error_set(err, SQ_ERR_FORMAT, sq_st_model_file_path(L->st, (size_t)w->file_index),
-                                t->name, "block %llu (elements %llu..%llu, row %llu) holds NaN or "
-                                "Inf: the checkpoint is corrupt", (unsigned long long)b,
-                                (unsigned long long)e0, (unsigned long long)(e1 - 1),
-                                (unsigned long long)(e0 / (uint64_t)t->shape[1]));
-        }
+    rc = check_absmax(L, t, w, q, err);
+    if (rc != SQ_OK) return rc;
     rc = sq_qtensor_compress(q, err);
     if (rc != SQ_OK) return with_tensor(err, rc, t->name);
     return SQ_OK;
@@ -470,13 +530,25 @@ sq_status sq_load_stage(const sq_st_model *st, const sq_meta *m, const sq_load_s
     if (rc == SQ_OK && o->scheme.type != SQ_QUANT_NONE) rc = sq_quant_scheme_check(&o->scheme, err);
     if (rc == SQ_OK) rc = sq_load_stage_bytes(m, st, stage, o, &bytes, err);
     if (rc == SQ_OK) rc = sq_load_stage_tensors(m, stage, o->tied_head_copy, &idx, &n, err);
+    /* the GPU ring is made before the collective start, so a missing device or a build without
+     * CUDA fails before any byte is read */
+    const bool use_gpu = rc == SQ_OK && o->quant_device >= 0 && o->scheme.type != SQ_QUANT_NONE;
+    if (rc == SQ_OK && o->quant_device >= 0) {
+        const sq_quant_scheme es = effective_scheme(o);
+        const uint64_t budget = o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
+        /* the budget, but no more than the largest weight needs (bytes.staging_bytes) */
+        uint64_t want = bytes.staging_bytes < budget ? bytes.staging_bytes : budget;
+        if (use_gpu) rc = load_gpu_create(o->quant_device, want, es.blocksize, &L.gpu, err);
+        else if (sq_load_cuda_device_count() <= o->quant_device)
+            rc = load_gpu_create(o->quant_device, 0, 64, &L.gpu, err);   /* for its message */
+    }
     sq_load_options none = sq_load_options_default();
     load_prog_start(&L.prog, o ? o : &none, rc == SQ_OK ? bytes.src_bytes : 0);
     double t0 = sq_now_s();
     if (rc == SQ_OK) {
         L.n_files = sq_st_model_n_files(st);
         L.fds = malloc((L.n_files ? L.n_files : 1) * sizeof *L.fds);
-        L.staging_cap = bytes.staging_bytes;
+        L.staging_cap = use_gpu ? 0 : bytes.staging_bytes;
         L.staging = L.staging_cap ? malloc((size_t)L.staging_cap) : NULL;
         if (!L.fds || (L.staging_cap && !L.staging))
             rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
@@ -513,6 +585,7 @@ sq_status sq_load_stage(const sq_st_model *st, const sq_meta *m, const sq_load_s
         if (L.fds[i] >= 0) close(L.fds[i]);
     free(L.fds);
     free(L.staging);
+    load_gpu_destroy(L.gpu);
     free(idx);
     return rc;
 }

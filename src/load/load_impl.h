@@ -60,4 +60,26 @@ sq_status bnb_config_json(const char *text, size_t len, const char *path,
 sq_status bnb_index_json(index_entry *e, size_t n, uint64_t total_size, char **out,
                          sq_error *err);
 
+/* ---- load_cuda.c (SHARDQ_HAVE_CUDA only; load.c answers SQ_ERR_UNSUPPORTED otherwise) -------- */
+
+/* Reads bytes [off, off + n) of the weight being quantized into dst (pinned host memory). */
+typedef sq_status (*load_read_fn)(void *ctx, uint64_t off, uint64_t n, void *dst, sq_error *err);
+
+typedef struct load_gpu load_gpu;
+/* The GPU quantization ring on CUDA device `device`: staging_bytes split over its slots (each
+ * chunk whole blocks of `blocksize`; pinned host + the same on the device).  Errors: no CUDA
+ * device (SQ_ERR_UNSUPPORTED), device out of range (SQ_ERR_INVALID), CUDA failures
+ * (SQ_ERR_CUDA).  On failure *out is NULL and nothing leaks; the current device is unchanged. */
+sq_status load_gpu_create(int device, uint64_t staging_bytes, int64_t blocksize, load_gpu **out,
+                          sq_error *err);
+/* Waits for outstanding work and frees everything.  Takes NULL. */
+void load_gpu_destroy(load_gpu *g);
+/* Source bytes per chunk (whole blocks). */
+uint64_t load_gpu_chunk_bytes(const load_gpu *g);
+/* Fills q->packed and q->absmax (float32; q from sq_qtensor_init, not compressed yet) of a
+ * weight of q->n_elements elements of dtype (F32 / F16 / BF16), reading its bytes with `read`
+ * chunk by chunk; bytes equal sq_quant_4bit_from's.  Errors name path and name. */
+sq_status load_gpu_quantize(load_gpu *g, sq_dtype dtype, load_read_fn read, void *ctx,
+                            sq_qtensor *q, const char *path, const char *name, sq_error *err);
+
 #endif

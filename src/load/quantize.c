@@ -19,6 +19,45 @@
 #define PATH_BYTES 4096
 #define MAX_COPY_BYTES (512ull << 20)
 
+/* ---- where to quantize ------------------------------------------------------------------------ */
+
+/* This rank's CUDA device for quantizing (-1: the CPU), from o->quant_on.  Collective over comm
+ * (the node split for the local rank); an explicit device that this rank cannot use fails here,
+ * before any file is written. */
+static sq_status choose_quant_device(MPI_Comm comm, int rank, int size,
+                                     const sq_quantize_options *o, int *dev, sq_error *err) {
+    *dev = -1;
+    int local_rank = 0;
+    if (size > 1 && o->quant_on == SQ_QUANTIZE_ON_AUTO) {
+        MPI_Comm node = MPI_COMM_NULL;
+        if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) != MPI_SUCCESS ||
+            MPI_Comm_rank(node, &local_rank) != MPI_SUCCESS)
+            return sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Comm_split_type (ranks of this node) failed");
+        MPI_Comm_free(&node);
+    }
+    const int n_dev = sq_load_cuda_device_count();
+    if (o->quant_on == SQ_QUANTIZE_ON_AUTO) {
+        if (n_dev > 0) *dev = local_rank % n_dev;
+    } else if (o->quant_on == SQ_QUANTIZE_ON_CUDA) {
+#ifdef SHARDQ_HAVE_CUDA
+        if (n_dev == 0)
+            return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                                "--device %d: no CUDA device on this rank's machine; use --device "
+                                "cpu or auto", o->quant_device);
+        if (o->quant_device < 0 || o->quant_device >= n_dev)
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                "--device %d: this rank's machine has %d CUDA device%s",
+                                o->quant_device, n_dev, n_dev == 1 ? "" : "s");
+        *dev = o->quant_device;
+#else
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "--device %d: this shardq was built without CUDA (-DSHARDQ_CUDA=ON); "
+                            "use --device cpu or auto", o->quant_device);
+#endif
+    }
+    return SQ_OK;
+}
+
 /* ---- agreement ------------------------------------------------------------------------------ */
 
 /* Every rank passes its status; SQ_OK only if all are OK, else every rank gets the lowest
@@ -377,6 +416,8 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
                               stored.double_quant ? ", double quant" : "");
         scheme = stored;
     }
+    int qdev = -1;
+    if (rc == SQ_OK && !prequant) rc = choose_quant_device(comm, rank, size, o, &qdev, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
     rc = make_plan(comm, size, o, meta, &scheme, prequant, &plan, log, err);
@@ -420,6 +461,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     lo.progress_user = o->progress_user;
     lo.progress_interval_s = o->progress_interval_s;
     lo.log = log;
+    lo.quant_device = qdev;
     sq_load_stage_desc stage = sq_load_stage_from_plan(&plan->stages[rank]);
     sq_load_stats stats;
     double t0 = sq_now_s();
@@ -432,7 +474,8 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     /* figures and names to rank 0 */
     double mx[3] = {secs, (double)load_max_rss_bytes(), stats.seconds};
     double mx_all[3] = {secs, mx[1], mx[2]};
-    uint64_t sm[3] = {stats.bytes_read, sc.bytes, sc.n_names}, sm_all[3] = {sm[0], sm[1], sm[2]};
+    uint64_t sm[4] = {stats.bytes_read, sc.bytes, sc.n_names, qdev >= 0},
+             sm_all[4] = {sm[0], sm[1], sm[2], sm[3]};
     size_t blen = 0;
     for (size_t i = 0; i < sc.n_names; i++) blen += strlen(sc.names[i]) + 1;
     char *blob = malloc(blen ? blen : 1);
@@ -449,7 +492,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
         goto out;
     }
     if (MPI_Allreduce(mx, mx_all, 3, MPI_DOUBLE, MPI_MAX, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(sm, sm_all, 3, MPI_UINT64_T, MPI_SUM, comm) != MPI_SUCCESS)
+        MPI_Allreduce(sm, sm_all, 4, MPI_UINT64_T, MPI_SUM, comm) != MPI_SUCCESS)
         rc = sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Allreduce failed");
     if (rank == 0) {
         lens = calloc((size_t)size, sizeof *lens);
@@ -517,6 +560,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
             res->prequantized = prequant;
             res->scheme = scheme;
             res->max_rss_bytes = (uint64_t)mx_all[1];
+            res->cuda_ranks = (int)sm_all[3];
         }
     }
 

@@ -94,6 +94,7 @@ sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_m
     lo.progress_user = p->progress_user;
     lo.progress_interval_s = p->progress_interval_s;
     lo.log = p->log;
+    if (p->quant_on_device) lo.quant_device = p->quant_device;
     /* collective with a comm: a rank whose pool failed still loads (on one thread) so that
      * nobody waits, and reports the pool's error afterwards */
     sq_error lerr = err ? *err : (sq_error){0};

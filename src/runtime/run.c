@@ -508,6 +508,8 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     }
     sp.progress_interval_s = o->progress_interval_s;
     sp.log = log;
+    sp.quant_on_device = ex.cuda;   /* the cuda backend: 4-bit weights quantized on its GPU */
+    sp.quant_device = ex.device;
     if (ex.cuda) {
 #ifdef SHARDQ_HAVE_CUDA
         rc = sq_backend_create_cuda(ex.device, &be, err);
