@@ -69,7 +69,7 @@ static const char *model_dir(const char *dt) {
     static char path[3][4200];
     int k = !strcmp(dt, "bf16") ? 0 : !strcmp(dt, "f16") ? 1 : 2;
     snprintf(path[k], sizeof path[k], "%s/%s", g_root, dt);
-    char cmd[9000];
+    char cmd[2 * sizeof path + 512];
     snprintf(cmd, sizeof cmd, "test -d '%s' || '%s' make-model --out '%s' --preset tiny --dtype %s "
              "--shards 2 --seed 7 >/dev/null", path[k], SQ_SHARDQ_EXE, path[k], dt);
     ck_assert_int_eq(system(cmd), 0);

@@ -62,8 +62,9 @@ int sq_load_cuda_device_count(void) {
 
 void load_gpu_destroy(load_gpu *g) {
     if (!g) return;
-    int cur = -1;
-    if (cudaGetDevice(&cur) == cudaSuccess && cur != g->device) (void)cudaSetDevice(g->device);
+    int cur = g->prev_device;   /* the device current at this call, restored at the end */
+    if (g->prev_device >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != g->device)
+        (void)cudaSetDevice(g->device);
     for (int k = 0; k < LOAD_GPU_SLOTS; k++) {
         gpu_slot *s = &g->slot[k];
         if (s->stream) (void)cudaStreamSynchronize(s->stream);
@@ -77,7 +78,7 @@ void load_gpu_destroy(load_gpu *g) {
         if (s->absmax_h) (void)cudaFreeHost(s->absmax_h);
     }
     (void)cudaGetLastError();
-    if (g->prev_device >= 0) (void)cudaSetDevice(g->prev_device);
+    if (cur >= 0) (void)cudaSetDevice(cur);
     free(g);
 }
 
@@ -133,10 +134,9 @@ sq_status load_gpu_create(int device, uint64_t staging_bytes, int64_t blocksize,
     return SQ_OK;
 fail:
     load_gpu_destroy(g);
+    if (prev >= 0) (void)cudaSetDevice(prev);
     return st;
 }
-
-uint64_t load_gpu_chunk_bytes(const load_gpu *g) { return g ? g->chunk_bytes : 0; }
 
 /* Waits for a busy slot and moves its results into q. */
 static sq_status drain(load_gpu *g, gpu_slot *s, sq_qtensor *q, const char *path,

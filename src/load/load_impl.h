@@ -74,8 +74,6 @@ sq_status load_gpu_create(int device, uint64_t staging_bytes, int64_t blocksize,
                           sq_error *err);
 /* Waits for outstanding work and frees everything.  Takes NULL. */
 void load_gpu_destroy(load_gpu *g);
-/* Source bytes per chunk (whole blocks). */
-uint64_t load_gpu_chunk_bytes(const load_gpu *g);
 /* Fills q->packed and q->absmax (float32; q from sq_qtensor_init, not compressed yet) of a
  * weight of q->n_elements elements of dtype (F32 / F16 / BF16), reading its bytes with `read`
  * chunk by chunk; bytes equal sq_quant_4bit_from's.  Errors name path and name. */

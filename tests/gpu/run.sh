@@ -69,7 +69,10 @@ if grep -q 'X(run,' "$ROOT/src/cli/cli.h"; then HAVE_RUN=1; fi
 # cannot stop the GPU run
 mapfile -t GPU_TESTS < <(ctest --test-dir "$BUILD" -N -L gpu | awk '/Test +#/ {print $3}')
 TARGETS=("${GPU_TESTS[@]}" test_cuda_math test_backend test_transport bench_gpu)
-[ "$HAVE_RUN" = 1 ] && TARGETS+=(shardq)
+# shardq: the pipeline step, and test_load_gpu makes its checkpoints with `shardq make-model`
+if [ "$HAVE_RUN" = 1 ] || printf '%s\n' "${GPU_TESTS[@]}" | grep -qx test_load_gpu; then
+    TARGETS+=(shardq)
+fi
 cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log" 2>&1 ||
     { grep -E 'error|Error' "$OUT/build.log" | head -30; say "build failed"; exit 1; }
 say "built ${TARGETS[*]} for sm_90"
@@ -88,6 +91,15 @@ ctest --test-dir "$BUILD" -R 'test_cuda_math|test_backend$|test_transport' --out
 if [ "$GPU" = 1 ]; then
     # the skip code is failure here: a GPU is present, so the test must have run
     "$BUILD/src/backend/test_backend_gpu" 2>&1 | tee "$OUT/test_backend_gpu.log" || status=1
+    # the loader's GPU quantization: bytes == the CPU loader's (bf16/f16/f32, nf4/fp4, double
+    # quant, blocksize 64/128, many-chunk staging), and its GB/s line
+    if [ -x "$BUILD/src/load/test_load_gpu" ]; then
+        "$BUILD/src/load/test_load_gpu" 2>&1 | tee "$OUT/test_load_gpu.log" || status=1
+        grep -h '^GPU quantize in loader GB/s' "$OUT/test_load_gpu.log" | tee -a "$OUT/bench_gpu_loader.txt" || true
+    else
+        say "FAILED: test_load_gpu was not built"
+        status=1
+    fi
 fi
 
 # ---- 4. the pipeline on one GPU -----------------------------------------------------------
