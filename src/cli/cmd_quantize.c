@@ -106,15 +106,14 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
                 return sq_cli_usage_error(ctx, "quantize", "--staging-mib must be 1..1048576, not '%s'", v);
         } else if (sq_cli_flag_value(argc, argv, &i, "--device", &v, &missing)) {
             int64_t d = 0;
-            if (missing) {
-            } else if (!strcmp(v, "auto")) {
+            if (!missing && !strcmp(v, "auto")) {
                 o.quant_on = SQ_QUANTIZE_ON_AUTO;
-            } else if (!strcmp(v, "cpu")) {
+            } else if (!missing && !strcmp(v, "cpu")) {
                 o.quant_on = SQ_QUANTIZE_ON_CPU;
-            } else if (sq_cli_parse_i64(v, 0, 1023, &d)) {
+            } else if (!missing && sq_cli_parse_i64(v, 0, 1023, &d)) {
                 o.quant_on = SQ_QUANTIZE_ON_CUDA;
                 o.quant_device = (int)d;
-            } else {
+            } else if (!missing) {
                 return sq_cli_usage_error(ctx, "quantize",
                                           "--device must be auto, cpu or a CUDA device number 0..1023, not '%s'", v);
             }
