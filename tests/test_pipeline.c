@@ -376,7 +376,7 @@ START_TEST(compute_failure_ends_every_rank) {
         ck_assert_int_eq(st, SQ_ERR_PEER);
         ck_assert_msg(strstr(err.msg, want), "%s", err.msg);
     }
-    ck_assert_msg(dt < 5.0, "took %.1f s with a 20 s timeout", dt);
+    ck_assert_msg(dt < 10.0, "took %.1f s with a 20 s timeout", dt);
     toy_free(&ts);
     sq_transport_destroy(t);   /* failed: keeps its communicator */
 }
@@ -507,7 +507,7 @@ static int bench(void) {
 static int run_suite(Suite *s) {
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, g_rank == 0 ? CK_NORMAL : CK_SILENT);
+    srunner_run_all(sr, CK_NORMAL);   /* every rank prints its own failures */
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed;

@@ -507,7 +507,9 @@ static void time_encode(const char *name, const char *text, size_t n) {
     double dt_dec = sq_now_s() - t1;
     fprintf(stderr, "tokenizer speed: %s: encode %zu bytes -> %zu ids in %.1f ms; decode %.1f ms\n",
             name, n, n_ids, 1e3 * dt, 1e3 * dt_dec);
-    ck_assert_msg(dt < 0.5, "%s: encoding %zu bytes took %.3f s", name, n, dt);
+    /* a guard against quadratic BPE (seconds to minutes on 100 kB), loose enough for ASan on a
+     * busy 2-core CI machine; the figure itself is printed above */
+    ck_assert_msg(dt < 3.0, "%s: encoding %zu bytes took %.3f s", name, n, dt);
     ck_assert_uint_gt(n_ids, n / 20);
     free(back);
     free(ids);

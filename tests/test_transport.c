@@ -221,7 +221,7 @@ START_TEST(abort_notice) {
         ck_assert_int_eq(st, SQ_ERR_PEER);
         ck_assert_msg(strstr(err.msg, "rank 1 failed: toy failure"), "%s", err.msg);
         ck_assert_int_eq(err.rank, g_rank);
-        ck_assert_msg(sq_now_s() - t0 < 5.0, "took %.1f s", sq_now_s() - t0);
+        ck_assert_msg(sq_now_s() - t0 < 10.0, "took %.1f s", sq_now_s() - t0);
         /* sticky: the next call says the same */
         ck_assert_int_eq(sq_transport_poll(t, &err), SQ_ERR_PEER);
     }
@@ -254,7 +254,8 @@ START_TEST(silent_peer_named) {
         ck_assert_int_eq(st, SQ_ERR_PEER);
         ck_assert_msg(strstr(err.msg, "rank 1 stopped responding") || strstr(err.msg, "rank 1 failed"),
                       "%s", err.msg);
-        ck_assert_msg(dt >= timeout * 0.9 && dt < timeout + 2.0, "took %.2f s", dt);
+        /* the upper bound is loose on purpose: CI runs other MPI tests on the same 2 cores */
+        ck_assert_msg(dt >= timeout * 0.9 && dt < timeout + 8.0, "took %.2f s", dt);
     }
     sq_transport_destroy(t);
 }
@@ -276,7 +277,8 @@ int main(int argc, char **argv) {
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, g_rank == 0 ? CK_NORMAL : CK_SILENT);
+    /* every rank prints its failures (a rank-specific failure must be visible) */
+    srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     int any = 0;
