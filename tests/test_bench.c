@@ -28,7 +28,7 @@ static char *g_root;
 static char g_model[1024], g_tmp[1024];
 static int g_gpus;
 
-#define SINGLETON "env OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self "
+#define SINGLETON SQ_SINGLETON_ENV
 
 /* `shardq bench ARGS` alone (np 0) or under mpirun, TMPDIR = g_tmp, 60 s guard */
 static char *bench_np(int np, int *rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -251,8 +251,7 @@ int main(void) {
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
-    if (!failed && system(cmd) != 0) failed = 1;
+    if (!failed && sq_test_rmtree(g_root) != 0) failed = 1;
     free(g_root);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

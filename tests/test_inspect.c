@@ -433,9 +433,7 @@ int main(void) {
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    char cmd[1100];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
-    if (!failed && system(cmd) != 0) failed = 1;
+    if (!failed && sq_test_rmtree(g_root) != 0) failed = 1;
     free(g_root);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -204,9 +204,7 @@ int main(void) {
     srunner_run_all(r, CK_NORMAL);
     int failed = srunner_ntests_failed(r);
     srunner_free(r);
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_root);
+    if (sq_test_rmtree(g_root) != 0) fprintf(stderr, "could not remove %s\n", g_root);
     free(g_root);
     return failed ? 1 : 0;
 }

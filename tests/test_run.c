@@ -26,7 +26,7 @@
 static char *g_root;
 static char g_llama[1024], g_qwen[1024], g_text[1024], g_qwenq[1024];
 
-#define SINGLETON "env OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self "
+#define SINGLETON SQ_SINGLETON_ENV
 
 /* Runs a shell command line built from fmt; returns the output (caller frees). */
 static char *sh(int *rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -381,8 +381,7 @@ int main(void) {
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
-    if (!failed && system(cmd) != 0) failed = 1;
+    if (!failed && sq_test_rmtree(g_root) != 0) failed = 1;
     free(g_root);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

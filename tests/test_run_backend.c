@@ -27,7 +27,7 @@ static char *g_root;
 static char g_model[1024];
 static int g_gpus;   /* CUDA devices this test sees (0 in a build without CUDA) */
 
-#define SINGLETON "env OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self "
+#define SINGLETON SQ_SINGLETON_ENV
 #define PROMPT "--prompt-ids '3,7,11,5;9,4;13,8,6' --max-new-tokens 5 --ignore-eos"
 
 /* `shardq run ARGS` alone (np 0) or under mpirun -np N, with a 60 s guard; output malloc'd */
@@ -221,8 +221,7 @@ int main(void) {
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_root);
-    if (!failed && system(cmd) != 0) failed = 1;
+    if (!failed && sq_test_rmtree(g_root) != 0) failed = 1;
     free(g_root);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -15,6 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* Prefix for running the shardq executable alone (no mpirun) quickly: Open MPI's singleton
+ * start-up without a runtime daemon and with shared-memory transports off. */
+#define SQ_SINGLETON_ENV "env OMPI_MCA_ess_singleton_isolated=1 OMPI_MCA_pml=ob1 OMPI_MCA_btl=self "
+
 #define SQ_MPIRUN_TEST_FLAGS \
     "--allow-run-as-root --oversubscribe --bind-to none --mca btl self,tcp " \
     "--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo"
@@ -76,6 +80,18 @@ static inline char *sq_test_run(const char *cmd, int *rc) {
     int st = pclose(p);
     *rc = WIFEXITED(st) ? WEXITSTATUS(st) : (WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1);
     return out;
+}
+
+/* Removes a fixture folder (rm -rf); returns 0 on success.  path is quoted with '…', so it
+ * must not contain a single quote (sq_test_tmpdir's never do). */
+static inline int sq_test_rmtree(const char *path) {
+    size_t n = strlen(path) + 16;
+    char *cmd = malloc(n);
+    if (!cmd) return -1;
+    snprintf(cmd, n, "rm -rf '%s'", path);
+    int rc = system(cmd);
+    free(cmd);
+    return rc == 0 ? 0 : -1;
 }
 
 /* Counts lines in s. */
