@@ -207,6 +207,10 @@ START_TEST(abort_notice) {
     sq_error_init(&err, g_rank);
     int prev = (g_rank - 1 + g_size) % g_size;
     ck_assert_int_eq(sq_transport_agree(t, SQ_OK, &err), SQ_OK);
+    /* A nonblocking collective can complete on one rank while another is still in it; an
+     * abort notice arriving then fails that rank's agree (correctly).  The test wants the
+     * notice to reach a receive, so every rank leaves the agree first. */
+    MPI_Barrier(MPI_COMM_WORLD);
     double t0 = sq_now_s();
     if (g_rank == 1) {
         sq_error cause;
@@ -236,6 +240,10 @@ START_TEST(silent_peer_named) {
     sq_error_init(&err, g_rank);
     int prev = (g_rank - 1 + g_size) % g_size;
     ck_assert_int_eq(sq_transport_agree(t, SQ_OK, &err), SQ_OK);
+    /* A nonblocking collective can complete on one rank while another is still in it; an
+     * abort notice arriving then fails that rank's agree (correctly).  The test wants the
+     * notice to reach a receive, so every rank leaves the agree first. */
+    MPI_Barrier(MPI_COMM_WORLD);
     double t0 = sq_now_s();
     if (g_rank == 1) {
         /* hang: no polling, no heartbeats */
