@@ -4,10 +4,12 @@
 #       builds static library sq_<name> (public headers in include/shardq/), linked to the
 #       project flags; the CLI links every registered module.
 #   sq_add_test(<module> LABEL unit|mpi|gpu [SOURCES <files…>] [DEPS <targets…>]
-#               [NP <n…>] [TIMEOUT <s>] [ARGS <args…>])
+#               [NP <n…>] [TIMEOUT <s>] [PROCESSORS <n>] [ARGS <args…>])
 #       builds tests/test_<module>.c (or SOURCES) into test_<module> and registers it with
 #       CTest.  `mpi` tests run under mpirun once per NP (default 1 2 4) with CK_FORK=no;
-#       `gpu` tests run without fork and must exit 77 without a device.
+#       `gpu` tests run without fork and must exit 77 without a device.  An mpi test counts
+#       NP processors for `ctest -j`; PROCESSORS gives a unit test that starts mpirun jobs
+#       of its own the same weight.
 include_guard(GLOBAL)
 
 set(SQ_MPIRUN_FLAGS --allow-run-as-root --oversubscribe --bind-to none
@@ -29,7 +31,7 @@ function(sq_add_module name)
 endfunction()
 
 function(sq_add_test module)
-  cmake_parse_arguments(T "" "LABEL;TIMEOUT" "SOURCES;DEPS;NP;ARGS" ${ARGN})
+  cmake_parse_arguments(T "" "LABEL;TIMEOUT;PROCESSORS" "SOURCES;DEPS;NP;ARGS" ${ARGN})
   if(NOT T_SOURCES)
     set(T_SOURCES ${PROJECT_SOURCE_DIR}/tests/test_${module}.c)
   endif()
@@ -54,12 +56,18 @@ function(sq_add_test module)
     foreach(np ${T_NP})
       add_test(NAME ${exe}_np${np}
                COMMAND ${MPIEXEC_EXECUTABLE} ${SQ_MPIRUN_FLAGS} -np ${np} $<TARGET_FILE:${exe}> ${T_ARGS})
+      # PROCESSORS: CTest -j counts the ranks, so a multi-rank test does not share this
+      # machine's 2 cores with other jobs (the liveness tests time peers out in seconds).
       set_tests_properties(${exe}_np${np} PROPERTIES LABELS mpi TIMEOUT ${T_TIMEOUT}
-                           ENVIRONMENT "${env};CK_FORK=no")
+                           PROCESSORS ${np} ENVIRONMENT "${env};CK_FORK=no")
     endforeach()
   else()
     add_test(NAME ${exe} COMMAND $<TARGET_FILE:${exe}> ${T_ARGS})
     set(props LABELS ${T_LABEL} TIMEOUT ${T_TIMEOUT})
+    if(T_PROCESSORS)
+      # a test that starts mpirun jobs of its own
+      list(APPEND props PROCESSORS ${T_PROCESSORS})
+    endif()
     if(T_LABEL STREQUAL "gpu")
       list(APPEND props SKIP_RETURN_CODE 77)
       list(APPEND env "CK_FORK=no")
