@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -70,6 +71,43 @@ START_TEST(test_plan_json_and_files) {
         free(t);
         remove(path);
     }
+    rmdir(dir);
+    free(dir);
+}
+END_TEST
+
+/* --hf-device-map: values are CUDA indices on the node or "cpu"; a plan over two nodes is
+ * refused before any file is written */
+START_TEST(test_hf_device_map_devices) {
+    char *dir = sq_test_tmpdir("planhf");
+    char args[2048], path[600];
+    int rc;
+    snprintf(args, sizeof args,
+             "plan --config " CFG "llama-2-7b.json --cluster " CLU "cpu-4rank.json --max-seq 512 "
+             "--hf-device-map %s/cpu.json", dir);
+    char *out = run(args, &rc);
+    ck_assert_msg(rc == 0, "%s", out);
+    free(out);
+    snprintf(path, sizeof path, "%s/cpu.json", dir);
+    size_t n = 0;
+    char *t = sq_test_read_file(path, &n);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_ptr_nonnull(strstr(t, "\"model.embed_tokens\":\t\"cpu\""));
+    ck_assert_ptr_nonnull(strstr(t, "\"model.layers.31\":\t\"cpu\""));
+    ck_assert_ptr_nonnull(strstr(t, "\"lm_head\":\t\"cpu\""));
+    ck_assert_ptr_null(strstr(t, ":\t0"));
+    free(t);
+    remove(path);
+
+    snprintf(args, sizeof args,
+             "plan --config " CFG "llama-3-70b.json --cluster " CLU "dgx-h100-2node.json "
+             "--out %s/plan.json --hf-device-map %s/dm.json", dir, dir);
+    one_line_failure(args, 1, "--hf-device-map: the plan spans nodes node0 and node1, but transformers' "
+                              "device_map places the modules of one process on one machine");
+    snprintf(path, sizeof path, "%s/plan.json", dir);
+    ck_assert_int_eq(access(path, F_OK), -1);
+    snprintf(path, sizeof path, "%s/dm.json", dir);
+    ck_assert_int_eq(access(path, F_OK), -1);
     rmdir(dir);
     free(dir);
 }
@@ -159,6 +197,7 @@ int main(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_plan_table_and_compare);
     tcase_add_test(tc, test_plan_json_and_files);
+    tcase_add_test(tc, test_hf_device_map_devices);
     tcase_add_test(tc, test_plan_discover_mpi);
     tcase_add_test(tc, test_topo);
     tcase_add_test(tc, test_bad_inputs);

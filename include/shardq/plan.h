@@ -212,8 +212,12 @@ sq_status sq_plan_write_file(const sq_plan *p, const char *path, sq_error *err);
 sq_status sq_plan_read_file(const char *path, sq_plan **out, sq_error *err);
 /* The plan as JSON text (the --json output; malloc'd, caller frees). */
 sq_status sq_plan_to_json(const sq_plan *p, char **out, sq_error *err);
-/* transformers' device_map: {"model.embed_tokens": 0, "model.layers.0": 0, …, "model.norm": R,
- * "lm_head": R}, devices by rank. */
+/* transformers' device_map: {"model.embed_tokens": D, "model.layers.0": D, …, "model.norm": D',
+ * "lm_head": D'} where D is "cpu" for a stage on host memory, else the CUDA index of the stage's
+ * GPU on its node (the node's GPU stages in rank order: 0, 1, …).  One process, one machine:
+ * a plan whose stages span nodes is refused (SQ_ERR_UNSUPPORTED) by the check, which the
+ * writer runs first and callers may run before writing anything else. */
+sq_status sq_plan_hf_device_map_check(const sq_plan *p, sq_error *err);
 sq_status sq_plan_write_hf_device_map(const sq_plan *p, const char *path, sq_error *err);
 /* One stacked bar per device: weights / KV / workspace + logits / headroom. */
 sq_status sq_plan_write_svg(const sq_plan *p, const char *path, sq_error *err);

@@ -45,7 +45,9 @@ static void usage(FILE *f) {
         "                       from its algorithm description), evaluated with the same model\n"
         "  --json               print the plan as JSON (with --compare: plus an \"accelerate\" key)\n"
         "  --out FILE           write the plan file that quantize / run / bench read\n"
-        "  --hf-device-map FILE write transformers' device_map JSON\n"
+        "  --hf-device-map FILE write transformers' device_map JSON (for from_pretrained(\n"
+        "                       device_map=...)): module -> the GPU's CUDA index on the node,\n"
+        "                       or \"cpu\"; one-node plans only (one process, one machine)\n"
         "  --svg FILE           one stacked bar per device: weights / KV / workspace / headroom\n");
 }
 
@@ -229,6 +231,8 @@ int sq_cli_plan(int argc, char **argv, sq_cli_ctx *ctx) {
             goto done;
         }
     }
+    /* refused before anything is printed or written */
+    if (hf_path && (st = sq_plan_hf_device_map_check(plan, &err)) != SQ_OK) goto done;
     if (ctx->rank == 0) {
         if (json) {
             char *js = NULL, *ja = NULL;

@@ -358,23 +358,51 @@ sq_status sq_plan_read_file(const char *path, sq_plan **out, sq_error *err) {
 }
 
 /* ---- transformers' device_map ----------------------------------------------------------- */
+/* A stage whose device is the host's memory (a CPU device: the topology names it "cpu"). */
+static bool stage_is_cpu(const sq_plan_stage *st) { return strcmp(st->device, "cpu") == 0; }
+
+sq_status sq_plan_hf_device_map_check(const sq_plan *p, sq_error *err) {
+    for (int i = 1; i < p->n_stages; i++)
+        if (strcmp(p->stages[i].node, p->stages[0].node) != 0)
+            return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                                "--hf-device-map: the plan spans nodes %s and %s, but transformers' "
+                                "device_map places the modules of one process on one machine; plan "
+                                "for a one-node cluster to get one",
+                                p->stages[0].node, p->stages[i].node);
+    return SQ_OK;
+}
+
 sq_status sq_plan_write_hf_device_map(const sq_plan *p, const char *path, sq_error *err) {
+    sq_status st = sq_plan_hf_device_map_check(p, err);
+    if (st != SQ_OK) {
+        snprintf(err->file, sizeof err->file, "%s", path);
+        return st;
+    }
     cJSON *o = cJSON_CreateObject();
     if (!o) return sq_error_set(err, SQ_ERR_NOMEM, path, NULL, "out of memory");
-    int last = p->n_stages - 1;
-    cJSON_AddNumberToObject(o, "model.embed_tokens", 0);
-    for (int i = 0; i < p->n_stages; i++)
-        for (int l = p->stages[i].first_layer; l < p->stages[i].first_layer + p->stages[i].n_layers; l++) {
+    /* the value of stage i: "cpu", or the CUDA index of its GPU on the node (GPUs in rank
+     * order, as shardq's ranks pick them by local rank) */
+    int gpu = 0;
+    for (int i = 0; i < p->n_stages; i++) {
+        const sq_plan_stage *sg = &p->stages[i];
+        cJSON *v = stage_is_cpu(sg) ? cJSON_CreateString("cpu") : cJSON_CreateNumber(gpu++);
+        if (!v) break;
+        if (sg->has_embed) cJSON_AddItemToObject(o, "model.embed_tokens", cJSON_Duplicate(v, 1));
+        for (int l = sg->first_layer; l < sg->first_layer + sg->n_layers; l++) {
             char key[48];
             snprintf(key, sizeof key, "model.layers.%d", l);
-            cJSON_AddNumberToObject(o, key, p->stages[i].rank);
+            cJSON_AddItemToObject(o, key, cJSON_Duplicate(v, 1));
         }
-    cJSON_AddNumberToObject(o, "model.norm", p->stages[last].rank);
-    cJSON_AddNumberToObject(o, "lm_head", p->stages[last].rank);
+        if (sg->has_head) {
+            cJSON_AddItemToObject(o, "model.norm", cJSON_Duplicate(v, 1));
+            cJSON_AddItemToObject(o, "lm_head", cJSON_Duplicate(v, 1));
+        }
+        cJSON_Delete(v);
+    }
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     if (!s) return sq_error_set(err, SQ_ERR_NOMEM, path, NULL, "out of memory");
-    sq_status st = write_atomic(path, s, strlen(s), err);
+    st = write_atomic(path, s, strlen(s), err);
     free(s);
     return st;
 }
