@@ -182,6 +182,20 @@ START_TEST(test_bad_inputs) {
     one_line_failure("plan --config " CFG "llama-2-7b.json --cluster " CLU "rtx4090-4x-pcie.json --batch 0",
                      2, "--batch must be a whole number in 1..1048576 (got '0')");
     one_line_failure("plan --config " CFG "llama-2-7b.json", 2, "give --cluster FILE or --discover");
+    /* the scheme flags: one parser for plan, quantize, run and bench, the same messages */
+    const char *cmds[] = {"plan --config " CFG "llama-2-7b.json --cluster " CLU "cpu-4rank.json",
+                          "quantize /nonexistent --out /nonexistent-out",
+                          "run /nonexistent --prompt-ids 1", "bench --preset-model tiny"};
+    for (int c = 0; c < 4; c++) {
+        snprintf(args, sizeof args, "%s --blocksize 100", cmds[c]);
+        one_line_failure(args, 2, "--blocksize must be a power of two in 32..4096, not '100'");
+        snprintf(args, sizeof args, "%s --quant nf5", cmds[c]);
+        one_line_failure(args, 2, c == 1 ? "--quant must be nf4 or fp4, not 'nf5'"
+                                         : "--quant must be nf4, fp4 or none, not 'nf5'");
+        snprintf(args, sizeof args, "%s --quant none --double-quant", cmds[c]);
+        one_line_failure(args, 2, c == 1 ? "--quant must be nf4 or fp4, not 'none'"
+                                         : "--double-quant quantizes the 4-bit absmax: it needs --quant nf4 or fp4");
+    }
     one_line_failure("plan --config " CFG "llama-3.1-405b.json --cluster " CLU "rtx4090-4x-pcie.json",
                      1, "does not fit: 126 layers on 4 devices fall short by ");
     one_line_failure("plan --config /nonexistent/config.json --cluster " CLU "cpu-4rank.json", 1,

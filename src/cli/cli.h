@@ -38,13 +38,22 @@ bool sq_cli_parse_f64(const char *s, double min, double max, double *out);
 bool sq_cli_flag_value(int argc, char **argv, int *i, const char *name, const char **val,
                        bool *missing);
 
-/* The flags run and bench share (src/cli/run_flags.c): --quant, --double-quant, --blocksize,
- * --backend, --transport, --device, --threads, --timeout.  Returns true when argv[*i] is one of
- * them (then *i is past its value); *usage_rc is 0, or 2 after a usage error was printed;
- * *missing is set when the value is absent (the caller reports it). */
+/* The 4-bit scheme flags plan, quantize, run and bench share (src/cli/run_flags.c): --quant
+ * (nf4, fp4, and none when allow_none), --double-quant, --blocksize (a power of two in
+ * 32..4096), written into *s.  Returns true when argv[*i] is one of them (then *i is past its
+ * value and *given is set); *usage_rc is 0, or 2 after a usage error was printed; *missing is
+ * set when the value is absent (the caller reports it). */
+bool sq_cli_scheme_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **argv, int *i,
+                        sq_quant_scheme *s, bool allow_none, bool *given, bool *missing,
+                        int *usage_rc);
+/* After parsing: 0, or 2 after printing why the scheme is contradictory (--double-quant
+ * with --quant none). */
+int sq_cli_scheme_check(const sq_cli_ctx *ctx, const char *cmd, const sq_quant_scheme *s);
+
+/* The flags run and bench share: the scheme flags above (into o->scheme) and --backend,
+ * --transport, --device, --threads, --timeout; the same contract. */
 bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **argv, int *i,
-                     sq_run_options *o, bool *dq, bool *quant_given, bool *missing,
-                     int *usage_rc);
+                     sq_run_options *o, bool *quant_given, bool *missing, int *usage_rc);
 
 /* Collective: every rank passes its local status; returns SQ_OK only if all ranks are OK.
  * On failure *err on every rank describes the lowest failing rank's error (broadcast),

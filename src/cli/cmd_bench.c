@@ -271,7 +271,8 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     const char *cmd = "bench";
     bench_opts o = {.batch = 4, .prompt_len = 32, .new_tokens = 16};
     sq_run_options ro = sq_run_options_default();
-    bool dq = false, quant_given = false;
+    bool quant_given = false;
+    int urc0 = 0;
     int64_t v64 = 0;
     char why[256];
     for (int i = 1; i < argc; i++) {
@@ -281,7 +282,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             if (ctx->rank == 0) usage(stdout);
             return 0;
-        } else if (sq_cli_run_flag(ctx, cmd, argc, argv, &i, &ro, &dq, &quant_given, &missing, &urc)) {
+        } else if (sq_cli_run_flag(ctx, cmd, argc, argv, &i, &ro, &quant_given, &missing, &urc)) {
             if (urc) return urc;
         } else if (sq_cli_flag_value(argc, argv, &i, "--preset-model", &v, &missing)) {
             if (!missing && strcmp(v, "tiny") && strcmp(v, "small"))
@@ -323,8 +324,8 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     for (int k = 0; k < o.n_m; k++)
         if (o.m[k] > o.batch)
             return sq_cli_usage_error(ctx, cmd, "--micro-batches %d exceeds --batch %d", o.m[k], o.batch);
-    ro.scheme.double_quant = dq;
-    ro.scheme_given = quant_given || dq;
+    if ((urc0 = sq_cli_scheme_check(ctx, cmd, &ro.scheme)) != 0) return urc0;
+    ro.scheme_given = quant_given;
 
     sq_error err;
     sq_error_init(&err, ctx->n_ranks > 1 ? ctx->rank : -1);

@@ -115,10 +115,12 @@ static void print_table(const sq_plan *p, const sq_cluster *c, const char *title
 }
 
 int sq_cli_plan(int argc, char **argv, sq_cli_ctx *ctx) {
-    const char *model = NULL, *config = NULL, *cluster_path = NULL, *quant = "nf4";
+    const char *model = NULL, *config = NULL, *cluster_path = NULL;
     const char *max_memory = NULL, *compare = NULL, *out_path = NULL, *hf_path = NULL, *svg_path = NULL;
-    bool discover = false, json = false, dq = false;
-    int64_t blocksize = 64, max_seq = 0, batch = 1;
+    bool discover = false, json = false, scheme_given = false;
+    int64_t max_seq = 0, batch = 1;
+    int urc = 0;
+    sq_quant_scheme scheme = sq_quant_scheme_default();
     double reserve = 1.0;
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
@@ -130,20 +132,18 @@ int sq_cli_plan(int argc, char **argv, sq_cli_ctx *ctx) {
             discover = true;
         } else if (!strcmp(argv[i], "--json")) {
             json = true;
-        } else if (!strcmp(argv[i], "--double-quant")) {
-            dq = true;
+        } else if (sq_cli_scheme_flag(ctx, "plan", argc, argv, &i, &scheme, true, &scheme_given,
+                                      &missing, &urc)) {
+            if (urc) return urc;
+            if (missing) return sq_cli_usage_error(ctx, "plan", "%s needs a value", argv[i]);
         } else if (sq_cli_flag_value(argc, argv, &i, "--config", &config, &missing) ||
                    sq_cli_flag_value(argc, argv, &i, "--cluster", &cluster_path, &missing) ||
-                   sq_cli_flag_value(argc, argv, &i, "--quant", &quant, &missing) ||
                    sq_cli_flag_value(argc, argv, &i, "--max-memory", &max_memory, &missing) ||
                    sq_cli_flag_value(argc, argv, &i, "--compare", &compare, &missing) ||
                    sq_cli_flag_value(argc, argv, &i, "--out", &out_path, &missing) ||
                    sq_cli_flag_value(argc, argv, &i, "--hf-device-map", &hf_path, &missing) ||
                    sq_cli_flag_value(argc, argv, &i, "--svg", &svg_path, &missing)) {
             if (missing) return sq_cli_usage_error(ctx, "plan", "%s needs a value", argv[i]);
-        } else if (sq_cli_flag_value(argc, argv, &i, "--blocksize", &v, &missing)) {
-            if (missing || !sq_cli_parse_i64(v, 32, 4096, &blocksize))
-                return sq_cli_usage_error(ctx, "plan", "--blocksize must be a power of two in 32..4096");
         } else if (sq_cli_flag_value(argc, argv, &i, "--max-seq", &v, &missing)) {
             if (missing || !sq_cli_parse_i64(v, 1, INT64_C(1) << 24, &max_seq))
                 return sq_cli_usage_error(ctx, "plan", "--max-seq must be a whole number in 1..16777216");
@@ -168,13 +168,7 @@ int sq_cli_plan(int argc, char **argv, sq_cli_ctx *ctx) {
         return sq_cli_usage_error(ctx, "plan", "give --cluster FILE or --discover (one of them)");
     if (compare && strcmp(compare, "accelerate"))
         return sq_cli_usage_error(ctx, "plan", "--compare knows only 'accelerate'");
-    sq_quant_scheme scheme = sq_quant_scheme_default();
-    if (!strcmp(quant, "nf4")) scheme.type = SQ_QUANT_NF4;
-    else if (!strcmp(quant, "fp4")) scheme.type = SQ_QUANT_FP4;
-    else if (!strcmp(quant, "none")) scheme.type = SQ_QUANT_NONE;
-    else return sq_cli_usage_error(ctx, "plan", "--quant must be nf4, fp4 or none");
-    scheme.double_quant = dq;
-    scheme.blocksize = blocksize;
+    if ((urc = sq_cli_scheme_check(ctx, "plan", &scheme)) != 0) return urc;
 
     sq_error err;
     sq_error_init(&err, ctx->n_ranks > 1 ? ctx->rank : -1);

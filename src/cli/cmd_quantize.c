@@ -66,11 +66,12 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     o.scheme = sq_quant_scheme_default();
     o.compute_dtype = "bfloat16";
     o.quant_on = SQ_QUANTIZE_ON_AUTO;
-    bool quiet = false, json = false, quant_given = false, bs_given = false;
+    bool quiet = false, json = false, quant_given = false;
     int64_t staging_mib = 0, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
         bool missing = false;
+        int urc = 0;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             if (ctx->rank == 0) usage(stdout);
             return 0;
@@ -78,21 +79,9 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
             o.out_dir = v;
         } else if (sq_cli_flag_value(argc, argv, &i, "--plan", &v, &missing)) {
             o.plan_path = v;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--quant", &v, &missing)) {
-            if (!missing && (!sq_quant_type_from_name(v, &o.scheme.type) ||
-                             o.scheme.type == SQ_QUANT_NONE))
-                return sq_cli_usage_error(ctx, "quantize", "--quant must be nf4 or fp4, not '%s'", v);
-            quant_given = true;
-        } else if (!strcmp(argv[i], "--double-quant")) {
-            o.scheme.double_quant = true;
-            quant_given = true;
-        } else if (sq_cli_flag_value(argc, argv, &i, "--blocksize", &v, &missing)) {
-            int64_t b = 0;
-            if (!missing && (!sq_cli_parse_i64(v, 32, 4096, &b) || (b & (b - 1)) != 0))
-                return sq_cli_usage_error(ctx, "quantize",
-                                          "--blocksize must be a power of two in 32..4096, not '%s'", v);
-            o.scheme.blocksize = b;
-            bs_given = true;
+        } else if (sq_cli_scheme_flag(ctx, "quantize", argc, argv, &i, &o.scheme, false, &quant_given,
+                                      &missing, &urc)) {
+            if (urc) return urc;
         } else if (sq_cli_flag_value(argc, argv, &i, "--compute-dtype", &v, &missing)) {
             if (!missing && (!strcmp(v, "bf16") || !strcmp(v, "bfloat16"))) o.compute_dtype = "bfloat16";
             else if (!missing && (!strcmp(v, "fp16") || !strcmp(v, "float16"))) o.compute_dtype = "float16";
@@ -134,7 +123,7 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     }
     if (!o.model_dir) return sq_cli_usage_error(ctx, "quantize", "no MODEL_DIR given");
     if (!o.out_dir) return sq_cli_usage_error(ctx, "quantize", "no --out DIR given");
-    o.scheme_given = quant_given || bs_given;
+    o.scheme_given = quant_given;
     o.staging_bytes = (uint64_t)staging_mib << 20;
     o.n_threads = (int)threads;
     o.log = ctx->log;

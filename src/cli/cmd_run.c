@@ -373,7 +373,8 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     sq_run_options o = sq_run_options_default();
     const char *ids_arg = NULL, *dump = NULL, *system = NULL;
     int n_src = 0;
-    bool quiet = false, json = false, chat = false, dq = false, quant_given = false;
+    bool quiet = false, json = false, chat = false, quant_given = false;
+    int urc0 = 0;
     int64_t v64 = 0;
     double vd = 0;
     for (int i = 1; i < argc; i++) {
@@ -383,7 +384,7 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             if (ctx->rank == 0) usage(stdout);
             return 0;
-        } else if (sq_cli_run_flag(ctx, cmd, argc, argv, &i, &o, &dq, &quant_given, &missing, &urc)) {
+        } else if (sq_cli_run_flag(ctx, cmd, argc, argv, &i, &o, &quant_given, &missing, &urc)) {
             if (urc) return urc;
         } else if (sq_cli_flag_value(argc, argv, &i, "--plan", &v, &missing)) {
             o.plan_path = v;
@@ -450,8 +451,8 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     if (ids_arg && n_src) return sq_cli_usage_error(ctx, cmd, "give token ids (--prompt-ids) or text prompts, not both");
     if (chat && !n_src) return sq_cli_usage_error(ctx, cmd, "--chat formats text prompts (--prompt / --prompt-file)");
     if (system && !chat) return sq_cli_usage_error(ctx, cmd, "--system goes with --chat");
-    o.scheme.double_quant = dq;
-    o.scheme_given = quant_given || dq;
+    if ((urc0 = sq_cli_scheme_check(ctx, cmd, &o.scheme)) != 0) return urc0;
+    o.scheme_given = quant_given;
     o.keep_logits = dump != NULL;
     log_filter lf = {.inner = ctx->log, .max = quiet ? SQ_LOG_WARN : SQ_LOG_INFO};
     o.log = (sq_log){.fn = filtered_log, .user = &lf};

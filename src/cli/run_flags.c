@@ -1,28 +1,51 @@
-/* The flags `shardq run` and `shardq bench` share: the 4-bit scheme and where to execute.
- * One parser so that both commands accept, check and explain them alike. */
+/* Flags several commands share, one parser each so that every command accepts, checks and
+ * explains them alike: the 4-bit scheme (plan, quantize, run, bench) and where to execute
+ * (run, bench). */
 #include <string.h>
 
 #include "cli.h"
 
-bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **argv, int *i,
-                     sq_run_options *o, bool *dq, bool *quant_given, bool *missing,
-                     int *usage_rc) {
+bool sq_cli_scheme_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **argv, int *i,
+                        sq_quant_scheme *s, bool allow_none, bool *given, bool *missing,
+                        int *usage_rc) {
     const char *v = NULL;
     int64_t v64 = 0;
-    double vd = 0;
     *usage_rc = 0;
     if (sq_cli_flag_value(argc, argv, i, "--quant", &v, missing)) {
-        if (!*missing && !sq_quant_type_from_name(v, &o->scheme.type))
-            *usage_rc = sq_cli_usage_error(ctx, cmd, "--quant must be nf4, fp4 or none, not '%s'", v);
-        *quant_given = true;
+        sq_quant_type t = SQ_QUANT_NF4;
+        if (!*missing && (!sq_quant_type_from_name(v, &t) || (!allow_none && t == SQ_QUANT_NONE)))
+            *usage_rc = sq_cli_usage_error(ctx, cmd, "--quant must be %s, not '%s'",
+                                           allow_none ? "nf4, fp4 or none" : "nf4 or fp4", v);
+        else if (!*missing)
+            s->type = t;
     } else if (!strcmp(argv[*i], "--double-quant")) {
-        *dq = true;
+        s->double_quant = true;
     } else if (sq_cli_flag_value(argc, argv, i, "--blocksize", &v, missing)) {
         if (!*missing && (!sq_cli_parse_i64(v, 32, 4096, &v64) || (v64 & (v64 - 1)) != 0))
             *usage_rc = sq_cli_usage_error(ctx, cmd, "--blocksize must be a power of two in 32..4096, not '%s'", v);
         else if (!*missing)
-            o->scheme.blocksize = v64;
-        *quant_given = true;
+            s->blocksize = v64;
+    } else {
+        return false;
+    }
+    *given = true;
+    return true;
+}
+
+int sq_cli_scheme_check(const sq_cli_ctx *ctx, const char *cmd, const sq_quant_scheme *s) {
+    if (s->type == SQ_QUANT_NONE && s->double_quant)
+        return sq_cli_usage_error(ctx, cmd, "--double-quant quantizes the 4-bit absmax: it needs --quant nf4 or fp4");
+    return 0;
+}
+
+bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **argv, int *i,
+                     sq_run_options *o, bool *quant_given, bool *missing, int *usage_rc) {
+    const char *v = NULL;
+    int64_t v64 = 0;
+    double vd = 0;
+    *usage_rc = 0;
+    if (sq_cli_scheme_flag(ctx, cmd, argc, argv, i, &o->scheme, true, quant_given, missing, usage_rc)) {
+        return true;
     } else if (sq_cli_flag_value(argc, argv, i, "--backend", &v, missing)) {
         if (!*missing && !sq_run_backend_from_name(v, &o->backend))
             *usage_rc = sq_cli_usage_error(ctx, cmd, "--backend must be auto, cpu or cuda, not '%s'", v);
