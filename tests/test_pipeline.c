@@ -12,6 +12,7 @@
  *   --die-child  one toy run; on failure prints one line and calls MPI_Abort;
  *   --bench      prints measured bubble fractions next to the (p-1)/(M+p-1) model. */
 #include <check.h>
+#include <signal.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -525,6 +526,7 @@ int main(int argc, char **argv) {
         suite_add_tcase(s, tc);
         return run_suite(s) ? 1 : 0;
     }
+    signal(SIGPIPE, SIG_IGN);   /* as shardq's main: a dead peer must not take this rank down */
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);

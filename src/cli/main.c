@@ -1,5 +1,6 @@
 /* The shardq executable: MPI start-up, subcommand dispatch, top-level --help.
  * Must never hold model logic: every subcommand calls the library. */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,10 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    /* A rank that dies closes its sockets; Open MPI's TCP transport writing to it would then
+     * kill this rank with SIGPIPE, and mpirun would name this rank as the one that failed.
+     * Ignored, the write fails with EPIPE and the liveness check or mpirun names the dead one. */
+    signal(SIGPIPE, SIG_IGN);
     int provided = 0;
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "shardq: MPI_Init_thread failed\n");
