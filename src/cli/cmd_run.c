@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "shardq/checkpoint.h"
 #include "shardq/runtime.h"
 #include "shardq/tokenizer.h"
 
@@ -167,6 +168,7 @@ static sq_status read_prompt_file(const char *path, char **out, size_t *len, sq_
 typedef struct text_opts {
     bool chat;
     const char *system;
+    int family;   /* the checkpoint's chat family (sq_ckpt_chat_family), -1: guess */
 } text_opts;
 
 /* Rank 0: text prompts -> ids through the folder's tokenizer (and the chat format). */
@@ -176,7 +178,8 @@ static sq_status encode_texts(const sq_tokenizer *tok, const text_src *src, int 
     *stop_id = -1;
     sq_status rc = SQ_OK;
     if (to->chat) {
-        if ((rc = sq_tokenizer_chat_family_guess(tok, &fam, err)) != SQ_OK) return rc;
+        if (to->family >= 0) fam = (sq_chat_family)to->family;
+        else if ((rc = sq_tokenizer_chat_family_guess(tok, &fam, err)) != SQ_OK) return rc;
         *stop_id = sq_tokenizer_chat_stop_id(tok, fam);
     }
     for (int i = 0; i < n_src && rc == SQ_OK; i++) {
@@ -269,7 +272,8 @@ static void stage_layers(const sq_run_stage_info *s, char *buf, size_t n) {
         snprintf(buf, n, "none%s%s", s->has_embed ? "+E" : "", s->has_head ? "+H" : "");
 }
 
-static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, const char *model) {
+static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, const char *model,
+                       const prompts *pr) {
     const sq_pipeline_result *p = r->pipe;
     printf("{\"model\": ");
     json_str(stdout, model, strlen(model));
@@ -284,6 +288,12 @@ static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, 
     for (int32_t s = 0; s < p->n_seqs; s++) {
         printf("%s[", s ? ", " : "");
         for (int32_t i = 0; i < p->n_tokens[s]; i++) printf("%s%d", i ? ", " : "", p->tokens[s][i]);
+        printf("]");
+    }
+    printf("],\n \"prompt_ids\": [");
+    for (int s = 0; s < pr->n; s++) {
+        printf("%s[", s ? ", " : "");
+        for (int32_t i = 0; i < pr->len[s]; i++) printf("%s%d", i ? ", " : "", pr->ids[s][i]);
         printf("]");
     }
     printf("],\n \"finish\": [");
@@ -469,16 +479,21 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     sq_status st = SQ_OK;
     /* rank 0: the prompts as ids, and the tokenizer when the folder has one */
     if (ctx->rank == 0) {
-        char tok_path[4200];
-        snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", o.model_dir);
-        bool have_tok = access(tok_path, F_OK) == 0;
-        if (n_src && !have_tok)
-            st = sq_error_set(&err, SQ_ERR_INVALID, tok_path, NULL,
-                              "not found: text prompts need the model's tokenizer.json (or give "
+        /* the tokenizer and chat family through the checkpoint (tokenizer.json of a folder,
+         * the metadata of a GGUF) */
+        sq_ckpt *ck = NULL;
+        bool have_tok = false;
+        int family = -1;
+        st = sq_ckpt_open(o.model_dir, &ck, &err);
+        if (st == SQ_OK) st = sq_ckpt_tokenizer(ck, &tok, &have_tok, &err);
+        if (st == SQ_OK) family = sq_ckpt_chat_family(ck);
+        sq_ckpt_close(ck);
+        if (st == SQ_OK && n_src && !have_tok)
+            st = sq_error_set(&err, SQ_ERR_INVALID, o.model_dir, NULL,
+                              "no tokenizer: text prompts need the model's tokenizer.json (or give "
                               "--prompt-ids)");
-        if (st == SQ_OK && have_tok) st = sq_tokenizer_load(tok_path, &tok, &err);
         if (st == SQ_OK && n_src) {
-            text_opts to = {.chat = chat, .system = system};
+            text_opts to = {.chat = chat, .system = system, .family = family};
             st = encode_texts(tok, srcs, n_src, &to, &p, &stop_id, &err);
         }
         if (st == SQ_OK && ids_arg) {
@@ -554,7 +569,7 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
             }
         }
         if (json) {
-            print_json(r, texts, text_lens, o.model_dir);
+            print_json(r, texts, text_lens, o.model_dir, &p);
         } else {
             if (!quiet)
                 printf("# shardq run: %s (%s, %lld layers, vocab %lld): %s%s blocksize %lld%s on %d rank%s "
