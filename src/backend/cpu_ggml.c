@@ -1,0 +1,330 @@
+/* CPU backend, ggml weights: upload of a GGUF tensor into the block-scaled integer form of
+ * ggml_quant.h (codes + one float32 scale, and for some types one float32 bias, per sub-block of
+ * 16 or 32 elements), Linear on that form, and one row dequantized for an embedding lookup.
+ *
+ * Values: a weight element is fl(scale * code) or fl(fl(scale * code) + bias) — exactly ggml's
+ * dequantized value (kernels/ggml_quant_math.cuh shows why; tests/test_ggml_quant.c checks it
+ * against gguf) — before it meets x.  Order: the backend's one order for every Linear
+ * (cpu_linear.c): one 8-lane accumulator, acc = fma(w[k..k+8), x[k..k+8), acc) for k ascending,
+ * the horizontal sum ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), then + bias.  cols is a multiple of
+ * 32, so there is no scalar tail.  The AVX2 path and the portable path (fmaf) agree bit for bit;
+ * tiling and threads never change a result.
+ * Few rows (decode): four outputs decode 32 elements at a time straight into their accumulators.
+ * More rows: one output's panel of 256 elements is decoded once into a stack buffer and reused
+ * by every row of the tile.
+ * Must never keep a dequantized copy of a weight beyond one panel per running task, allocate
+ * inside an op, or print. */
+#include "cpu_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../kernels/ggml_quant_math.cuh"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SQ_HAVE_X86 1
+#endif
+
+enum {
+    GL_OTILE = 32,      /* outputs per task with few rows */
+    GL_FEW_ROWS = 2,    /* up to this many rows: decode straight into the accumulators */
+    GL_M_OTILE = 16,    /* outputs per task with many rows */
+    GL_M_RTILE = 32,    /* rows per task with many rows */
+    GL_PANEL = 256,     /* elements of one output decoded at a time on the many-row path */
+    GL_PREFETCH = 512   /* bytes ahead in a code row that the few-row path prefetches */
+};
+
+/* ---- upload ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const uint8_t *src;
+    uint64_t src_row_bytes;
+    sq_weight *w;
+    sq_ggml_type type;
+} up_ctx;
+
+static void up_task(void *ctx_, int64_t t, int thread) {
+    const up_ctx *c = ctx_;
+    sq_weight *w = c->w;
+    const int64_t nsub = w->cols / w->qf.block_elems;
+    int64_t end = 64 * t + 64 < w->rows ? 64 * t + 64 : w->rows;
+    for (int64_t o = 64 * t; o < end; o++)
+        sq_ggml_to_qblock_row(c->type, c->src + (uint64_t)o * c->src_row_bytes, w->cols,
+                              (uint8_t *)w->data_d + o * w->code_row_bytes,
+                              (float *)w->absmax_d + o * nsub,
+                              w->bias_d ? (float *)w->bias_d + o * nsub : NULL);
+}
+
+sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, const void *data,
+                             sq_error *err) {
+    uint64_t rb = 0;
+    sq_status st = sq_ggml_row_bytes((int)type, w->cols, &rb, err);
+    if (st != SQ_OK) return st;
+    const uint64_t rows = (uint64_t)w->rows, nsub = (uint64_t)(w->cols / w->qf.block_elems);
+    const uint64_t code_bytes = rows * (uint64_t)w->code_row_bytes, scale_bytes = rows * nsub * 4;
+    void *codes = NULL, *scales = NULL, *biases = NULL;
+    sq_error e;
+    sq_error_init(&e, -1);
+    st = be->ops->alloc(be, code_bytes, &codes, &e);
+    if (st == SQ_OK) st = be->ops->alloc(be, scale_bytes, &scales, &e);
+    if (st == SQ_OK && w->qf.has_bias) st = be->ops->alloc(be, scale_bytes, &biases, &e);
+    if (st != SQ_OK) {
+        free(codes);
+        free(scales);
+        return sq_error_set(err, st, NULL, w->name, "%s", e.msg);
+    }
+    w->data_d = codes;
+    w->absmax_d = scales;
+    w->bias_d = biases;
+    up_ctx uc = {data, rb, w, type};
+    sq_pool_run(sq_cpu_of(be)->pool, (w->rows + 63) / 64, up_task, &uc);
+    w->n_bytes = code_bytes + scale_bytes * (w->qf.has_bias ? 2 : 1);
+    return SQ_OK;
+}
+
+void sq_cpu_ggml_row(const sq_weight *w, int64_t r, float *out) {
+    const int64_t nsub = w->cols / w->qf.block_elems;
+    sq_qblock_dequantize_row(&w->qf, (const uint8_t *)w->data_d + r * w->code_row_bytes,
+                             (const float *)w->absmax_d + r * nsub,
+                             w->bias_d ? (const float *)w->bias_d + r * nsub : NULL, w->cols, out);
+}
+
+/* ---- Linear -------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const sq_weight *w;
+    const float *x;       /* (n_rows, K) */
+    const float *bias;    /* (N) float32, or bias_bf16, or neither */
+    const uint16_t *bias_bf16;
+    float *out;           /* (n_rows, N) */
+    int64_t n_rows, K, N, nsub;
+    int64_t otile, n_otiles, rt;
+    sq_cpu_isa isa;
+} gl_ctx;
+
+static inline float bias_of(const gl_ctx *c, int64_t o) {
+    if (c->bias) return c->bias[o];
+    if (c->bias_bf16) return sq_bf16_to_f32_1(c->bias_bf16[o]);
+    return 0.0f;
+}
+
+static inline float gw(const gl_ctx *c, int64_t o, int64_t k) {
+    const sq_weight *w = c->w;
+    const uint8_t *cr = (const uint8_t *)w->data_d + o * w->code_row_bytes;
+    int code = w->qf.code_bits == 4
+                   ? ((cr[(k >> 5) * 16 + (k & 15)] >> (((k >> 4) & 1) * 4)) & 15) - w->qf.code_zero
+                   : ((const int8_t *)cr)[k];
+    int64_t b = o * c->nsub + k / w->qf.block_elems;
+    return sq_gq_qblock_value(code, ((const float *)w->absmax_d)[b],
+                              w->bias_d ? ((const float *)w->bias_d)[b] : 0.0f, w->qf.has_bias);
+}
+
+static void gl_rows_portable(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
+    const int64_t K = c->K;
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t r = r0; r < r1; r++) {
+            const float *x = c->x + r * K;
+            float acc[8] = {0};
+            for (int64_t k = 0; k < K; k += 8)
+                for (int l = 0; l < 8; l++) acc[l] = fmaf(gw(c, o, k + l), x[k + l], acc[l]);
+            float s0 = acc[0] + acc[4], s1 = acc[1] + acc[5], s2 = acc[2] + acc[6], s3 = acc[3] + acc[7];
+            float t0 = s0 + s2, t1 = s1 + s3;
+            c->out[r * c->N + o] = (t0 + t1) + bias_of(c, o);
+        }
+}
+
+#ifdef SQ_HAVE_X86
+#define TGT_AVX2 __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+TGT_AVX2 INLINE float gl_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    __m128 u = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
+    return _mm_cvtss_f32(u);
+}
+
+TGT_AVX2 INLINE void gl_finish(const gl_ctx *c, int64_t o, int64_t r, __m256 acc) {
+    c->out[r * c->N + o] = gl_hsum8(acc) + bias_of(c, o);
+}
+
+/* The 32 weights of group g (elements 32 g .. 32 g + 31) of output o, as four vectors of 8 in k
+ * order.  BITS: 4 or 8; BIAS: the format has a bias; B16: 16 elements per scale (Q6_K). */
+TGT_AVX2 INLINE void gl_dec32(const gl_ctx *c, int64_t o, int64_t g, __m256 f[4], const int BITS,
+                              const int BIAS, const int B16) {
+    const sq_weight *w = c->w;
+    const uint8_t *cr = (const uint8_t *)w->data_d + o * w->code_row_bytes;
+    __m256i q[4];
+    if (BITS == 4) {
+        const __m128i m = _mm_set1_epi8(15), z = _mm_set1_epi8((char)w->qf.code_zero);
+        __m128i v = _mm_loadu_si128((const __m128i *)(cr + g * 16));
+        __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m), z);
+        __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), z);
+        q[0] = _mm256_cvtepi8_epi32(lo);
+        q[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8));
+        q[2] = _mm256_cvtepi8_epi32(hi);
+        q[3] = _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8));
+    } else {
+        const uint8_t *p = cr + g * 32;
+        for (int j = 0; j < 4; j++) q[j] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * j)));
+    }
+    const float *sc = (const float *)w->absmax_d + o * c->nsub;
+    const float *bi = BIAS ? (const float *)w->bias_d + o * c->nsub : NULL;
+    for (int j = 0; j < 4; j++) {
+        const int64_t b = B16 ? 2 * g + (j >> 1) : g;
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(q[j]), _mm256_broadcast_ss(sc + b));
+        f[j] = BIAS ? _mm256_add_ps(v, _mm256_broadcast_ss(bi + b)) : v;
+    }
+}
+
+#define GL_FMA4(acc, f, xv)                                                                    \
+    acc = _mm256_fmadd_ps(f[0], xv[0], acc);                                                   \
+    acc = _mm256_fmadd_ps(f[1], xv[1], acc);                                                   \
+    acc = _mm256_fmadd_ps(f[2], xv[2], acc);                                                   \
+    acc = _mm256_fmadd_ps(f[3], xv[3], acc);
+
+/* Few rows: NO (4 or 1) outputs from o, row r; each group's x vectors are loaded once. */
+TGT_AVX2 INLINE void gl_few(const gl_ctx *c, int64_t o, int64_t r, const int NO, const int BITS,
+                            const int BIAS, const int B16) {
+    const int64_t ng = c->K >> 5, crb = c->w->code_row_bytes, gb = BITS == 4 ? 16 : 32;
+    const float *x = c->x + r * c->K;
+    const char *cp = (const char *)c->w->data_d + o * crb;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t g = 0; g < ng; g++) {
+        __m256 xv[4], f[4];
+        for (int j = 0; j < 4; j++) xv[j] = _mm256_loadu_ps(x + 32 * g + 8 * j);
+        _mm_prefetch(cp + g * gb + GL_PREFETCH, _MM_HINT_T0);
+        gl_dec32(c, o, g, f, BITS, BIAS, B16);
+        GL_FMA4(a0, f, xv)
+        if (NO > 1) {
+            _mm_prefetch(cp + crb + g * gb + GL_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch(cp + 2 * crb + g * gb + GL_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch(cp + 3 * crb + g * gb + GL_PREFETCH, _MM_HINT_T0);
+            gl_dec32(c, o + 1, g, f, BITS, BIAS, B16);
+            GL_FMA4(a1, f, xv)
+            gl_dec32(c, o + 2, g, f, BITS, BIAS, B16);
+            GL_FMA4(a2, f, xv)
+            gl_dec32(c, o + 3, g, f, BITS, BIAS, B16);
+            GL_FMA4(a3, f, xv)
+        }
+    }
+    gl_finish(c, o, r, a0);
+    if (NO > 1) {
+        gl_finish(c, o + 1, r, a1);
+        gl_finish(c, o + 2, r, a2);
+        gl_finish(c, o + 3, r, a3);
+    }
+}
+
+/* acc[j] += w · x_j over one panel, for NR (1 .. 4) rows starting at x (rows K apart). */
+TGT_AVX2 INLINE void gl_panel_rows(const float *wb, const float *x, int64_t K, int64_t kn,
+                                   __m256 *acc, const int NR) {
+    __m256 a0 = acc[0], a1 = NR > 1 ? acc[1] : a0, a2 = NR > 2 ? acc[2] : a0, a3 = NR > 3 ? acc[3] : a0;
+    for (int64_t k = 0; k < kn; k += 8) {
+        __m256 wv = _mm256_load_ps(wb + k);
+        a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + k), a0);
+        if (NR > 1) a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + K + k), a1);
+        if (NR > 2) a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 2 * K + k), a2);
+        if (NR > 3) a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 3 * K + k), a3);
+    }
+    acc[0] = a0;
+    if (NR > 1) acc[1] = a1;
+    if (NR > 2) acc[2] = a2;
+    if (NR > 3) acc[3] = a3;
+}
+
+/* Many rows: per panel, each output's weights are decoded once and every row of the tile
+ * accumulates from them (accumulators spill to acc between panels: the same chain, same bits). */
+TGT_AVX2 INLINE void gl_many(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1,
+                             const int BITS, const int BIAS, const int B16) {
+    const int64_t K = c->K, R = r1 - r0, NO = o1 - o0;
+    __m256 acc[GL_M_OTILE][GL_M_RTILE];
+    float wb[GL_PANEL] __attribute__((aligned(32)));
+    for (int64_t i = 0; i < NO; i++)
+        for (int64_t r = 0; r < R; r++) acc[i][r] = _mm256_setzero_ps();
+    for (int64_t kp = 0; kp < K; kp += GL_PANEL) {
+        const int64_t kn = K - kp < GL_PANEL ? K - kp : GL_PANEL;
+        for (int64_t i = 0; i < NO; i++) {
+            for (int64_t g = 0; g < kn / 32; g++) {
+                __m256 f[4];
+                gl_dec32(c, o0 + i, (kp >> 5) + g, f, BITS, BIAS, B16);
+                for (int j = 0; j < 4; j++) _mm256_store_ps(wb + 32 * g + 8 * j, f[j]);
+            }
+            const float *x = c->x + r0 * K + kp;
+            int64_t r = 0;
+            for (; r + 4 <= R; r += 4) gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 4);
+            switch (R - r) {
+            case 3: gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 3); break;
+            case 2: gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 2); break;
+            case 1: gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 1); break;
+            default: break;
+            }
+        }
+    }
+    for (int64_t i = 0; i < NO; i++)
+        for (int64_t r = 0; r < R; r++) gl_finish(c, o0 + i, r0 + r, acc[i][r]);
+}
+
+TGT_AVX2 INLINE void gl_tile_t(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1,
+                               const int BITS, const int BIAS, const int B16) {
+    if (r1 - r0 > GL_FEW_ROWS) {
+        gl_many(c, o0, o1, r0, r1, BITS, BIAS, B16);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t o = o0;
+        for (; o + 4 <= o1; o += 4) gl_few(c, o, r, 4, BITS, BIAS, B16);
+        for (; o < o1; o++) gl_few(c, o, r, 1, BITS, BIAS, B16);
+    }
+}
+
+TGT_AVX2 static void gl_tile_avx2(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
+    const sq_qblock_format *f = &c->w->qf;
+    if (f->code_bits == 4) {
+        if (f->has_bias) gl_tile_t(c, o0, o1, r0, r1, 4, 1, 0);
+        else gl_tile_t(c, o0, o1, r0, r1, 4, 0, 0);
+    } else if (f->block_elems == 16) {
+        if (f->has_bias) gl_tile_t(c, o0, o1, r0, r1, 8, 1, 1);
+        else gl_tile_t(c, o0, o1, r0, r1, 8, 0, 1);
+    } else {
+        if (f->has_bias) gl_tile_t(c, o0, o1, r0, r1, 8, 1, 0);
+        else gl_tile_t(c, o0, o1, r0, r1, 8, 0, 0);
+    }
+}
+#endif /* SQ_HAVE_X86 */
+
+static void gl_task(void *ctx_, int64_t t, int thread) {
+    const gl_ctx *c = ctx_;
+    int64_t ot = t % c->n_otiles, rt = t / c->n_otiles;
+    int64_t o0 = ot * c->otile, o1 = o0 + c->otile < c->N ? o0 + c->otile : c->N;
+    int64_t r0 = rt * c->rt, r1 = r0 + c->rt < c->n_rows ? r0 + c->rt : c->n_rows;
+#ifdef SQ_HAVE_X86
+    if (c->isa != SQ_CPU_PORTABLE) { gl_tile_avx2(c, o0, o1, r0, r1); return; }
+#endif
+    gl_rows_portable(c, o0, o1, r0, r1);
+}
+
+sq_status sq_cpu_linear_ggml(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+                             const sq_weight *bias, void *out_d, sq_error *err) {
+    sq_cpu *cpu = sq_cpu_of(be);
+    gl_ctx c = {.w = w, .x = x_d, .out = out_d, .n_rows = n_rows, .K = w->cols, .N = w->rows,
+                .nsub = w->cols / w->qf.block_elems, .isa = cpu->isa};
+    if (bias) {
+        if (bias->store == SQ_WSTORE_BF16) c.bias_bf16 = bias->data_d;
+        else c.bias = bias->data_d;
+    }
+    if (n_rows > GL_FEW_ROWS) {
+        c.otile = GL_M_OTILE;
+        c.rt = n_rows < GL_M_RTILE ? n_rows : GL_M_RTILE;
+    } else {
+        c.otile = GL_OTILE;
+        c.rt = n_rows;
+    }
+    c.n_otiles = (c.N + c.otile - 1) / c.otile;
+    int64_t n_rtiles = (n_rows + c.rt - 1) / c.rt;
+    uint64_t work = (uint64_t)c.N * (uint64_t)c.K * (uint64_t)n_rows;
+    sq_pool_run(work < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, c.n_otiles * n_rtiles, gl_task, &c);
+    return SQ_OK;
+}
