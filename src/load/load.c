@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "load_impl.h"
+#include "shardq/ggml_quant.h"
 
 #define READ_CHUNK_BYTES (8ull << 20)   /* dense reads tick progress this often */
 #define MAX_QUANT_STATE_BYTES 4096
@@ -284,9 +285,16 @@ static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_
 static sq_status load_ggml_dequantize(int type, const void *raw, int64_t rows, int64_t cols,
                                       float **out, const char *name, sq_error *err) {
     *out = NULL;
-    (void)raw, (void)rows, (void)cols;
-    return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, name,
-                        "re-quantizing ggml type %d needs the ggml dequantizer", type);
+    uint64_t row_bytes = 0, n = 0;
+    sq_status rc = sq_ggml_row_bytes(type, cols, &row_bytes, err);
+    if (rc != SQ_OK) return with_tensor(err, rc, name);
+    if (!sq_mul_u64((uint64_t)rows, (uint64_t)cols, &n) || !(*out = malloc((size_t)n * sizeof(float))))
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for %lld x %lld floats",
+                            (long long)rows, (long long)cols);
+    for (int64_t r = 0; r < rows; r++)
+        sq_ggml_dequantize_row((sq_ggml_type)type, (const uint8_t *)raw + (uint64_t)r * row_bytes,
+                               *out + (uint64_t)r * (uint64_t)cols, cols);
+    return SQ_OK;
 }
 
 /* Reads the whole of w (n_bytes, malloc'd into *out) and puts its rows in HF order. */

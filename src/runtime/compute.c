@@ -48,8 +48,8 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
     /* 4-bit weights of any input width stay 4-bit: both backends take every row length */
     if (it->is_4bit) return sq_stage_set_4bit(c->s, t->role, t->layer, t->name, &it->q, err);
     if (it->ggml_type >= 0)   /* a weight kept in its ggml block format */
-        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
-                            "weights in ggml block formats need the ggml weight kind");
+        return sq_stage_set_ggml(c->s, t->role, t->layer, t->name, it->ggml_type, it->data,
+                                 it->n_bytes, err);
     return sq_stage_set_dense(c->s, t->role, t->layer, t->name, it->dtype, it->data, it->n_dims,
                               it->shape, err);
 }
