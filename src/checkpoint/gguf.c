@@ -208,6 +208,10 @@ static sq_status parse_ti(rd *r, gguf_ti *t, uint64_t i) {
     if (!ty)
         return sq_error_set(r->err, SQ_ERR_UNSUPPORTED, r->path, t->name,
                             "unknown ggml tensor type %u", t->type);
+    if (!ty->supported)
+        return sq_error_set(r->err, SQ_ERR_UNSUPPORTED, r->path, t->name,
+                            "tensor type %s is not supported (supported: F32, F16, BF16, Q8_0, "
+                            "Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)", ty->name);
     if (t->ne[0] % ty->blck)
         return sq_error_set(r->err, SQ_ERR_FORMAT, r->path, t->name,
                             "row of %" PRIu64 " elements is not a whole number of %s blocks (%u)",

@@ -490,8 +490,8 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
         sq_ckpt_close(ck);
         if (st == SQ_OK && n_src && !have_tok)
             st = sq_error_set(&err, SQ_ERR_INVALID, o.model_dir, NULL,
-                              "no tokenizer: text prompts need the model's tokenizer.json (or give "
-                              "--prompt-ids)");
+                              "tokenizer.json: not found (nor a GGUF's tokenizer.ggml.model): text "
+                              "prompts need the model's tokenizer (or give --prompt-ids)");
         if (st == SQ_OK && n_src) {
             text_opts to = {.chat = chat, .system = system, .family = family};
             st = encode_texts(tok, srcs, n_src, &to, &p, &stop_id, &err);
