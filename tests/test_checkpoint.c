@@ -342,6 +342,93 @@ START_TEST(cli_tokenize) {
 }
 END_TEST
 
+/* ---- the tokenizer of a real GGUF against the committed reference ---------------------------- */
+
+static char *unhex(const char *h, size_t *n) {
+    size_t len = strcspn(h, "\n");
+    char *out = malloc(len / 2 + 1);
+    for (size_t i = 0; i + 1 < len; i += 2) {
+        unsigned v;
+        sscanf(h + i, "%2x", &v);
+        out[i / 2] = (char)v;
+    }
+    out[len / 2] = '\0';
+    *n = len / 2;
+    return out;
+}
+
+static bool same_ids(const char *line, const int32_t *ids, size_t n) {
+    char *end;
+    long cnt = strtol(line, &end, 10);
+    if (cnt != (long)n) return false;
+    for (size_t i = 0; i < n; i++)
+        if (strtol(end, &end, 10) != ids[i]) return false;
+    return true;
+}
+
+/* tests/reference/gen_gguf_tokenizer.py: SmolLM2's tokenizer metadata in a GGUF without tensors,
+ * and the tokenizers library's ids / texts for 103 texts. */
+START_TEST(gguf_tokenizer_reference) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_ckpt *ck = NULL;
+    sq_tokenizer *tok = NULL;
+    ck_assert_msg(sq_ckpt_open(SQ_SOURCE_DIR "/tests/reference/gguf/smollm2_tokenizer.gguf", &ck,
+                               &err) == SQ_OK, "%s", err.msg);
+    ck_assert_msg(sq_ckpt_tokenizer(ck, &tok, NULL, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_int_eq(sq_ckpt_chat_family(ck), SQ_CHAT_CHATML);
+    ck_assert_int_eq(sq_tokenizer_vocab_size(tok), 49152);
+    char *buf = sq_test_read_file(SQ_SOURCE_DIR "/tests/reference/gguf/smollm2_tokenizer.expected", NULL);
+    ck_assert_ptr_nonnull(buf);
+    int n_cases = 0, n_checked = 0;
+    char *text = NULL;
+    size_t text_n = 0;
+    int32_t *ids1 = NULL;
+    size_t n1 = 0;
+    for (char *line = buf; line && *line;) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        if (!strncmp(line, "case ", 5)) {
+            n_cases++;
+        } else if (!strncmp(line, "text ", 5)) {
+            free(text);
+            text = unhex(line + 5, &text_n);
+        } else if (!strncmp(line, "ids1 ", 5) || !strncmp(line, "ids0 ", 5)) {
+            bool add = line[3] == '1';
+            int32_t *ids = NULL;
+            size_t n = 0;
+            ck_assert_int_eq(sq_tokenizer_encode(tok, text, text_n, add, &ids, &n, &err), SQ_OK);
+            ck_assert_msg(same_ids(line + 5, ids, n), "case %d (%s): got %zu ids, want %s",
+                          n_cases - 1, line, n, line + 5);
+            if (add) {
+                free(ids1);
+                ids1 = ids;
+                n1 = n;
+            } else {
+                free(ids);
+            }
+            n_checked++;
+        } else if (!strncmp(line, "dec1 ", 5)) {
+            size_t want_n = 0, got_n = 0;
+            char *want = unhex(line + 5, &want_n), *got = NULL;
+            ck_assert_int_eq(sq_tokenizer_decode(tok, ids1, n1, false, &got, &got_n, &err), SQ_OK);
+            ck_assert_msg(got_n == want_n && !memcmp(got, want, want_n), "case %d: decode differs",
+                          n_cases - 1);
+            free(got);
+            free(want);
+        }
+        line = next;
+    }
+    ck_assert_int_eq(n_cases, 103);
+    ck_assert_int_eq(n_checked, 2 * 103);
+    free(text);
+    free(ids1);
+    free(buf);
+    sq_tokenizer_destroy(tok);
+    sq_ckpt_close(ck);
+}
+END_TEST
+
 int main(void) {
     g_dir = sq_test_tmpdir("ckpt");
     if (!g_dir) return 1;
@@ -367,6 +454,7 @@ int main(void) {
     tcase_add_test(tc, bad_files_refused);
     tcase_add_test(tc, every_truncation_refused);
     tcase_add_test(tc, cli_tokenize);
+    tcase_add_test(tc, gguf_tokenizer_reference);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
