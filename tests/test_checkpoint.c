@@ -14,6 +14,7 @@
 #include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "shardq/meta.h"
+#include "shardq/safetensors.h"
 #include "testutil.h"
 
 #define H 64
@@ -152,7 +153,7 @@ START_TEST(reads_tensors_config_tokenizer) {
     sq_meta *m = NULL;
     ck_assert_int_eq(sq_meta_create(&c, &m, &err), SQ_OK);
     ck_assert_msg(sq_meta_validate(m, ck, &err) == SQ_OK, "%s", err.msg);
-    ck_assert_int_eq(sq_meta_n_stored_ggml(m), NL);
+    ck_assert_int_eq(sq_meta_n_stored_ggml(m), 2 + NL * 9);   /* every GGUF tensor */
     int di = sq_meta_find(m, "model.layers.0.mlp.down_proj.weight");
     ck_assert_int_eq(sq_meta_tensor(m, di)->stored_ggml, 8);
     sq_quant_scheme none = {.type = SQ_QUANT_NONE, .blocksize = 64, .dense_dtype = SQ_DTYPE_F32};
@@ -342,6 +343,172 @@ START_TEST(cli_tokenize) {
 }
 END_TEST
 
+/* ---- a make-model folder rewritten as a GGUF runs to the same tokens ------------------------- */
+
+static const struct { const char *hf, *gguf; } k_names[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"}, {"self_attn.q_proj.bias", "attn_q.bias"},
+    {"self_attn.k_proj.weight", "attn_k.weight"}, {"self_attn.k_proj.bias", "attn_k.bias"},
+    {"self_attn.v_proj.weight", "attn_v.weight"}, {"self_attn.v_proj.bias", "attn_v.bias"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"}, {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+};
+
+/* llama.cpp's convert_hf_to_gguf: HF names -> GGUF names, dims reversed, Llama's Q / K rows
+ * permuted (file row h*hd + 2i + j <- HF row h*hd + j*hd/2 + i), everything as F32. */
+static void folder_to_gguf(const char *dir, const char *out) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_ckpt *ck = NULL;
+    sq_model_config c;
+    ck_assert_msg(sq_ckpt_open(dir, &ck, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_msg(sq_ckpt_config(ck, &c, &err) == SQ_OK, "%s", err.msg);
+    const char *arch = c.arch == SQ_ARCH_QWEN2 ? "qwen2" : "llama";
+    gguf_w w;
+    memset(&w, 0, sizeof w);
+    char k[128];
+    gw_kv_str(&w, "general.architecture", arch);
+#define KV(key, v) (snprintf(k, sizeof k, "%s." key, arch), gw_kv_u32(&w, k, (uint32_t)(v)))
+    KV("block_count", c.n_layers);
+    KV("context_length", c.max_position_embeddings);
+    KV("embedding_length", c.hidden_size);
+    KV("feed_forward_length", c.intermediate_size);
+    KV("attention.head_count", c.n_heads);
+    KV("attention.head_count_kv", c.n_kv_heads);
+    KV("vocab_size", c.vocab_size);
+#undef KV
+    snprintf(k, sizeof k, "%s.rope.freq_base", arch);
+    gw_kv_f32(&w, k, (float)c.rope_theta);
+    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", arch);
+    gw_kv_f32(&w, k, (float)c.rms_norm_eps);
+    float *bufs[GW_MAX_T] = {0};
+    int nb = 0;
+    for (size_t i = 0; i < sq_ckpt_n_tensors(ck); i++) {
+        const sq_ckpt_tensor *t = sq_ckpt_tensor_at(ck, i);
+        char name[128] = "";
+        int layer = -1, heads = 0;
+        if (!strcmp(t->name, "model.embed_tokens.weight")) snprintf(name, sizeof name, "token_embd.weight");
+        else if (!strcmp(t->name, "model.norm.weight")) snprintf(name, sizeof name, "output_norm.weight");
+        else if (!strcmp(t->name, "lm_head.weight")) snprintf(name, sizeof name, "output.weight");
+        else if (sscanf(t->name, "model.layers.%d.", &layer) == 1) {
+            const char *rest = strchr(t->name + strlen("model.layers."), '.') + 1;
+            for (size_t j = 0; j < sizeof k_names / sizeof k_names[0]; j++)
+                if (!strcmp(rest, k_names[j].hf)) snprintf(name, sizeof name, "blk.%d.%s", layer, k_names[j].gguf);
+            if (c.arch != SQ_ARCH_QWEN2 && !strcmp(rest, "self_attn.q_proj.weight")) heads = (int)c.n_heads;
+            if (c.arch != SQ_ARCH_QWEN2 && !strcmp(rest, "self_attn.k_proj.weight")) heads = (int)c.n_kv_heads;
+        }
+        ck_assert_msg(name[0], "no GGUF name for %s", t->name);
+        float *f = malloc(t->n_elements * 4), *g = malloc(t->n_elements * 4);
+        ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_ckpt_data(ck, t), f, t->n_elements, &err), SQ_OK);
+        memcpy(g, f, t->n_elements * 4);
+        if (heads) {
+            int64_t rows = t->shape[0], cols = t->shape[1], hd = rows / heads;
+            for (int64_t h = 0; h < heads; h++)
+                for (int64_t i2 = 0; i2 < hd / 2; i2++)
+                    for (int64_t j = 0; j < 2; j++)
+                        memcpy(g + (h * hd + 2 * i2 + j) * cols, f + (h * hd + j * hd / 2 + i2) * cols,
+                               (size_t)cols * 4);
+        }
+        free(f);
+        bufs[nb++] = g;
+        uint64_t ne[2] = {(uint64_t)t->shape[t->n_dims - 1], t->n_dims == 2 ? (uint64_t)t->shape[0] : 1};
+        gw_tensor_add(&w, name, 0, (uint32_t)t->n_dims, ne, g, t->n_elements * 4);
+    }
+    size_t n = 0;
+    uint8_t *b = gw_finish(&w, &n);
+    ck_assert_int_eq(sq_test_write_file(out, b, n), 0);
+    free(b);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    sq_ckpt_close(ck);
+}
+
+/* Every tensor the loader hands over: name -> bytes (dense F32 models only). */
+typedef struct grab { char names[64][96]; void *data[64]; uint64_t n_bytes[64]; int n; } grab;
+static sq_status grab_item(void *user, sq_load_item *it, sq_error *err) {
+    (void)err;
+    grab *g = user;
+    ck_assert(g->n < 64 && it->ggml_type == -1 && !it->is_4bit && it->dtype == SQ_DTYPE_F32);
+    snprintf(g->names[g->n], sizeof g->names[0], "%s", it->spec->name);
+    g->data[g->n] = it->data;
+    g->n_bytes[g->n++] = it->n_bytes;
+    it->data = NULL;
+    return SQ_OK;
+}
+static void load_all(const char *path, grab *g) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_ckpt *ck = NULL;
+    sq_model_config c;
+    sq_meta *m = NULL;
+    ck_assert_int_eq(sq_ckpt_open(path, &ck, &err), SQ_OK);
+    ck_assert_int_eq(sq_ckpt_config(ck, &c, &err), SQ_OK);
+    ck_assert_int_eq(sq_meta_create(&c, &m, &err), SQ_OK);
+    ck_assert_msg(sq_meta_validate(m, ck, &err) == SQ_OK, "%s", err.msg);
+    sq_load_stage_desc all = {.first_layer = 0, .n_layers = (int)c.n_layers, .has_embed = true,
+                              .has_head = true};
+    sq_load_options o = sq_load_options_default();
+    o.scheme.type = SQ_QUANT_NONE;
+    memset(g, 0, sizeof *g);
+    ck_assert_msg(sq_load_stage(ck, m, &all, &o, grab_item, g, NULL, &err) == SQ_OK, "%s", err.msg);
+    sq_meta_destroy(m);
+    sq_ckpt_close(ck);
+}
+
+static char *tokens_of(const char *out) {
+    const char *t = strstr(out, "\"tokens\": ");
+    ck_assert_msg(t != NULL, "%s", out);
+    size_t n = strcspn(t, "\n");
+    char *s = malloc(n + 1);
+    memcpy(s, t, n);
+    s[n] = '\0';
+    return s;
+}
+
+START_TEST(gguf_runs_like_its_folder) {
+    const char *families[] = {"qwen2", "llama"};
+    for (int f = 0; f < 2; f++) {
+        char dir[1024], file[1024], cmd[8192];
+        snprintf(dir, sizeof dir, "%s/%s-f32", g_dir, families[f]);
+        snprintf(file, sizeof file, "%s/%s.gguf", g_dir, families[f]);
+        snprintf(cmd, sizeof cmd, SQ_SINGLETON_ENV "'%s' make-model --out '%s' --family %s --dtype f32 >/dev/null",
+                 SQ_SHARDQ_EXE, dir, families[f]);
+        int rc = system(cmd);
+        ck_assert_int_eq(rc, 0);
+        folder_to_gguf(dir, file);
+        /* the loader gives the same tensors, bit for bit, from both */
+        static grab ga, gb;
+        load_all(dir, &ga);
+        load_all(file, &gb);
+        ck_assert_int_eq(ga.n, gb.n);
+        for (int i = 0; i < ga.n; i++) {
+            ck_assert_str_eq(ga.names[i], gb.names[i]);
+            ck_assert_msg(ga.n_bytes[i] == gb.n_bytes[i] && !memcmp(ga.data[i], gb.data[i], ga.n_bytes[i]),
+                          "%s: %s differs", families[f], ga.names[i]);
+            free(ga.data[i]);
+            free(gb.data[i]);
+        }
+        const char *args = "--prompt-ids '3,7,11,5;9,4' --max-new-tokens 8 --ignore-eos --json --quiet";
+        snprintf(cmd, sizeof cmd, SQ_SINGLETON_ENV "'%s' run '%s' --quant none %s", SQ_SHARDQ_EXE, dir, args);
+        char *a = sq_test_run(cmd, &rc);
+        ck_assert_msg(rc == 0, "%s", a);
+        snprintf(cmd, sizeof cmd, SQ_SINGLETON_ENV "'%s' run '%s' %s", SQ_SHARDQ_EXE, file, args);
+        char *b = sq_test_run(cmd, &rc);
+        ck_assert_msg(rc == 0, "%s", b);
+        snprintf(cmd, sizeof cmd, "'%s' " SQ_MPIRUN_TEST_FLAGS " -np 2 '%s' run '%s' %s", SQ_MPIEXEC,
+                 SQ_SHARDQ_EXE, file, args);
+        char *c2 = sq_test_run(cmd, &rc);
+        ck_assert_msg(rc == 0, "%s", c2);
+        char *ta = tokens_of(a), *tb = tokens_of(b), *tc = tokens_of(c2);
+        ck_assert_msg(!strcmp(ta, tb), "%s: folder %s, gguf %s", families[f], ta, tb);
+        ck_assert_msg(!strcmp(tb, tc), "%s: gguf 1 rank %s, 2 ranks %s", families[f], tb, tc);
+        ck_assert_msg(strstr(b, "\"prompt_ids\": [[3, 7, 11, 5], [9, 4]]"), "%s", b);
+        free(ta), free(tb), free(tc), free(a), free(b), free(c2);
+    }
+}
+END_TEST
+
 /* ---- the tokenizer of a real GGUF against the committed reference ---------------------------- */
 
 static char *unhex(const char *h, size_t *n) {
@@ -455,6 +622,7 @@ int main(void) {
     tcase_add_test(tc, every_truncation_refused);
     tcase_add_test(tc, cli_tokenize);
     tcase_add_test(tc, gguf_tokenizer_reference);
+    tcase_add_test(tc, gguf_runs_like_its_folder);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

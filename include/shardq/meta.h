@@ -59,9 +59,9 @@ typedef struct sq_tensor_spec {
     sq_quant_type stored_quant;
     bool stored_double_quant;
     int64_t stored_blocksize; /* from the absmax count (0 when not pre-quantized) */
-    /* Set by sq_meta_validate when the checkpoint (a GGUF) stores this weight in a ggml block
-     * format (Q8_0, Q4_1, Q4_K, …): that type number and its bytes, kept as stored; -1 / 0
-     * otherwise (F32 / F16 / BF16 GGUF tensors are dense, dtype says which). */
+    /* Set by sq_meta_validate for a checkpoint that stores tensors in ggml types (a GGUF): the
+     * type number and its bytes (-1 / 0 otherwise).  Block formats (Q8_0, Q4_1, Q4_K, …) have
+     * dtype U8 and are kept as stored; F32 / F16 / BF16 are dense (dtype says which). */
     int32_t stored_ggml;
     uint64_t stored_bytes;
 } sq_tensor_spec;
@@ -106,8 +106,8 @@ sq_status sq_meta_validate(sq_meta *m, const sq_ckpt *ck, sq_error *err);
 /* A GGUF weight in a ggml block format is accepted where a matrix is expected (Linear weights,
  * embeddings, lm_head) with its logical shape; norms and biases must be F32/F16/BF16. */
 
-/* How many tensors the checkpoint stores in a ggml block format (validated skeleton): such a
- * model runs them as stored unless the scheme re-quantizes its Linear weights (NF4 / FP4). */
+/* How many tensors the checkpoint stores in ggml types (validated skeleton; a GGUF): such a
+ * model runs as stored unless the scheme re-quantizes its Linear weights (NF4 / FP4). */
 int sq_meta_n_stored_ggml(const sq_meta *m);
 
 /* The scheme a validated pre-quantized (bitsandbytes 4-bit) checkpoint is stored in: every

@@ -209,7 +209,8 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
                 ob = sq_size_4bit_bytes(t->n_elements, &ss);
             }
         } else {
-            ob = t->stored_ggml >= 0 && o->ggml_dense ? t->n_elements * 4 : w->n_bytes;
+            ob = t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8 && o->ggml_dense
+                     ? t->n_elements * 4 : w->n_bytes;
         }
         out->out_bytes += ob;
         if (ob > out->max_out_bytes) out->max_out_bytes = ob;
@@ -622,7 +623,8 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
         return w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)
                    ? load_quantize_whole(L, t, w, &s, item, err)
                    : load_quantize(L, t, w, &s, item, err);
-    if (t->stored_ggml >= 0 && L->o->ggml_dense) {
+    const bool blocks = t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8;
+    if (blocks && L->o->ggml_dense) {
         sq_status rc = load_ggml(L, t, w, item, err);
         float *f32 = NULL;
         if (rc == SQ_OK)
@@ -635,7 +637,7 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
         item->n_bytes = t->n_elements * 4;
         return rc;
     }
-    if (t->stored_ggml >= 0) return load_ggml(L, t, w, item, err);
+    if (blocks) return load_ggml(L, t, w, item, err);
     return load_dense(L, t, w, item, err);
 }
 

@@ -327,8 +327,12 @@ sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **ou
             stored_ok = sq <= SQ_QUANT_FP4 && quantizable && dtype == SQ_DTYPE_U8 && sbs >= 32 &&
                         sbs <= 4096 && (sbs & (sbs - 1)) == 0;
         if (sgg < 0) stored_ok = stored_ok && sgg == -1 && sgb == 0;
-        else stored_ok = stored_ok && sq == SQ_QUANT_NONE && sgg < 64 && dtype == SQ_DTYPE_U8 &&
-                         sgb > 0 && sgb <= t->n_elements * 4;
+        else stored_ok = stored_ok && sq == SQ_QUANT_NONE && sgg < 64 && sgb > 0 &&
+                         sgb <= t->n_elements * 4 &&
+                         (dtype == SQ_DTYPE_U8 ? sgg != 0 && sgg != 1 && sgg != 30
+                                               : (sgg == 0 && dtype == SQ_DTYPE_F32) ||
+                                                 (sgg == 1 && dtype == SQ_DTYPE_F16) ||
+                                                 (sgg == 30 && dtype == SQ_DTYPE_BF16));
         if (!dtype_ok || !stored_ok) {
             st = BAD("tensor '%s': invalid dtype / pre-quantized fields", t->name);
             goto fail;

@@ -248,8 +248,8 @@ sq_status sq_meta_validate(sq_meta *m, const sq_ckpt *st, sq_error *err) {
         t->stored_quant = SQ_QUANT_NONE;
         t->stored_double_quant = false;
         t->stored_blocksize = 0;
-        t->stored_ggml = -1;
-        t->stored_bytes = 0;
+        t->stored_ggml = info->ggml_type;   /* a GGUF's F32 / F16 / BF16: kept as stored too */
+        t->stored_bytes = info->ggml_type >= 0 ? info->n_bytes : 0;
     }
 
     const sq_model_config *c = &m->cfg;
