@@ -424,6 +424,10 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
                               stored.double_quant ? ", double quant" : "");
         scheme = stored;
     }
+    if (rc == SQ_OK && !prequant && sq_meta_n_stored_ggml(meta) > 0 && rank == 0)
+        sq_logf(&log, SQ_LOG_WARN, "re-quantizing a GGUF's weights to %s compounds their "
+                "quantization error (`shardq run` runs them as stored)",
+                sq_quant_type_name(scheme.type));
     int qdev = -1;
     if (rc == SQ_OK && !prequant) rc = choose_quant_device(comm, rank, size, o, &qdev, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;

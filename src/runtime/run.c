@@ -471,8 +471,8 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if (rc == SQ_OK && !prequant && sq_meta_n_stored_ggml(meta) > 0) {
         if (!o->scheme_given) scheme.type = SQ_QUANT_NONE;
         else if (scheme.type != SQ_QUANT_NONE && rank == 0)
-            sq_logf(&log, SQ_LOG_WARN, "re-quantizing weights stored in ggml block formats to %s "
-                    "compounds their quantization error (leave out --quant to run them as stored)",
+            sq_logf(&log, SQ_LOG_WARN, "re-quantizing a GGUF's weights to %s compounds their "
+                    "quantization error (leave out --quant to run them as stored)",
                     sq_quant_type_name(scheme.type));
     }
     if (rc == SQ_OK && scheme.type != SQ_QUANT_NONE) rc = sq_quant_scheme_check(&scheme, err);
