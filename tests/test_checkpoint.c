@@ -319,6 +319,32 @@ START_TEST(every_truncation_refused) {
 }
 END_TEST
 
+/* The fuzzer's seeds (tests/fuzz/make_gguf_corpus.py, written by the `gguf` package): ok_* pass,
+ * bad_* fail. */
+START_TEST(fuzz_seeds) {
+    const char *names[] = {"ok_tiny", "bad_magic", "bad_version", "bad_truncated", "bad_counts",
+                           "bad_empty"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, SQ_SOURCE_DIR "/tests/fuzz/corpus_gguf/%s", names[i]);
+        size_t n = 0;
+        uint8_t *b = sq_test_read_file(path, &n);
+        ck_assert_ptr_nonnull(b);
+        sq_error err;
+        sq_error_init(&err, -1);
+        size_t nt = 0;
+        sq_status s = sq_gguf_check(b, n, n, path, &nt, &err);
+        if (names[i][0] == 'o') {
+            ck_assert_msg(s == SQ_OK, "%s: %s", names[i], err.msg);
+            ck_assert_uint_eq(nt, 3);
+        } else {
+            ck_assert_msg(s != SQ_OK, "%s passed", names[i]);
+        }
+        free(b);
+    }
+}
+END_TEST
+
 START_TEST(cli_tokenize) {
     const char *path = write_variant(OK, "tok.gguf");
     char cmd[4096];
@@ -621,6 +647,7 @@ int main(void) {
     tcase_add_test(tc, bad_files_refused);
     tcase_add_test(tc, every_truncation_refused);
     tcase_add_test(tc, cli_tokenize);
+    tcase_add_test(tc, fuzz_seeds);
     tcase_add_test(tc, gguf_tokenizer_reference);
     tcase_add_test(tc, gguf_runs_like_its_folder);
     suite_add_tcase(s, tc);
