@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "shardq/ggml_quant.h"
 #include "shardq/config.h"
 #include "shardq/meta.h"
 #include "shardq/safetensors.h"
@@ -85,11 +86,13 @@ static uint64_t module_params(const sq_meta *m, int i) {
 
 /* "BF16" or "BF16 x37, F32 x2"; pre-quantized weights as "U8 (bnb nf4 dq) x28". */
 static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
-    int count[SQ_DTYPE_COUNT] = {0}, pre = 0;
+    int count[SQ_DTYPE_COUNT] = {0}, pre = 0, ggml[64] = {0};
     const char *pre_kind = "";
     for (int i = 0; i < sq_meta_n_tensors(m); i++) {
         const sq_tensor_spec *t = sq_meta_tensor(m, i);
-        if (t->stored_quant != SQ_QUANT_NONE) {
+        if (t->stored_ggml >= 0 && t->stored_ggml < 64 && t->dtype == SQ_DTYPE_U8) {
+            ggml[t->stored_ggml]++;   /* a GGUF block format, kept as stored */
+        } else if (t->stored_quant != SQ_QUANT_NONE) {
             pre++;
             pre_kind = t->stored_quant == SQ_QUANT_NF4 ? (t->stored_double_quant ? "nf4 dq" : "nf4")
                                                       : (t->stored_double_quant ? "fp4 dq" : "fp4");
@@ -99,6 +102,7 @@ static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
     }
     int kinds = 0;
     for (int d = 0; d < SQ_DTYPE_COUNT; d++) kinds += count[d] > 0;
+    for (int g = 0; g < 64; g++) kinds += ggml[g] > 0;
     size_t used = 0;
     buf[0] = '\0';
     for (int d = 0; d < SQ_DTYPE_COUNT && used < n; d++) {
@@ -107,6 +111,10 @@ static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
         else used += (size_t)snprintf(buf + used, n - used, "%s%s x%d", used ? ", " : "",
                                       sq_dtype_name((sq_dtype)d), count[d]);
     }
+    for (int g = 0; g < 64 && used < n; g++)
+        if (ggml[g])
+            used += (size_t)snprintf(buf + used, n - used, "%s%s x%d", used ? ", " : "",
+                                     sq_ggml_type_name(g) ? sq_ggml_type_name(g) : "?", ggml[g]);
     if (pre && used < n)
         snprintf(buf + used, n - used, "%sU8 (pre-quantized bnb %s) x%d", used ? ", " : "",
                  pre_kind, pre);
