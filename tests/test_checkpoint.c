@@ -561,17 +561,18 @@ static bool same_ids(const char *line, const int32_t *ids, size_t n) {
 
 /* tests/reference/gen_gguf_tokenizer.py: SmolLM2's tokenizer metadata in a GGUF without tensors,
  * and the tokenizers library's ids / texts for 103 texts. */
-START_TEST(gguf_tokenizer_reference) {
+static void check_reference(const char *name, int32_t vocab) {
     sq_error err;
     sq_error_init(&err, -1);
     sq_ckpt *ck = NULL;
     sq_tokenizer *tok = NULL;
-    ck_assert_msg(sq_ckpt_open(SQ_SOURCE_DIR "/tests/reference/gguf/smollm2_tokenizer.gguf", &ck,
-                               &err) == SQ_OK, "%s", err.msg);
+    char path[1024];
+    snprintf(path, sizeof path, SQ_SOURCE_DIR "/tests/reference/gguf/%s.gguf", name);
+    ck_assert_msg(sq_ckpt_open(path, &ck, &err) == SQ_OK, "%s", err.msg);
     ck_assert_msg(sq_ckpt_tokenizer(ck, &tok, NULL, &err) == SQ_OK, "%s", err.msg);
-    ck_assert_int_eq(sq_ckpt_chat_family(ck), SQ_CHAT_CHATML);
-    ck_assert_int_eq(sq_tokenizer_vocab_size(tok), 49152);
-    char *buf = sq_test_read_file(SQ_SOURCE_DIR "/tests/reference/gguf/smollm2_tokenizer.expected", NULL);
+    ck_assert_int_eq(sq_tokenizer_vocab_size(tok), vocab);
+    snprintf(path, sizeof path, SQ_SOURCE_DIR "/tests/reference/gguf/%s.expected", name);
+    char *buf = sq_test_read_file(path, NULL);
     ck_assert_ptr_nonnull(buf);
     int n_cases = 0, n_checked = 0;
     char *text = NULL;
@@ -591,8 +592,8 @@ START_TEST(gguf_tokenizer_reference) {
             int32_t *ids = NULL;
             size_t n = 0;
             ck_assert_int_eq(sq_tokenizer_encode(tok, text, text_n, add, &ids, &n, &err), SQ_OK);
-            ck_assert_msg(same_ids(line + 5, ids, n), "case %d (%s): got %zu ids, want %s",
-                          n_cases - 1, line, n, line + 5);
+            ck_assert_msg(same_ids(line + 5, ids, n), "%s case %d (%.4s): got %zu ids, want %s",
+                          name, n_cases - 1, line, n, line + 5);
             if (add) {
                 free(ids1);
                 ids1 = ids;
@@ -605,8 +606,8 @@ START_TEST(gguf_tokenizer_reference) {
             size_t want_n = 0, got_n = 0;
             char *want = unhex(line + 5, &want_n), *got = NULL;
             ck_assert_int_eq(sq_tokenizer_decode(tok, ids1, n1, false, &got, &got_n, &err), SQ_OK);
-            ck_assert_msg(got_n == want_n && !memcmp(got, want, want_n), "case %d: decode differs",
-                          n_cases - 1);
+            ck_assert_msg(got_n == want_n && !memcmp(got, want, want_n), "%s case %d: decode differs",
+                          name, n_cases - 1);
             free(got);
             free(want);
         }
@@ -618,6 +619,17 @@ START_TEST(gguf_tokenizer_reference) {
     free(ids1);
     free(buf);
     sq_tokenizer_destroy(tok);
+    sq_ckpt_close(ck);
+}
+
+START_TEST(gguf_tokenizer_reference) {
+    check_reference("smollm2_tokenizer", 49152);   /* gpt2: byte-level BPE, pre "smollm" */
+    check_reference("llama2_tokenizer", 1156);     /* llama: merges derived from the scores */
+    sq_error err;
+    sq_ckpt *ck = NULL;
+    ck_assert_int_eq(sq_ckpt_open(SQ_SOURCE_DIR "/tests/reference/gguf/smollm2_tokenizer.gguf",
+                                  &ck, &err), SQ_OK);
+    ck_assert_int_eq(sq_ckpt_chat_family(ck), SQ_CHAT_CHATML);
     sq_ckpt_close(ck);
 }
 END_TEST
