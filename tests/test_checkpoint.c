@@ -308,6 +308,16 @@ START_TEST(every_truncation_refused) {
     size_t nt = 0;
     ck_assert_msg(sq_gguf_check(b, n, n, "x.gguf", &nt, &err) == SQ_OK, "%s", err.msg);
     ck_assert_uint_eq(nt, 2 + NL * 9);
+    b[4] = 2;   /* GGUF v2 has v3's layout */
+    ck_assert_msg(sq_gguf_check(b, n, n, "x.gguf", &nt, &err) == SQ_OK, "%s", err.msg);
+    b[4] = 4;
+    ck_assert_int_eq(sq_gguf_check(b, n, n, "x.gguf", &nt, &err), SQ_ERR_UNSUPPORTED);
+    b[4] = 0;
+    b[7] = 3;   /* a big-endian file's version */
+    ck_assert_int_eq(sq_gguf_check(b, n, n, "x.gguf", &nt, &err), SQ_ERR_FORMAT);
+    ck_assert(strstr(err.msg, "big-endian"));
+    b[4] = 3;
+    b[7] = 0;
     for (size_t len = 0; len < n; len += (len < 4096 ? 1 : 997)) {
         uint8_t *p = malloc(len ? len : 1);
         memcpy(p, b, len);
