@@ -148,6 +148,8 @@ START_TEST(reads_tensors_config_tokenizer) {
     ck_assert(c.tie_word_embeddings);
     ck_assert_int_eq(c.eos_token_ids[0], 0);
     ck_assert_int_eq(sq_ckpt_chat_family(ck), SQ_CHAT_CHATML);
+    char sys[64];
+    ck_assert(!sq_ckpt_chat_default_system(ck, sys, sizeof sys));   /* no literal system turn */
 
     /* the skeleton accepts it: the Q8_0 weight kept as stored, its bytes counted */
     sq_meta *m = NULL;
@@ -640,6 +642,10 @@ START_TEST(gguf_tokenizer_reference) {
     ck_assert_int_eq(sq_ckpt_open(SQ_SOURCE_DIR "/tests/reference/gguf/smollm2_tokenizer.gguf",
                                   &ck, &err), SQ_OK);
     ck_assert_int_eq(sq_ckpt_chat_family(ck), SQ_CHAT_CHATML);
+    char sys[256], tiny[8];
+    ck_assert(sq_ckpt_chat_default_system(ck, sys, sizeof sys));
+    ck_assert_str_eq(sys, "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+    ck_assert(!sq_ckpt_chat_default_system(ck, tiny, sizeof tiny));   /* does not fit */
     sq_ckpt_close(ck);
 }
 END_TEST

@@ -93,6 +93,11 @@ sq_status sq_ckpt_tokenizer(const sq_ckpt *ck, sq_tokenizer **out, bool *found, 
  * ChatML, <|start_header_id|> Llama-3, [INST] Mistral); -1 when it names none (guess from the
  * tokenizer's special tokens then). */
 int sq_ckpt_chat_family(const sq_ckpt *ck);
+/* The system message a ChatML template writes when the conversation has none (a literal
+ * "<|im_start|>system\nTEXT<|im_end|>" in tokenizer.chat_template, as SmolLM2's and Qwen2's
+ * templates hold): copied NUL-terminated into buf; false when there is none or it does not fit
+ * (buf untouched then). */
+bool sq_ckpt_chat_default_system(const sq_ckpt *ck, char *buf, size_t buf_bytes);
 
 /* Puts the rows of t (t->shape[0] rows of row_bytes each, in data) back in HF order when
  * t->rope_heads > 0 (llama.cpp's permute: within each head, row 2i + j of the file is HF row

@@ -200,6 +200,10 @@ int sq_ckpt_chat_family(const sq_ckpt *ck) {
     return ck->format == SQ_CKPT_GGUF ? ckpt_gguf_chat_family(ck) : -1;
 }
 
+bool sq_ckpt_chat_default_system(const sq_ckpt *ck, char *buf, size_t buf_bytes) {
+    return ck->format == SQ_CKPT_GGUF && ckpt_gguf_chat_default_system(ck, buf, buf_bytes);
+}
+
 sq_status sq_ckpt_unpermute_rows(const sq_ckpt_tensor *t, void *data, uint64_t row_bytes,
                                  sq_error *err) {
     if (t->rope_heads <= 0) return SQ_OK;

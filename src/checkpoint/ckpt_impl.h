@@ -91,5 +91,6 @@ sq_status ckpt_gguf_open(sq_ckpt *ck, sq_error *err);
 sq_status ckpt_gguf_config(const sq_ckpt *ck, sq_model_config *out, sq_error *err);
 sq_status ckpt_gguf_tokenizer(const sq_ckpt *ck, sq_tokenizer **out, bool *found, sq_error *err);
 int ckpt_gguf_chat_family(const sq_ckpt *ck);
+bool ckpt_gguf_chat_default_system(const sq_ckpt *ck, char *buf, size_t buf_bytes);
 
 #endif

@@ -231,6 +231,31 @@ static bool contains(const char *s, uint64_t n, const char *needle) {
     return false;
 }
 
+bool ckpt_gguf_chat_default_system(const sq_ckpt *ck, char *buf, size_t buf_bytes) {
+    const char *t;
+    uint64_t n;
+    if (!gguf_get_str(&ck->g, "tokenizer.chat_template", &t, &n)) return false;
+    static const char head[] = "<|im_start|>system", end[] = "<|im_end|>";
+    for (uint64_t i = 0; i + sizeof head - 1 <= n; i++) {
+        if (memcmp(t + i, head, sizeof head - 1)) continue;
+        uint64_t p = i + sizeof head - 1;
+        if (p < n && t[p] == '\n') p += 1;                                /* a newline */
+        else if (p + 1 < n && t[p] == '\\' && t[p + 1] == 'n') p += 2;  /* or Jinja's \n */
+        else continue;
+        uint64_t q = p;
+        while (q + sizeof end - 1 <= n && memcmp(t + q, end, sizeof end - 1)) {
+            if (t[q] == '{' || t[q] == '\'' || t[q] == '"' || t[q] == '\\') break;   /* not a literal */
+            q++;
+        }
+        if (q + sizeof end - 1 > n || memcmp(t + q, end, sizeof end - 1) || q == p) continue;
+        if (q - p + 1 > buf_bytes) return false;
+        memcpy(buf, t + p, (size_t)(q - p));
+        buf[q - p] = '\0';
+        return true;
+    }
+    return false;
+}
+
 int ckpt_gguf_chat_family(const sq_ckpt *ck) {
     const char *t;
     uint64_t n;

@@ -486,16 +486,21 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
         sq_ckpt *ck = NULL;
         bool have_tok = false;
         int family = -1;
+        char default_system[1024];
+        bool have_default = false;
         st = sq_ckpt_open(o.model_dir, &ck, &err);
         if (st == SQ_OK) st = sq_ckpt_tokenizer(ck, &tok, &have_tok, &err);
         if (st == SQ_OK) family = sq_ckpt_chat_family(ck);
+        if (st == SQ_OK && family == SQ_CHAT_CHATML)   /* the template's own default system */
+            have_default = sq_ckpt_chat_default_system(ck, default_system, sizeof default_system);
         sq_ckpt_close(ck);
         if (st == SQ_OK && n_src && !have_tok)
             st = sq_error_set(&err, SQ_ERR_INVALID, o.model_dir, NULL,
                               "tokenizer.json: not found (nor a GGUF's tokenizer.ggml.model): text "
                               "prompts need the model's tokenizer (or give --prompt-ids)");
         if (st == SQ_OK && n_src) {
-            text_opts to = {.chat = chat, .system = system, .family = family};
+            text_opts to = {.chat = chat, .system = system ? system : have_default ? default_system : NULL,
+                            .family = family};
             st = encode_texts(tok, srcs, n_src, &to, &p, &stop_id, &err);
         }
         if (st == SQ_OK && ids_arg) {
