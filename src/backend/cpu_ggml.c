@@ -150,32 +150,54 @@ TGT_AVX2 INLINE void gl_finish(const gl_ctx *c, int64_t o, int64_t r, __m256 acc
     c->out[r * c->N + o] = gl_hsum8(acc) + bias_of(c, o);
 }
 
-/* The 32 weights of group g (elements 32 g .. 32 g + 31) of output o, as four vectors of 8 in k
- * order.  BITS: 4 or 8; BIAS: the format has a bias; B16: 16 elements per scale (Q6_K). */
-TGT_AVX2 INLINE void gl_dec32(const gl_ctx *c, int64_t o, int64_t g, __m256 f[4], const int BITS,
-                              const int BIAS, const int B16) {
+/* One output row's arrays: codes, float32 scales, float32 biases (NULL without). */
+typedef struct {
+    const uint8_t *c;
+    const float *s, *b;
+} gl_row;
+
+TGT_AVX2 INLINE gl_row gl_row_of(const gl_ctx *c, int64_t o) {
     const sq_weight *w = c->w;
-    const uint8_t *cr = (const uint8_t *)w->data_d + o * w->code_row_bytes;
-    __m256i q[4];
+    gl_row r = {(const uint8_t *)w->data_d + o * w->code_row_bytes,
+                (const float *)w->absmax_d + o * c->nsub,
+                w->bias_d ? (const float *)w->bias_d + o * c->nsub : NULL};
+    return r;
+}
+
+/* The 32 weights of group g (elements 32 g .. 32 g + 31) of a row, as four vectors of 8 in k
+ * order.  BITS: 4 or 8; BIAS: the format has a bias; B16: 16 elements per scale (Q6_K);
+ * zero: the 4-bit code_zero in every byte. */
+TGT_AVX2 INLINE void gl_dec32(gl_row R, int64_t g, __m128i zero, __m256 f[4], const int BITS,
+                              const int BIAS, const int B16) {
+    __m256i q0, q1, q2, q3;
     if (BITS == 4) {
-        const __m128i m = _mm_set1_epi8(15), z = _mm_set1_epi8((char)w->qf.code_zero);
-        __m128i v = _mm_loadu_si128((const __m128i *)(cr + g * 16));
-        __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m), z);
-        __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), z);
-        q[0] = _mm256_cvtepi8_epi32(lo);
-        q[1] = _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8));
-        q[2] = _mm256_cvtepi8_epi32(hi);
-        q[3] = _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8));
+        const __m128i m = _mm_set1_epi8(15);
+        __m128i v = _mm_loadu_si128((const __m128i *)(R.c + g * 16));
+        __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m), zero);
+        __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), zero);
+        q0 = _mm256_cvtepi8_epi32(lo);
+        q1 = _mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8));
+        q2 = _mm256_cvtepi8_epi32(hi);
+        q3 = _mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8));
     } else {
-        const uint8_t *p = cr + g * 32;
-        for (int j = 0; j < 4; j++) q[j] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * j)));
+        const uint8_t *p = R.c + g * 32;
+        q0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+        q1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8)));
+        q2 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 16)));
+        q3 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 24)));
     }
-    const float *sc = (const float *)w->absmax_d + o * c->nsub;
-    const float *bi = BIAS ? (const float *)w->bias_d + o * c->nsub : NULL;
-    for (int j = 0; j < 4; j++) {
-        const int64_t b = B16 ? 2 * g + (j >> 1) : g;
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(q[j]), _mm256_broadcast_ss(sc + b));
-        f[j] = BIAS ? _mm256_add_ps(v, _mm256_broadcast_ss(bi + b)) : v;
+    const int64_t b0 = B16 ? 2 * g : g, b1 = B16 ? 2 * g + 1 : g;
+    const __m256 s0 = _mm256_broadcast_ss(R.s + b0), s1 = B16 ? _mm256_broadcast_ss(R.s + b1) : s0;
+    f[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(q0), s0);
+    f[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(q1), s0);
+    f[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(q2), s1);
+    f[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(q3), s1);
+    if (BIAS) {
+        const __m256 c0 = _mm256_broadcast_ss(R.b + b0), c1 = B16 ? _mm256_broadcast_ss(R.b + b1) : c0;
+        f[0] = _mm256_add_ps(f[0], c0);
+        f[1] = _mm256_add_ps(f[1], c0);
+        f[2] = _mm256_add_ps(f[2], c1);
+        f[3] = _mm256_add_ps(f[3], c1);
     }
 }
 
@@ -188,25 +210,30 @@ TGT_AVX2 INLINE void gl_dec32(const gl_ctx *c, int64_t o, int64_t g, __m256 f[4]
 /* Few rows: NO (4 or 1) outputs from o, row r; each group's x vectors are loaded once. */
 TGT_AVX2 INLINE void gl_few(const gl_ctx *c, int64_t o, int64_t r, const int NO, const int BITS,
                             const int BIAS, const int B16) {
-    const int64_t ng = c->K >> 5, crb = c->w->code_row_bytes, gb = BITS == 4 ? 16 : 32;
+    const int64_t ng = c->K >> 5, gb = BITS == 4 ? 16 : 32;
     const float *x = c->x + r * c->K;
-    const char *cp = (const char *)c->w->data_d + o * crb;
+    const __m128i zero = _mm_set1_epi8((char)c->w->qf.code_zero);
+    const gl_row R0 = gl_row_of(c, o), R1 = NO > 1 ? gl_row_of(c, o + 1) : R0;
+    const gl_row R2 = NO > 1 ? gl_row_of(c, o + 2) : R0, R3 = NO > 1 ? gl_row_of(c, o + 3) : R0;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t g = 0; g < ng; g++) {
         __m256 xv[4], f[4];
-        for (int j = 0; j < 4; j++) xv[j] = _mm256_loadu_ps(x + 32 * g + 8 * j);
-        _mm_prefetch(cp + g * gb + GL_PREFETCH, _MM_HINT_T0);
-        gl_dec32(c, o, g, f, BITS, BIAS, B16);
+        xv[0] = _mm256_loadu_ps(x + 32 * g);
+        xv[1] = _mm256_loadu_ps(x + 32 * g + 8);
+        xv[2] = _mm256_loadu_ps(x + 32 * g + 16);
+        xv[3] = _mm256_loadu_ps(x + 32 * g + 24);
+        _mm_prefetch((const char *)(R0.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
+        gl_dec32(R0, g, zero, f, BITS, BIAS, B16);
         GL_FMA4(a0, f, xv)
         if (NO > 1) {
-            _mm_prefetch(cp + crb + g * gb + GL_PREFETCH, _MM_HINT_T0);
-            _mm_prefetch(cp + 2 * crb + g * gb + GL_PREFETCH, _MM_HINT_T0);
-            _mm_prefetch(cp + 3 * crb + g * gb + GL_PREFETCH, _MM_HINT_T0);
-            gl_dec32(c, o + 1, g, f, BITS, BIAS, B16);
+            _mm_prefetch((const char *)(R1.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(R2.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(R3.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
+            gl_dec32(R1, g, zero, f, BITS, BIAS, B16);
             GL_FMA4(a1, f, xv)
-            gl_dec32(c, o + 2, g, f, BITS, BIAS, B16);
+            gl_dec32(R2, g, zero, f, BITS, BIAS, B16);
             GL_FMA4(a2, f, xv)
-            gl_dec32(c, o + 3, g, f, BITS, BIAS, B16);
+            gl_dec32(R3, g, zero, f, BITS, BIAS, B16);
             GL_FMA4(a3, f, xv)
         }
     }
@@ -218,49 +245,78 @@ TGT_AVX2 INLINE void gl_few(const gl_ctx *c, int64_t o, int64_t r, const int NO,
     }
 }
 
-/* acc[j] += w · x_j over one panel, for NR (1 .. 4) rows starting at x (rows K apart). */
-TGT_AVX2 INLINE void gl_panel_rows(const float *wb, const float *x, int64_t K, int64_t kn,
-                                   __m256 *acc, const int NR) {
-    __m256 a0 = acc[0], a1 = NR > 1 ? acc[1] : a0, a2 = NR > 2 ? acc[2] : a0, a3 = NR > 3 ? acc[3] : a0;
-    for (int64_t k = 0; k < kn; k += 8) {
-        __m256 wv = _mm256_load_ps(wb + k);
-        a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + k), a0);
-        if (NR > 1) a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + K + k), a1);
-        if (NR > 2) a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 2 * K + k), a2);
-        if (NR > 3) a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + 3 * K + k), a3);
+/* acc0[j] += w0 · x_j and acc1[j] += w1 · x_j over one panel, for NR (1 .. 4) rows starting at
+ * x (rows K apart); TWO = 0: only w0 / acc0. */
+#define GL_PROW(j)                                                                             \
+    if (NR > j) {                                                                              \
+        __m256 xv = _mm256_loadu_ps(x + j * K + k);                                            \
+        a0##j = _mm256_fmadd_ps(w0, xv, a0##j);                                                \
+        if (TWO) a1##j = _mm256_fmadd_ps(w1, xv, a1##j);                                       \
     }
-    acc[0] = a0;
-    if (NR > 1) acc[1] = a1;
-    if (NR > 2) acc[2] = a2;
-    if (NR > 3) acc[3] = a3;
+TGT_AVX2 INLINE void gl_panel_rows(const float *wb0, const float *wb1, const float *x, int64_t K,
+                                   int64_t kn, __m256 *acc0, __m256 *acc1, const int NR,
+                                   const int TWO) {
+    __m256 a00 = acc0[0], a01 = NR > 1 ? acc0[1] : a00, a02 = NR > 2 ? acc0[2] : a00;
+    __m256 a03 = NR > 3 ? acc0[3] : a00;
+    __m256 a10 = TWO ? acc1[0] : a00, a11 = TWO && NR > 1 ? acc1[1] : a00;
+    __m256 a12 = TWO && NR > 2 ? acc1[2] : a00, a13 = TWO && NR > 3 ? acc1[3] : a00;
+    for (int64_t k = 0; k < kn; k += 8) {
+        __m256 w0 = _mm256_load_ps(wb0 + k), w1 = TWO ? _mm256_load_ps(wb1 + k) : w0;
+        GL_PROW(0) GL_PROW(1) GL_PROW(2) GL_PROW(3)
+    }
+    acc0[0] = a00;
+    if (NR > 1) acc0[1] = a01;
+    if (NR > 2) acc0[2] = a02;
+    if (NR > 3) acc0[3] = a03;
+    if (TWO) {
+        acc1[0] = a10;
+        if (NR > 1) acc1[1] = a11;
+        if (NR > 2) acc1[2] = a12;
+        if (NR > 3) acc1[3] = a13;
+    }
 }
 
-/* Many rows: per panel, each output's weights are decoded once and every row of the tile
- * accumulates from them (accumulators spill to acc between panels: the same chain, same bits). */
+TGT_AVX2 INLINE void gl_decode_panel(gl_row R, int64_t kp, int64_t kn, __m128i zero, float *wb,
+                                     const int BITS, const int BIAS, const int B16) {
+    for (int64_t g = 0; g < kn / 32; g++) {
+        __m256 f[4];
+        gl_dec32(R, (kp >> 5) + g, zero, f, BITS, BIAS, B16);
+        _mm256_store_ps(wb + 32 * g, f[0]);
+        _mm256_store_ps(wb + 32 * g + 8, f[1]);
+        _mm256_store_ps(wb + 32 * g + 16, f[2]);
+        _mm256_store_ps(wb + 32 * g + 24, f[3]);
+    }
+}
+
+/* Many rows: per panel, each pair of outputs is decoded once and every row of the tile
+ * accumulates from it (accumulators spill to acc between panels: the same chain, same bits). */
 TGT_AVX2 INLINE void gl_many(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1,
                              const int BITS, const int BIAS, const int B16) {
     const int64_t K = c->K, R = r1 - r0, NO = o1 - o0;
+    const __m128i zero = _mm_set1_epi8((char)c->w->qf.code_zero);
     __m256 acc[GL_M_OTILE][GL_M_RTILE];
-    float wb[GL_PANEL] __attribute__((aligned(32)));
+    float wb[2][GL_PANEL] __attribute__((aligned(32)));
     for (int64_t i = 0; i < NO; i++)
         for (int64_t r = 0; r < R; r++) acc[i][r] = _mm256_setzero_ps();
     for (int64_t kp = 0; kp < K; kp += GL_PANEL) {
         const int64_t kn = K - kp < GL_PANEL ? K - kp : GL_PANEL;
-        for (int64_t i = 0; i < NO; i++) {
-            for (int64_t g = 0; g < kn / 32; g++) {
-                __m256 f[4];
-                gl_dec32(c, o0 + i, (kp >> 5) + g, f, BITS, BIAS, B16);
-                for (int j = 0; j < 4; j++) _mm256_store_ps(wb + 32 * g + 8 * j, f[j]);
-            }
-            const float *x = c->x + r0 * K + kp;
+        const float *x = c->x + r0 * K + kp;
+        int64_t i = 0;
+        for (; i + 2 <= NO; i += 2) {
+            gl_decode_panel(gl_row_of(c, o0 + i), kp, kn, zero, wb[0], BITS, BIAS, B16);
+            gl_decode_panel(gl_row_of(c, o0 + i + 1), kp, kn, zero, wb[1], BITS, BIAS, B16);
             int64_t r = 0;
-            for (; r + 4 <= R; r += 4) gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 4);
-            switch (R - r) {
-            case 3: gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 3); break;
-            case 2: gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 2); break;
-            case 1: gl_panel_rows(wb, x + r * K, K, kn, &acc[i][r], 1); break;
-            default: break;
-            }
+            for (; r + 4 <= R; r += 4)
+                gl_panel_rows(wb[0], wb[1], x + r * K, K, kn, &acc[i][r], &acc[i + 1][r], 4, 1);
+            for (; r < R; r++)
+                gl_panel_rows(wb[0], wb[1], x + r * K, K, kn, &acc[i][r], &acc[i + 1][r], 1, 1);
+        }
+        if (i < NO) {
+            gl_decode_panel(gl_row_of(c, o0 + i), kp, kn, zero, wb[0], BITS, BIAS, B16);
+            int64_t r = 0;
+            for (; r + 4 <= R; r += 4)
+                gl_panel_rows(wb[0], NULL, x + r * K, K, kn, &acc[i][r], NULL, 4, 0);
+            for (; r < R; r++) gl_panel_rows(wb[0], NULL, x + r * K, K, kn, &acc[i][r], NULL, 1, 0);
         }
     }
     for (int64_t i = 0; i < NO; i++)
