@@ -15,6 +15,12 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* Scale or bias i (flat over the weight) as float32, exactly. */
+__device__ __forceinline__ float param(const sq_cuda_ggml_desc &w, const void *p, int64_t i) {
+    if (w.scale_bits == 16) return sq_gq_f16(static_cast<const uint16_t *>(p)[i]);
+    return static_cast<const float *>(p)[i];
+}
+
 /* The 32 values of group g of row o into v (element order). */
 template <int BITS>
 __device__ __forceinline__ void group_values(const sq_cuda_ggml_desc &w, int64_t o, int64_t g,
@@ -23,9 +29,9 @@ __device__ __forceinline__ void group_values(const sq_cuda_ggml_desc &w, int64_t
     const int64_t nsub = w.cols / w.block_elems;
     const int64_t s0 = o * nsub + (g * 32) / w.block_elems;
     const int two = w.block_elems == 16;
-    const float sc0 = w.scales_d[s0], sc1 = two ? w.scales_d[s0 + 1] : sc0;
-    const float bi0 = w.has_bias ? w.biases_d[s0] : 0.0f;
-    const float bi1 = w.has_bias && two ? w.biases_d[s0 + 1] : bi0;
+    const float sc0 = param(w, w.scales_d, s0), sc1 = two ? param(w, w.scales_d, s0 + 1) : sc0;
+    const float bi0 = w.has_bias ? param(w, w.biases_d, s0) : 0.0f;
+    const float bi1 = w.has_bias && two ? param(w, w.biases_d, s0 + 1) : bi0;
     if (BITS == 4) {
         const uint4 q = *reinterpret_cast<const uint4 *>(cr + g * 16);   /* 16-byte aligned */
         const uint32_t words[4] = {q.x, q.y, q.z, q.w};
@@ -83,7 +89,8 @@ __device__ __forceinline__ float elem_value(const sq_cuda_ggml_desc &w, int64_t 
     if (w.code_bits == 4) code = ((cr[(k >> 5) * 16 + (k & 15)] >> (((k >> 4) & 1) * 4)) & 15) - w.code_zero;
     else code = (int8_t)cr[k];
     const int64_t b = o * (w.cols / w.block_elems) + k / w.block_elems;
-    return sq_gq_qblock_value(code, w.scales_d[b], w.has_bias ? w.biases_d[b] : 0.0f, w.has_bias);
+    return sq_gq_qblock_value(code, param(w, w.scales_d, b),
+                              w.has_bias ? param(w, w.biases_d, b) : 0.0f, w.has_bias);
 }
 
 __global__ void k_ggml_to_f32(const sq_cuda_ggml_desc w, int64_t row0, int64_t n, float *dst) {
@@ -121,7 +128,8 @@ void launch_gemv(const sq_cuda_ggml_desc &w, const float *x, int64_t n_rows, con
 
 sq_status check_desc(const sq_cuda_ggml_desc *w, sq_error *err) {
     if (!w || w->cols <= 0 || w->cols % 32 || w->rows <= 0 || (w->code_bits != 4 && w->code_bits != 8) ||
-        (w->block_elems != 16 && w->block_elems != 32) || !w->codes_d || !w->scales_d ||
+        (w->block_elems != 16 && w->block_elems != 32) || (w->scale_bits != 16 && w->scale_bits != 32) ||
+        !w->codes_d || !w->scales_d ||
         (w->has_bias && !w->biases_d) || w->rows / kWarps >= 0x7fffffff)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "cuda ggml: bad weight descriptor");
     return SQ_OK;

@@ -22,12 +22,13 @@ extern "C" {
 #endif
 
 /* A ggml weight [rows, cols] on the device (cols % 32 == 0).  codes_d: rows x code_row_bytes;
- * scales_d, biases_d: rows x (cols / block_elems) float32 (biases_d NULL without). */
+ * scales_d, biases_d: rows x (cols / block_elems) float32, or IEEE halves when scale_bits is 16
+ * (biases_d NULL without). */
 typedef struct sq_cuda_ggml_desc {
-    int code_bits, code_zero, block_elems, has_bias;
+    int code_bits, code_zero, block_elems, has_bias, scale_bits;
     int64_t rows, cols, code_row_bytes;
     const uint8_t *codes_d;
-    const float *scales_d, *biases_d;
+    const void *scales_d, *biases_d;
 } sq_cuda_ggml_desc;
 
 /* out_d (n_rows, w.rows) = x_d (n_rows, w.cols) · wᵀ (+ bias_d float32 (w.rows) or NULL),

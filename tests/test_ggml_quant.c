@@ -131,8 +131,13 @@ START_TEST(test_qblock_formats) {
     ck_assert(sq_ggml_qblock_format(SQ_GGML_Q5_K, &q) && q.code_bits == 8 && q.has_bias);
     ck_assert(!sq_ggml_qblock_format(SQ_GGML_BF16, &q) && q.code_bits == 0);
     ck_assert(!sq_ggml_qblock_format(10 /* Q2_K */, &q));
-    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){4, 8, 32, false}, 64), 32);
-    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){8, 0, 16, false}, 64), 64);
+    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){4, 8, 32, false, 16}, 64), 32);
+    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){8, 0, 16, false, 32}, 64), 64);
+    /* half scales exactly where ggml stores halves (d, m of the 32-element types) */
+    static const int h16[] = {SQ_GGML_Q4_0, SQ_GGML_Q4_1, SQ_GGML_Q5_0, SQ_GGML_Q5_1, SQ_GGML_Q8_0};
+    static const int f32[] = {SQ_GGML_Q4_K, SQ_GGML_Q5_K, SQ_GGML_Q6_K};
+    for (int i = 0; i < 5; i++) ck_assert(sq_ggml_qblock_format(h16[i], &q) && q.scale_bits == 16);
+    for (int i = 0; i < 3; i++) ck_assert(sq_ggml_qblock_format(f32[i], &q) && q.scale_bits == 32);
 }
 END_TEST
 

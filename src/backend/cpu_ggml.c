@@ -1,6 +1,7 @@
 /* CPU backend, ggml weights: upload of a GGUF tensor into the block-scaled integer form of
- * ggml_quant.h (codes + one float32 scale, and for some types one float32 bias, per sub-block of
- * 16 or 32 elements), Linear on that form, and one row dequantized for an embedding lookup.
+ * ggml_quant.h (codes + one scale, and for some types one bias, per sub-block of 16 or 32
+ * elements; float32, or the IEEE half the file stores for Q4_0 … Q8_0, converted exactly when
+ * used), Linear on that form, and one row dequantized for an embedding lookup.
  *
  * Values: a weight element is fl(scale * code) or fl(fl(scale * code) + bias) — exactly ggml's
  * dequantized value (kernels/ggml_quant_math.cuh shows why; tests/test_ggml_quant.c checks it
@@ -50,11 +51,11 @@ static void up_task(void *ctx_, int64_t t, int thread) {
     sq_weight *w = c->w;
     const int64_t nsub = w->cols / w->qf.block_elems;
     int64_t end = 64 * t + 64 < w->rows ? 64 * t + 64 : w->rows;
+    const int64_t pb = nsub * (w->qf.scale_bits / 8);   /* bytes of a row's scales */
     for (int64_t o = 64 * t; o < end; o++)
         sq_ggml_to_qblock_row(c->type, c->src + (uint64_t)o * c->src_row_bytes, w->cols,
                               (uint8_t *)w->data_d + o * w->code_row_bytes,
-                              (float *)w->absmax_d + o * nsub,
-                              w->bias_d ? (float *)w->bias_d + o * nsub : NULL);
+                              (char *)w->absmax_d + o * pb, w->bias_d ? (char *)w->bias_d + o * pb : NULL);
 }
 
 sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, const void *data,
@@ -63,7 +64,8 @@ sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, co
     sq_status st = sq_ggml_row_bytes((int)type, w->cols, &rb, err);
     if (st != SQ_OK) return st;
     const uint64_t rows = (uint64_t)w->rows, nsub = (uint64_t)(w->cols / w->qf.block_elems);
-    const uint64_t code_bytes = rows * (uint64_t)w->code_row_bytes, scale_bytes = rows * nsub * 4;
+    const uint64_t code_bytes = rows * (uint64_t)w->code_row_bytes;
+    const uint64_t scale_bytes = rows * nsub * (uint64_t)(w->qf.scale_bits / 8);
     void *codes = NULL, *scales = NULL, *biases = NULL;
     sq_error e;
     sq_error_init(&e, -1);
@@ -85,10 +87,10 @@ sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, co
 }
 
 void sq_cpu_ggml_row(const sq_weight *w, int64_t r, float *out) {
-    const int64_t nsub = w->cols / w->qf.block_elems;
+    const int64_t pb = w->cols / w->qf.block_elems * (w->qf.scale_bits / 8);
     sq_qblock_dequantize_row(&w->qf, (const uint8_t *)w->data_d + r * w->code_row_bytes,
-                             (const float *)w->absmax_d + r * nsub,
-                             w->bias_d ? (const float *)w->bias_d + r * nsub : NULL, w->cols, out);
+                             (const char *)w->absmax_d + r * pb,
+                             w->bias_d ? (const char *)w->bias_d + r * pb : NULL, w->cols, out);
 }
 
 /* ---- Linear -------------------------------------------------------------------------------------- */
@@ -117,8 +119,9 @@ static inline float gw(const gl_ctx *c, int64_t o, int64_t k) {
                    ? ((cr[(k >> 5) * 16 + (k & 15)] >> (((k >> 4) & 1) * 4)) & 15) - w->qf.code_zero
                    : ((const int8_t *)cr)[k];
     int64_t b = o * c->nsub + k / w->qf.block_elems;
-    return sq_gq_qblock_value(code, ((const float *)w->absmax_d)[b],
-                              w->bias_d ? ((const float *)w->bias_d)[b] : 0.0f, w->qf.has_bias);
+    return sq_gq_qblock_value(code, sq_qblock_param(&w->qf, w->absmax_d, b),
+                              w->bias_d ? sq_qblock_param(&w->qf, w->bias_d, b) : 0.0f,
+                              w->qf.has_bias);
 }
 
 static void gl_rows_portable(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
@@ -153,22 +156,29 @@ TGT_AVX2 INLINE void gl_finish(const gl_ctx *c, int64_t o, int64_t r, __m256 acc
 /* One output row's arrays: codes, float32 scales, float32 biases (NULL without). */
 typedef struct {
     const uint8_t *c;
-    const float *s, *b;
+    const void *s, *b;   /* float32, or IEEE half with scale_bits 16 */
 } gl_row;
 
 TGT_AVX2 INLINE gl_row gl_row_of(const gl_ctx *c, int64_t o) {
     const sq_weight *w = c->w;
+    const int64_t pb = c->nsub * (w->qf.scale_bits / 8);
     gl_row r = {(const uint8_t *)w->data_d + o * w->code_row_bytes,
-                (const float *)w->absmax_d + o * c->nsub,
-                w->bias_d ? (const float *)w->bias_d + o * c->nsub : NULL};
+                (const char *)w->absmax_d + o * pb,
+                w->bias_d ? (const char *)w->bias_d + o * pb : NULL};
     return r;
+}
+
+/* scale or bias i of a row, broadcast (H16: stored as a half, converted exactly) */
+TGT_AVX2 INLINE __m256 gl_param(const void *p, int64_t i, const int H16) {
+    if (H16) return _mm256_set1_ps(sq_gq_f16(((const uint16_t *)p)[i]));
+    return _mm256_broadcast_ss((const float *)p + i);
 }
 
 /* The 32 weights of group g (elements 32 g .. 32 g + 31) of a row, as four vectors of 8 in k
  * order.  BITS: 4 or 8; BIAS: the format has a bias; B16: 16 elements per scale (Q6_K);
  * zero: the 4-bit code_zero in every byte. */
 TGT_AVX2 INLINE void gl_dec32(gl_row R, int64_t g, __m128i zero, __m256 f[4], const int BITS,
-                              const int BIAS, const int B16) {
+                              const int BIAS, const int B16, const int H16) {
     __m256i q0, q1, q2, q3;
     if (BITS == 4) {
         const __m128i m = _mm_set1_epi8(15);
@@ -187,13 +197,13 @@ TGT_AVX2 INLINE void gl_dec32(gl_row R, int64_t g, __m128i zero, __m256 f[4], co
         q3 = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 24)));
     }
     const int64_t b0 = B16 ? 2 * g : g, b1 = B16 ? 2 * g + 1 : g;
-    const __m256 s0 = _mm256_broadcast_ss(R.s + b0), s1 = B16 ? _mm256_broadcast_ss(R.s + b1) : s0;
+    const __m256 s0 = gl_param(R.s, b0, H16), s1 = B16 ? gl_param(R.s, b1, H16) : s0;
     f[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(q0), s0);
     f[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(q1), s0);
     f[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(q2), s1);
     f[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(q3), s1);
     if (BIAS) {
-        const __m256 c0 = _mm256_broadcast_ss(R.b + b0), c1 = B16 ? _mm256_broadcast_ss(R.b + b1) : c0;
+        const __m256 c0 = gl_param(R.b, b0, H16), c1 = B16 ? gl_param(R.b, b1, H16) : c0;
         f[0] = _mm256_add_ps(f[0], c0);
         f[1] = _mm256_add_ps(f[1], c0);
         f[2] = _mm256_add_ps(f[2], c1);
@@ -209,7 +219,7 @@ TGT_AVX2 INLINE void gl_dec32(gl_row R, int64_t g, __m128i zero, __m256 f[4], co
 
 /* Few rows: NO (4 or 1) outputs from o, row r; each group's x vectors are loaded once. */
 TGT_AVX2 INLINE void gl_few(const gl_ctx *c, int64_t o, int64_t r, const int NO, const int BITS,
-                            const int BIAS, const int B16) {
+                            const int BIAS, const int B16, const int H16) {
     const int64_t ng = c->K >> 5, gb = BITS == 4 ? 16 : 32;
     const float *x = c->x + r * c->K;
     const __m128i zero = _mm_set1_epi8((char)c->w->qf.code_zero);
@@ -223,17 +233,17 @@ TGT_AVX2 INLINE void gl_few(const gl_ctx *c, int64_t o, int64_t r, const int NO,
         xv[2] = _mm256_loadu_ps(x + 32 * g + 16);
         xv[3] = _mm256_loadu_ps(x + 32 * g + 24);
         _mm_prefetch((const char *)(R0.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
-        gl_dec32(R0, g, zero, f, BITS, BIAS, B16);
+        gl_dec32(R0, g, zero, f, BITS, BIAS, B16, H16);
         GL_FMA4(a0, f, xv)
         if (NO > 1) {
             _mm_prefetch((const char *)(R1.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char *)(R2.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
             _mm_prefetch((const char *)(R3.c + g * gb + GL_PREFETCH), _MM_HINT_T0);
-            gl_dec32(R1, g, zero, f, BITS, BIAS, B16);
+            gl_dec32(R1, g, zero, f, BITS, BIAS, B16, H16);
             GL_FMA4(a1, f, xv)
-            gl_dec32(R2, g, zero, f, BITS, BIAS, B16);
+            gl_dec32(R2, g, zero, f, BITS, BIAS, B16, H16);
             GL_FMA4(a2, f, xv)
-            gl_dec32(R3, g, zero, f, BITS, BIAS, B16);
+            gl_dec32(R3, g, zero, f, BITS, BIAS, B16, H16);
             GL_FMA4(a3, f, xv)
         }
     }
@@ -277,10 +287,10 @@ TGT_AVX2 INLINE void gl_panel_rows(const float *wb0, const float *wb1, const flo
 }
 
 TGT_AVX2 INLINE void gl_decode_panel(gl_row R, int64_t kp, int64_t kn, __m128i zero, float *wb,
-                                     const int BITS, const int BIAS, const int B16) {
+                                     const int BITS, const int BIAS, const int B16, const int H16) {
     for (int64_t g = 0; g < kn / 32; g++) {
         __m256 f[4];
-        gl_dec32(R, (kp >> 5) + g, zero, f, BITS, BIAS, B16);
+        gl_dec32(R, (kp >> 5) + g, zero, f, BITS, BIAS, B16, H16);
         _mm256_store_ps(wb + 32 * g, f[0]);
         _mm256_store_ps(wb + 32 * g + 8, f[1]);
         _mm256_store_ps(wb + 32 * g + 16, f[2]);
@@ -291,7 +301,7 @@ TGT_AVX2 INLINE void gl_decode_panel(gl_row R, int64_t kp, int64_t kn, __m128i z
 /* Many rows: per panel, each pair of outputs is decoded once and every row of the tile
  * accumulates from it (accumulators spill to acc between panels: the same chain, same bits). */
 TGT_AVX2 INLINE void gl_many(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1,
-                             const int BITS, const int BIAS, const int B16) {
+                             const int BITS, const int BIAS, const int B16, const int H16) {
     const int64_t K = c->K, R = r1 - r0, NO = o1 - o0;
     const __m128i zero = _mm_set1_epi8((char)c->w->qf.code_zero);
     __m256 acc[GL_M_OTILE][GL_M_RTILE];
@@ -303,8 +313,8 @@ TGT_AVX2 INLINE void gl_many(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0
         const float *x = c->x + r0 * K + kp;
         int64_t i = 0;
         for (; i + 2 <= NO; i += 2) {
-            gl_decode_panel(gl_row_of(c, o0 + i), kp, kn, zero, wb[0], BITS, BIAS, B16);
-            gl_decode_panel(gl_row_of(c, o0 + i + 1), kp, kn, zero, wb[1], BITS, BIAS, B16);
+            gl_decode_panel(gl_row_of(c, o0 + i), kp, kn, zero, wb[0], BITS, BIAS, B16, H16);
+            gl_decode_panel(gl_row_of(c, o0 + i + 1), kp, kn, zero, wb[1], BITS, BIAS, B16, H16);
             int64_t r = 0;
             for (; r + 4 <= R; r += 4)
                 gl_panel_rows(wb[0], wb[1], x + r * K, K, kn, &acc[i][r], &acc[i + 1][r], 4, 1);
@@ -312,7 +322,7 @@ TGT_AVX2 INLINE void gl_many(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0
                 gl_panel_rows(wb[0], wb[1], x + r * K, K, kn, &acc[i][r], &acc[i + 1][r], 1, 1);
         }
         if (i < NO) {
-            gl_decode_panel(gl_row_of(c, o0 + i), kp, kn, zero, wb[0], BITS, BIAS, B16);
+            gl_decode_panel(gl_row_of(c, o0 + i), kp, kn, zero, wb[0], BITS, BIAS, B16, H16);
             int64_t r = 0;
             for (; r + 4 <= R; r += 4)
                 gl_panel_rows(wb[0], NULL, x + r * K, K, kn, &acc[i][r], NULL, 4, 0);
@@ -324,30 +334,35 @@ TGT_AVX2 INLINE void gl_many(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0
 }
 
 TGT_AVX2 INLINE void gl_tile_t(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1,
-                               const int BITS, const int BIAS, const int B16) {
+                               const int BITS, const int BIAS, const int B16, const int H16) {
     if (r1 - r0 > GL_FEW_ROWS) {
-        gl_many(c, o0, o1, r0, r1, BITS, BIAS, B16);
+        gl_many(c, o0, o1, r0, r1, BITS, BIAS, B16, H16);
         return;
     }
     for (int64_t r = r0; r < r1; r++) {
         int64_t o = o0;
-        for (; o + 4 <= o1; o += 4) gl_few(c, o, r, 4, BITS, BIAS, B16);
-        for (; o < o1; o++) gl_few(c, o, r, 1, BITS, BIAS, B16);
+        for (; o + 4 <= o1; o += 4) gl_few(c, o, r, 4, BITS, BIAS, B16, H16);
+        for (; o < o1; o++) gl_few(c, o, r, 1, BITS, BIAS, B16, H16);
     }
 }
 
+/* One instantiation per (code bits, bias, 16-element blocks, half scales) combination. */
+#define GL_DISPATCH(BITS, B16)                                                                 \
+    do {                                                                                       \
+        if (f->has_bias) {                                                                     \
+            if (h16) gl_tile_t(c, o0, o1, r0, r1, BITS, 1, B16, 1);                            \
+            else gl_tile_t(c, o0, o1, r0, r1, BITS, 1, B16, 0);                                \
+        } else {                                                                               \
+            if (h16) gl_tile_t(c, o0, o1, r0, r1, BITS, 0, B16, 1);                            \
+            else gl_tile_t(c, o0, o1, r0, r1, BITS, 0, B16, 0);                                \
+        }                                                                                      \
+    } while (0)
 TGT_AVX2 static void gl_tile_avx2(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
     const sq_qblock_format *f = &c->w->qf;
-    if (f->code_bits == 4) {
-        if (f->has_bias) gl_tile_t(c, o0, o1, r0, r1, 4, 1, 0);
-        else gl_tile_t(c, o0, o1, r0, r1, 4, 0, 0);
-    } else if (f->block_elems == 16) {
-        if (f->has_bias) gl_tile_t(c, o0, o1, r0, r1, 8, 1, 1);
-        else gl_tile_t(c, o0, o1, r0, r1, 8, 0, 1);
-    } else {
-        if (f->has_bias) gl_tile_t(c, o0, o1, r0, r1, 8, 1, 0);
-        else gl_tile_t(c, o0, o1, r0, r1, 8, 0, 0);
-    }
+    const int h16 = f->scale_bits == 16;
+    if (f->code_bits == 4) GL_DISPATCH(4, 0);   /* 4-bit codes come in groups of 32 */
+    else if (f->block_elems == 16) GL_DISPATCH(8, 1);
+    else GL_DISPATCH(8, 0);
 }
 #endif /* SQ_HAVE_X86 */
 

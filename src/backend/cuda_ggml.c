@@ -20,6 +20,7 @@ static sq_cuda_ggml_desc desc_of(const sq_weight *w) {
     d.code_zero = w->qf.code_zero;
     d.block_elems = w->qf.block_elems;
     d.has_bias = w->qf.has_bias;
+    d.scale_bits = w->qf.scale_bits;
     d.rows = w->rows;
     d.cols = w->cols;
     d.code_row_bytes = w->code_row_bytes;
@@ -38,17 +39,18 @@ sq_status sq_cuda_weight_ggml_upload(sq_weight *w, sq_ggml_type type, const void
     if (st != SQ_OK) return st;
     const uint64_t rows = (uint64_t)w->rows, nsub = (uint64_t)(w->cols / w->qf.block_elems);
     const size_t code_bytes = (size_t)(rows * (uint64_t)w->code_row_bytes);
-    const size_t scale_bytes = (size_t)(rows * nsub * sizeof(float));
+    const uint64_t pb = nsub * (uint64_t)(w->qf.scale_bits / 8);   /* bytes of a row's scales */
+    const size_t scale_bytes = (size_t)(rows * pb);
     uint8_t *codes = malloc(code_bytes);
-    float *scales = malloc(scale_bytes), *biases = w->qf.has_bias ? malloc(scale_bytes) : NULL;
+    char *scales = malloc(scale_bytes), *biases = w->qf.has_bias ? malloc(scale_bytes) : NULL;
     if (!codes || !scales || (w->qf.has_bias && !biases)) {
         st = sq_error_set(err, SQ_ERR_NOMEM, NULL, w->name, "out of host memory converting a ggml weight");
         goto fail_quiet;
     }
     for (uint64_t o = 0; o < rows; o++)
         sq_ggml_to_qblock_row(type, (const uint8_t *)data + o * rb, w->cols,
-                              codes + o * (uint64_t)w->code_row_bytes, scales + o * nsub,
-                              biases ? biases + o * nsub : NULL);
+                              codes + o * (uint64_t)w->code_row_bytes, scales + o * pb,
+                              biases ? biases + o * pb : NULL);
     SQ_CUDA_CHECK(cudaMalloc(&w->data_d, code_bytes));
     SQ_CUDA_CHECK(cudaMalloc(&w->absmax_d, scale_bytes));
     if (biases) SQ_CUDA_CHECK(cudaMalloc(&w->bias_d, scale_bytes));
