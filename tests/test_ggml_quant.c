@@ -42,6 +42,15 @@ START_TEST(test_vectors_cover_every_type) {
         ck_assert_msg(n >= 5 && n_raw >= 1 && shapes >= 2, "%s: %d cases, %d raw, %d shapes",
                       sq_ggml_type_name(k_types[t]), n, n_raw, shapes);
     }
+    /* and real rows of SmolLM2-135M-Instruct.Q4_1.gguf: its Q8_0 embedding, Q4_1 layers, F32 norm */
+    int n_real = 0;
+    for (int i = 0; i < f.n_cases; i++)
+        if (strstr(f.cases[i].name, "SmolLM2")) {
+            n_real++;
+            ck_assert(f.cases[i].type == SQ_GGML_Q8_0 || f.cases[i].type == SQ_GGML_Q4_1 ||
+                      f.cases[i].type == SQ_GGML_F32);
+        }
+    ck_assert_int_eq(n_real, 4);
     gv_free(&f);
 }
 END_TEST
