@@ -139,7 +139,8 @@ static void gl_rows_portable(const gl_ctx *c, int64_t o0, int64_t o1, int64_t r0
 }
 
 #ifdef SQ_HAVE_X86
-#define TGT_AVX2 __attribute__((target("avx2,fma")))
+/* F16C for the half scales: every AVX2 CPU has it, and cpu.c checks it with AVX2 */
+#define TGT_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline))
 
 TGT_AVX2 INLINE float gl_hsum8(__m256 v) {
@@ -170,7 +171,7 @@ TGT_AVX2 INLINE gl_row gl_row_of(const gl_ctx *c, int64_t o) {
 
 /* scale or bias i of a row, broadcast (H16: stored as a half, converted exactly) */
 TGT_AVX2 INLINE __m256 gl_param(const void *p, int64_t i, const int H16) {
-    if (H16) return _mm256_set1_ps(sq_gq_f16(((const uint16_t *)p)[i]));
+    if (H16) return _mm256_cvtph_ps(_mm_set1_epi16((short)((const uint16_t *)p)[i]));
     return _mm256_broadcast_ss((const float *)p + i);
 }
 
