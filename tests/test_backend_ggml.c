@@ -216,6 +216,7 @@ START_TEST(test_invariance) {
             uint64_t want = (uint64_t)N * (uint64_t)(sq_qblock_code_bytes(&q, K) +
                                                      K / q.block_elems * (q.scale_bits / 8) *
                                                          (q.has_bias ? 2 : 1));
+            ck_assert_uint_eq((uint64_t)N * (uint64_t)sq_qblock_row_bytes(&q, K), want);
             /* Q4_0, Q4_1 and Q8_0 are held in exactly their GGUF bytes */
             if (type == SQ_GGML_Q4_0 || type == SQ_GGML_Q4_1 || type == SQ_GGML_Q8_0)
                 ck_assert_uint_eq(sq_weight_bytes(w1), rb * (uint64_t)N);

@@ -147,6 +147,16 @@ START_TEST(test_qblock_formats) {
     static const int f32[] = {SQ_GGML_Q4_K, SQ_GGML_Q5_K, SQ_GGML_Q6_K};
     for (int i = 0; i < 5; i++) ck_assert(sq_ggml_qblock_format(h16[i], &q) && q.scale_bits == 16);
     for (int i = 0; i < 3; i++) ck_assert(sq_ggml_qblock_format(f32[i], &q) && q.scale_bits == 32);
+    /* held bytes per row of 256: Q4_0 / Q4_1 / Q8_0 as in the file, K types with float32 scales */
+    static const struct { int t; int64_t bytes; } held[] = {
+        {SQ_GGML_Q4_0, 8 * 18}, {SQ_GGML_Q4_1, 8 * 20}, {SQ_GGML_Q8_0, 8 * 34},
+        {SQ_GGML_Q5_0, 256 + 8 * 2}, {SQ_GGML_Q5_1, 256 + 8 * 4}, {SQ_GGML_Q4_K, 128 + 8 * 8},
+        {SQ_GGML_Q5_K, 256 + 8 * 8}, {SQ_GGML_Q6_K, 256 + 16 * 4},
+    };
+    for (int i = 0; i < 8; i++) {
+        ck_assert(sq_ggml_qblock_format(held[i].t, &q));
+        ck_assert_int_eq(sq_qblock_row_bytes(&q, 256), held[i].bytes);
+    }
 }
 END_TEST
 

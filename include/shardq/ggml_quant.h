@@ -80,6 +80,9 @@ typedef struct sq_qblock_format {
 bool sq_ggml_qblock_format(int type, sq_qblock_format *out);
 /* Bytes of the codes of a row of n elements in format f. */
 int64_t sq_qblock_code_bytes(const sq_qblock_format *f, int64_t n);
+/* All bytes of a row of n elements in format f (codes + scales + biases): what a backend holds
+ * per row of such a weight (sq_weight_bytes = rows x this), for size models and plans. */
+int64_t sq_qblock_row_bytes(const sq_qblock_format *f, int64_t n);
 /* One stored ggml row (n elements, a multiple of the block size) into the form above: codes
  * (sq_qblock_code_bytes), scales and biases (n / f.block_elems each, f.scale_bits wide;
  * biases may be NULL when

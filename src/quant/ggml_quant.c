@@ -182,6 +182,11 @@ float sq_qblock_param(const sq_qblock_format *f, const void *params, int64_t i) 
     return ((const float *)params)[i];
 }
 
+int64_t sq_qblock_row_bytes(const sq_qblock_format *f, int64_t n) {
+    return sq_qblock_code_bytes(f, n) +
+           n / f->block_elems * (f->scale_bits / 8) * (f->has_bias ? 2 : 1);
+}
+
 void sq_ggml_to_qblock_row(sq_ggml_type type, const void *src, int64_t n, uint8_t *codes,
                            void *scales, void *biases) {
     sq_qblock_format f;
