@@ -51,9 +51,8 @@ sq_status sq_ggml_row_bytes(int type, int64_t n, uint64_t *out, sq_error *err);
 void sq_ggml_dequantize_row(sq_ggml_type type, const void *src, float *dst, int64_t n);
 
 /* ---- the block-scaled integer form the backends compute on -------------------------------------
- * Every quantized type above is, exactly, integer codes with one float32 scale (and for some an
- * additive float32 bias) per sub-block:  value = scale * code  or  (scale * code) + bias, two
- * float32 roundings, bit-equal to ggml's dequantization (kernels/ggml_quant_math.cuh lists the
+ * Every quantized type above is, exactly, integer codes with one scale (and for some an additive
+ * bias) per sub-block:  value = scale * code  or  (scale * code) + bias, two float32 roundings, bit-equal to ggml's dequantization (kernels/ggml_quant_math.cuh lists the
  * mapping per type; Q4_K's "d1 * q - m1" is scale d1 and bias -m1).  The same form holds
  * absmax / zero-point int8 weights and int8 activations (codes 8-bit, a scale per block).
  *
@@ -85,8 +84,7 @@ int64_t sq_qblock_code_bytes(const sq_qblock_format *f, int64_t n);
 int64_t sq_qblock_row_bytes(const sq_qblock_format *f, int64_t n);
 /* One stored ggml row (n elements, a multiple of the block size) into the form above: codes
  * (sq_qblock_code_bytes), scales and biases (n / f.block_elems each, f.scale_bits wide;
- * biases may be NULL when
- * the format has none).  Exact: sq_qblock_dequantize_row of the result equals
+ * biases may be NULL when the format has none).  Exact: sq_qblock_dequantize_row of the result equals
  * sq_ggml_dequantize_row of src bit for bit. */
 void sq_ggml_to_qblock_row(sq_ggml_type type, const void *src, int64_t n, uint8_t *codes,
                            void *scales, void *biases);
