@@ -3,7 +3,10 @@
  * the weight bytes the backend holds (codes + float32 scales / biases: what the GEMV reads),
  * GB/s of the GGUF bytes the same weight takes in the file, and GFLOP/s; weights rotate over
  * enough copies (> 160 MB) that they come from DRAM.  A float32 read-sum over 512 MiB gives the
- * machine's read bandwidth for comparison.
+ * machine's read bandwidth for comparison.  Last, the Linear part of one decode step of
+ * SmolLM2-135M as its Q4_1 GGUF stores it (30 layers of q, k, v, o, gate, up, down in Q4_1, the
+ * tied Q8_0 head 49152 x 576; random blocks of the same types and shapes): ms per token and the
+ * tokens/s that the Linears alone would allow.
  * Usage: bench_ggml [--threads N] [--reps N] [--quick]   (a program that prints, not a test) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +82,51 @@ static uint8_t *rand_blocks(int type, int64_t rows, int64_t cols, uint64_t *n_by
     return p;
 }
 
+/* One decode step's Linears of SmolLM2-135M-Instruct.Q4_1.gguf (hidden 576, 30 layers, 9 heads
+ * of 64, 3 KV heads, intermediate 1536, vocab 49152). */
+static int bench_smollm2(sq_backend *be, int reps) {
+    enum { L = 30, H = 576, KV = 192, I = 1536, V = 49152, NW = 7 * L + 1 };
+    static const int64_t shape[7][2] = {{H, H}, {KV, H}, {KV, H}, {H, H}, {I, H}, {I, H}, {H, I}};
+    sq_weight *w[NW];
+    sq_error err;
+    sq_error_init(&err, -1);
+    uint64_t held = 0, file = 0;
+    for (int i = 0; i < NW; i++) {
+        int t = i == NW - 1 ? SQ_GGML_Q8_0 : SQ_GGML_Q4_1;
+        int64_t M = i == NW - 1 ? V : shape[i % 7][0], K = i == NW - 1 ? H : shape[i % 7][1];
+        uint64_t nb = 0;
+        uint8_t *raw = rand_blocks(t, M, K, &nb);
+        if (sq_backend_weight_ggml(be, "smollm2", (sq_ggml_type)t, raw, M, K, &w[i], &err) != SQ_OK) {
+            fprintf(stderr, "bench_ggml: %s\n", err.msg);
+            free(raw);
+            return 0;
+        }
+        free(raw);
+        held += sq_weight_bytes(w[i]);
+        file += nb;
+    }
+    void *x_d = NULL, *y_d = NULL;
+    sq_backend_alloc(be, I * 4, &x_d, &err);
+    sq_backend_alloc(be, (uint64_t)V * 4, &y_d, &err);
+    sq_backend_memset(be, x_d, 0, I * 4, &err);
+    double t[16];
+    int ok = 1;
+    for (int r = -1; r < reps; r++) {
+        double t0 = sq_now_s();
+        for (int i = 0; i < NW; i++)
+            if (sq_backend_linear(be, x_d, 1, w[i], NULL, y_d, &err) != SQ_OK) ok = 0;
+        if (r >= 0) t[r] = sq_now_s() - t0;
+    }
+    double med = median(t, reps);
+    printf("# SmolLM2-135M Q4_1 (+ Q8_0 head), Linears of one decode step (batch 1)\n");
+    printf("  %.1f MB held (%.1f MB in GGUF)  %8.3f ms/token  %8.1f tok/s (Linears only)  %6.2f GB/s\n",
+           held / 1e6, file / 1e6, med * 1e3, 1.0 / med, held / med / 1e9);
+    for (int i = 0; i < NW; i++) sq_backend_weight_free(be, w[i]);
+    sq_backend_free(be, x_d);
+    sq_backend_free(be, y_d);
+    return ok;
+}
+
 int main(int argc, char **argv) {
     int n_threads = 0, reps = 5, quick = 0;
     for (int i = 1; i < argc; i++) {
@@ -149,6 +197,7 @@ int main(int argc, char **argv) {
             sq_backend_free(be, x_d);
             sq_backend_free(be, y_d);
         }
+    if (!quick) ok &= bench_smollm2(be, reps);
     sq_backend_destroy(be);
     printf("# %s\n", ok ? "OK" : "FAILED");
     return ok ? 0 : 1;
