@@ -214,7 +214,12 @@ START_TEST(test_invariance) {
             sq_qblock_format q;
             ck_assert(sq_ggml_qblock_format(type, &q));
             uint64_t want = (uint64_t)N * (uint64_t)(sq_qblock_code_bytes(&q, K) +
-                                                     K / q.block_elems * 4 * (q.has_bias ? 2 : 1));
+                                                     K / q.block_elems * (q.scale_bits / 8) *
+                                                         (q.has_bias ? 2 : 1));
+            ck_assert_uint_eq((uint64_t)N * (uint64_t)sq_qblock_row_bytes(&q, K), want);
+            /* Q4_0, Q4_1 and Q8_0 are held in exactly their GGUF bytes */
+            if (type == SQ_GGML_Q4_0 || type == SQ_GGML_Q4_1 || type == SQ_GGML_Q8_0)
+                ck_assert_uint_eq(sq_weight_bytes(w1), rb * (uint64_t)N);
             ck_assert_uint_eq(sq_weight_bytes(w1), want);
             ck_assert_int_eq(sq_weight_qtype(w1), SQ_QUANT_NONE);
         }

@@ -42,6 +42,15 @@ START_TEST(test_vectors_cover_every_type) {
         ck_assert_msg(n >= 5 && n_raw >= 1 && shapes >= 2, "%s: %d cases, %d raw, %d shapes",
                       sq_ggml_type_name(k_types[t]), n, n_raw, shapes);
     }
+    /* and real rows of SmolLM2-135M-Instruct.Q4_1.gguf: its Q8_0 embedding, Q4_1 layers, F32 norm */
+    int n_real = 0;
+    for (int i = 0; i < f.n_cases; i++)
+        if (strstr(f.cases[i].name, "SmolLM2")) {
+            n_real++;
+            ck_assert(f.cases[i].type == SQ_GGML_Q8_0 || f.cases[i].type == SQ_GGML_Q4_1 ||
+                      f.cases[i].type == SQ_GGML_F32);
+        }
+    ck_assert_int_eq(n_real, 4);
     gv_free(&f);
 }
 END_TEST
@@ -131,8 +140,23 @@ START_TEST(test_qblock_formats) {
     ck_assert(sq_ggml_qblock_format(SQ_GGML_Q5_K, &q) && q.code_bits == 8 && q.has_bias);
     ck_assert(!sq_ggml_qblock_format(SQ_GGML_BF16, &q) && q.code_bits == 0);
     ck_assert(!sq_ggml_qblock_format(10 /* Q2_K */, &q));
-    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){4, 8, 32, false}, 64), 32);
-    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){8, 0, 16, false}, 64), 64);
+    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){4, 8, 32, false, 16}, 64), 32);
+    ck_assert_int_eq(sq_qblock_code_bytes(&(sq_qblock_format){8, 0, 16, false, 32}, 64), 64);
+    /* half scales exactly where ggml stores halves (d, m of the 32-element types) */
+    static const int h16[] = {SQ_GGML_Q4_0, SQ_GGML_Q4_1, SQ_GGML_Q5_0, SQ_GGML_Q5_1, SQ_GGML_Q8_0};
+    static const int f32[] = {SQ_GGML_Q4_K, SQ_GGML_Q5_K, SQ_GGML_Q6_K};
+    for (int i = 0; i < 5; i++) ck_assert(sq_ggml_qblock_format(h16[i], &q) && q.scale_bits == 16);
+    for (int i = 0; i < 3; i++) ck_assert(sq_ggml_qblock_format(f32[i], &q) && q.scale_bits == 32);
+    /* held bytes per row of 256: Q4_0 / Q4_1 / Q8_0 as in the file, K types with float32 scales */
+    static const struct { int t; int64_t bytes; } held[] = {
+        {SQ_GGML_Q4_0, 8 * 18}, {SQ_GGML_Q4_1, 8 * 20}, {SQ_GGML_Q8_0, 8 * 34},
+        {SQ_GGML_Q5_0, 256 + 8 * 2}, {SQ_GGML_Q5_1, 256 + 8 * 4}, {SQ_GGML_Q4_K, 128 + 8 * 8},
+        {SQ_GGML_Q5_K, 256 + 8 * 8}, {SQ_GGML_Q6_K, 256 + 16 * 4},
+    };
+    for (int i = 0; i < 8; i++) {
+        ck_assert(sq_ggml_qblock_format(held[i].t, &q));
+        ck_assert_int_eq(sq_qblock_row_bytes(&q, 256), held[i].bytes);
+    }
 }
 END_TEST
 

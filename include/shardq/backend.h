@@ -108,8 +108,9 @@ sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qten
 /* A GGUF tensor kept as stored: data is rows x row_bytes (sq_ggml_row_bytes(type, cols)), the
  * rows of a ggml tensor whose ne[0] = cols, exactly as the file holds them; the caller may free
  * it afterwards.  F32 / F16 / BF16 become a dense weight (as sq_backend_weight_dense).  The
- * quantized types are kept in the block-scaled integer form of ggml_quant.h (codes + one float32
- * scale and bias per sub-block, never a float per element): every value a Linear multiplies by
+ * quantized types are kept in the block-scaled integer form of ggml_quant.h (codes + one scale
+ * and bias per sub-block, halves where the file's are, never a float per element; Q4_0, Q4_1
+ * and Q8_0 take exactly their GGUF bytes): every value a Linear multiplies by
  * equals sq_ggml_dequantize_row's bit for bit.  sq_backend_linear and sq_backend_embed (which
  * dequantizes the looked-up rows) take such a weight; rmsnorm and bias refuse it.
  * Unsupported type: SQ_ERR_UNSUPPORTED; cols not a multiple of the block: SQ_ERR_INVALID (both

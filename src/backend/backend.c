@@ -170,7 +170,15 @@ sq_status sq_backend_weight_ggml(sq_backend *be, const char *name, sq_ggml_type 
     sq_dtype dt = type == SQ_GGML_F32 ? SQ_DTYPE_F32 : type == SQ_GGML_F16 ? SQ_DTYPE_F16
                 : SQ_DTYPE_BF16;
     if (type == SQ_GGML_F32 || type == SQ_GGML_F16 || type == SQ_GGML_BF16) {
-        st = sq_backend_weight_dense(be, name, dt, data, rows, cols, out, err);
+        /* the dense path reads whole elements: a GGUF buffer need not be aligned to them */
+        void *tmp = NULL;
+        if ((uintptr_t)data % (uintptr_t)sq_ggml_block_bytes((int)type) != 0) {
+            tmp = malloc((size_t)(rb * (uint64_t)rows));
+            if (!tmp) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
+            memcpy(tmp, data, (size_t)(rb * (uint64_t)rows));
+        }
+        st = sq_backend_weight_dense(be, name, dt, tmp ? tmp : data, rows, cols, out, err);
+        free(tmp);
         if (st == SQ_OK) (*out)->ggml_type = (int)type;
         return st;
     }

@@ -80,4 +80,16 @@ struct sq_weight {
     void *bias_d;
 };
 
+/* The CUDA backend's ggml weights (cuda_ggml.c, built with CUDA only; stream: a cudaStream_t):
+ * upload into the block-scaled form, the few-row GEMV (n_rows <= 16), a band of rows as float32
+ * for the cuBLAS path, and the embedding gather. */
+sq_status sq_cuda_weight_ggml_upload(sq_weight *w, sq_ggml_type type, const void *data,
+                                     void *stream, sq_error *err);
+sq_status sq_cuda_linear_ggml(const sq_weight *w, const void *x_d, int64_t n_rows,
+                              const float *bias_d, void *out_d, void *stream, sq_error *err);
+sq_status sq_cuda_ggml_band_to_f32(const sq_weight *w, int64_t row0, int64_t n, float *dst_d,
+                                   void *stream, sq_error *err);
+sq_status sq_cuda_embed_ggml(const sq_weight *t, const void *ids_d, int64_t n_rows, void *out_d,
+                             long long *bad_d, void *stream, sq_error *err);
+
 #endif

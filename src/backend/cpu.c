@@ -236,7 +236,8 @@ sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err) 
     c->base.n_threads = sq_pool_n_threads(c->pool);
     __builtin_cpu_init();
     c->isa = SQ_CPU_PORTABLE;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
         c->isa = SQ_CPU_AVX2;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
             c->isa = SQ_CPU_AVX512;

@@ -156,13 +156,15 @@ void sq_ggml_dequantize_row(sq_ggml_type type, const void *src, float *dst, int6
 /* ---- the block-scaled integer form ------------------------------------------------------------ */
 
 bool sq_ggml_qblock_format(int type, sq_qblock_format *out) {
-    sq_qblock_format f = {0, 0, 32, false};
+    sq_qblock_format f = {0, 0, 32, false, 16};
     switch (type) {
     case SQ_GGML_Q4_0: f.code_bits = 4; f.code_zero = 8; break;
-    case SQ_GGML_Q4_1: case SQ_GGML_Q4_K: f.code_bits = 4; f.has_bias = true; break;
+    case SQ_GGML_Q4_1: f.code_bits = 4; f.has_bias = true; break;
+    case SQ_GGML_Q4_K: f.code_bits = 4; f.has_bias = true; f.scale_bits = 32; break;
     case SQ_GGML_Q5_0: case SQ_GGML_Q8_0: f.code_bits = 8; break;
-    case SQ_GGML_Q5_1: case SQ_GGML_Q5_K: f.code_bits = 8; f.has_bias = true; break;
-    case SQ_GGML_Q6_K: f.code_bits = 8; f.block_elems = 16; break;
+    case SQ_GGML_Q5_1: f.code_bits = 8; f.has_bias = true; break;
+    case SQ_GGML_Q5_K: f.code_bits = 8; f.has_bias = true; f.scale_bits = 32; break;
+    case SQ_GGML_Q6_K: f.code_bits = 8; f.block_elems = 16; f.scale_bits = 32; break;
     default:
         memset(out, 0, sizeof *out);
         return false;
@@ -175,8 +177,18 @@ int64_t sq_qblock_code_bytes(const sq_qblock_format *f, int64_t n) {
     return f->code_bits == 4 ? n / 2 : n;
 }
 
+float sq_qblock_param(const sq_qblock_format *f, const void *params, int64_t i) {
+    if (f->scale_bits == 16) return sq_gq_f16(((const uint16_t *)params)[i]);
+    return ((const float *)params)[i];
+}
+
+int64_t sq_qblock_row_bytes(const sq_qblock_format *f, int64_t n) {
+    return sq_qblock_code_bytes(f, n) +
+           n / f->block_elems * (f->scale_bits / 8) * (f->has_bias ? 2 : 1);
+}
+
 void sq_ggml_to_qblock_row(sq_ggml_type type, const void *src, int64_t n, uint8_t *codes,
-                           float *scales, float *biases) {
+                           void *scales, void *biases) {
     sq_qblock_format f;
     if (!sq_ggml_qblock_format((int)type, &f)) return;
     const uint8_t *s = src;
@@ -184,11 +196,17 @@ void sq_ggml_to_qblock_row(sq_ggml_type type, const void *src, int64_t n, uint8_
     const int se = f.block_elems, n_sub = (int)(be / se);
     for (int64_t b = 0; b < n / be; b++) {
         const uint8_t *blk = s + b * bb;
-        for (int j = 0; j < n_sub; j++) {
-            float sc, bi;
-            sq_gq_sub_params((int)type, blk, j, &sc, &bi);
-            scales[b * n_sub + j] = sc;
-            if (f.has_bias && biases) biases[b * n_sub + j] = bi;
+        if (f.scale_bits == 16) {
+            /* the block's own halves: d at byte 0, m at byte 2 (Q4_1, Q5_1) */
+            ((uint16_t *)scales)[b] = sq_gq_u16(blk);
+            if (f.has_bias && biases) ((uint16_t *)biases)[b] = sq_gq_u16(blk + 2);
+        } else {
+            for (int j = 0; j < n_sub; j++) {
+                float sc, bi;
+                sq_gq_sub_params((int)type, blk, j, &sc, &bi);
+                ((float *)scales)[b * n_sub + j] = sc;
+                if (f.has_bias && biases) ((float *)biases)[b * n_sub + j] = bi;
+            }
         }
         if (f.code_bits == 4) {
             uint8_t *c = codes + b * (be / 2);
@@ -206,7 +224,7 @@ void sq_ggml_to_qblock_row(sq_ggml_type type, const void *src, int64_t n, uint8_
 }
 
 void sq_qblock_dequantize_row(const sq_qblock_format *f, const uint8_t *codes,
-                              const float *scales, const float *biases, int64_t n, float *dst) {
+                              const void *scales, const void *biases, int64_t n, float *dst) {
     for (int64_t i = 0; i < n; i++) {
         int code;
         if (f->code_bits == 4)
@@ -214,6 +232,7 @@ void sq_qblock_dequantize_row(const sq_qblock_format *f, const uint8_t *codes,
         else
             code = ((const int8_t *)codes)[i];
         int64_t b = i / f->block_elems;
-        dst[i] = sq_gq_qblock_value(code, scales[b], f->has_bias ? biases[b] : 0.0f, f->has_bias);
+        dst[i] = sq_gq_qblock_value(code, sq_qblock_param(f, scales, b),
+                                    f->has_bias ? sq_qblock_param(f, biases, b) : 0.0f, f->has_bias);
     }
 }

