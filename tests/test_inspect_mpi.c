@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shardq/checkpoint.h"
 #include "shardq/meta.h"
 #include "testutil.h"
 
@@ -48,14 +49,14 @@ static bool make_model(const char *name, const char *flags, char *dir, size_t n)
 static sq_meta *read_on_root(const char *dir, sq_error *err) {
     sq_model_config cfg;
     sq_meta *m = NULL;
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     if (sq_config_load(dir, &cfg, err) != SQ_OK) return NULL;
     if (sq_meta_create(&cfg, &m, err) != SQ_OK) return NULL;
-    if (sq_st_model_open(dir, &st, err) != SQ_OK || sq_meta_validate(m, st, err) != SQ_OK) {
+    if (sq_ckpt_open(dir, &st, err) != SQ_OK || sq_meta_validate(m, st, err) != SQ_OK) {
         sq_meta_destroy(m);
         m = NULL;
     }
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
     return m;
 }
 

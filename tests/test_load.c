@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "load_fixture.h"
+#include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "testutil.h"
 
@@ -19,7 +20,7 @@
 typedef struct fixture {
     char *dir;
     sq_model_config cfg;
-    sq_st_model *st;
+    sq_ckpt *st;
     sq_meta *meta;
 } fixture;
 
@@ -33,14 +34,14 @@ static void fixture_make(fixture *fx, const char *preset, bool tied) {
     ck_assert_ptr_nonnull(fx->dir);
     int split[2] = {0, lf_layer_first_tensor(&fx->cfg, (int)fx->cfg.n_layers / 2)};
     ck_assert_int_eq(lf_make_model(fx->dir, &fx->cfg, 2, split), 0);
-    ck_assert_int_eq(sq_st_model_open(fx->dir, &fx->st, &err), SQ_OK);
+    ck_assert_int_eq(sq_ckpt_open(fx->dir, &fx->st, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_create(&fx->cfg, &fx->meta, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_validate(fx->meta, fx->st, &err), SQ_OK);
 }
 
 static void fixture_free(fixture *fx) {
     sq_meta_destroy(fx->meta);
-    sq_st_model_close(fx->st);
+    sq_ckpt_close(fx->st);
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", fx->dir);
@@ -156,7 +157,7 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
     ck_assert_int_eq(sq_load_stage(fx.st, fx.meta, &all, &o, collect, c, &stats, &err), SQ_OK);
     ck_assert_int_eq(c->n, sq_meta_n_tensors(fx.meta));
     ck_assert_int_eq(stats.n_tensors, c->n);
-    ck_assert_uint_eq(stats.bytes_read, sq_st_model_data_bytes(fx.st));
+    ck_assert_uint_eq(stats.bytes_read, sq_ckpt_data_bytes(fx.st));
     sq_load_bytes lb;
     ck_assert_int_eq(sq_load_stage_bytes(fx.meta, fx.st, &all, &o, &lb, &err), SQ_OK);
     ck_assert_uint_eq(lb.out_bytes, stats.out_bytes);
@@ -165,8 +166,8 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
     int n_q = 0;
     for (int i = 0; i < c->n; i++) {
         const sq_load_item *it = &c->items[i];
-        const sq_tensor_info *info = sq_st_model_find(fx.st, it->spec->name);
-        const void *src = sq_st_model_data(fx.st, info);
+        const sq_ckpt_tensor *info = sq_ckpt_find(fx.st, it->spec->name);
+        const void *src = sq_ckpt_data(fx.st, info);
         ck_assert_int_eq(it->is_4bit, it->spec->quantizable);
         ck_assert(!it->prequantized && !it->tied_head);
         if (!it->is_4bit) {
@@ -212,8 +213,8 @@ START_TEST(test_quant_none_dense) {
     for (int i = 0; i < c->n; i++) {
         const sq_load_item *it = &c->items[i];
         ck_assert(!it->is_4bit);
-        const sq_tensor_info *info = sq_st_model_find(fx.st, it->spec->name);
-        ck_assert(!memcmp(it->data, sq_st_model_data(fx.st, info), info->n_bytes));
+        const sq_ckpt_tensor *info = sq_ckpt_find(fx.st, it->spec->name);
+        ck_assert(!memcmp(it->data, sq_ckpt_data(fx.st, info), info->n_bytes));
         ck_assert_int_eq(it->n_dims, it->spec->n_dims);
         ck_assert_int_eq(it->shape[0], it->spec->shape[0]);
     }
@@ -246,9 +247,9 @@ START_TEST(test_other_stage_file_truncated) {
     fixture_make(&fx, "tiny", false);
     /* after the headers were read and validated, cut file 2 (layers 2-3, norm, lm_head) down
      * to its header: reading any of its tensors through the mapping would now SIGBUS */
-    const sq_tensor_info *t = sq_st_model_find(fx.st, "model.layers.2.input_layernorm.weight");
+    const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, "model.layers.2.input_layernorm.weight");
     ck_assert_int_eq(t->file_index, 1);
-    const char *path2 = sq_st_model_file_path(fx.st, 1);
+    const char *path2 = sq_ckpt_file_path(fx.st, 1);
     ck_assert_int_eq(truncate(path2, (off_t)t->offset), 0);
     sq_error err;
     sq_load_stage_desc s0 = {.first_layer = 0, .n_layers = 2, .has_embed = true};
@@ -266,7 +267,7 @@ START_TEST(test_other_stage_file_replaced_by_folder) {
     fixture fx;
     fixture_make(&fx, "tiny", false);
     char path1[4200];
-    snprintf(path1, sizeof path1, "%s", sq_st_model_file_path(fx.st, 0));
+    snprintf(path1, sizeof path1, "%s", sq_ckpt_file_path(fx.st, 0));
     ck_assert_int_eq(unlink(path1), 0);
     ck_assert_int_eq(mkdir(path1, 0755), 0);
     sq_error err;
@@ -285,9 +286,9 @@ START_TEST(test_nan_refused) {
     fixture fx;
     fixture_make(&fx, "tiny", false);
     const char *name = "model.layers.3.mlp.up_proj.weight";
-    const sq_tensor_info *t = sq_st_model_find(fx.st, name);
+    const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, name);
     /* element 1000 (block 15 at blocksize 64; row 15 of [172, 64]) becomes a NaN */
-    int fd = open(sq_st_model_file_path(fx.st, (size_t)t->file_index), O_WRONLY);
+    int fd = open(sq_ckpt_file_path(fx.st, (size_t)t->file_index), O_WRONLY);
     ck_assert_int_ge(fd, 0);
     uint16_t nan = 0x7fc0;
     ck_assert_int_eq(pwrite(fd, &nan, 2, (off_t)(t->offset + 2000)), 2);
@@ -346,8 +347,8 @@ START_TEST(test_progress_alone) {
     ck_assert_int_eq(l.n_final, 1);
     ck_assert_int_gt(l.n, 3);
     ck_assert(l.monotone);
-    ck_assert_uint_eq(l.last_done, sq_st_model_data_bytes(fx.st));
-    ck_assert_uint_eq(l.total, sq_st_model_data_bytes(fx.st));
+    ck_assert_uint_eq(l.last_done, sq_ckpt_data_bytes(fx.st));
+    ck_assert_uint_eq(l.total, sq_ckpt_data_bytes(fx.st));
     fixture_free(&fx);
 }
 END_TEST
@@ -416,10 +417,10 @@ static int rss_child(const char *dir, bool touch_mapping) {
     sq_error err;
     sq_error_init(&err, -1);
     sq_model_config cfg;
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     sq_meta *m = NULL;
     sq_pool *pool = NULL;
-    if (sq_config_load(dir, &cfg, &err) || sq_st_model_open(dir, &st, &err) ||
+    if (sq_config_load(dir, &cfg, &err) || sq_ckpt_open(dir, &st, &err) ||
         sq_meta_create(&cfg, &m, &err) || sq_meta_validate(m, st, &err) ||
         sq_pool_create(2, &pool, &err)) {
         fprintf(stderr, "setup: %s\n", err.msg);
@@ -447,9 +448,9 @@ static int rss_child(const char *dir, bool touch_mapping) {
     }
     volatile uint64_t sum = 0;
     if (touch_mapping)   /* the negative control: what reading through the mapping costs */
-        for (size_t i = 0; i < sq_st_model_n_tensors(st); i++) {
-            const sq_tensor_info *t = sq_st_model_tensor(st, i);
-            const uint8_t *p = sq_st_model_data(st, t);
+        for (size_t i = 0; i < sq_ckpt_n_tensors(st); i++) {
+            const sq_ckpt_tensor *t = sq_ckpt_tensor_at(st, i);
+            const uint8_t *p = sq_ckpt_data(st, t);
             for (uint64_t k = 0; k < t->n_bytes; k += 512) sum += p[k];
         }
     f = fopen("/proc/self/status", "r");
@@ -468,7 +469,7 @@ static int rss_child(const char *dir, bool touch_mapping) {
     free(c);
     sq_pool_destroy(pool);
     sq_meta_destroy(m);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
     return 0;
 }
 

@@ -11,13 +11,14 @@
 #include <unistd.h>
 
 #include "load_fixture.h"
+#include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "testutil.h"
 
 typedef struct fixture {
     char *dir;
     sq_model_config cfg;
-    sq_st_model *st;
+    sq_ckpt *st;
     sq_meta *meta;
 } fixture;
 
@@ -29,14 +30,14 @@ static void fixture_make(fixture *fx) {
     ck_assert_ptr_nonnull(fx->dir);
     int split[1] = {0};
     ck_assert_int_eq(lf_make_model(fx->dir, &fx->cfg, 1, split), 0);
-    ck_assert_int_eq(sq_st_model_open(fx->dir, &fx->st, &err), SQ_OK);
+    ck_assert_int_eq(sq_ckpt_open(fx->dir, &fx->st, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_create(&fx->cfg, &fx->meta, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_validate(fx->meta, fx->st, &err), SQ_OK);
 }
 
 static void fixture_free(fixture *fx) {
     sq_meta_destroy(fx->meta);
-    sq_st_model_close(fx->st);
+    sq_ckpt_close(fx->st);
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", fx->dir);

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "shardq/checkpoint.h"
 #include "shardq/config.h"
 #include "shardq/load.h"
 #include "testutil.h"
@@ -80,11 +81,11 @@ static void load(const char *dir, int dev, const sq_quant_scheme *s, uint64_t st
                  collected *c, sq_load_stats *stats) {
     sq_error err;
     sq_error_init(&err, 0);
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     sq_meta *m = NULL;
     sq_model_config cfg;
     ck_assert_int_eq(sq_config_load(dir, &cfg, &err), SQ_OK);
-    ck_assert_int_eq(sq_st_model_open(dir, &st, &err), SQ_OK);
+    ck_assert_int_eq(sq_ckpt_open(dir, &st, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_create(&cfg, &m, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_validate(m, st, &err), SQ_OK);
     sq_load_stage_desc all = {.first_layer = 0, .n_layers = (int)cfg.n_layers, .has_embed = true,
@@ -99,7 +100,7 @@ static void load(const char *dir, int dev, const sq_quant_scheme *s, uint64_t st
     ck_assert_msg(rc == SQ_OK, "device %d: %s", dev, msg);
     ck_assert_int_eq(c->n, sq_meta_n_tensors(m));
     sq_meta_destroy(m);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
 }
 
 START_TEST(test_gpu_loader_equals_cpu) {
@@ -141,11 +142,11 @@ START_TEST(test_gpu_bad_device) {
     const char *dir = model_dir("bf16");
     sq_error err;
     sq_error_init(&err, 0);
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     sq_meta *m = NULL;
     sq_model_config cfg;
     ck_assert_int_eq(sq_config_load(dir, &cfg, &err), SQ_OK);
-    ck_assert_int_eq(sq_st_model_open(dir, &st, &err), SQ_OK);
+    ck_assert_int_eq(sq_ckpt_open(dir, &st, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_create(&cfg, &m, &err), SQ_OK);
     sq_load_stage_desc all = {.first_layer = 0, .n_layers = (int)cfg.n_layers, .has_embed = true,
                               .has_head = true};
@@ -157,7 +158,7 @@ START_TEST(test_gpu_bad_device) {
     ck_assert_msg(strstr(err.msg, "CUDA device"), "%s", err.msg);
     free(c);
     sq_meta_destroy(m);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
 }
 END_TEST
 

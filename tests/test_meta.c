@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shardq/checkpoint.h"
 #include "shardq/meta.h"
 #include "testutil.h"
 
@@ -239,7 +240,7 @@ START_TEST(deserialize_rejects_every_corruption) {
 
     /* forged buffers that carry a valid hash: the structure checks must catch them */
     struct { size_t off; uint8_t val; const char *why; } forge[] = {
-        {8, 2, "format version"},            /* version 2 */
+        {8, SQ_META_FORMAT_VERSION + 1, "format version"},   /* the next version */
         {16, 7, "invalid config"},           /* arch code 7 */
         {16 + 4 + 64, 0x41, "does not match"},  /* hidden_size 65: specs differ */
     };
@@ -253,14 +254,15 @@ START_TEST(deserialize_rejects_every_corruption) {
     }
     /* a tensor's dtype set to an unknown code, and a pre-quantized flag on a norm */
     const size_t tensors_end = n - 8;
-    const size_t spec_bytes = 96 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 4 + 1 + 4 + 1 + 8;
+    const size_t spec_bytes = 96 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 4 + 1 + 4 + 1 + 8 + 4 + 8;
     const size_t last = tensors_end - spec_bytes;   /* model.norm.weight (tied: the last) */
     ck_assert(memcmp(buf + last, "model.norm.weight", 17) == 0);
     size_t dtype_off = last + 96 + 4 + 4 + 8 + 4 + 8 + 8 + 8;
-    for (int v = 0; v < 2; v++) {
+    for (int v = 0; v < 3; v++) {
         memcpy(bad, buf, n);
         if (v == 0) bad[dtype_off] = 200;
-        else bad[dtype_off + 4 + 1] = SQ_QUANT_NF4;
+        else if (v == 1) bad[dtype_off + 4 + 1] = SQ_QUANT_NF4;
+        else memset(bad + dtype_off + 4 + 1 + 4 + 1 + 8, 0, 4);   /* stored as ggml F32 blocks */
         uint64_t h = sq_hash_fnv1a64(bad, n - 8);
         for (int i = 0; i < 8; i++) bad[n - 8 + i] = (uint8_t)(h >> (8 * i));
         ck_assert_int_eq(sq_meta_deserialize(bad, n, &out, &err), SQ_ERR_FORMAT);
@@ -430,11 +432,11 @@ static sq_status check_against(sq_arch arch, const override *o, bool sharded, sq
     sq_meta *m = make_meta("tiny", arch);
     char *dir = sq_test_tmpdir("meta");
     write_checkpoint(m, dir, o, sharded);
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     sq_error_init(err, -1);
-    ck_assert_msg(sq_st_model_open(dir, &st, err) == SQ_OK, "%s", err->msg);
+    ck_assert_msg(sq_ckpt_open(dir, &st, err) == SQ_OK, "%s", err->msg);
     sq_status s = sq_meta_validate(m, st, err);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
     rm_rf(dir);
     free(dir);
     if (mout) *mout = m;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "load_fixture.h"
+#include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "testutil.h"
 
@@ -58,31 +59,31 @@ static sq_quantize_options opts(const char *model, const char *out) {
 static char g_fail[2048];
 #define FAIL(...) (snprintf(g_fail, sizeof g_fail, __VA_ARGS__), g_fail)
 
-static const char *same_tensor(const sq_st_model *a, const sq_tensor_info *ta, const sq_st_model *b,
+static const char *same_tensor(const sq_ckpt *a, const sq_ckpt_tensor *ta, const sq_ckpt *b,
                                const char *what) {
-    const sq_tensor_info *tb = sq_st_model_find(b, ta->name);
+    const sq_ckpt_tensor *tb = sq_ckpt_find(b, ta->name);
     if (!tb) return FAIL("%s: '%s' missing", what, ta->name);
     if (ta->dtype != tb->dtype || ta->n_dims != tb->n_dims || ta->n_bytes != tb->n_bytes ||
         memcmp(ta->shape, tb->shape, sizeof ta->shape[0] * (size_t)ta->n_dims))
         return FAIL("%s: '%s' dtype/shape differ", what, ta->name);
-    if (memcmp(sq_st_model_data(a, ta), sq_st_model_data(b, tb), ta->n_bytes))
+    if (memcmp(sq_ckpt_data(a, ta), sq_ckpt_data(b, tb), ta->n_bytes))
         return FAIL("%s: '%s' bytes differ", what, ta->name);
     return NULL;
 }
 
 static const char *same_model(const char *dir_a, const char *dir_b, size_t want_files) {
     sq_error err;
-    sq_st_model *a = NULL, *b = NULL;
+    sq_ckpt *a = NULL, *b = NULL;
     const char *f = NULL;
-    if (sq_st_model_open(dir_a, &a, &err) || sq_st_model_open(dir_b, &b, &err))
+    if (sq_ckpt_open(dir_a, &a, &err) || sq_ckpt_open(dir_b, &b, &err))
         f = FAIL("open: %s", err.msg);
-    if (!f && sq_st_model_n_tensors(a) != sq_st_model_n_tensors(b))
-        f = FAIL("%s has %zu tensors, %s %zu", dir_a, sq_st_model_n_tensors(a), dir_b,
-                 sq_st_model_n_tensors(b));
-    if (!f && sq_st_model_n_files(b) != want_files)
-        f = FAIL("%s has %zu shards, want %zu", dir_b, sq_st_model_n_files(b), want_files);
-    for (size_t i = 0; !f && i < sq_st_model_n_tensors(a); i++)
-        f = same_tensor(a, sq_st_model_tensor(a, i), b, dir_b);
+    if (!f && sq_ckpt_n_tensors(a) != sq_ckpt_n_tensors(b))
+        f = FAIL("%s has %zu tensors, %s %zu", dir_a, sq_ckpt_n_tensors(a), dir_b,
+                 sq_ckpt_n_tensors(b));
+    if (!f && sq_ckpt_n_files(b) != want_files)
+        f = FAIL("%s has %zu shards, want %zu", dir_b, sq_ckpt_n_files(b), want_files);
+    for (size_t i = 0; !f && i < sq_ckpt_n_tensors(a); i++)
+        f = same_tensor(a, sq_ckpt_tensor_at(a, i), b, dir_b);
     /* index metadata.total_size */
     char p[1200];
     snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir_a);
@@ -97,18 +98,18 @@ static const char *same_model(const char *dir_a, const char *dir_b, size_t want_
     }
     free(ia);
     free(ib);
-    sq_st_model_close(a);
-    sq_st_model_close(b);
+    sq_ckpt_close(a);
+    sq_ckpt_close(b);
     return f;
 }
 
-static const char *expect_part(const sq_st_model *out, const char *name, const char *suffix,
+static const char *expect_part(const sq_ckpt *out, const char *name, const char *suffix,
                                sq_dtype dtype, const void *bytes, uint64_t n) {
     char key[512];
     snprintf(key, sizeof key, "%s%s", name, suffix);
-    const sq_tensor_info *t = sq_st_model_find(out, key);
+    const sq_ckpt_tensor *t = sq_ckpt_find(out, key);
     if (!t) return FAIL("'%s' missing", key);
-    if (t->dtype != dtype || t->n_bytes != n || memcmp(sq_st_model_data(out, t), bytes, n))
+    if (t->dtype != dtype || t->n_bytes != n || memcmp(sq_ckpt_data(out, t), bytes, n))
         return FAIL("'%s' differs from the in-memory quantization", key);
     return NULL;
 }
@@ -118,16 +119,16 @@ static const char *matches_reference(const char *src_dir, const char *out_dir,
                                      const sq_quant_scheme *s) {
     sq_error err;
     sq_model_config cfg;
-    sq_st_model *src = NULL, *out = NULL;
+    sq_ckpt *src = NULL, *out = NULL;
     sq_meta *m = NULL;
     const char *f = NULL;
-    if (sq_config_load(src_dir, &cfg, &err) || sq_st_model_open(src_dir, &src, &err) ||
-        sq_st_model_open(out_dir, &out, &err) || sq_meta_create(&cfg, &m, &err))
+    if (sq_config_load(src_dir, &cfg, &err) || sq_ckpt_open(src_dir, &src, &err) ||
+        sq_ckpt_open(out_dir, &out, &err) || sq_meta_create(&cfg, &m, &err))
         return FAIL("open: %s", err.msg);
     size_t n_expected = 0;
     for (int i = 0; !f && i < sq_meta_n_tensors(m); i++) {
         const sq_tensor_spec *t = sq_meta_tensor(m, i);
-        const sq_tensor_info *ti = sq_st_model_find(src, t->name);
+        const sq_ckpt_tensor *ti = sq_ckpt_find(src, t->name);
         if (!t->quantizable) {
             n_expected++;
             f = same_tensor(src, ti, out, out_dir);
@@ -135,7 +136,7 @@ static const char *matches_reference(const char *src_dir, const char *out_dir,
         }
         n_expected += s->double_quant ? 6 : 4;
         sq_qtensor q;
-        if (sq_quant_4bit_from(ti->dtype, sq_st_model_data(src, ti), t->shape[0], t->shape[1], s,
+        if (sq_quant_4bit_from(ti->dtype, sq_ckpt_data(src, ti), t->shape[0], t->shape[1], s,
                                NULL, &q, &err))
             return FAIL("quantize: %s", err.msg);
         f = expect_part(out, t->name, "", SQ_DTYPE_U8, q.packed, (q.n_elements + 1) / 2);
@@ -159,11 +160,11 @@ static const char *matches_reference(const char *src_dir, const char *out_dir,
         free(json);
         sq_qtensor_free(&q);
     }
-    if (!f && sq_st_model_n_tensors(out) != n_expected)
-        f = FAIL("%s holds %zu tensors, want %zu", out_dir, sq_st_model_n_tensors(out), n_expected);
+    if (!f && sq_ckpt_n_tensors(out) != n_expected)
+        f = FAIL("%s holds %zu tensors, want %zu", out_dir, sq_ckpt_n_tensors(out), n_expected);
     sq_meta_destroy(m);
-    sq_st_model_close(src);
-    sq_st_model_close(out);
+    sq_ckpt_close(src);
+    sq_ckpt_close(out);
     return f;
 }
 
@@ -220,10 +221,10 @@ static const char *read_back(void) {
     snprintf(out1, sizeof out1, "%s/out-1", g_base);
     sq_error err;
     sq_model_config cfg;
-    sq_st_model *st = NULL, *src = NULL;
+    sq_ckpt *st = NULL, *src = NULL;
     sq_meta *m = NULL;
-    if (sq_config_load(out1, &cfg, &err) || sq_st_model_open(out1, &st, &err) ||
-        sq_st_model_open(g_src, &src, &err) || sq_meta_create(&cfg, &m, &err) ||
+    if (sq_config_load(out1, &cfg, &err) || sq_ckpt_open(out1, &st, &err) ||
+        sq_ckpt_open(g_src, &src, &err) || sq_meta_create(&cfg, &m, &err) ||
         sq_meta_validate(m, st, &err))
         return FAIL("open the output: %s", err.msg);
     if (!cfg.bnb_4bit || strcmp(cfg.bnb_quant_type, "nf4") || !cfg.bnb_double_quant ||
@@ -251,9 +252,9 @@ static const char *read_back(void) {
             f = FAIL("%s: not read as a pre-quantized nf4 weight", t->name);
             break;
         }
-        const sq_tensor_info *ti = sq_st_model_find(src, t->name);
+        const sq_ckpt_tensor *ti = sq_ckpt_find(src, t->name);
         sq_qtensor ref;
-        sq_quant_4bit_from(ti->dtype, sq_st_model_data(src, ti), t->shape[0], t->shape[1], &s,
+        sq_quant_4bit_from(ti->dtype, sq_ckpt_data(src, ti), t->shape[0], t->shape[1], &s,
                            NULL, &ref, &err);
         const sq_qtensor *q = &it->q;
         if (q->n_blocks != ref.n_blocks || q->dtype != ref.dtype || q->shape[1] != ref.shape[1] ||
@@ -286,8 +287,8 @@ static const char *read_back(void) {
         sq_load_item_release(&dense[i]);
     }
     sq_meta_destroy(m);
-    sq_st_model_close(st);
-    sq_st_model_close(src);
+    sq_ckpt_close(st);
+    sq_ckpt_close(src);
     return f;
 }
 
@@ -343,18 +344,18 @@ START_TEST(test_failing_rank_leaves_nothing) {
         char cmd[2600];
         snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", g_src, bad);
         sq_error err;
-        sq_st_model *st = NULL;
-        if (system(cmd) != 0 || sq_st_model_open(bad, &st, &err)) {
+        sq_ckpt *st = NULL;
+        if (system(cmd) != 0 || sq_ckpt_open(bad, &st, &err)) {
             f = FAIL("copy");
         } else {
             /* corrupt it after "planning": a NaN at element 100 of a weight only the last
              * rank reads */
-            const sq_tensor_info *t = sq_st_model_find(st, name);
-            int fd = open(sq_st_model_file_path(st, (size_t)t->file_index), O_WRONLY);
+            const sq_ckpt_tensor *t = sq_ckpt_find(st, name);
+            int fd = open(sq_ckpt_file_path(st, (size_t)t->file_index), O_WRONLY);
             uint16_t nan = 0xffc0;
             if (fd < 0 || pwrite(fd, &nan, 2, (off_t)(t->offset + 200)) != 2) f = FAIL("poison");
             if (fd >= 0) close(fd);
-            sq_st_model_close(st);
+            sq_ckpt_close(st);
         }
     }
     verdict(f);
@@ -428,10 +429,10 @@ START_TEST(test_progress_across_ranks) {
     sq_error err;
     sq_error_init(&err, g_rank);
     sq_model_config cfg;
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     sq_meta *m = NULL;
     ck_assert_int_eq(sq_config_load(g_src, &cfg, &err), SQ_OK);
-    ck_assert_int_eq(sq_st_model_open(g_src, &st, &err), SQ_OK);
+    ck_assert_int_eq(sq_ckpt_open(g_src, &st, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_create(&cfg, &m, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_validate(m, st, &err), SQ_OK);
     /* equal split of the 4 layers; rank 0 waits longest (more tensors) only on 1 rank */
@@ -451,10 +452,10 @@ START_TEST(test_progress_across_ranks) {
         if (seen.n_final != 1 || seen.ranks_done != g_size || seen.n_ranks != g_size)
             f = FAIL("final reports %d, ranks done %d/%d", seen.n_final, seen.ranks_done,
                      seen.n_ranks);
-        else if (seen.done != sq_st_model_data_bytes(st) || seen.total != seen.done)
+        else if (seen.done != sq_ckpt_data_bytes(st) || seen.total != seen.done)
             f = FAIL("bytes %llu / %llu, want %llu", (unsigned long long)seen.done,
                      (unsigned long long)seen.total,
-                     (unsigned long long)sq_st_model_data_bytes(st));
+                     (unsigned long long)sq_ckpt_data_bytes(st));
         else if (seen.n < 2)
             f = FAIL("only %d reports", seen.n);
     } else if (seen.n != 0) {
@@ -463,7 +464,7 @@ START_TEST(test_progress_across_ranks) {
     ck_assert_msg(all_ranks(g_rank == 0 || seen.n == 0), "a non-root rank reported progress");
     verdict(g_rank == 0 ? f : NULL);
     sq_meta_destroy(m);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
 }
 END_TEST
 

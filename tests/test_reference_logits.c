@@ -6,7 +6,7 @@
  *      tests/reference/gen_reference_logits.py): every prompt position and every cached decode
  *      step within 2e-5 of the prompt's largest |logit|, and the same 8 greedy ids;
  *   2. --quant none vs a float64 forward written plainly below (its own RMSNorm, RoPE, GQA
- *      attention, SwiGLU; weights read by name through sq_st_model + sq_convert_to_f32, not the
+ *      attention, SwiGLU; weights read by name through sq_ckpt + sq_convert_to_f32, not the
  *      loader or the backend) within 1e-5 of the largest |logit|;
  *   3. NF4 (and NF4 + double quant) logits equal, bit for bit, the dense path run on the
  *      weights dequantized by sq_dequant_4bit_f32, and stay as close to --quant none as
@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "shardq/model.h"
 #include "shardq/runtime.h"
@@ -206,7 +207,7 @@ static void rm_rf(const char *dir) {
 
 typedef struct {
     sq_model_config cfg;
-    sq_st_model *st;
+    sq_ckpt *st;
     sq_meta *meta;
 } folder;
 
@@ -214,13 +215,13 @@ static void folder_open(folder *f, const char *dir) {
     sq_error err;
     sq_error_init(&err, -1);
     ck_assert_msg(sq_config_load(dir, &f->cfg, &err) == SQ_OK, "%s", err.msg);
-    ck_assert_msg(sq_st_model_open(dir, &f->st, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_msg(sq_ckpt_open(dir, &f->st, &err) == SQ_OK, "%s", err.msg);
     ck_assert_msg(sq_meta_create(&f->cfg, &f->meta, &err) == SQ_OK, "%s", err.msg);
     ck_assert_msg(sq_meta_validate(f->meta, f->st, &err) == SQ_OK, "%s", err.msg);
 }
 static void folder_close(folder *f) {
     sq_meta_destroy(f->meta);
-    sq_st_model_close(f->st);
+    sq_ckpt_close(f->st);
 }
 
 static sq_quant_scheme scheme_of(const folder *f, sq_quant_type type, bool dq) {
@@ -352,14 +353,14 @@ typedef struct {
     float *w[SQ_ROLE_COUNT][64];     /* [role][layer] */
 } f64_model;
 
-static float *read_f32(const sq_st_model *st, const char *name, uint64_t want_n) {
-    const sq_tensor_info *t = sq_st_model_find(st, name);
+static float *read_f32(const sq_ckpt *st, const char *name, uint64_t want_n) {
+    const sq_ckpt_tensor *t = sq_ckpt_find(st, name);
     ck_assert_msg(t, "tensor %s missing", name);
     ck_assert_uint_eq(t->n_elements, want_n);
     float *v = malloc(t->n_elements * 4);
     sq_error err;
     sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_st_model_data(st, t), v, t->n_elements, &err), SQ_OK);
+    ck_assert_int_eq(sq_convert_to_f32(t->dtype, sq_ckpt_data(st, t), v, t->n_elements, &err), SQ_OK);
     return v;
 }
 

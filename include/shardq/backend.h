@@ -38,6 +38,7 @@
 
 #include "shardq/config.h"
 #include "shardq/core.h"
+#include "shardq/ggml_quant.h"
 #include "shardq/quant.h"
 #include "shardq/safetensors.h"
 
@@ -104,11 +105,25 @@ sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src
  * caller may free it afterwards. */
 sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
                                  sq_weight **out, sq_error *err);
+/* A GGUF tensor kept as stored: data is rows x row_bytes (sq_ggml_row_bytes(type, cols)), the
+ * rows of a ggml tensor whose ne[0] = cols, exactly as the file holds them; the caller may free
+ * it afterwards.  F32 / F16 / BF16 become a dense weight (as sq_backend_weight_dense).  The
+ * quantized types are kept in the block-scaled integer form of ggml_quant.h (codes + one scale
+ * and bias per sub-block, halves where the file's are, never a float per element; Q4_0, Q4_1
+ * and Q8_0 take exactly their GGUF bytes): every value a Linear multiplies by
+ * equals sq_ggml_dequantize_row's bit for bit.  sq_backend_linear and sq_backend_embed (which
+ * dequantizes the looked-up rows) take such a weight; rmsnorm and bias refuse it.
+ * Unsupported type: SQ_ERR_UNSUPPORTED; cols not a multiple of the block: SQ_ERR_INVALID (both
+ * name the tensor and the type).  *out NULL on failure. */
+sq_status sq_backend_weight_ggml(sq_backend *be, const char *name, sq_ggml_type type,
+                                 const void *data, int64_t rows, int64_t cols, sq_weight **out,
+                                 sq_error *err);
 void sq_backend_weight_free(sq_backend *be, sq_weight *w);  /* takes NULL */
 int64_t sq_weight_rows(const sq_weight *w);
 int64_t sq_weight_cols(const sq_weight *w);
-sq_quant_type sq_weight_qtype(const sq_weight *w);        /* SQ_QUANT_NONE for dense */
+sq_quant_type sq_weight_qtype(const sq_weight *w);        /* SQ_QUANT_NONE for dense and ggml */
 uint64_t sq_weight_bytes(const sq_weight *w);              /* backend memory it holds */
+int sq_weight_ggml_type(const sq_weight *w);   /* its sq_ggml_type, or -1 if not made from GGUF */
 
 /* ---- ops (float32 activations; out may not alias inputs unless said) ---------------------- */
 
@@ -156,7 +171,7 @@ sq_status sq_backend_attention(sq_backend *be, const void *q_d, const void *k_d,
                                sq_error *err);
 
 /* out (n_rows, w->rows) = x (n_rows, w->cols) · wᵀ (+ bias (1, w->rows) when not NULL).
- * Dense (F32 / BF16) or 4-bit weights; few rows take a dequantize-on-the-fly GEMV, many rows a
+ * Dense (F32 / BF16), 4-bit or ggml weights; few rows take a dequantize-on-the-fly GEMV, many rows a
  * blocked GEMM that reuses each dequantized tile across rows, with the same per-element
  * reduction order (so results do not depend on n_rows). */
 sq_status sq_backend_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,

@@ -5,7 +5,8 @@
  * gguf.quants.dequantize), so the values a Linear multiplies by are the values llama.cpp uses.
  * Per-element math shared with the CUDA kernels lives in kernels/ggml_quant_math.cuh.
  *
- * Nothing here allocates; all functions are pure. */
+ * Nothing here allocates; all functions are pure and thread-safe.  The caller owns every
+ * buffer; sizes are the caller's to check (sq_ggml_row_bytes). */
 #ifndef SHARDQ_GGML_QUANT_H
 #define SHARDQ_GGML_QUANT_H
 
@@ -48,6 +49,50 @@ sq_status sq_ggml_row_bytes(int type, int64_t n, uint64_t *out, sq_error *err);
 /* Dequantizes one row of n elements (n a multiple of the block size) to float32, bit-exact
  * with ggml's dequantize_row_<type>. */
 void sq_ggml_dequantize_row(sq_ggml_type type, const void *src, float *dst, int64_t n);
+
+/* ---- the block-scaled integer form the backends compute on -------------------------------------
+ * Every quantized type above is, exactly, integer codes with one scale (and for some an additive
+ * bias) per sub-block:  value = scale * code  or  (scale * code) + bias, two float32 roundings, bit-equal to ggml's dequantization (kernels/ggml_quant_math.cuh lists the
+ * mapping per type; Q4_K's "d1 * q - m1" is scale d1 and bias -m1).  The same form holds
+ * absmax / zero-point int8 weights and int8 activations (codes 8-bit, a scale per block).
+ *
+ * A row of n elements (n a multiple of 32) in this form is three arrays:
+ *   codes   4-bit: n / 2 bytes; each group of 32 elements is 16 bytes, byte j holding element j
+ *           in its low nibble and element j + 16 in its high nibble (ggml's Q4_0 order); the
+ *           code is the nibble minus code_zero.
+ *           8-bit: n bytes, one int8 code per element.
+ *   scales  n / block_elems of them: float32 (scale_bits 32) or IEEE half (scale_bits 16).
+ *   biases  the same count and kind (only when has_bias).
+ * Half scales are used where they are exact, the types whose d (and m) are stored as halves
+ * (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): the form then holds Q4_0 / Q4_1 / Q8_0 in as many bytes as
+ * the GGUF file.  The K types' d * sc products need float32. */
+typedef struct sq_qblock_format {
+    int code_bits;      /* 4 or 8 */
+    int code_zero;      /* 4-bit codes: subtracted from the nibble (Q4_0: 8); 8-bit: 0 */
+    int block_elems;    /* elements per scale: 16 or 32 */
+    bool has_bias;
+    int scale_bits;     /* 32: float32 scales and biases; 16: IEEE half */
+} sq_qblock_format;
+
+/* The form a quantized ggml type is computed in; false (and *out zeroed) for F32 / F16 / BF16
+ * and unsupported types. */
+bool sq_ggml_qblock_format(int type, sq_qblock_format *out);
+/* Bytes of the codes of a row of n elements in format f. */
+int64_t sq_qblock_code_bytes(const sq_qblock_format *f, int64_t n);
+/* All bytes of a row of n elements in format f (codes + scales + biases): what a backend holds
+ * per row of such a weight (sq_weight_bytes = rows x this), for size models and plans. */
+int64_t sq_qblock_row_bytes(const sq_qblock_format *f, int64_t n);
+/* One stored ggml row (n elements, a multiple of the block size) into the form above: codes
+ * (sq_qblock_code_bytes), scales and biases (n / f.block_elems each, f.scale_bits wide;
+ * biases may be NULL when the format has none).  Exact: sq_qblock_dequantize_row of the result equals
+ * sq_ggml_dequantize_row of src bit for bit. */
+void sq_ggml_to_qblock_row(sq_ggml_type type, const void *src, int64_t n, uint8_t *codes,
+                           void *scales, void *biases);
+/* value = scale * code (+ bias) for a row of n elements (n a multiple of 32). */
+void sq_qblock_dequantize_row(const sq_qblock_format *f, const uint8_t *codes,
+                              const void *scales, const void *biases, int64_t n, float *dst);
+/* Scale (or bias) i of a row's scale array in format f, as float32 (exact). */
+float sq_qblock_param(const sq_qblock_format *f, const void *params, int64_t i);
 
 #ifdef __cplusplus
 }

@@ -54,7 +54,7 @@
  *
  * Ownership: the item handed to the consumer owns its buffers; the consumer may take them
  * (copy the struct and zero the pointers: item->data = NULL, memset(&item->q, 0, ...)), and
- * whatever is left is freed when the callback returns.  The sq_st_model and sq_meta are
+ * whatever is left is freed when the callback returns.  The checkpoint and sq_meta are
  * borrowed.  On failure nothing leaks and err names rank, file and tensor.
  * Never: prints, exits, or touches a tensor outside the stage. */
 #ifndef SHARDQ_LOAD_H
@@ -68,6 +68,7 @@
 #include "shardq/meta.h"
 #include "shardq/plan.h"
 #include "shardq/quant.h"
+#include "shardq/checkpoint.h"
 #include "shardq/safetensors.h"
 #include "shardq/size.h"
 
@@ -92,6 +93,9 @@ typedef struct sq_load_item {
     bool tied_head;                /* the embedding table handed to the last stage as lm_head */
     bool prequantized;             /* read as stored in the checkpoint (no re-quantization) */
     bool is_4bit;                  /* q holds it; else data does */
+    int ggml_type;                 /* >= 0: data holds the weight's rows in this ggml block
+                                      format, as the checkpoint stores them (n_bytes), rows in
+                                      HF order; -1: dense or 4-bit */
     /* dense: the checkpoint's bytes, unchanged (or a pre-quantized weight dequantized by
      * bitsandbytes' rule when the scheme is NONE) */
     sq_dtype dtype;
@@ -127,6 +131,8 @@ typedef struct sq_load_options {
     sq_log log;
     int quant_device;              /* -1 (default): quantize on the CPU; >= 0: on this CUDA
                                       device (see "GPU quantization" above) */
+    bool ggml_dense;               /* tensors kept in a ggml block format (not re-quantized) come
+                                      out dense F32 (ggml's exact dequantized values) instead */
 } sq_load_options;
 
 sq_load_options sq_load_options_default(void);
@@ -155,14 +161,14 @@ typedef struct sq_load_bytes {
 /* Tensor indices of the stage, in the order they are loaded; *idx malloc'd (caller frees). */
 sq_status sq_load_stage_tensors(const sq_meta *m, const sq_load_stage_desc *stage,
                                 bool tied_head_copy, int **idx, int *n, sq_error *err);
-sq_status sq_load_stage_bytes(const sq_meta *m, const sq_st_model *st,
+sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
                               const sq_load_stage_desc *stage, const sq_load_options *o,
                               sq_load_bytes *out, sq_error *err);
 
 /* Loads the stage (see the top of this file).  stats may be NULL.  With o->comm every rank of
  * comm must call it, each with its own stage; the function returns this rank's status only
  * (agree on the outcome afterwards).  err->rank is left as the caller initialised it. */
-sq_status sq_load_stage(const sq_st_model *st, const sq_meta *m, const sq_load_stage_desc *stage,
+sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage_desc *stage,
                         const sq_load_options *o, sq_load_consumer_fn consumer, void *user,
                         sq_load_stats *stats, sq_error *err);
 

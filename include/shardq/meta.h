@@ -20,6 +20,7 @@
 
 #include <mpi.h>
 
+#include "shardq/checkpoint.h"
 #include "shardq/config.h"
 #include "shardq/safetensors.h"
 #include "shardq/size.h"
@@ -58,6 +59,11 @@ typedef struct sq_tensor_spec {
     sq_quant_type stored_quant;
     bool stored_double_quant;
     int64_t stored_blocksize; /* from the absmax count (0 when not pre-quantized) */
+    /* Set by sq_meta_validate for a checkpoint that stores tensors in ggml types (a GGUF): the
+     * type number and its bytes (-1 / 0 otherwise).  Block formats (Q8_0, Q4_1, Q4_K, …) have
+     * dtype U8 and are kept as stored; F32 / F16 / BF16 are dense (dtype says which). */
+    int32_t stored_ggml;
+    uint64_t stored_bytes;
 } sq_tensor_spec;
 
 typedef struct sq_module_spec {
@@ -96,7 +102,13 @@ uint64_t sq_meta_n_params(const sq_meta *m);
  * .quant_map, [.nested_absmax, .nested_quant_map,] .quant_state.bitsandbytes__nf4|__fp4) are
  * accepted with every companion's shape checked.  Also accepted and ignored: the legacy
  * "*.rotary_emb.inv_freq" buffers, and lm_head.weight of the right shape in a tied model. */
-sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err);
+sq_status sq_meta_validate(sq_meta *m, const sq_ckpt *ck, sq_error *err);
+/* A GGUF weight in a ggml block format is accepted where a matrix is expected (Linear weights,
+ * embeddings, lm_head) with its logical shape; norms and biases must be F32/F16/BF16. */
+
+/* How many tensors the checkpoint stores in ggml types (validated skeleton; a GGUF): such a
+ * model runs as stored unless the scheme re-quantizes its Linear weights (NF4 / FP4). */
+int sq_meta_n_stored_ggml(const sq_meta *m);
 
 /* The scheme a validated pre-quantized (bitsandbytes 4-bit) checkpoint is stored in: every
  * decoder Linear weight must be stored alike.  For a dense checkpoint *out is type NONE,
@@ -105,8 +117,8 @@ sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err);
 sq_status sq_meta_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err);
 
 /* Exact bytes of tensor i / module i under a scheme: with s->type NF4/FP4 quantizable tensors
- * take sq_size_4bit_bytes; every other tensor (and every tensor when s->type is NONE) is dense
- * in s->dense_dtype.  So {NONE, BF16} gives the bf16 footprint of the whole model. */
+ * take sq_size_4bit_bytes; a tensor kept in a ggml block format takes its stored bytes; every
+ * other tensor (and every tensor when s->type is NONE) is dense in s->dense_dtype.  So {NONE, BF16} gives the bf16 footprint of the whole model. */
 uint64_t sq_meta_tensor_bytes(const sq_meta *m, int tensor, const sq_quant_scheme *s);
 uint64_t sq_meta_module_bytes(const sq_meta *m, int module, const sq_quant_scheme *s);
 uint64_t sq_meta_total_bytes(const sq_meta *m, const sq_quant_scheme *s);
@@ -120,7 +132,7 @@ uint64_t sq_meta_total_bytes(const sq_meta *m, const sq_quant_scheme *s);
  * the one the config produces (only dtypes and pre-quantized fields come from the buffer, and
  * they are range-checked).  Bad bytes give SQ_ERR_FORMAT, never a crash or an allocation
  * sized by the buffer.  On failure *out is NULL. */
-#define SQ_META_FORMAT_VERSION 1
+#define SQ_META_FORMAT_VERSION 2
 #define SQ_META_MAX_BYTES (64u << 20)
 sq_status sq_meta_serialize(const sq_meta *m, uint8_t **buf, size_t *buf_bytes, sq_error *err);
 sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **out,
@@ -140,12 +152,12 @@ uint64_t sq_hash_fnv1a64(const void *data, size_t n);
  * SQ_ERR_PEER on the ranks that did not fail themselves), non-root ranks get *m NULL, and the
  * root's *m is left to its caller.  comm must have MPI_ERRORS_RETURN. */
 sq_status sq_meta_bcast(MPI_Comm comm, int root, sq_meta **m, sq_error *err);
-/* Collective: the root reads model_dir/config.json, builds the skeleton and validates it
- * against st (the root's open checkpoint; other ranks' st and model_dir are not used), then
+/* Collective: the root reads the checkpoint's config (sq_ckpt_config), builds the skeleton and
+ * validates it against ck (the root's open checkpoint; other ranks' ck is not used), then
  * sq_meta_bcast gives every rank the same skeleton.  On success every rank owns a new *m; on
  * failure every rank returns the same error (the root's rank when it failed) and *m is NULL. */
-sq_status sq_meta_read_bcast(MPI_Comm comm, int root, const char *model_dir,
-                             const sq_st_model *st, sq_meta **m, sq_error *err);
+sq_status sq_meta_read_bcast(MPI_Comm comm, int root, const sq_ckpt *ck, sq_meta **m,
+                             sq_error *err);
 
 #ifdef __cplusplus
 }

@@ -75,6 +75,11 @@ sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, co
  * (repacked) and may be freed afterwards. */
 sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
                             const sq_qtensor *q, sq_error *err);
+/* Sets a matrix (embeddings, lm_head or a decoder Linear weight) kept in a ggml block format:
+ * data is the [rows, cols] weight's rows exactly as a GGUF stores them (n_bytes = rows *
+ * sq_ggml_row_bytes(type, cols)), copied by the backend (sq_backend_weight_ggml). */
+sq_status sq_stage_set_ggml(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
+                            int ggml_type, const void *data, uint64_t n_bytes, sq_error *err);
 /* SQ_OK when every wanted weight is set; else SQ_ERR_INVALID naming the first missing one
  * (role and layer) and how many are missing. */
 sq_status sq_stage_check_ready(const sq_stage *s, sq_error *err);

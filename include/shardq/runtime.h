@@ -83,7 +83,7 @@ typedef struct sq_runtime_stage_params {
  * been validated against st) and checks every wanted weight is set.  stats may be NULL.
  * With p->comm every rank of it must call this (the loader's progress is collective).
  * On failure *out is NULL and nothing leaks. */
-sq_status sq_runtime_load_stage(sq_backend *be, const sq_st_model *st, const sq_meta *m,
+sq_status sq_runtime_load_stage(sq_backend *be, const sq_ckpt *st, const sq_meta *m,
                                 const sq_runtime_stage_params *p, sq_stage **out,
                                 sq_load_stats *stats, sq_error *err);
 
@@ -93,14 +93,15 @@ sq_status sq_runtime_load_stage(sq_backend *be, const sq_st_model *st, const sq_
 sq_status sq_runtime_create_stage(sq_backend *be, const sq_meta *m,
                                   const sq_runtime_stage_params *p, sq_stage **out,
                                   sq_error *err);
-sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_meta *m,
+sq_status sq_runtime_load_weights(sq_stage *s, const sq_ckpt *st, const sq_meta *m,
                                   const sq_runtime_stage_params *p, sq_load_stats *stats,
                                   sq_error *err);
 
-/* Reads config.json + headers of a folder, builds and validates the skeleton.  The
+/* Opens a model (folder or GGUF file: sq_ckpt_open), reads its config, builds and validates
+ * the skeleton.  The
  * checkpoint's own 4-bit scheme (a bnb folder) goes to *stored (type NONE otherwise; may be
  * NULL; see sq_meta_stored_scheme).  On failure *st and *m are NULL. */
-sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta **m,
+sq_status sq_runtime_open_model(const char *model_dir, sq_ckpt **st, sq_meta **m,
                                 sq_quant_scheme *stored, sq_error *err);
 
 /* ---- the sq_stage_compute adapter ----------------------------------------------------------- */

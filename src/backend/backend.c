@@ -91,6 +91,7 @@ static sq_weight *weight_new(const char *name, int64_t rows, int64_t cols) {
     snprintf(w->name, sizeof w->name, "%s", name ? name : "");
     w->rows = rows;
     w->cols = cols;
+    w->ggml_type = -1;
     return w;
 }
 
@@ -152,6 +153,53 @@ sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qten
     return SQ_OK;
 }
 
+sq_status sq_backend_weight_ggml(sq_backend *be, const char *name, sq_ggml_type type,
+                                 const void *data, int64_t rows, int64_t cols, sq_weight **out,
+                                 sq_error *err) {
+    if (out) *out = NULL;
+    CHECK_BE(be);
+    if (!out || !data) return bad(err, "weight_ggml", "NULL pointer");
+    if (rows <= 0 || cols <= 0 || rows > (INT64_C(1) << 31) || cols > (INT64_C(1) << 31))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "ggml weight shape [%lld, %lld]",
+                            (long long)rows, (long long)cols);
+    sq_error e;
+    sq_error_init(&e, -1);
+    uint64_t rb = 0;
+    sq_status st = sq_ggml_row_bytes((int)type, cols, &rb, &e);
+    if (st != SQ_OK) return sq_error_set(err, st, NULL, name, "%s", e.msg);
+    sq_dtype dt = type == SQ_GGML_F32 ? SQ_DTYPE_F32 : type == SQ_GGML_F16 ? SQ_DTYPE_F16
+                : SQ_DTYPE_BF16;
+    if (type == SQ_GGML_F32 || type == SQ_GGML_F16 || type == SQ_GGML_BF16) {
+        /* the dense path reads whole elements: a GGUF buffer need not be aligned to them */
+        void *tmp = NULL;
+        if ((uintptr_t)data % (uintptr_t)sq_ggml_block_bytes((int)type) != 0) {
+            tmp = malloc((size_t)(rb * (uint64_t)rows));
+            if (!tmp) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
+            memcpy(tmp, data, (size_t)(rb * (uint64_t)rows));
+        }
+        st = sq_backend_weight_dense(be, name, dt, tmp ? tmp : data, rows, cols, out, err);
+        free(tmp);
+        if (st == SQ_OK) (*out)->ggml_type = (int)type;
+        return st;
+    }
+    if (!be->ops->weight_ggml)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, name,
+                            "backend %s cannot hold ggml type %s", be->ops->name(be),
+                            sq_ggml_type_name((int)type));
+    sq_weight *w = weight_new(name, rows, cols);
+    if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
+    w->qtype = SQ_QUANT_NONE;
+    w->store = SQ_WSTORE_QBLOCK;
+    w->ggml_type = (int)type;
+    sq_ggml_qblock_format((int)type, &w->qf);
+    w->blocksize = w->qf.block_elems;
+    w->code_row_bytes = sq_qblock_code_bytes(&w->qf, cols);
+    st = be->ops->weight_ggml(be, w, type, data, err);
+    if (st != SQ_OK) { free(w); return st; }
+    *out = w;
+    return SQ_OK;
+}
+
 void sq_backend_weight_free(sq_backend *be, sq_weight *w) {
     if (!w) return;
     if (be) be->ops->weight_release(be, w);
@@ -161,6 +209,7 @@ int64_t sq_weight_rows(const sq_weight *w) { return w ? w->rows : 0; }
 int64_t sq_weight_cols(const sq_weight *w) { return w ? w->cols : 0; }
 sq_quant_type sq_weight_qtype(const sq_weight *w) { return w ? w->qtype : SQ_QUANT_NONE; }
 uint64_t sq_weight_bytes(const sq_weight *w) { return w ? w->n_bytes : 0; }
+int sq_weight_ggml_type(const sq_weight *w) { return w ? w->ggml_type : -1; }
 
 /* ---- ops ---------------------------------------------------------------------------------- */
 
@@ -178,7 +227,8 @@ sq_status sq_backend_rmsnorm(sq_backend *be, const void *x_d, const sq_weight *w
                              int64_t n_rows, void *out_d, sq_error *err) {
     CHECK_BE(be);
     if (!w || (n_rows && (!x_d || !out_d))) return bad(err, "rmsnorm", "NULL pointer");
-    if (w->rows != 1 || w->store == SQ_WSTORE_Q4) return bad(err, "rmsnorm", "weight is not 1-D dense");
+    if (w->rows != 1 || w->store == SQ_WSTORE_Q4 || w->store == SQ_WSTORE_QBLOCK)
+        return bad(err, "rmsnorm", "weight is not 1-D dense");
     if (!(eps >= 0.0f)) return bad(err, "rmsnorm", "negative or NaN eps");
     sq_status st = check_rows(be, "rmsnorm", n_rows, err);
     if (st != SQ_OK || n_rows == 0) return st;
@@ -238,7 +288,8 @@ sq_status sq_backend_linear(sq_backend *be, const void *x_d, int64_t n_rows, con
                             const sq_weight *bias, void *out_d, sq_error *err) {
     CHECK_BE(be);
     if (!w || (n_rows && (!x_d || !out_d))) return bad(err, "linear", "NULL pointer");
-    if (bias && (bias->rows != 1 || bias->cols != w->rows || bias->store == SQ_WSTORE_Q4))
+    if (bias && (bias->rows != 1 || bias->cols != w->rows || bias->store == SQ_WSTORE_Q4 ||
+                 bias->store == SQ_WSTORE_QBLOCK))
         return sq_error_set(err, SQ_ERR_INVALID, NULL, bias->name,
                             "backend linear: bias [%lld, %lld] does not match %lld outputs",
                             (long long)bias->rows, (long long)bias->cols, (long long)w->rows);

@@ -22,6 +22,9 @@ typedef struct sq_backend_ops {
     sq_status (*weight_dense)(sq_backend *be, sq_weight *w, sq_dtype src_dtype, const void *src,
                               sq_error *err);
     sq_status (*weight_4bit)(sq_backend *be, sq_weight *w, const sq_qtensor *q, sq_error *err);
+    /* a quantized ggml type (w->qf set); NULL: the backend has none (refused) */
+    sq_status (*weight_ggml)(sq_backend *be, sq_weight *w, sq_ggml_type type, const void *data,
+                             sq_error *err);
     void (*weight_release)(sq_backend *be, sq_weight *w);
     sq_status (*embed)(sq_backend *be, const sq_weight *t, const void *ids_d, int64_t n_rows,
                        void *out_d, sq_error *err);
@@ -54,7 +57,8 @@ struct sq_backend {
 typedef enum sq_wstore {
     SQ_WSTORE_F32 = 0,   /* float32 [rows, cols] */
     SQ_WSTORE_BF16,      /* bfloat16 [rows, cols] */
-    SQ_WSTORE_Q4         /* 4-bit, implementation-defined layout */
+    SQ_WSTORE_Q4,        /* 4-bit, implementation-defined layout */
+    SQ_WSTORE_QBLOCK     /* ggml type in the block-scaled integer form (sq_qblock_format) */
 } sq_wstore;
 
 struct sq_weight {
@@ -68,6 +72,24 @@ struct sq_weight {
     void *data_d;               /* dense values, or packed nibbles */
     void *absmax_d;             /* 4-bit: float32 per block */
     float code[16];             /* 4-bit: the code table (host copy) */
+    /* QBLOCK: data_d = codes [rows, code_row_bytes], absmax_d = float32 scales
+     * [rows, cols / qf.block_elems], bias_d = float32 biases (same shape; NULL without) */
+    int ggml_type;              /* sq_ggml_type it was made from, -1 otherwise */
+    sq_qblock_format qf;
+    int64_t code_row_bytes;
+    void *bias_d;
 };
+
+/* The CUDA backend's ggml weights (cuda_ggml.c, built with CUDA only; stream: a cudaStream_t):
+ * upload into the block-scaled form, the few-row GEMV (n_rows <= 16), a band of rows as float32
+ * for the cuBLAS path, and the embedding gather. */
+sq_status sq_cuda_weight_ggml_upload(sq_weight *w, sq_ggml_type type, const void *data,
+                                     void *stream, sq_error *err);
+sq_status sq_cuda_linear_ggml(const sq_weight *w, const void *x_d, int64_t n_rows,
+                              const float *bias_d, void *out_d, void *stream, sq_error *err);
+sq_status sq_cuda_ggml_band_to_f32(const sq_weight *w, int64_t row0, int64_t n, float *dst_d,
+                                   void *stream, sq_error *err);
+sq_status sq_cuda_embed_ggml(const sq_weight *t, const void *ids_d, int64_t n_rows, void *out_d,
+                             long long *bad_d, void *stream, sq_error *err);
 
 #endif

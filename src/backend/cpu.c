@@ -132,7 +132,8 @@ static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor 
 static void cpu_weight_release(sq_backend *be, sq_weight *w) {
     free(w->data_d);
     free(w->absmax_d);
-    w->data_d = w->absmax_d = NULL;
+    free(w->bias_d);
+    w->data_d = w->absmax_d = w->bias_d = NULL;
 }
 
 /* Row r of a dense weight as float32 (copies BF16 rows). */
@@ -156,7 +157,10 @@ static sq_status cpu_embed(sq_backend *be, const sq_weight *t, const void *ids_d
                                 "token id %d at row %lld is outside the vocabulary [0, %lld)",
                                 ids[r], (long long)r, (long long)t->rows);
     float *out = out_d;
-    for (int64_t r = 0; r < n_rows; r++) dense_row(t, ids[r], out + r * t->cols);
+    for (int64_t r = 0; r < n_rows; r++) {
+        if (t->store == SQ_WSTORE_QBLOCK) sq_cpu_ggml_row(t, ids[r], out + r * t->cols);
+        else dense_row(t, ids[r], out + r * t->cols);
+    }
     return SQ_OK;
 }
 
@@ -212,7 +216,8 @@ static const sq_backend_ops cpu_ops = {
     .name = cpu_name, .destroy = cpu_destroy, .reserve = cpu_reserve, .alloc = cpu_alloc,
     .free = cpu_free, .upload = cpu_upload, .download = cpu_download, .copy = cpu_copy,
     .memset = cpu_memset, .sync = cpu_sync, .weight_dense = cpu_weight_dense,
-    .weight_4bit = cpu_weight_4bit, .weight_release = cpu_weight_release, .embed = cpu_embed,
+    .weight_4bit = cpu_weight_4bit, .weight_ggml = sq_cpu_weight_ggml,
+    .weight_release = cpu_weight_release, .embed = cpu_embed,
     .rmsnorm = cpu_rmsnorm, .rope = sq_cpu_rope, .attention = sq_cpu_attention,
     .linear = sq_cpu_linear, .add = cpu_add, .swiglu = cpu_swiglu, .sample = sq_cpu_sample,
 };
@@ -231,7 +236,8 @@ sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err) 
     c->base.n_threads = sq_pool_n_threads(c->pool);
     __builtin_cpu_init();
     c->isa = SQ_CPU_PORTABLE;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
         c->isa = SQ_CPU_AVX2;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
             c->isa = SQ_CPU_AVX512;

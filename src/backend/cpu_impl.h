@@ -60,6 +60,14 @@ int64_t sq_cpu_q4_row_bytes(int64_t K);
  * nibble) into the layout above, rows in parallel on pool (NULL: the calling thread). */
 void sq_cpu_q4_repack(sq_pool *pool, const uint8_t *src, uint8_t *dst, int64_t rows, int64_t K);
 
+/* ggml weights in the block-scaled integer form (cpu_ggml.c): upload, Linear (the same fixed
+ * order as every other Linear), and one row dequantized (embedding). */
+sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, const void *data,
+                             sq_error *err);
+sq_status sq_cpu_linear_ggml(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+                             const sq_weight *bias, void *out_d, sq_error *err);
+void sq_cpu_ggml_row(const sq_weight *w, int64_t r, float *out);
+
 /* Dot product with the backend's fixed order: one 8-lane accumulator, fused multiply-adds
  * over k = 0, 8, 16, …, a fixed horizontal sum, then the tail fused one by one. */
 float sq_cpu_dot(sq_cpu_isa isa, const float *a, const float *b, int64_t n);

@@ -547,6 +547,7 @@ static void lin_task(void *ctx_, int64_t t, int thread) {
 
 sq_status sq_cpu_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                         const sq_weight *bias, void *out_d, sq_error *err) {
+    if (w->store == SQ_WSTORE_QBLOCK) return sq_cpu_linear_ggml(be, x_d, n_rows, w, bias, out_d, err);
     sq_cpu *cpu = sq_cpu_of(be);
     lin_task_ctx tc = {.isa = cpu->isa};
     lin_ctx *c = &tc.lc;

@@ -318,10 +318,18 @@ fail_quiet:
     return st;
 }
 
+/* ggml (GGUF) weights: cuda_ggml.c converts and uploads; the many-row path needs the band. */
+static sq_status cuda_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, const void *data,
+                                  sq_error *err) {
+    sq_status st = sq_cuda_weight_ggml_upload(w, type, data, cuda_of(be)->stream, err);
+    return st == SQ_OK ? ensure_band(cuda_of(be), w, err) : st;
+}
+
 static void cuda_weight_release(sq_backend *be, sq_weight *w) {
     cudaFree(w->data_d);
     cudaFree(w->absmax_d);
-    w->data_d = w->absmax_d = NULL;
+    cudaFree(w->bias_d);
+    w->data_d = w->absmax_d = w->bias_d = NULL;
 }
 
 static sq_cuda_wdesc wdesc_of(const sq_weight *w) {
@@ -343,6 +351,8 @@ static sq_cuda_wdesc wdesc_of(const sq_weight *w) {
 static sq_status cuda_embed(sq_backend *be, const sq_weight *t, const void *ids_d, int64_t n_rows,
                             void *out_d, sq_error *err) {
     sq_cuda *c = cuda_of(be);
+    if (t->store == SQ_WSTORE_QBLOCK)
+        return sq_cuda_embed_ggml(t, ids_d, n_rows, out_d, c->bad_dp, c->stream, err);
     return sq_cuda_embed(t->data_d, t->store == SQ_WSTORE_BF16, t->rows, t->cols, ids_d, n_rows,
                          out_d, c->bad_dp, c->stream, err);
 }
@@ -404,8 +414,10 @@ static sq_status cuda_linear(sq_backend *be, const void *x_d, int64_t n_rows, co
     sq_status st = SQ_OK;
     sq_cuda_wdesc wd = wdesc_of(w);
     const float *bias_d = bias ? bias->data_d : NULL;   /* 1-D weights are float32 here */
+    const bool ggml = w->store == SQ_WSTORE_QBLOCK;
     if (n_rows <= SQ_CUDA_GEMV_MAX_ROWS)
-        return sq_cuda_gemv(&wd, x_d, n_rows, bias_d, out_d, c->stream, err);
+        return ggml ? sq_cuda_linear_ggml(w, x_d, n_rows, bias_d, out_d, c->stream, err)
+                    : sq_cuda_gemv(&wd, x_d, n_rows, bias_d, out_d, c->stream, err);
     if (w->cols > INT32_MAX || w->rows > INT32_MAX || n_rows > INT32_MAX)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, w->name, "cuda linear: shape beyond cuBLAS's int range");
     const int64_t band = band_rows(w);
@@ -418,7 +430,8 @@ static sq_status cuda_linear(sq_backend *be, const void *x_d, int64_t n_rows, co
         } else {
             if (band * w->cols > c->band_elems)
                 return sq_error_set(err, SQ_ERR_INTERNAL, NULL, w->name, "cuda linear: conversion band not sized");
-            st = sq_cuda_weight_to_f32(&wd, o0, nb, c->band_d, c->stream, err);
+            st = ggml ? sq_cuda_ggml_band_to_f32(w, o0, nb, c->band_d, c->stream, err)
+                      : sq_cuda_weight_to_f32(&wd, o0, nb, c->band_d, c->stream, err);
             if (st != SQ_OK) return st;
             a = c->band_d;
         }
@@ -479,7 +492,8 @@ static const sq_backend_ops cuda_ops = {
     .name = cuda_name, .destroy = cuda_destroy, .reserve = cuda_reserve, .alloc = cuda_alloc,
     .free = cuda_free, .upload = cuda_upload, .download = cuda_download, .copy = cuda_copy,
     .memset = cuda_memset, .sync = cuda_sync, .weight_dense = cuda_weight_dense,
-    .weight_4bit = cuda_weight_4bit, .weight_release = cuda_weight_release, .embed = cuda_embed,
+    .weight_4bit = cuda_weight_4bit, .weight_ggml = cuda_weight_ggml,
+    .weight_release = cuda_weight_release, .embed = cuda_embed,
     .rmsnorm = cuda_rmsnorm, .rope = cuda_rope, .attention = cuda_attention,
     .linear = cuda_linear, .add = cuda_add, .swiglu = cuda_swiglu, .sample = cuda_sample,
 };

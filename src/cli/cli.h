@@ -60,6 +60,10 @@ bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **ar
  * so rank 0 can print it.  Never hangs as long as every rank calls it. */
 sq_status sq_cli_agree(const sq_cli_ctx *ctx, sq_status local, sq_error *err);
 
+/* A model's config: config.json of a folder (or a config.json path), or a GGUF file's
+ * metadata (through the checkpoint interface). */
+sq_status sq_cli_config_load(const char *path, sq_model_config *cfg, sq_error *err);
+
 /* The subcommands (one file each: cmd_<name>.c). */
 #define SQ_CLI_COMMANDS(X)                                                                  \
     X(inspect, "show a model folder: architecture, sizes, tensors (config + headers only)")  \
@@ -68,7 +72,8 @@ sq_status sq_cli_agree(const sq_cli_ctx *ctx, sq_status local, sq_error *err);
     X(plan, "plan where every layer goes (optimal; config.json + a cluster, no weights)")      \
     X(quantize, "write a bitsandbytes 4-bit checkpoint, each rank quantizing its own layers") \
     X(run, "generate: the ranks run the model as a pipeline, each its own 4-bit layers")   \
-    X(bench, "throughput of the pipeline: prefill / decode tok/s and bubble per micro-batch count")
+    X(bench, "throughput of the pipeline: prefill / decode tok/s and bubble per micro-batch count") \
+    X(tokenize, "text -> token ids with the model's tokenizer (tokenizer.json or a GGUF's)")
 /* make_model is spelled make-model on the command line */
 
 #define SQ_CLI_DECLARE(name, help) int sq_cli_##name(int argc, char **argv, sq_cli_ctx *ctx);

@@ -351,7 +351,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     if (!rows) st = sq_error_set(&err, SQ_ERR_NOMEM, NULL, NULL, "out of memory");
     if (st == SQ_OK && ctx->rank == 0) {
         sq_model_config cfg;
-        st = sq_config_load(model, &cfg, &err);
+        st = sq_cli_config_load(model, &cfg, &err);
         if (st == SQ_OK) {
             ids = make_prompts(&cfg, o.seed, o.batch, o.prompt_len);
             prompts = malloc((size_t)o.batch * sizeof *prompts);

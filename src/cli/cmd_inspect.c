@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "shardq/ggml_quant.h"
 #include "shardq/config.h"
 #include "shardq/meta.h"
 #include "shardq/safetensors.h"
@@ -85,11 +86,13 @@ static uint64_t module_params(const sq_meta *m, int i) {
 
 /* "BF16" or "BF16 x37, F32 x2"; pre-quantized weights as "U8 (bnb nf4 dq) x28". */
 static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
-    int count[SQ_DTYPE_COUNT] = {0}, pre = 0;
+    int count[SQ_DTYPE_COUNT] = {0}, pre = 0, ggml[64] = {0};
     const char *pre_kind = "";
     for (int i = 0; i < sq_meta_n_tensors(m); i++) {
         const sq_tensor_spec *t = sq_meta_tensor(m, i);
-        if (t->stored_quant != SQ_QUANT_NONE) {
+        if (t->stored_ggml >= 0 && t->stored_ggml < 64 && t->dtype == SQ_DTYPE_U8) {
+            ggml[t->stored_ggml]++;   /* a GGUF block format, kept as stored */
+        } else if (t->stored_quant != SQ_QUANT_NONE) {
             pre++;
             pre_kind = t->stored_quant == SQ_QUANT_NF4 ? (t->stored_double_quant ? "nf4 dq" : "nf4")
                                                       : (t->stored_double_quant ? "fp4 dq" : "fp4");
@@ -99,6 +102,7 @@ static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
     }
     int kinds = 0;
     for (int d = 0; d < SQ_DTYPE_COUNT; d++) kinds += count[d] > 0;
+    for (int g = 0; g < 64; g++) kinds += ggml[g] > 0;
     size_t used = 0;
     buf[0] = '\0';
     for (int d = 0; d < SQ_DTYPE_COUNT && used < n; d++) {
@@ -107,12 +111,16 @@ static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
         else used += (size_t)snprintf(buf + used, n - used, "%s%s x%d", used ? ", " : "",
                                       sq_dtype_name((sq_dtype)d), count[d]);
     }
+    for (int g = 0; g < 64 && used < n; g++)
+        if (ggml[g])
+            used += (size_t)snprintf(buf + used, n - used, "%s%s x%d", used ? ", " : "",
+                                     sq_ggml_type_name(g) ? sq_ggml_type_name(g) : "?", ggml[g]);
     if (pre && used < n)
         snprintf(buf + used, n - used, "%sU8 (pre-quantized bnb %s) x%d", used ? ", " : "",
                  pre_kind, pre);
 }
 
-static void print_json(const char *dir, const sq_meta *m, const sq_st_model *st, int n_ranks,
+static void print_json(const char *dir, const sq_meta *m, const sq_ckpt *st, int n_ranks,
                        bool verbose) {
     const sq_model_config *c = sq_meta_config(m);
     scheme_row rows[4];
@@ -137,10 +145,10 @@ static void print_json(const char *dir, const sq_meta *m, const sq_st_model *st,
     printf("\"bytes\": {");
     for (int k = 0; k < 4; k++)
         printf("%s\"%s\": %" PRIu64, k ? ", " : "", rows[k].name, sq_meta_total_bytes(m, &rows[k].s));
-    printf("}, \"checkpoint_bytes\": %" PRIu64 ", \"files\": [", sq_st_model_data_bytes(st));
-    for (size_t f = 0; f < sq_st_model_n_files(st); f++) {
+    printf("}, \"checkpoint_bytes\": %" PRIu64 ", \"files\": [", sq_ckpt_data_bytes(st));
+    for (size_t f = 0; f < sq_ckpt_n_files(st); f++) {
         if (f) printf(", ");
-        json_string(base_name(sq_st_model_file_path(st, f)));
+        json_string(base_name(sq_ckpt_file_path(st, f)));
     }
     printf("], \"hash\": \"%016" PRIx64 "\", \"n_ranks\": %d", sq_meta_hash(m), n_ranks);
     if (verbose) {
@@ -160,7 +168,7 @@ static void print_json(const char *dir, const sq_meta *m, const sq_st_model *st,
     printf("}\n");
 }
 
-static void print_text(const char *dir, const sq_meta *m, const sq_st_model *st, int n_ranks,
+static void print_text(const char *dir, const sq_meta *m, const sq_ckpt *st, int n_ranks,
                        bool verbose) {
     const sq_model_config *c = sq_meta_config(m);
     scheme_row rows[4];
@@ -190,14 +198,14 @@ static void print_text(const char *dir, const sq_meta *m, const sq_st_model *st,
     printf("parameters    %s in %d tensors (%d quantizable Linear weights: %s parameters)\n",
            commas(sq_meta_n_params(m), a, sizeof a), sq_meta_n_tensors(m), n_q,
            commas(q_params, b, sizeof b));
-    size_t nf = sq_st_model_n_files(st);
+    size_t nf = sq_ckpt_n_files(st);
     printf("files         %zu:", nf);
     for (size_t f = 0; f < nf && f < 8; f++)
-        printf("%s %s", f ? "," : "", base_name(sq_st_model_file_path(st, f)));
+        printf("%s %s", f ? "," : "", base_name(sq_ckpt_file_path(st, f)));
     if (nf > 8) printf(", ... (%zu more)", nf - 8);
     dtype_summary(m, dt, sizeof dt);
     printf("\ncheckpoint    %s bytes of tensor data (%s)\n",
-           commas(sq_st_model_data_bytes(st), a, sizeof a), dt);
+           commas(sq_ckpt_data_bytes(st), a, sizeof a), dt);
     printf("skeleton      %d modules, hash %016" PRIx64 ", identical on %d rank%s\n",
            sq_meta_n_modules(m), sq_meta_hash(m), n_ranks, n_ranks == 1 ? "" : "s");
 
@@ -223,16 +231,16 @@ static void print_text(const char *dir, const sq_meta *m, const sq_st_model *st,
 }
 
 /* Rank 0: config + headers -> validated skeleton. */
-static sq_status read_model(const char *dir, sq_meta **m, sq_st_model **st, sq_error *err) {
+static sq_status read_model(const char *dir, sq_meta **m, sq_ckpt **st, sq_error *err) {
     sq_model_config cfg;
-    sq_status s = sq_config_load(dir, &cfg, err);
+    sq_status s = sq_ckpt_open(dir, st, err);
+    if (s == SQ_OK) s = sq_ckpt_config(*st, &cfg, err);
     if (s == SQ_OK) s = sq_meta_create(&cfg, m, err);
-    if (s == SQ_OK) s = sq_st_model_open(dir, st, err);
     if (s == SQ_OK) s = sq_meta_validate(*m, *st, err);
     if (s != SQ_OK) {
         sq_meta_destroy(*m);
         *m = NULL;
-        sq_st_model_close(*st);
+        sq_ckpt_close(*st);
         *st = NULL;
     }
     return s;
@@ -263,7 +271,7 @@ int sq_cli_inspect(int argc, char **argv, sq_cli_ctx *ctx) {
     sq_error err;
     sq_error_init(&err, ctx->n_ranks > 1 ? ctx->rank : -1);
     sq_meta *m = NULL;
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     if (ctx->rank == 0) read_model(dir, &m, &st, &err);   /* on failure m is NULL, err set */
     /* collective: the root's failure, a bad buffer or a hash mismatch on any rank ends every
      * rank here with the same error */
@@ -271,7 +279,7 @@ int sq_cli_inspect(int argc, char **argv, sq_cli_ctx *ctx) {
     if (s != SQ_OK) {
         if (ctx->rank == 0) {
             sq_meta_destroy(m);
-            sq_st_model_close(st);
+            sq_ckpt_close(st);
             return sq_cli_report(ctx, &err);
         }
         return 1;
@@ -281,6 +289,6 @@ int sq_cli_inspect(int argc, char **argv, sq_cli_ctx *ctx) {
         else print_text(dir, m, st, ctx->n_ranks, verbose);
     }
     sq_meta_destroy(m);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
     return 0;
 }

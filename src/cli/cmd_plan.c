@@ -178,7 +178,7 @@ int sq_cli_plan(int argc, char **argv, sq_cli_ctx *ctx) {
     sq_plan *plan = NULL, *acc = NULL;
     int rc = 1;
     /* every rank reads config.json (a few KB) and the cluster file: the same bytes */
-    sq_status st = sq_config_load(model ? model : config, &cfg, &err);
+    sq_status st = sq_cli_config_load(model ? model : config, &cfg, &err);
     if (st == SQ_OK) {
         scheme.dense_dtype = cfg.torch_dtype;
         st = sq_quant_scheme_check(&scheme, &err);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "shardq/checkpoint.h"
 #include "shardq/runtime.h"
 #include "shardq/tokenizer.h"
 
@@ -40,7 +41,8 @@ static void usage(FILE *f) {
         "  --double-quant      quantize the absmax too;  --blocksize N: 32..4096 (default 64)\n"
         "  --prompt-ids IDS    token ids, ',' between ids, ';' between sequences\n"
         "  --prompt TEXT       a text prompt (repeatable: one sequence each); needs\n"
-        "                      MODEL_DIR/tokenizer.json.  Encoded with the tokenizer's special\n"
+        "                      MODEL_DIR/tokenizer.json (or a GGUF's tokenizer metadata).  Encoded\n"
+        "                      with the tokenizer's special\n"
         "                      tokens (BOS) as its post-processor says\n"
         "  --prompt-file FILE  the whole file is one text prompt (one trailing newline dropped);\n"
         "                      repeatable, and may be mixed with --prompt\n"
@@ -70,7 +72,8 @@ static void usage(FILE *f) {
         "  --dump-logits FILE  rank 0 writes the logits each token was sampled from, float32\n"
         "                      little-endian: \"SQLOGIT1\", u32 n_seqs, u32 vocab, u32\n"
         "                      n_tokens[n_seqs], then n_tokens[s] x vocab floats per sequence\n"
-        "Output: generated ids per sequence (and text when MODEL_DIR has tokenizer.json; one\n"
+        "MODEL_DIR may be a .gguf file: its weights run as stored unless --quant nf4|fp4 is given.\n"
+        "Output: generated ids per sequence (and text when the model has a tokenizer; one\n"
         "sequence's text streams as it is generated, several print at the end), then load time,\n"
         "prefill and decode tokens/s, per-stage busy / idle time and the bubble fraction next to\n"
         "the (p-1)/(m+p-1) model.\n");
@@ -167,6 +170,7 @@ static sq_status read_prompt_file(const char *path, char **out, size_t *len, sq_
 typedef struct text_opts {
     bool chat;
     const char *system;
+    int family;   /* the checkpoint's chat family (sq_ckpt_chat_family), -1: guess */
 } text_opts;
 
 /* Rank 0: text prompts -> ids through the folder's tokenizer (and the chat format). */
@@ -176,7 +180,8 @@ static sq_status encode_texts(const sq_tokenizer *tok, const text_src *src, int 
     *stop_id = -1;
     sq_status rc = SQ_OK;
     if (to->chat) {
-        if ((rc = sq_tokenizer_chat_family_guess(tok, &fam, err)) != SQ_OK) return rc;
+        if (to->family >= 0) fam = (sq_chat_family)to->family;
+        else if ((rc = sq_tokenizer_chat_family_guess(tok, &fam, err)) != SQ_OK) return rc;
         *stop_id = sq_tokenizer_chat_stop_id(tok, fam);
     }
     for (int i = 0; i < n_src && rc == SQ_OK; i++) {
@@ -269,7 +274,8 @@ static void stage_layers(const sq_run_stage_info *s, char *buf, size_t n) {
         snprintf(buf, n, "none%s%s", s->has_embed ? "+E" : "", s->has_head ? "+H" : "");
 }
 
-static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, const char *model) {
+static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, const char *model,
+                       const prompts *pr) {
     const sq_pipeline_result *p = r->pipe;
     printf("{\"model\": ");
     json_str(stdout, model, strlen(model));
@@ -284,6 +290,12 @@ static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, 
     for (int32_t s = 0; s < p->n_seqs; s++) {
         printf("%s[", s ? ", " : "");
         for (int32_t i = 0; i < p->n_tokens[s]; i++) printf("%s%d", i ? ", " : "", p->tokens[s][i]);
+        printf("]");
+    }
+    printf("],\n \"prompt_ids\": [");
+    for (int s = 0; s < pr->n; s++) {
+        printf("%s[", s ? ", " : "");
+        for (int32_t i = 0; i < pr->len[s]; i++) printf("%s%d", i ? ", " : "", pr->ids[s][i]);
         printf("]");
     }
     printf("],\n \"finish\": [");
@@ -469,16 +481,26 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     sq_status st = SQ_OK;
     /* rank 0: the prompts as ids, and the tokenizer when the folder has one */
     if (ctx->rank == 0) {
-        char tok_path[4200];
-        snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", o.model_dir);
-        bool have_tok = access(tok_path, F_OK) == 0;
-        if (n_src && !have_tok)
-            st = sq_error_set(&err, SQ_ERR_INVALID, tok_path, NULL,
-                              "not found: text prompts need the model's tokenizer.json (or give "
-                              "--prompt-ids)");
-        if (st == SQ_OK && have_tok) st = sq_tokenizer_load(tok_path, &tok, &err);
+        /* the tokenizer and chat family through the checkpoint (tokenizer.json of a folder,
+         * the metadata of a GGUF) */
+        sq_ckpt *ck = NULL;
+        bool have_tok = false;
+        int family = -1;
+        char default_system[1024];
+        bool have_default = false;
+        st = sq_ckpt_open(o.model_dir, &ck, &err);
+        if (st == SQ_OK) st = sq_ckpt_tokenizer(ck, &tok, &have_tok, &err);
+        if (st == SQ_OK) family = sq_ckpt_chat_family(ck);
+        if (st == SQ_OK && family == SQ_CHAT_CHATML)   /* the template's own default system */
+            have_default = sq_ckpt_chat_default_system(ck, default_system, sizeof default_system);
+        sq_ckpt_close(ck);
+        if (st == SQ_OK && n_src && !have_tok)
+            st = sq_error_set(&err, SQ_ERR_INVALID, o.model_dir, NULL,
+                              "tokenizer.json: not found (nor a GGUF's tokenizer.ggml.model): text "
+                              "prompts need the model's tokenizer (or give --prompt-ids)");
         if (st == SQ_OK && n_src) {
-            text_opts to = {.chat = chat, .system = system};
+            text_opts to = {.chat = chat, .system = system ? system : have_default ? default_system : NULL,
+                            .family = family};
             st = encode_texts(tok, srcs, n_src, &to, &p, &stop_id, &err);
         }
         if (st == SQ_OK && ids_arg) {
@@ -554,7 +576,7 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
             }
         }
         if (json) {
-            print_json(r, texts, text_lens, o.model_dir);
+            print_json(r, texts, text_lens, o.model_dir, &p);
         } else {
             if (!quiet)
                 printf("# shardq run: %s (%s, %lld layers, vocab %lld): %s%s blocksize %lld%s on %d rank%s "

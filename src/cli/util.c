@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "shardq/checkpoint.h"
 
 bool sq_cli_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out) {
     if (!s || !*s) return false;
@@ -52,4 +53,13 @@ sq_status sq_cli_agree(const sq_cli_ctx *ctx, sq_status local, sq_error *err) {
     *err = copy;
     if (err->code == SQ_OK) err->code = SQ_ERR_PEER;
     return err->code;
+}
+
+sq_status sq_cli_config_load(const char *path, sq_model_config *cfg, sq_error *err) {
+    if (!sq_ckpt_is_gguf(path)) return sq_config_load(path, cfg, err);
+    sq_ckpt *ck = NULL;
+    sq_status s = sq_ckpt_open(path, &ck, err);
+    if (s == SQ_OK) s = sq_ckpt_config(ck, cfg, err);
+    sq_ckpt_close(ck);
+    return s;
 }

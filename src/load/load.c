@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "load_impl.h"
+#include "shardq/ggml_quant.h"
 
 #define READ_CHUNK_BYTES (8ull << 20)   /* dense reads tick progress this often */
 #define MAX_QUANT_STATE_BYTES 4096
@@ -101,7 +102,7 @@ sq_status sq_load_stage_tensors(const sq_meta *m, const sq_load_stage_desc *stag
 /* ---- the loader --------------------------------------------------------------------------- */
 
 typedef struct loader {
-    const sq_st_model *st;
+    const sq_ckpt *st;
     const sq_meta *m;
     const sq_load_options *o;
     const sq_load_stage_desc *stage;
@@ -135,27 +136,27 @@ static sq_status with_tensor(sq_error *err, sq_status rc, const char *name) {
     return sq_error_set(err, rc, file[0] ? file : NULL, name, "%s", msg);
 }
 
-static const sq_tensor_info *companion(const sq_st_model *st, const char *base,
+static const sq_ckpt_tensor *companion(const sq_ckpt *st, const char *base,
                                        const char *suffix) {
     char name[256];
     if (snprintf(name, sizeof name, "%s%s", base, suffix) >= (int)sizeof name) return NULL;
-    return sq_st_model_find(st, name);
+    return sq_ckpt_find(st, name);
 }
 
 static const char *const k_parts[] = {"", ".absmax", ".quant_map", ".nested_absmax",
                                       ".nested_quant_map"};
 
 /* The checkpoint tensors a spec reads (1, or the bnb weight and its companions). */
-static uint64_t spec_src_bytes(const sq_st_model *st, const sq_tensor_spec *t) {
+static uint64_t spec_src_bytes(const sq_ckpt *st, const sq_tensor_spec *t) {
     uint64_t total = 0;
-    const sq_tensor_info *w = sq_st_model_find(st, t->name);
+    const sq_ckpt_tensor *w = sq_ckpt_find(st, t->name);
     if (!w) return 0;
     if (t->stored_quant == SQ_QUANT_NONE) return w->n_bytes;
     for (size_t k = 0; k < sizeof k_parts / sizeof k_parts[0]; k++) {
-        const sq_tensor_info *c = companion(st, t->name, k_parts[k]);
+        const sq_ckpt_tensor *c = companion(st, t->name, k_parts[k]);
         if (c) total += c->n_bytes;
     }
-    const sq_tensor_info *qs = companion(st, t->name, sq_bnb_quant_state_suffix(t->stored_quant));
+    const sq_ckpt_tensor *qs = companion(st, t->name, sq_bnb_quant_state_suffix(t->stored_quant));
     if (qs) total += qs->n_bytes;
     return total;
 }
@@ -164,7 +165,7 @@ static bool quantize_now(const sq_tensor_spec *t, const sq_quant_scheme *s) {
     return t->quantizable && t->stored_quant == SQ_QUANT_NONE && s->type != SQ_QUANT_NONE;
 }
 
-sq_status sq_load_stage_bytes(const sq_meta *m, const sq_st_model *st,
+sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
                               const sq_load_stage_desc *stage, const sq_load_options *o,
                               sq_load_bytes *out, sq_error *err) {
     memset(out, 0, sizeof *out);
@@ -176,14 +177,20 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_st_model *st,
     out->n_tensors = n;
     for (int i = 0; i < n; i++) {
         const sq_tensor_spec *t = sq_meta_tensor(m, idx[i]);
-        const sq_tensor_info *w = sq_st_model_find(st, t->name);
+        const sq_ckpt_tensor *w = sq_ckpt_find(st, t->name);
         if (!w) {
             free(idx);
             return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name, "not in the checkpoint");
         }
         out->src_bytes += spec_src_bytes(st, t);
         uint64_t ob = 0;
-        if (quantize_now(t, &s)) {
+        if (quantize_now(t, &s) && w->ggml_type >= 0 &&
+            (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)) {
+            /* re-quantized whole: the stored bytes + their float32 values + the 4-bit result */
+            ob = sq_size_4bit_bytes(t->n_elements, &s);
+            uint64_t tr = w->n_bytes + t->n_elements * 4;
+            if (tr > out->transient_bytes) out->transient_bytes = tr;
+        } else if (quantize_now(t, &s)) {
             ob = sq_size_4bit_bytes(t->n_elements, &s);
             size_t es = sq_dtype_size(w->dtype);
             uint64_t pe = piece_elements(budget, es, s.blocksize);
@@ -202,7 +209,8 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_st_model *st,
                 ob = sq_size_4bit_bytes(t->n_elements, &ss);
             }
         } else {
-            ob = w->n_bytes;
+            ob = t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8 && o->ggml_dense
+                     ? t->n_elements * 4 : w->n_bytes;
         }
         out->out_bytes += ob;
         if (ob > out->max_out_bytes) out->max_out_bytes = ob;
@@ -214,7 +222,7 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_st_model *st,
 static sq_status get_fd(loader *L, int file_index, const char *tensor, int *fd, sq_error *err) {
     if (file_index < 0 || (size_t)file_index >= L->n_files)
         return sq_error_set(err, SQ_ERR_INTERNAL, NULL, tensor, "bad file index %d", file_index);
-    const char *path = sq_st_model_file_path(L->st, (size_t)file_index);
+    const char *path = sq_ckpt_file_path(L->st, (size_t)file_index);
     if (L->fds[file_index] < 0) {
         int f = open(path, O_RDONLY | O_CLOEXEC);
         if (f < 0)
@@ -232,12 +240,12 @@ static sq_status get_fd(loader *L, int file_index, const char *tensor, int *fd, 
 }
 
 /* Reads bytes [off, off + n) of tensor `t` into dst, counting progress. */
-static sq_status read_range(loader *L, const sq_tensor_info *t, uint64_t off, uint64_t n,
+static sq_status read_range(loader *L, const sq_ckpt_tensor *t, uint64_t off, uint64_t n,
                             void *dst, const char *name, sq_error *err) {
     int fd = -1;
     sq_status rc = get_fd(L, t->file_index, name, &fd, err);
     if (rc != SQ_OK) return rc;
-    const char *path = sq_st_model_file_path(L->st, (size_t)t->file_index);
+    const char *path = sq_ckpt_file_path(L->st, (size_t)t->file_index);
     uint64_t pos = t->offset + off, done = 0, ticked = 0;
     while (done < n) {
         uint64_t want = n - done;
@@ -265,14 +273,113 @@ static sq_status read_range(loader *L, const sq_tensor_info *t, uint64_t off, ui
     return SQ_OK;
 }
 
-static void prefetch(loader *L, const sq_tensor_info *t, uint64_t off, uint64_t n) {
+static void prefetch(loader *L, const sq_ckpt_tensor *t, uint64_t off, uint64_t n) {
     if (t->file_index < 0 || (size_t)t->file_index >= L->n_files || L->fds[t->file_index] < 0)
         return;
     posix_fadvise(L->fds[t->file_index], (off_t)(t->offset + off), (off_t)n, POSIX_FADV_WILLNEED);
 }
 
-static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_tensor_info *w,
+static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                              const sq_qtensor *q, sq_error *err);
+
+/* The float32 values of a [rows, cols] weight stored in a ggml block format (*out malloc'd). */
+static sq_status load_ggml_dequantize(int type, const void *raw, int64_t rows, int64_t cols,
+                                      float **out, const char *name, sq_error *err) {
+    *out = NULL;
+    uint64_t row_bytes = 0, n = 0;
+    sq_status rc = sq_ggml_row_bytes(type, cols, &row_bytes, err);
+    if (rc != SQ_OK) return with_tensor(err, rc, name);
+    if (!sq_mul_u64((uint64_t)rows, (uint64_t)cols, &n) || !(*out = malloc((size_t)n * sizeof(float))))
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for %lld x %lld floats",
+                            (long long)rows, (long long)cols);
+    for (int64_t r = 0; r < rows; r++)
+        sq_ggml_dequantize_row((sq_ggml_type)type, (const uint8_t *)raw + (uint64_t)r * row_bytes,
+                               *out + (uint64_t)r * (uint64_t)cols, cols);
+    return SQ_OK;
+}
+
+/* Reads the whole of w (n_bytes, malloc'd into *out) and puts its rows in HF order. */
+static sq_status read_whole(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                            void **out, sq_error *err) {
+    *out = malloc(w->n_bytes ? (size_t)w->n_bytes : 1);
+    if (!*out)
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory for %llu bytes",
+                            (unsigned long long)w->n_bytes);
+    sq_status rc = read_range(L, w, 0, w->n_bytes, *out, t->name, err);
+    if (rc == SQ_OK && w->rope_heads > 0 && w->n_dims >= 1 && w->shape[0] > 0)
+        rc = sq_ckpt_unpermute_rows(w, *out, w->n_bytes / (uint64_t)w->shape[0], err);
+    if (rc != SQ_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+/* A weight kept in its ggml block format: the stored rows, in HF row order. */
+static sq_status load_ggml(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                           sq_load_item *item, sq_error *err) {
+    item->dtype = SQ_DTYPE_U8;
+    item->ggml_type = w->ggml_type;
+    item->n_dims = 2;
+    item->shape[0] = t->shape[0];
+    item->shape[1] = t->shape[1];
+    item->n_bytes = w->n_bytes;
+    item->src_bytes = w->n_bytes;
+    return read_whole(L, t, w, &item->data, err);
+}
+
+/* Re-quantizes a weight that cannot be read piece by piece (a ggml block format, or rows in
+ * llama.cpp's order): the whole tensor, its exact float32 values, then NF4 / FP4. */
+static sq_status load_quantize_whole(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                                     const sq_quant_scheme *s, sq_load_item *item, sq_error *err) {
+    void *raw = NULL;
+    sq_status rc = read_whole(L, t, w, &raw, err);
+    if (rc != SQ_OK) return rc;
+    sq_dtype src_dtype = w->dtype;
+    void *src = raw;
+    float *f32 = NULL;
+    if (w->ggml_type >= 0 && w->dtype == SQ_DTYPE_U8) {
+        rc = load_ggml_dequantize(w->ggml_type, raw, t->shape[0], t->shape[1], &f32, t->name, err);
+        src = f32;
+        src_dtype = SQ_DTYPE_F32;
+    }
+    item->is_4bit = true;
+    item->src_bytes = w->n_bytes;
+    sq_quant_scheme whole = *s;
+    whole.double_quant = false;   /* done by sq_qtensor_compress, as on the piece path */
+    if (rc == SQ_OK)
+        rc = sq_quant_4bit_from(src_dtype, src, t->shape[0], t->shape[1], &whole, L->o->pool,
+                                &item->q, err);
+    free(raw);
+    free(f32);
+    if (rc != SQ_OK) return with_tensor(err, rc, t->name);
+    rc = check_absmax(L, t, w, &item->q, err);
+    if (rc == SQ_OK && s->double_quant) {   /* the absmax into a double-quant tensor, compressed */
+        sq_qtensor dq;
+        rc = sq_qtensor_init(&dq, s, t->shape[0], t->shape[1], src_dtype, err);
+        if (rc == SQ_OK) {
+            memcpy(dq.packed, item->q.packed, (size_t)sq_size_4bit_packed_bytes(t->n_elements));
+            memcpy(dq.absmax, item->q.absmax, (size_t)item->q.n_blocks * sizeof(float));
+            sq_qtensor_free(&item->q);
+            item->q = dq;
+            rc = sq_qtensor_compress(&item->q, err);
+        }
+        if (rc != SQ_OK) rc = with_tensor(err, rc, t->name);
+    }
+    return rc;
+}
+
+static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
                             sq_load_item *item, sq_error *err) {
+    if (w->rope_heads > 0) {   /* rows to put back in order: the whole tensor at once */
+        item->dtype = w->dtype;
+        item->n_dims = t->n_dims;
+        item->shape[0] = t->shape[0];
+        item->shape[1] = t->n_dims > 1 ? t->shape[1] : 0;
+        item->n_bytes = w->n_bytes;
+        item->src_bytes = w->n_bytes;
+        return read_whole(L, t, w, &item->data, err);
+    }
     item->dtype = w->dtype;
     item->n_dims = t->n_dims;
     item->shape[0] = t->shape[0];
@@ -290,7 +397,7 @@ static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_tensor_
  * the next chunk. */
 typedef struct gpu_read_ctx {
     loader *L;
-    const sq_tensor_info *w;
+    const sq_ckpt_tensor *w;
     const char *name;
 } gpu_read_ctx;
 
@@ -305,13 +412,13 @@ static sq_status gpu_read(void *ctx, uint64_t off, uint64_t n, void *dst, sq_err
 }
 
 /* Every absmax finite, else SQ_ERR_FORMAT naming the block (bnb would store a NaN absmax). */
-static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_tensor_info *w,
+static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
                               const sq_qtensor *q, sq_error *err) {
     const uint64_t n = q->n_elements, B = (uint64_t)q->blocksize;
     for (uint64_t b = 0; b < q->n_blocks; b++)
         if (!isfinite(q->absmax[b])) {
             uint64_t e0 = b * B, e1 = e0 + B < n ? e0 + B : n;
-            return sq_error_set(err, SQ_ERR_FORMAT, sq_st_model_file_path(L->st, (size_t)w->file_index),
+            return sq_error_set(err, SQ_ERR_FORMAT, sq_ckpt_file_path(L->st, (size_t)w->file_index),
                                 t->name, "block %llu (elements %llu..%llu, row %llu) holds NaN or "
                                 "Inf: the checkpoint is corrupt", (unsigned long long)b,
                                 (unsigned long long)e0, (unsigned long long)(e1 - 1),
@@ -320,7 +427,7 @@ static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_tenso
     return SQ_OK;
 }
 
-static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_tensor_info *w,
+static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
                                const sq_quant_scheme *s, sq_load_item *item, sq_error *err) {
     if (w->dtype != SQ_DTYPE_BF16 && w->dtype != SQ_DTYPE_F16 && w->dtype != SQ_DTYPE_F32)
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
@@ -335,7 +442,7 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_tens
     if (L->gpu) {
         gpu_read_ctx c = {.L = L, .w = w, .name = t->name};
         rc = load_gpu_quantize(L->gpu, w->dtype, gpu_read, &c, q,
-                               sq_st_model_file_path(L->st, (size_t)w->file_index), t->name, err);
+                               sq_ckpt_file_path(L->st, (size_t)w->file_index), t->name, err);
         if (rc == SQ_OK) rc = check_absmax(L, t, w, q, err);
         if (rc == SQ_OK) rc = sq_qtensor_compress(q, err);
         return rc == SQ_OK || rc == SQ_ERR_FORMAT || rc == SQ_ERR_CUDA || rc == SQ_ERR_IO
@@ -382,7 +489,7 @@ static bool same_table(const float *stored, const float *want, int n, int *bad) 
 
 static sq_status read_part(loader *L, const sq_tensor_spec *t, const char *suffix, sq_dtype dtype,
                            uint64_t n_bytes, void *dst, uint64_t *src, sq_error *err) {
-    const sq_tensor_info *c = companion(L->st, t->name, suffix);
+    const sq_ckpt_tensor *c = companion(L->st, t->name, suffix);
     if (!c || c->dtype != dtype || c->n_bytes != n_bytes)
         return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name,
                             "pre-quantized weight: '%s%s' is missing or not %s of %llu bytes",
@@ -397,7 +504,7 @@ static sq_status load_prequant(loader *L, const sq_tensor_spec *t, const sq_quan
     memset(q, 0, sizeof *q);
     const sq_quant_type type = t->stored_quant;
     const char *qs_suffix = sq_bnb_quant_state_suffix(type);
-    const sq_tensor_info *qs = companion(L->st, t->name, qs_suffix);
+    const sq_ckpt_tensor *qs = companion(L->st, t->name, qs_suffix);
     if (!qs || qs->dtype != SQ_DTYPE_U8 || qs->n_bytes == 0 || qs->n_bytes > MAX_QUANT_STATE_BYTES)
         return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name,
                             "pre-quantized weight: no usable '%s%s'", t->name, qs_suffix);
@@ -507,15 +614,34 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
     item->tensor = ti;
     item->spec = t;
     item->tied_head = t->role == SQ_ROLE_EMBED && !L->stage->has_embed;
-    const sq_tensor_info *w = sq_st_model_find(L->st, t->name);
+    item->ggml_type = -1;
+    const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
     if (!w) return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name, "not in the checkpoint");
     const sq_quant_scheme s = effective_scheme(L->o);
     if (t->stored_quant != SQ_QUANT_NONE) return load_prequant(L, t, &s, item, err);
-    if (quantize_now(t, &s)) return load_quantize(L, t, w, &s, item, err);
+    if (quantize_now(t, &s))
+        return w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)
+                   ? load_quantize_whole(L, t, w, &s, item, err)
+                   : load_quantize(L, t, w, &s, item, err);
+    const bool blocks = t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8;
+    if (blocks && L->o->ggml_dense) {
+        sq_status rc = load_ggml(L, t, w, item, err);
+        float *f32 = NULL;
+        if (rc == SQ_OK)
+            rc = load_ggml_dequantize(w->ggml_type, item->data, t->shape[0], t->shape[1], &f32,
+                                      t->name, err);
+        free(item->data);
+        item->data = f32;
+        item->ggml_type = -1;
+        item->dtype = SQ_DTYPE_F32;
+        item->n_bytes = t->n_elements * 4;
+        return rc;
+    }
+    if (blocks) return load_ggml(L, t, w, item, err);
     return load_dense(L, t, w, item, err);
 }
 
-sq_status sq_load_stage(const sq_st_model *st, const sq_meta *m, const sq_load_stage_desc *stage,
+sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage_desc *stage,
                         const sq_load_options *o, sq_load_consumer_fn consumer, void *user,
                         sq_load_stats *stats, sq_error *err) {
     if (stats) memset(stats, 0, sizeof *stats);
@@ -546,7 +672,7 @@ sq_status sq_load_stage(const sq_st_model *st, const sq_meta *m, const sq_load_s
     load_prog_start(&L.prog, o ? o : &none, rc == SQ_OK ? bytes.src_bytes : 0);
     double t0 = sq_now_s();
     if (rc == SQ_OK) {
-        L.n_files = sq_st_model_n_files(st);
+        L.n_files = sq_ckpt_n_files(st);
         L.fds = malloc((L.n_files ? L.n_files : 1) * sizeof *L.fds);
         L.staging_cap = use_gpu ? 0 : bytes.staging_bytes;
         L.staging = L.staging_cap ? malloc((size_t)L.staging_cap) : NULL;

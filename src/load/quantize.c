@@ -305,7 +305,8 @@ static const char *const k_copied[] = {
 };
 
 /* rank 0: index, config.json, the copied files; then checks every rank's shard is visible */
-static sq_status write_folder_files(const sq_quantize_options *o, const char *tmp, int size,
+static sq_status write_folder_files(const sq_quantize_options *o, const sq_model_config *cfg,
+                                    const char *tmp, int size,
                                     const sq_quant_scheme *scheme, index_entry *e, size_t n_e,
                                     uint64_t total_size, sq_error *err) {
     char src[PATH_BYTES], dst[PATH_BYTES];
@@ -320,7 +321,14 @@ static sq_status write_folder_files(const sq_quantize_options *o, const char *tm
     out = NULL;
     if (rc != SQ_OK) return rc;
     join(src, o->model_dir, "config.json");
-    rc = read_file(src, SQ_CONFIG_MAX_FILE_BYTES, &text, &len, err);
+    /* the folder's own config.json (every field kept), else one made from the config (a
+     * checkpoint whose config comes from elsewhere, e.g. a GGUF's metadata) */
+    if (access(src, F_OK) == 0) {
+        rc = read_file(src, SQ_CONFIG_MAX_FILE_BYTES, &text, &len, err);
+    } else {
+        rc = sq_config_to_json(cfg, &text, err);
+        len = text ? strlen(text) : 0;
+    }
     if (rc == SQ_OK)
         rc = bnb_config_json(text, len, src, scheme, o->compute_dtype ? o->compute_dtype : "bfloat16",
                              &out, err);
@@ -379,7 +387,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     MPI_Comm_size(comm, &size);
     if (err) err->rank = rank;
     if (res) memset(res, 0, sizeof *res);
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     sq_meta *meta = NULL;
     sq_plan *plan = NULL;
     sq_pool *pool = NULL;
@@ -393,11 +401,11 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     sq_status rc = (!o || !o->model_dir || !o->out_dir)
                        ? sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "quantize: no model or --out")
                        : SQ_OK;
-    if (rc == SQ_OK) rc = sq_st_model_open(o->model_dir, &st, err);
+    if (rc == SQ_OK) rc = sq_ckpt_open(o->model_dir, &st, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
     /* the skeleton: rank 0 reads config + headers, every rank gets the same bytes */
-    rc = sq_meta_read_bcast(comm, 0, o->model_dir, st, &meta, err);
+    rc = sq_meta_read_bcast(comm, 0, st, &meta, err);
     if (rc != SQ_OK) goto out;
 
     /* the scheme: a pre-quantized input keeps its own */
@@ -416,6 +424,10 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
                               stored.double_quant ? ", double quant" : "");
         scheme = stored;
     }
+    if (rc == SQ_OK && !prequant && sq_meta_n_stored_ggml(meta) > 0 && rank == 0)
+        sq_logf(&log, SQ_LOG_WARN, "re-quantizing a GGUF's weights to %s compounds their "
+                "quantization error (`shardq run` runs them as stored)",
+                sq_quant_type_name(scheme.type));
     int qdev = -1;
     if (rc == SQ_OK && !prequant) rc = choose_quant_device(comm, rank, size, o, &qdev, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
@@ -462,6 +474,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     lo.progress_interval_s = o->progress_interval_s;
     lo.log = log;
     lo.quant_device = qdev;
+    lo.ggml_dense = true;   /* a safetensors folder holds no ggml blocks: their exact values */
     sq_load_stage_desc stage = sq_load_stage_from_plan(&plan->stages[rank]);
     sq_load_stats stats;
     double t0 = sq_now_s();
@@ -536,7 +549,8 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
             }
         }
         if (rc == SQ_OK)
-            rc = write_folder_files(o, tmp, size, &scheme, e, n_e, sm_all[1], err);
+            rc = write_folder_files(o, sq_meta_config(meta), tmp, size, &scheme, e, n_e,
+                                    sm_all[1], err);
         if (rc == SQ_OK) rc = rename_into_place(o, tmp, pid0, err);
         if (rc == SQ_OK) tmp_made = false;
         free(e);
@@ -573,6 +587,6 @@ out:
     free(sc.names);
     sq_plan_destroy(plan);
     sq_meta_destroy(meta);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
     return rc;
 }

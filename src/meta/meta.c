@@ -46,6 +46,8 @@ static void add_tensor(builder *b, int module, const char *name, sq_tensor_role 
     t->stored_quant = SQ_QUANT_NONE;
     t->stored_double_quant = false;
     t->stored_blocksize = 0;
+    t->stored_ggml = -1;
+    t->stored_bytes = 0;
     m->modules[module].n_tensors++;
 }
 
@@ -195,6 +197,7 @@ uint64_t sq_meta_tensor_bytes(const sq_meta *m, int tensor, const sq_quant_schem
     SQ_ASSERT(tensor >= 0 && tensor < m->n_tensors && s);
     const sq_tensor_spec *t = &m->tensors[tensor];
     if (t->quantizable && s->type != SQ_QUANT_NONE) return sq_size_4bit_bytes(t->n_elements, s);
+    if (t->stored_ggml >= 0) return t->stored_bytes;
     return sq_size_dense_bytes(t->n_elements, s->dense_dtype);
 }
 
@@ -216,6 +219,12 @@ uint64_t sq_meta_total_bytes(const sq_meta *m, const sq_quant_scheme *s) {
         if (!sq_add_u64(total, b, &total)) return UINT64_MAX;
     }
     return total;
+}
+
+int sq_meta_n_stored_ggml(const sq_meta *m) {
+    int n = 0;
+    for (int i = 0; i < m->n_tensors; i++) n += m->tensors[i].stored_ggml >= 0;
+    return n;
 }
 
 sq_status sq_meta_stored_scheme(const sq_meta *m, sq_quant_scheme *out, sq_error *err) {

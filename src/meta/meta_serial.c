@@ -120,6 +120,8 @@ static void put_body(writer *w, const sq_meta *m, uint32_t total) {
         put_u32(w, (uint32_t)t->stored_quant);
         put_u8(w, t->stored_double_quant);
         put_i64(w, t->stored_blocksize);
+        put_u32(w, (uint32_t)t->stored_ggml);
+        put_u64(w, t->stored_bytes);
     }
 }
 
@@ -308,6 +310,8 @@ sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **ou
         uint32_t sq = get_u32(&r);
         bool sdq = get_bool(&r);
         int64_t sbs = get_i64(&r);
+        int32_t sgg = (int32_t)get_u32(&r);
+        uint64_t sgb = get_u64(&r);
         if (r.bad || memcmp(name, t->name, sizeof name) != 0 || role != (uint32_t)t->role ||
             module != (uint32_t)t->module || layer != t->layer ||
             n_dims != (uint32_t)t->n_dims || s0 != t->shape[0] || s1 != t->shape[1] ||
@@ -322,6 +326,13 @@ sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **ou
         else
             stored_ok = sq <= SQ_QUANT_FP4 && quantizable && dtype == SQ_DTYPE_U8 && sbs >= 32 &&
                         sbs <= 4096 && (sbs & (sbs - 1)) == 0;
+        if (sgg < 0) stored_ok = stored_ok && sgg == -1 && sgb == 0;
+        else stored_ok = stored_ok && sq == SQ_QUANT_NONE && sgg < 64 && sgb > 0 &&
+                         sgb <= t->n_elements * 4 &&
+                         (dtype == SQ_DTYPE_U8 ? sgg != 0 && sgg != 1 && sgg != 30
+                                               : (sgg == 0 && dtype == SQ_DTYPE_F32) ||
+                                                 (sgg == 1 && dtype == SQ_DTYPE_F16) ||
+                                                 (sgg == 30 && dtype == SQ_DTYPE_BF16));
         if (!dtype_ok || !stored_ok) {
             st = BAD("tensor '%s': invalid dtype / pre-quantized fields", t->name);
             goto fail;
@@ -330,6 +341,8 @@ sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **ou
         t->stored_quant = (sq_quant_type)sq;
         t->stored_double_quant = sdq;
         t->stored_blocksize = sbs;
+        t->stored_ggml = sgg;
+        t->stored_bytes = sgb;
     }
     if (r.pos != r.n) {
         st = BAD("%zu trailing bytes after the specs", r.n - r.pos);
@@ -462,21 +475,20 @@ sq_status sq_meta_bcast(MPI_Comm comm, int root, sq_meta **m, sq_error *err) {
     return SQ_OK;
 }
 
-sq_status sq_meta_read_bcast(MPI_Comm comm, int root, const char *model_dir,
-                             const sq_st_model *st, sq_meta **m, sq_error *err) {
+sq_status sq_meta_read_bcast(MPI_Comm comm, int root, const sq_ckpt *ck, sq_meta **m,
+                             sq_error *err) {
     *m = NULL;
     int rank = 0;
     if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS)
         return sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Comm_rank failed");
     if (rank == root) {
         sq_model_config cfg;
-        sq_status rc = (!model_dir || !st)
-                           ? sq_error_set(err, SQ_ERR_INVALID, model_dir, NULL,
-                                          "no model folder or checkpoint to read the skeleton from")
-                           : sq_config_load(model_dir, &cfg, err);
+        sq_status rc = !ck ? sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                          "no checkpoint to read the skeleton from")
+                           : sq_ckpt_config(ck, &cfg, err);
         if (rc == SQ_OK) rc = sq_meta_create(&cfg, m, err);
         /* sq_meta_validate records the checkpoint's dtypes: it needs a mutable skeleton */
-        if (rc == SQ_OK) rc = sq_meta_validate(*m, st, err);
+        if (rc == SQ_OK) rc = sq_meta_validate(*m, ck, err);
         if (rc != SQ_OK) {
             sq_meta_destroy(*m);
             *m = NULL;

@@ -21,13 +21,13 @@ typedef struct problem_list {
     int shown;
     char text[LIST_BUDGET + 64];
     size_t used;
-    const sq_tensor_info *first;   /* the first one's tensor in the checkpoint, if any */
+    const sq_ckpt_tensor *first;   /* the first one's tensor in the checkpoint, if any */
     char first_name[96];
 } problem_list;
 
-static void note(problem_list *l, const char *name, const sq_tensor_info *info,
+static void note(problem_list *l, const char *name, const sq_ckpt_tensor *info,
                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void note(problem_list *l, const char *name, const sq_tensor_info *info,
+static void note(problem_list *l, const char *name, const sq_ckpt_tensor *info,
                  const char *fmt, ...) {
     if (l->n++ == 0) {
         l->first = info;
@@ -61,18 +61,18 @@ static bool is_float(sq_dtype d) {
     return d == SQ_DTYPE_F32 || d == SQ_DTYPE_F16 || d == SQ_DTYPE_BF16;
 }
 
-static bool shape_is(const sq_tensor_info *t, int n_dims, int64_t d0, int64_t d1) {
+static bool shape_is(const sq_ckpt_tensor *t, int n_dims, int64_t d0, int64_t d1) {
     if (t->n_dims != n_dims) return false;
     if (n_dims >= 1 && t->shape[0] != d0) return false;
     if (n_dims >= 2 && t->shape[1] != d1) return false;
     return true;
 }
 
-static const sq_tensor_info *find_suffixed(const sq_st_model *st, const char *base,
+static const sq_ckpt_tensor *find_suffixed(const sq_ckpt *st, const char *base,
                                            const char *suffix) {
     char name[256];
     if (snprintf(name, sizeof name, "%s%s", base, suffix) >= (int)sizeof name) return NULL;
-    return sq_st_model_find(st, name);
+    return sq_ckpt_find(st, name);
 }
 
 /* The result of checking one quantizable weight stored as U8: stored_* set on success, else
@@ -83,8 +83,8 @@ typedef struct prequant {
     int64_t blocksize;
 } prequant;
 
-static bool check_prequant(const sq_st_model *st, const sq_tensor_spec *t,
-                           const sq_tensor_info *w, prequant *out, char *why, size_t why_n) {
+static bool check_prequant(const sq_ckpt *st, const sq_tensor_spec *t,
+                           const sq_ckpt_tensor *w, prequant *out, char *why, size_t why_n) {
     const uint64_t n = t->n_elements;
     if (!shape_is(w, 2, (int64_t)sq_size_4bit_packed_bytes(n), 1)) {
         char s[64];
@@ -93,10 +93,10 @@ static bool check_prequant(const sq_st_model *st, const sq_tensor_spec *t,
                  (unsigned long long)sq_size_4bit_packed_bytes(n));
         return false;
     }
-    const sq_tensor_info *nf4 = find_suffixed(st, t->name, ".quant_state.bitsandbytes__nf4");
-    const sq_tensor_info *fp4 = find_suffixed(st, t->name, ".quant_state.bitsandbytes__fp4");
-    const sq_tensor_info *absmax = find_suffixed(st, t->name, ".absmax");
-    const sq_tensor_info *qmap = find_suffixed(st, t->name, ".quant_map");
+    const sq_ckpt_tensor *nf4 = find_suffixed(st, t->name, ".quant_state.bitsandbytes__nf4");
+    const sq_ckpt_tensor *fp4 = find_suffixed(st, t->name, ".quant_state.bitsandbytes__fp4");
+    const sq_ckpt_tensor *absmax = find_suffixed(st, t->name, ".absmax");
+    const sq_ckpt_tensor *qmap = find_suffixed(st, t->name, ".quant_map");
     if ((nf4 != NULL) == (fp4 != NULL)) {
         snprintf(why, why_n, " (U8 4-bit weight needs exactly one .quant_state.bitsandbytes__nf4 "
                              "or __fp4)");
@@ -106,7 +106,7 @@ static bool check_prequant(const sq_st_model *st, const sq_tensor_spec *t,
         snprintf(why, why_n, " (U8 4-bit weight lacks .%s)", absmax ? "quant_map" : "absmax");
         return false;
     }
-    const sq_tensor_info *qs = nf4 ? nf4 : fp4;
+    const sq_ckpt_tensor *qs = nf4 ? nf4 : fp4;
     out->type = nf4 ? SQ_QUANT_NF4 : SQ_QUANT_FP4;
     if (qs->dtype != SQ_DTYPE_U8 || qs->n_dims != 1 || qs->n_bytes == 0 ||
         qs->n_bytes > MAX_QUANT_STATE_BYTES) {
@@ -115,7 +115,7 @@ static bool check_prequant(const sq_st_model *st, const sq_tensor_spec *t,
         return false;
     }
     /* the blob: {"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [o, i], …} */
-    const void *bytes = sq_st_model_data(st, qs);
+    const void *bytes = sq_ckpt_data(st, qs);
     cJSON *j = bytes ? cJSON_ParseWithLength(bytes, (size_t)qs->n_bytes) : NULL;
     const cJSON *qt = cJSON_GetObjectItemCaseSensitive(j, "quant_type");
     const cJSON *bs = cJSON_GetObjectItemCaseSensitive(j, "blocksize");
@@ -151,8 +151,8 @@ static bool check_prequant(const sq_st_model *st, const sq_tensor_spec *t,
                  (unsigned long long)nb, (long long)blocksize);
         return false;
     }
-    const sq_tensor_info *nabs = find_suffixed(st, t->name, ".nested_absmax");
-    const sq_tensor_info *nmap = find_suffixed(st, t->name, ".nested_quant_map");
+    const sq_ckpt_tensor *nabs = find_suffixed(st, t->name, ".nested_absmax");
+    const sq_ckpt_tensor *nmap = find_suffixed(st, t->name, ".nested_quant_map");
     if (out->double_quant) {
         uint64_t nn = sq_ceil_div_u64(nb, SQ_BNB_NESTED_BLOCKSIZE);
         if (!nabs || nabs->dtype != SQ_DTYPE_F32 || !shape_is(nabs, 1, (int64_t)nn, 0) ||
@@ -180,12 +180,14 @@ static bool ends_with(const char *s, const char *suffix, size_t *base_len) {
     return true;
 }
 
-sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err) {
+sq_status sq_meta_validate(sq_meta *m, const sq_ckpt *st, sq_error *err) {
     if (!m || !st) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "no skeleton or model");
     char folder[512] = ".";
-    if (sq_st_model_n_files(st) > 0) {
+    if (sq_ckpt_format_of(st) == SQ_CKPT_GGUF) {
+        snprintf(folder, sizeof folder, "%s", sq_ckpt_path(st));
+    } else if (sq_ckpt_n_files(st) > 0) {
         char tmp[512];
-        snprintf(tmp, sizeof tmp, "%s", sq_st_model_file_path(st, 0));
+        snprintf(tmp, sizeof tmp, "%s", sq_ckpt_file_path(st, 0));
         snprintf(folder, sizeof folder, "%s", dirname(tmp));
     }
     /* the new per-tensor facts, applied only if everything matches */
@@ -197,12 +199,12 @@ sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err) {
                  bad = {.label = "mis-shaped"};
     for (int i = 0; i < m->n_tensors; i++) {
         sq_tensor_spec *t = &next[i];
-        const sq_tensor_info *info = sq_st_model_find(st, t->name);
+        const sq_ckpt_tensor *info = sq_ckpt_find(st, t->name);
         if (!info) {
             note(&missing, t->name, NULL, NULL);
             continue;
         }
-        if (t->quantizable && info->dtype == SQ_DTYPE_U8) {
+        if (t->quantizable && info->dtype == SQ_DTYPE_U8 && info->ggml_type < 0) {
             prequant pq = {0};
             char why[256] = "";
             if (!check_prequant(st, t, info, &pq, why, sizeof why)) {
@@ -213,6 +215,25 @@ sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err) {
             t->stored_quant = pq.type;
             t->stored_double_quant = pq.double_quant;
             t->stored_blocksize = pq.blocksize;
+            continue;
+        }
+        if (info->ggml_type >= 0 && !is_float(info->dtype)) {   /* a ggml block format */
+            bool matrix = t->n_dims == 2 && (t->quantizable || t->role == SQ_ROLE_EMBED ||
+                                             t->role == SQ_ROLE_LM_HEAD);
+            if (!matrix || !shape_is(info, t->n_dims, t->shape[0], t->shape[1])) {
+                char got[96], want[96];
+                shape_str(got, sizeof got, info->n_dims, info->shape);
+                shape_str(want, sizeof want, t->n_dims, t->shape);
+                note(&bad, t->name, info, " %s ggml type %d, want %s%s", got, info->ggml_type, want,
+                     matrix ? "" : " F32/F16/BF16");
+                continue;
+            }
+            t->dtype = SQ_DTYPE_U8;
+            t->stored_quant = SQ_QUANT_NONE;
+            t->stored_double_quant = false;
+            t->stored_blocksize = 0;
+            t->stored_ggml = info->ggml_type;
+            t->stored_bytes = info->n_bytes;
             continue;
         }
         if (!is_float(info->dtype) || !shape_is(info, t->n_dims, t->shape[0], t->shape[1])) {
@@ -227,11 +248,13 @@ sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err) {
         t->stored_quant = SQ_QUANT_NONE;
         t->stored_double_quant = false;
         t->stored_blocksize = 0;
+        t->stored_ggml = info->ggml_type;   /* a GGUF's F32 / F16 / BF16: kept as stored too */
+        t->stored_bytes = info->ggml_type >= 0 ? info->n_bytes : 0;
     }
 
     const sq_model_config *c = &m->cfg;
-    for (size_t i = 0; i < sq_st_model_n_tensors(st); i++) {
-        const sq_tensor_info *info = sq_st_model_tensor(st, i);
+    for (size_t i = 0; i < sq_ckpt_n_tensors(st); i++) {
+        const sq_ckpt_tensor *info = sq_ckpt_tensor_at(st, i);
         const char *name = info->name;
         if (sq_meta_find(m, name) >= 0) continue;
         size_t base_len = 0;
@@ -288,8 +311,8 @@ sq_status sq_meta_validate(sq_meta *m, const sq_st_model *st, sq_error *err) {
     if (total == 1) {
         problem_list *l = missing.n ? &missing : unexpected.n ? &unexpected : &bad;
         tensor = l->first_name;
-        if (l->first && (size_t)l->first->file_index < sq_st_model_n_files(st))
-            file = sq_st_model_file_path(st, (size_t)l->first->file_index);
+        if (l->first && (size_t)l->first->file_index < sq_ckpt_n_files(st))
+            file = sq_ckpt_file_path(st, (size_t)l->first->file_index);
     }
     return sq_error_set(err, SQ_ERR_FORMAT, file, tensor, "%s", msg);
 }

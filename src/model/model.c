@@ -355,6 +355,36 @@ sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, con
     return SQ_OK;
 }
 
+sq_status sq_stage_set_ggml(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
+                            int ggml_type, const void *data, uint64_t n_bytes, sq_error *err) {
+    if (!s || !data) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "stage: NULL argument");
+    sq_status st = check_target(s, role, layer, name, err);
+    if (st != SQ_OK) return st;
+    bool matrix = role == SQ_ROLE_EMBED || role == SQ_ROLE_LM_HEAD ||
+                  (layer_slot(role) >= 0 && is_linear(layer_slot(role)));
+    if (!matrix)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
+                            "stage: %s cannot be a ggml block weight (only matrices are)",
+                            sq_stage_role_name(role));
+    int64_t rows, cols;
+    int nd;
+    expected_shape(s, role, &rows, &cols, &nd);
+    uint64_t row_bytes = 0;
+    st = sq_ggml_row_bytes(ggml_type, cols, &row_bytes, err);
+    if (st != SQ_OK) return st;
+    if (row_bytes * (uint64_t)rows != n_bytes)
+        return sq_error_set(err, SQ_ERR_FORMAT, NULL, name,
+                            "stage: %s holds %llu bytes of %s, [%lld, %lld] needs %llu",
+                            sq_stage_role_name(role), (unsigned long long)n_bytes,
+                            sq_ggml_type_name(ggml_type), (long long)rows, (long long)cols,
+                            (unsigned long long)(row_bytes * (uint64_t)rows));
+    sq_weight *w = NULL;
+    st = sq_backend_weight_ggml(s->be, name, (sq_ggml_type)ggml_type, data, rows, cols, &w, err);
+    if (st != SQ_OK) return st;
+    install(s, role, layer, w);
+    return SQ_OK;
+}
+
 sq_status sq_stage_check_ready(const sq_stage *s, sq_error *err) {
     if (!s) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "stage: NULL handle");
     int missing = 0;

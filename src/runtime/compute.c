@@ -11,20 +11,20 @@
 
 /* ---- opening a folder ------------------------------------------------------------------------ */
 
-sq_status sq_runtime_open_model(const char *model_dir, sq_st_model **st, sq_meta **m,
+sq_status sq_runtime_open_model(const char *model_dir, sq_ckpt **st, sq_meta **m,
                                 sq_quant_scheme *stored, sq_error *err) {
     *st = NULL;
     *m = NULL;
     sq_model_config cfg;
-    sq_status rc = sq_config_load(model_dir, &cfg, err);
-    if (rc == SQ_OK) rc = sq_st_model_open(model_dir, st, err);
+    sq_status rc = sq_ckpt_open(model_dir, st, err);
+    if (rc == SQ_OK) rc = sq_ckpt_config(*st, &cfg, err);
     if (rc == SQ_OK) rc = sq_meta_create(&cfg, m, err);
     if (rc == SQ_OK) rc = sq_meta_validate(*m, *st, err);
     sq_quant_scheme s;
     if (rc == SQ_OK) rc = sq_meta_stored_scheme(*m, &s, err);
     if (rc != SQ_OK) {
         sq_meta_destroy(*m);
-        sq_st_model_close(*st);
+        sq_ckpt_close(*st);
         *m = NULL;
         *st = NULL;
         return rc;
@@ -47,6 +47,9 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
                             "the loader handed a tensor this stage does not hold");
     /* 4-bit weights of any input width stay 4-bit: both backends take every row length */
     if (it->is_4bit) return sq_stage_set_4bit(c->s, t->role, t->layer, t->name, &it->q, err);
+    if (it->ggml_type >= 0)   /* a weight kept in its ggml block format */
+        return sq_stage_set_ggml(c->s, t->role, t->layer, t->name, it->ggml_type, it->data,
+                                 it->n_bytes, err);
     return sq_stage_set_dense(c->s, t->role, t->layer, t->name, it->dtype, it->data, it->n_dims,
                               it->shape, err);
 }
@@ -78,7 +81,7 @@ sq_status sq_runtime_create_stage(sq_backend *be, const sq_meta *m,
     return sq_stage_create(be, &sp, out, err);
 }
 
-sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_meta *m,
+sq_status sq_runtime_load_weights(sq_stage *s, const sq_ckpt *st, const sq_meta *m,
                                   const sq_runtime_stage_params *p, sq_load_stats *stats,
                                   sq_error *err) {
     if (!s || !st || !m || !p)
@@ -109,7 +112,7 @@ sq_status sq_runtime_load_weights(sq_stage *s, const sq_st_model *st, const sq_m
     return sq_stage_check_ready(s, err);
 }
 
-sq_status sq_runtime_load_stage(sq_backend *be, const sq_st_model *st, const sq_meta *m,
+sq_status sq_runtime_load_stage(sq_backend *be, const sq_ckpt *st, const sq_meta *m,
                                 const sq_runtime_stage_params *p, sq_stage **out,
                                 sq_load_stats *stats, sq_error *err) {
     sq_stage *s = NULL;

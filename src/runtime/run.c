@@ -410,7 +410,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if (must_abort) *must_abort = false;
     if (err) err->rank = rank;
     sq_log log = o ? o->log : (sq_log){0};
-    sq_st_model *st = NULL;
+    sq_ckpt *st = NULL;
     sq_meta *meta = NULL;
     sq_plan *plan = NULL;
     sq_backend *be = NULL;
@@ -434,9 +434,9 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if ((rc = choose_exec(comm, rank, size, o, &ex, err)) != SQ_OK) goto out;
     /* 1. the skeleton: every rank opens the files (its loader reads through them); rank 0
      * reads config.json and checks the headers; every rank gets the same skeleton */
-    if (rc == SQ_OK) rc = sq_st_model_open(o->model_dir, &st, err);
+    if (rc == SQ_OK) rc = sq_ckpt_open(o->model_dir, &st, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
-    rc = sq_meta_read_bcast(comm, 0, o->model_dir, st, &meta, err);
+    rc = sq_meta_read_bcast(comm, 0, st, &meta, err);
     if (rc != SQ_OK) goto out;
     const sq_model_config *cfg = sq_meta_config(meta);
 
@@ -465,6 +465,15 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
                               stored.double_quant ? ", double quant" : "");
         if (!dequant) scheme = stored;
         else scheme.type = SQ_QUANT_NONE;
+    }
+    /* weights stored in ggml block formats (a GGUF) run as stored unless the user asks for
+     * NF4 / FP4, which re-quantizes their exact values (and compounds the rounding) */
+    if (rc == SQ_OK && !prequant && sq_meta_n_stored_ggml(meta) > 0) {
+        if (!o->scheme_given) scheme.type = SQ_QUANT_NONE;
+        else if (scheme.type != SQ_QUANT_NONE && rank == 0)
+            sq_logf(&log, SQ_LOG_WARN, "re-quantizing a GGUF's weights to %s compounds their "
+                    "quantization error (leave out --quant to run them as stored)",
+                    sq_quant_type_name(scheme.type));
     }
     if (rc == SQ_OK && scheme.type != SQ_QUANT_NONE) rc = sq_quant_scheme_check(&scheme, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
@@ -529,7 +538,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     rc = sq_runtime_load_weights(stage, st, meta, &sp, &ls, err);
     double load_s = sq_now_s() - t0;
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
-    sq_st_model_close(st);   /* the weights are in the stage now */
+    sq_ckpt_close(st);   /* the weights are in the stage now */
     st = NULL;
 
     /* 8. the adapter (+ kept logits), the receive buffer for them, then the transport */
@@ -680,7 +689,7 @@ out:
     sq_backend_destroy(be);
     sq_plan_destroy(plan);
     sq_meta_destroy(meta);
-    sq_st_model_close(st);
+    sq_ckpt_close(st);
     free(infos);
     free(logits_all);
     free(kept_n);

@@ -452,6 +452,9 @@ static sq_status parse_pre(ctx *c, const cJSON *p) {
         if (get_bool(p, "invert", false)) return unsupported(c, "Split option", "invert");
         op->kind = SQ_PRE_SPLIT;
         op->split = (sq_split_kind)k;
+    } else if (!strcmp(type, "Digits")) {
+        op->kind = SQ_PRE_SPLIT;
+        op->split = get_bool(p, "individual_digits", false) ? SQ_SPLIT_DIGITS : SQ_SPLIT_DIGIT_RUNS;
     } else if (!strcmp(type, "ByteLevel")) {
         op->kind = SQ_PRE_BYTELEVEL;
         op->add_prefix_space = get_bool(p, "add_prefix_space", true);

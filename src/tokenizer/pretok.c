@@ -305,6 +305,14 @@ bool sq_pretok_regex_split(sq_split_kind kind, const char *s, size_t n, sq_piece
         switch (kind) {
         case SQ_SPLIT_GPT2: e = match_gpt2(&t, i); break;
         case SQ_SPLIT_LLAMA3: e = match_llama3(&t, i, 3); break;
+        case SQ_SPLIT_DIGITS:
+        case SQ_SPLIT_DIGIT_RUNS: {
+            bool num = sq_uni_is_number(c[i]);
+            e = i + 1;
+            if (!num || kind == SQ_SPLIT_DIGIT_RUNS)
+                while (e < m && sq_uni_is_number(c[e]) == num) e++;
+            break;
+        }
         default: e = match_llama3(&t, i, 1); break;
         }
         if (e <= i) e = i + 1; /* every character matches some alternative; be safe */

@@ -53,7 +53,11 @@ typedef struct sq_tok_norm {
     size_t a_bytes, b_bytes;
 } sq_tok_norm;
 
-typedef enum { SQ_SPLIT_GPT2 = 0, SQ_SPLIT_LLAMA3, SQ_SPLIT_QWEN2 } sq_split_kind;
+/* DIGITS / DIGIT_RUNS: the Digits pre-tokenizer (each \p{N} alone / runs of them), which
+ * isolates numbers and keeps what lies between them as one piece. */
+typedef enum {
+    SQ_SPLIT_GPT2 = 0, SQ_SPLIT_LLAMA3, SQ_SPLIT_QWEN2, SQ_SPLIT_DIGITS, SQ_SPLIT_DIGIT_RUNS
+} sq_split_kind;
 typedef enum { SQ_PRE_SPLIT, SQ_PRE_BYTELEVEL, SQ_PRE_METASPACE } sq_pre_kind;
 typedef enum { SQ_PREPEND_ALWAYS, SQ_PREPEND_FIRST, SQ_PREPEND_NEVER } sq_prepend_scheme;
 typedef struct sq_tok_pre {
