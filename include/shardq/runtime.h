@@ -117,6 +117,15 @@ typedef struct sq_runtime_compute_params {
     int32_t max_new_tokens;     /* largest of any sequence (sizes the logits store) */
     bool keep_logits;           /* last stage: keep every step's logits (see the top) */
     sq_run_token_fn on_token;   /* first stage; may be NULL */
+    /* scoring (perplexity), last stage: when score_prompts is set, the prefill of sequence s
+     * scores its own prompt: for every position j in [score_from, prompt_lens[s] - 1), the
+     * log-probability of score_prompts[s][j + 1] from the logits at j (log-softmax in double),
+     * summed per sequence (sq_runtime_compute_score).  Logits are made SQ_SCORE_ROWS rows at a
+     * time (the stage needs max_logit_rows >= that).  The id it returns for the sequence is
+     * the argmax of its last row. */
+    const int32_t *const *score_prompts;   /* (n_seqs) host arrays; NULL: no scoring */
+    const int32_t *score_lens;             /* (n_seqs) */
+    int32_t score_from;
     void *token_user;
 } sq_runtime_compute_params;
 
@@ -129,6 +138,12 @@ sq_status sq_runtime_compute_create(sq_stage *stage, const sq_runtime_compute_pa
 void sq_runtime_compute_destroy(sq_runtime_compute *c);
 /* The compute to hand to sq_pipeline_run (points into c). */
 const sq_stage_compute *sq_runtime_compute_get(const sq_runtime_compute *c);
+/* Rows of logits the scoring head makes at a time (bounds the logits buffer). */
+#define SQ_SCORE_ROWS 64
+/* Per-sequence scores (see score_prompts): negative log-likelihood sum, sum of squares and the
+ * number of scored tokens; SQ_ERR_INVALID outside [0, n_seqs) or without scoring. */
+sq_status sq_runtime_compute_score(const sq_runtime_compute *c, int32_t s, double *nll,
+                                   double *nll2, int64_t *n_scored, sq_error *err);
 /* Kept logits of sequence s: *n_tokens rows of vocab floats (points into c; NULL without
  * keep_logits or outside [0, n_seqs)). */
 const float *sq_runtime_compute_logits(const sq_runtime_compute *c, int32_t s, int32_t *n_tokens);
@@ -174,6 +189,10 @@ typedef struct sq_run_options {
     int32_t n_micro_batches;        /* 0: min(n_seqs, n_ranks) */
     sq_sample_params sample;
     bool keep_logits;               /* result->logits (the dump) */
+    bool score;                     /* perplexity: every prompt scores itself from position
+                                       score_from on (see sq_runtime_compute_params); needs
+                                       max_new_tokens == 1; result->score_* get the sums */
+    int32_t score_from;
     sq_run_token_fn on_token;       /* rank 0; may be NULL */
     void *token_user;
     /* execution */
@@ -215,6 +234,10 @@ typedef struct sq_run_result {
     char backend_kind[8];           /* "cpu" or "cuda" (every rank the same) */
     char transport[8];              /* "mpi" or "nccl" */
     int n_threads;                  /* per rank (rank 0's) */
+    /* with score: per sequence the sum of -log p(token) over its scored positions, the sum of
+     * squares, and how many (n_seqs each) */
+    double *score_nll, *score_nll2;
+    int64_t *score_n;
     /* with keep_logits: per sequence n_tokens[s] rows of cfg.vocab_size floats, in order */
     float *logits;                  /* (sum n_tokens, vocab) */
 } sq_run_result;

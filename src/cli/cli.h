@@ -64,6 +64,18 @@ sq_status sq_cli_agree(const sq_cli_ctx *ctx, sq_status local, sq_error *err);
  * metadata (through the checkpoint interface). */
 sq_status sq_cli_config_load(const char *path, sq_model_config *cfg, sq_error *err);
 
+/* After a failure during generation (sq_run's must_abort): the rank that has the error (or rank
+ * 0) reports it, then the job ends with MPI_Abort.  Never returns. */
+void sq_cli_abort_after_peer_failure(const sq_cli_ctx *ctx, const sq_error *err);
+/* A sq_load_progress_fn that draws one updating line on stderr when it is a terminal. */
+void sq_cli_load_progress(void *user, const sq_load_progress *p);
+/* A whole text file (at most max_bytes) into *out (malloc'd, NUL-terminated, *len bytes). */
+sq_status sq_cli_read_text_file(const char *path, size_t max_bytes, char **out, size_t *len,
+                                sq_error *err);
+
+/* s as a JSON string (quotes, backslashes and control bytes escaped). */
+void sq_cli_json_str(FILE *f, const char *s);
+
 /* The subcommands (one file each: cmd_<name>.c). */
 #define SQ_CLI_COMMANDS(X)                                                                  \
     X(inspect, "show a model folder: architecture, sizes, tensors (config + headers only)")  \
@@ -73,7 +85,8 @@ sq_status sq_cli_config_load(const char *path, sq_model_config *cfg, sq_error *e
     X(quantize, "write a bitsandbytes 4-bit checkpoint, each rank quantizing its own layers") \
     X(run, "generate: the ranks run the model as a pipeline, each its own 4-bit layers")   \
     X(bench, "throughput of the pipeline: prefill / decode tok/s and bubble per micro-batch count") \
-    X(tokenize, "text -> token ids with the model's tokenizer (tokenizer.json or a GGUF's)")
+    X(tokenize, "text -> token ids with the model's tokenizer (tokenizer.json or a GGUF's)") \
+    X(perplexity, "perplexity of a text through the pipeline (llama.cpp's method)")
 /* make_model is spelled make-model on the command line */
 
 #define SQ_CLI_DECLARE(name, help) int sq_cli_##name(int argc, char **argv, sq_cli_ctx *ctx);

@@ -2,7 +2,11 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "shardq/checkpoint.h"
@@ -62,4 +66,62 @@ sq_status sq_cli_config_load(const char *path, sq_model_config *cfg, sq_error *e
     if (s == SQ_OK) s = sq_ckpt_config(ck, cfg, err);
     sq_ckpt_close(ck);
     return s;
+}
+
+void sq_cli_abort_after_peer_failure(const sq_cli_ctx *ctx, const sq_error *err) {
+    bool blames_0 = !strncmp(err->msg, "rank 0 ", 7);
+    bool own = err->code != SQ_ERR_PEER;
+    if (ctx->rank == 0 || own || (blames_0 && ctx->rank == 1)) {
+        sq_cli_report(ctx, err);
+    } else {
+        struct timespec ts = {1, 0};   /* let the rank that reports do it first */
+        nanosleep(&ts, NULL);
+    }
+    fflush(stdout);
+    MPI_Abort(ctx->comm, 1);
+}
+
+void sq_cli_load_progress(void *user, const sq_load_progress *p) {
+    (void)user;
+    if (!isatty(fileno(stderr))) return;
+    fprintf(stderr, "\rload: %.3f / %.3f GB (%3.0f%%), %.2f GB/s, ranks done %d/%d%s",
+            (double)p->bytes_done / 1e9, (double)p->bytes_total / 1e9,
+            p->bytes_total ? 100.0 * (double)p->bytes_done / (double)p->bytes_total : 100.0,
+            p->gbps, p->ranks_done, p->n_ranks, p->final ? "\n" : "   ");
+    fflush(stderr);
+}
+
+sq_status sq_cli_read_text_file(const char *path, size_t max_bytes, char **out, size_t *len,
+                                sq_error *err) {
+    *out = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return sq_error_set(err, SQ_ERR_IO, path, NULL, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size > max_bytes) {
+        fclose(f);
+        return sq_error_set(err, SQ_ERR_IO, path, NULL, "not a regular file of at most %zu bytes",
+                            max_bytes);
+    }
+    char *buf = malloc((size_t)sb.st_size + 1);
+    size_t n = buf ? fread(buf, 1, (size_t)sb.st_size, f) : 0;
+    fclose(f);
+    if (!buf || n != (size_t)sb.st_size) {
+        free(buf);
+        return sq_error_set(err, SQ_ERR_IO, path, NULL, "short read");
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return SQ_OK;
+}
+
+void sq_cli_json_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
 }

@@ -3,6 +3,7 @@
  * and the sq_stage_compute adapter (embed / layers / head + sampling, sequence i in KV slot i,
  * kept logits, the first stage's token callback).  Must never print, allocate inside a
  * compute callback, or read a tensor the stage does not own. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,10 @@ struct sq_runtime_compute {
     float *tmp;                /* (n_seqs, vocab) logits of one step, keep_logits only */
     float *kept;               /* (n_seqs, max_new_tokens, vocab) */
     int32_t *n_kept;           /* (n_seqs) */
+    /* scoring (score_prompts set, last stage) */
+    float *score_tmp;          /* (SQ_SCORE_ROWS, vocab) logits of one slice */
+    double *nll, *nll2;        /* (n_seqs) */
+    int64_t *n_scored;         /* (n_seqs) */
 };
 
 static sq_status spans_of(sq_runtime_compute *rc, const sq_stage_batch *b, sq_stage_input *in,
@@ -185,12 +190,73 @@ static sq_status cb_forward(void *user, const sq_stage_batch *b, float *act, sq_
     return st;
 }
 
+/* -log softmax(x)[target] in double: max, then the sum of exp(x - max) in index order. */
+static double nll_of(const float *x, int64_t n, int32_t target) {
+    float m = x[0];
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > m) m = x[i];
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += exp((double)x[i] - (double)m);
+    return log(sum) + (double)m - (double)x[target];
+}
+
+static int32_t argmax_of(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int32_t)best;
+}
+
+/* Prefill with scoring: each sequence's prompt scores itself (see runtime.h), the logits made
+ * SQ_SCORE_ROWS rows at a time from its own rows of act; the returned id is its last row's
+ * argmax.  The same rows give the same bits whatever the batching (the head is per row). */
+static sq_status score_step(sq_runtime_compute *rc, const sq_stage_batch *b, const float *act,
+                            int32_t *ids, sq_error *err) {
+    const int64_t V = rc->vocab, H = sq_stage_get_params(rc->stage)->cfg.hidden_size;
+    for (int32_t i = 0; i < b->n_seqs; i++) {
+        int32_t s = b->seq[i], L = b->n_tokens[i];
+        if (b->pos[i] != 0 || L != rc->p.score_lens[s])
+            return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL,
+                                "scoring: sequence %d prefilled from %d with %d tokens (prompt %d)",
+                                s, b->pos[i], L, rc->p.score_lens[s]);
+        const int32_t *tok = rc->p.score_prompts[s];
+        int32_t j0 = rc->p.score_from < L - 1 ? rc->p.score_from : L - 1;
+        if (j0 < 0) j0 = 0;
+        for (int32_t j = j0; j < L; j += SQ_SCORE_ROWS) {
+            int32_t n = L - j < SQ_SCORE_ROWS ? L - j : SQ_SCORE_ROWS;
+            sq_seq_span span = {.slot = s, .start_pos = j, .n_tokens = n};
+            sq_stage_input in = {.n_seqs = 1, .seqs = &span, .all_logits = true};
+            const char *x = (const char *)act + (size_t)(b->row0[i] + j) * (size_t)H * sizeof(float);
+            sq_status st = sq_stage_head(rc->stage, &in, x, err);
+            if (st == SQ_OK) st = sq_stage_read_logits(rc->stage, rc->score_tmp, n, err);
+            if (st != SQ_OK) return st;
+            for (int32_t r = 0; r < n; r++) {
+                int32_t pos = j + r;
+                const float *row = rc->score_tmp + (size_t)r * (size_t)V;
+                if (pos + 1 < L && pos >= rc->p.score_from) {
+                    int32_t t = tok[pos + 1];
+                    if (t < 0 || t >= V)
+                        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                            "scoring: token id %d outside the vocabulary", t);
+                    double v = nll_of(row, V, t);
+                    rc->nll[s] += v;
+                    rc->nll2[s] += v * v;
+                    rc->n_scored[s]++;
+                }
+                if (pos == L - 1) ids[i] = argmax_of(row, V);
+            }
+        }
+    }
+    return SQ_OK;
+}
+
 static sq_status cb_sample(void *user, const sq_stage_batch *b, const float *act, int32_t *ids,
                            sq_error *err) {
     sq_runtime_compute *rc = user;
     sq_stage_input in;
     sq_status st = spans_of(rc, b, &in, err);
     if (st != SQ_OK) return st;
+    if (rc->score_tmp && b->step == 0) return score_step(rc, b, act, ids, err);
     if ((st = sq_stage_head(rc->stage, &in, act, err)) != SQ_OK) return st;
     for (int32_t i = 0; i < b->n_seqs; i++) {
         rc->seq_ids[i] = (uint64_t)b->seq[i];
@@ -232,6 +298,10 @@ void sq_runtime_compute_destroy(sq_runtime_compute *c) {
     free(c->tmp);
     free(c->kept);
     free(c->n_kept);
+    free(c->score_tmp);
+    free(c->nll);
+    free(c->nll2);
+    free(c->n_scored);
     free(c);
 }
 
@@ -271,6 +341,19 @@ sq_status sq_runtime_compute_create(sq_stage *stage, const sq_runtime_compute_pa
         c->n_kept = calloc(n, sizeof *c->n_kept);
         if (!c->tmp || !c->kept || !c->n_kept) goto nomem;
     }
+    if (p->score_prompts && sp->has_head) {
+        if (!p->score_lens || sp->max_logit_rows < SQ_SCORE_ROWS) {
+            sq_runtime_compute_destroy(c);
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                                "stage compute: scoring needs prompt lengths and %d logit rows",
+                                SQ_SCORE_ROWS);
+        }
+        c->score_tmp = malloc((size_t)SQ_SCORE_ROWS * (size_t)c->vocab * sizeof(float));
+        c->nll = calloc(n, sizeof *c->nll);
+        c->nll2 = calloc(n, sizeof *c->nll2);
+        c->n_scored = calloc(n, sizeof *c->n_scored);
+        if (!c->score_tmp || !c->nll || !c->nll2 || !c->n_scored) goto nomem;
+    }
     /* the CPU backend's memory is host memory; any other backend's is the device's */
     bool host = !strncmp(sq_backend_name(c->be), "cpu", 3);
     c->c = (sq_stage_compute){
@@ -301,4 +384,14 @@ const float *sq_runtime_compute_logits(const sq_runtime_compute *c, int32_t s, i
     if (!c || !c->kept || s < 0 || s >= c->p.n_seqs) return NULL;
     if (n_tokens) *n_tokens = c->n_kept[s];
     return c->kept + (size_t)s * (size_t)c->p.max_new_tokens * (size_t)c->vocab;
+}
+
+sq_status sq_runtime_compute_score(const sq_runtime_compute *c, int32_t s, double *nll,
+                                   double *nll2, int64_t *n_scored, sq_error *err) {
+    if (!c || !c->nll || s < 0 || s >= c->p.n_seqs)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "no score for sequence %d", s);
+    if (nll) *nll = c->nll[s];
+    if (nll2) *nll2 = c->nll2[s];
+    if (n_scored) *n_scored = c->n_scored[s];
+    return SQ_OK;
 }

@@ -55,6 +55,9 @@ void sq_run_result_destroy(sq_run_result *r) {
     sq_pipeline_result_destroy(r->pipe);
     free(r->stages);
     free(r->logits);
+    free(r->score_nll);
+    free(r->score_nll2);
+    free(r->score_n);
     free(r);
 }
 
@@ -422,6 +425,9 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     sq_run_stage_info *infos = NULL;
     float *logits_all = NULL;
     int32_t *kept_n = NULL;
+    int32_t *sc_lens = NULL, *sc_ids = NULL;   /* scoring: the prompts on every rank */
+    int32_t **sc_prompts = NULL;
+    double *sc_sums = NULL;                     /* (3, n_seqs): nll, nll^2, count */
     bool plan_file = false;
 
     sq_status rc = (!o || !o->model_dir) ? sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "run: no model folder")
@@ -488,6 +494,40 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
         goto out;
     }
 
+    /* 4b. scoring: every prompt scores itself on the last stage, which needs the prompts */
+    if (o->score) {
+        if (rank == 0 && sh.max_new != 1)
+            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                              "scoring prompts needs max-new-tokens 1 (not %lld)", (long long)sh.max_new);
+        if (rc == SQ_OK && o->score_from < 0)
+            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "scoring from position %d", o->score_from);
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
+        sc_lens = malloc((size_t)sh.n_seqs * sizeof *sc_lens);
+        sc_ids = malloc((size_t)sh.total_tokens * sizeof *sc_ids);
+        sc_prompts = malloc((size_t)sh.n_seqs * sizeof *sc_prompts);
+        if (!sc_lens || !sc_ids || !sc_prompts)
+            rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for the scored prompts");
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
+        if (rank == 0) {
+            int64_t at = 0;
+            for (int64_t i = 0; i < sh.n_seqs; i++) {
+                sc_lens[i] = o->prompt_lens[i];
+                memcpy(sc_ids + at, o->prompts[i], (size_t)sc_lens[i] * sizeof *sc_ids);
+                at += sc_lens[i];
+            }
+        }
+        if (size > 1 && (MPI_Bcast(sc_lens, (int)sh.n_seqs, MPI_INT32_T, 0, comm) != MPI_SUCCESS ||
+                         MPI_Bcast(sc_ids, (int)sh.total_tokens, MPI_INT32_T, 0, comm) != MPI_SUCCESS)) {
+            rc = sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "MPI_Bcast of the scored prompts failed");
+            goto out;
+        }
+        int64_t at = 0;
+        for (int64_t i = 0; i < sh.n_seqs; i++) {
+            sc_prompts[i] = sc_ids + at;
+            at += sc_lens[i];
+        }
+    }
+
     /* 5. no plan file: plan for the ranks started */
     if (!plan) {
         rc = make_plan(comm, size, meta, &scheme, sh.max_seq, sh.n_seqs, &ex, o->device, &plan, err);
@@ -509,6 +549,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     sp.max_batch = sh.n_seqs;
     sp.max_tokens = sh.total_tokens > sh.n_seqs ? sh.total_tokens : sh.n_seqs;
     sp.max_logit_rows = sh.n_seqs;
+    if (o->score && sp.max_logit_rows < SQ_SCORE_ROWS) sp.max_logit_rows = SQ_SCORE_ROWS;
     sp.n_threads = n_threads;
     sp.comm = size > 1 ? comm : MPI_COMM_NULL;
     if (rank == 0) {
@@ -546,7 +587,10 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
                                     .max_new_tokens = (int32_t)sh.max_new,
                                     .keep_logits = o->keep_logits,
                                     .on_token = rank == 0 ? o->on_token : NULL,
-                                    .token_user = o->token_user};
+                                    .token_user = o->token_user,
+                                    .score_prompts = o->score ? (const int32_t *const *)sc_prompts : NULL,
+                                    .score_lens = sc_lens,
+                                    .score_from = o->score_from};
     rc = sq_runtime_compute_create(stage, &cp, &rcomp, err);
     uint64_t n_keep = (uint64_t)sh.n_seqs * (uint64_t)sh.max_new * (uint64_t)cfg->vocab_size;
     if (rc == SQ_OK && rank == 0 && o->keep_logits) {
@@ -645,6 +689,25 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
         if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
     }
 
+    /* 10b. the scores to rank 0 */
+    if (o->score) {
+        int last = size - 1;
+        size_t n = (size_t)sh.n_seqs;
+        sc_sums = calloc(3 * n, sizeof *sc_sums);
+        if (!sc_sums) rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for the scores");
+        if (rc == SQ_OK && rank == last) {
+            for (int32_t s = 0; s < (int32_t)n && rc == SQ_OK; s++) {
+                int64_t k = 0;
+                rc = sq_runtime_compute_score(rcomp, s, &sc_sums[s], &sc_sums[n + (size_t)s], &k, err);
+                sc_sums[2 * n + (size_t)s] = (double)k;
+            }
+        }
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
+        if (size > 1 && MPI_Bcast(sc_sums, (int)(3 * n), MPI_DOUBLE, last, comm) != MPI_SUCCESS)
+            rc = sq_error_set(err, SQ_ERR_MPI, NULL, NULL, "sending the scores to rank 0 failed");
+        if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
+    }
+
     /* 11. the result */
     double load_max = load_s;
     if (size > 1 && MPI_Reduce(&load_s, &load_max, 1, MPI_DOUBLE, MPI_MAX, 0, comm) != MPI_SUCCESS)
@@ -672,6 +735,21 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
             res->n_threads = n_threads;
             res->logits = logits_all;
             logits_all = NULL;
+            if (sc_sums) {
+                size_t n = (size_t)sh.n_seqs;
+                res->score_nll = malloc(n * sizeof(double));
+                res->score_nll2 = malloc(n * sizeof(double));
+                res->score_n = malloc(n * sizeof(int64_t));
+                if (!res->score_nll || !res->score_nll2 || !res->score_n) {
+                    rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for the result");
+                } else {
+                    for (size_t i = 0; i < n; i++) {
+                        res->score_nll[i] = sc_sums[i];
+                        res->score_nll2[i] = sc_sums[n + i];
+                        res->score_n[i] = (int64_t)sc_sums[2 * n + i];
+                    }
+                }
+            }
             *out = res;
         }
     }
@@ -693,6 +771,10 @@ out:
     free(infos);
     free(logits_all);
     free(kept_n);
+    free(sc_lens);
+    free(sc_ids);
+    free(sc_prompts);
+    free(sc_sums);
     return rc;
 }
 
