@@ -7,6 +7,7 @@
 #   3. `run` across the hosts gives the same tokens and the same logits (byte for byte) as on
 #      one host, for 2 and 4 ranks, --quant none and nf4;
 #   4. `quantize` across the hosts writes the same bytes as on one host;
+#   4b. launch/shardq-mpirun across the hosts gives the same tokens;
 #   5. every process of host 2 killed mid-run: the job ends within --timeout + a margin,
 #      non-zero, naming host 2, with no output file (nor temporary) left.
 # Exits 77 (skipped) when namespaces cannot be made here (not root, no ip / unshare).
@@ -84,6 +85,15 @@ across 2 "$exe" quantize "$work/tiny" --out "$work/q-two" >/dev/null 2>&1
 if [ -d "$work/q-one" ] && [ -d "$work/q-two" ] && diff -r "$work/q-one" "$work/q-two" >/dev/null; then
   ok "quantize across 2 hosts: the same bytes as on one host"
 else bad "quantize across hosts differs (or failed)"; fi
+
+# 4b. the launcher across the hosts (launch/shardq-mpirun with the test hosts' hostfile)
+args=(run "$work/tiny" --quant nf4 --prompt-ids "1,2,3,4;5,6,7" --max-new-tokens 12 --ignore-eos --micro-batches 2 --json --quiet)
+a="$(onehost 4 "$exe" "${args[@]}" 2>&1 | grep '"tokens"')"
+b="$(SHARDQ="$exe" timeout 180 "$here/hosts.sh" exec "$prefix" 1 "$here/../../launch/shardq-mpirun" \
+     --hostfile "$st/hostfile" --mpirun-flags "--mca plm_rsh_agent $st/agent --mca btl tcp,self --mca btl_tcp_if_include $sub --mca oob_tcp_if_include $sub" \
+     "${args[@]}" 2>&1 | grep '"tokens"')"
+if [ -n "$a" ] && [ "$a" = "$b" ]; then ok "launch/shardq-mpirun --hostfile across 2 hosts: same tokens as one host"
+else bad "shardq-mpirun across hosts: '$a' vs '$b'"; fi
 
 # 5. a host dies mid-run: rank 2 (host 2) hangs at decode step 1 (the pipeline's test hook), then
 # every process of host 2 is killed
