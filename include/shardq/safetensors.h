@@ -148,6 +148,15 @@ sq_status sq_st_writer_create(const char *path, sq_st_writer **out, sq_error *er
 sq_status sq_st_writer_add(sq_st_writer *w, const char *name, sq_dtype dtype, int n_dims,
                            const int64_t *shape, const void *data, uint64_t n_bytes,
                            sq_error *err);
+/* Makes bytes [offset, offset + n) of a tensor into buf (n <= 16 MiB, a multiple of 8 except at
+ * the end; offsets come in increasing order, each tensor once).  A failure stops the finish. */
+typedef sq_status (*sq_st_fill_fn)(void *user, void *buf, uint64_t offset, uint64_t n,
+                                   sq_error *err);
+/* Like sq_st_writer_add, but the bytes are made by `fill` while finish writes them, 16 MiB at
+ * a time: a file of any size is written in bounded memory.  user must outlive the finish. */
+sq_status sq_st_writer_add_fill(sq_st_writer *w, const char *name, sq_dtype dtype, int n_dims,
+                                const int64_t *shape, uint64_t n_bytes, sq_st_fill_fn fill,
+                                void *user, sq_error *err);
 /* Adds a "__metadata__" string entry (a key given twice: SQ_ERR_INVALID). */
 sq_status sq_st_writer_metadata(sq_st_writer *w, const char *key, const char *value,
                                 sq_error *err);

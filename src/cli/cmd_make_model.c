@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -28,7 +29,8 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: shardq make-model --out DIR [--preset tiny|small] [--family llama|mistral|qwen2]\n"
+            "usage: shardq make-model --out DIR [--preset tiny|small | --config FILE]\n"
+            "                         [--family llama|mistral|qwen2]\n"
             "                         [--dtype bf16|f16|f32] [--shards N] [--seed S]\n"
             "                         [--tie-embeddings] [--tokenizer tokenizer.json] [--force]\n"
             "                         [--json]\n\n"
@@ -37,6 +39,11 @@ static void usage(FILE *f) {
             "least one decoder layer split across two files).  Weights ~ N(0, 0.02), norms near 1.\n"
             "  --preset    tiny (default: hidden 64, 4 layers, 4 heads / 2 kv, intermediate 172,\n"
             "              vocab 320) or small (hidden 256, 6 layers, 8 / 2 heads, 704, vocab 2048)\n"
+            "  --config    a Hugging Face config.json (or a folder holding one) of any size:\n"
+            "              Llama-3.1-8B, 70B, 405B, Qwen2-72B… (its family and shape; --family\n"
+            "              and --preset are ignored).  Weights are random and written shard by\n"
+            "              shard in bounded memory (16 MiB pieces), with a progress line; refused\n"
+            "              before writing when the file system lacks the space\n"
             "  --family    llama (default), mistral, qwen2 (tied embeddings, q/k/v biases)\n"
             "  --dtype     bf16 (default), f16 or f32\n"
             "  --shards    number of safetensors files (default 1)\n"
@@ -59,27 +66,77 @@ static uint64_t splitmix64(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-/* n standard normals (Box-Muller on two uniforms in (0, 1]) */
-static void normals(uint64_t seed, float *out, uint64_t n) {
-    uint64_t s = seed;
+/* n standard normals (Box-Muller on two uniforms in (0, 1]) continuing the stream *s; n even
+ * except for a tensor's last piece, so pieces give the same values as one whole call. */
+static void normals(uint64_t *s, float *out, uint64_t n) {
     for (uint64_t i = 0; i < n; i += 2) {
-        double u1 = ((double)(splitmix64(&s) >> 11) + 1.0) * 0x1p-53;
-        double u2 = (double)(splitmix64(&s) >> 11) * 0x1p-53;
+        double u1 = ((double)(splitmix64(s) >> 11) + 1.0) * 0x1p-53;
+        double u2 = (double)(splitmix64(s) >> 11) * 0x1p-53;
         double r = sqrt(-2.0 * log(u1)), a = 6.283185307179586 * u2;
         out[i] = (float)(r * cos(a));
         if (i + 1 < n) out[i + 1] = (float)(r * sin(a));
     }
 }
 
-static void fill_tensor(const sq_tensor_spec *t, uint64_t seed, float *v) {
-    uint64_t s = seed ^ sq_hash_fnv1a64(t->name, strlen(t->name));
-    normals(splitmix64(&s), v, t->n_elements);
+/* One tensor's values, made piece by piece as the writer asks for its bytes (bounded memory:
+ * a 405B model's embedding is never whole in RAM). */
+typedef struct gen_progress {
+    uint64_t done, total;
+    double last_print, t0;
+    bool tty;
+} gen_progress;
+
+typedef struct gen_tensor {
+    const sq_tensor_spec *t;
+    sq_dtype dtype;
+    uint64_t stream;     /* the Box-Muller stream's state */
+    uint64_t next;       /* next element */
+    float *tmp;          /* shared scratch of FILL_FLOATS floats */
+    gen_progress *prog;
+} gen_tensor;
+
+#define FILL_FLOATS ((uint64_t)4 << 20)   /* 16 MiB of writer chunk / the smallest dtype */
+
+static sq_status gen_fill(void *user, void *buf, uint64_t offset, uint64_t n, sq_error *err) {
+    gen_tensor *g = user;
+    const sq_tensor_spec *t = g->t;
+    size_t es = sq_dtype_size(g->dtype);
+    uint64_t first = offset / es, count = n / es;
+    if (first != g->next || count * es != n)
+        return sq_error_set(err, SQ_ERR_INTERNAL, NULL, t->name, "values asked out of order");
     bool norm = t->role == SQ_ROLE_ATTN_NORM || t->role == SQ_ROLE_MLP_NORM ||
                 t->role == SQ_ROLE_FINAL_NORM;
     bool bias = t->role == SQ_ROLE_Q_BIAS || t->role == SQ_ROLE_K_BIAS ||
                 t->role == SQ_ROLE_V_BIAS;
-    for (uint64_t i = 0; i < t->n_elements; i++)
-        v[i] = norm ? 1.0f + 0.02f * v[i] : (bias ? 0.01f : 0.02f) * v[i];
+    for (uint64_t at = 0; at < count; at += FILL_FLOATS) {
+        uint64_t k = count - at < FILL_FLOATS ? count - at : FILL_FLOATS;
+        float *v = g->dtype == SQ_DTYPE_F32 ? (float *)buf + at : g->tmp;
+        normals(&g->stream, v, k);
+        for (uint64_t i = 0; i < k; i++)
+            v[i] = norm ? 1.0f + 0.02f * v[i] : (bias ? 0.01f : 0.02f) * v[i];
+        if (g->dtype == SQ_DTYPE_BF16) sq_f32_to_bf16(v, (uint16_t *)buf + at, k);
+        else if (g->dtype == SQ_DTYPE_F16) sq_f32_to_f16(v, (uint16_t *)buf + at, k);
+    }
+    g->next += count;
+    gen_progress *p = g->prog;
+    p->done += n;
+    double now = sq_now_s();
+    if (p->tty && (now - p->last_print > 0.5 || p->done == p->total)) {
+        p->last_print = now;
+        double gbps = now > p->t0 ? (double)p->done / 1e9 / (now - p->t0) : 0;
+        fprintf(stderr, "\rmake-model: %.2f / %.2f GB written (%3.0f%%), %.2f GB/s%s",
+                (double)p->done / 1e9, (double)p->total / 1e9,
+                p->total ? 100.0 * (double)p->done / (double)p->total : 100.0, gbps,
+                p->done == p->total ? "\n" : "   ");
+        fflush(stderr);
+    }
+    return SQ_OK;
+}
+
+static void gen_init(gen_tensor *g, const sq_tensor_spec *t, sq_dtype dtype, uint64_t seed,
+                     float *tmp, gen_progress *prog) {
+    uint64_t s = seed ^ sq_hash_fnv1a64(t->name, strlen(t->name));
+    *g = (gen_tensor){.t = t, .dtype = dtype, .stream = splitmix64(&s), .tmp = tmp, .prog = prog};
 }
 
 /* ---- files ------------------------------------------------------------------------------- */
@@ -196,7 +253,7 @@ static void file_name(char *buf, size_t n, int f, int n_files) {
 }
 
 typedef struct options {
-    const char *out, *preset, *family, *tokenizer;
+    const char *out, *preset, *family, *tokenizer, *config;
     sq_dtype dtype;
     int64_t shards, seed;
     bool tie, force, json;
@@ -256,16 +313,15 @@ static sq_status write_model(const options *o, const sq_meta *m, const char *tmp
 
     plan p;
     plan_shards(m, o->dtype, (int)o->shards, &p);
-    uint64_t max_n = 0;
-    for (int i = 0; i < sq_meta_n_tensors(m); i++)
-        if (sq_meta_tensor(m, i)->n_elements > max_n) max_n = sq_meta_tensor(m, i)->n_elements;
-    float *v = malloc(max_n * sizeof *v);
-    void *conv = malloc(max_n * sq_dtype_size(o->dtype));
-    if (!v || !conv) {
+    int n_t = sq_meta_n_tensors(m);
+    float *v = malloc(FILL_FLOATS * sizeof *v);
+    gen_tensor *gens = calloc((size_t)n_t, sizeof *gens);
+    if (!v || !gens) {
         free(v);
-        free(conv);
+        free(gens);
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory generating weights");
     }
+    gen_progress prog = {.total = p.total_bytes, .t0 = sq_now_s(), .tty = isatty(2) != 0};
     for (int f = 0; f < p.n_files && st == SQ_OK; f++) {
         char name[64];
         file_name(name, sizeof name, f, p.n_files);
@@ -275,23 +331,16 @@ static sq_status write_model(const options *o, const sq_meta *m, const char *tmp
         if (st == SQ_OK) st = sq_st_writer_metadata(w, "format", "pt", err);
         for (int i = p.first[f]; i < p.first[f + 1] && st == SQ_OK; i++) {
             const sq_tensor_spec *t = sq_meta_tensor(m, i);
-            fill_tensor(t, (uint64_t)o->seed, v);
-            const void *data = v;
-            if (o->dtype == SQ_DTYPE_BF16) {
-                sq_f32_to_bf16(v, conv, t->n_elements);
-                data = conv;
-            } else if (o->dtype == SQ_DTYPE_F16) {
-                sq_f32_to_f16(v, conv, t->n_elements);
-                data = conv;
-            }
-            st = sq_st_writer_add(w, t->name, o->dtype, t->n_dims, t->shape, data,
-                                  t->n_elements * sq_dtype_size(o->dtype), err);
+            gen_init(&gens[i], t, o->dtype, (uint64_t)o->seed, v, &prog);
+            st = sq_st_writer_add_fill(w, t->name, o->dtype, t->n_dims, t->shape,
+                                       t->n_elements * sq_dtype_size(o->dtype), gen_fill,
+                                       &gens[i], err);
         }
         if (st == SQ_OK) st = sq_st_writer_finish(w, true, err);
         sq_st_writer_destroy(w);
     }
     free(v);
-    free(conv);
+    free(gens);
     if (st != SQ_OK || p.n_files == 1) return st;
 
     /* model.safetensors.index.json: weight_map sorted by name, as transformers writes it */
@@ -322,6 +371,25 @@ static sq_status write_model(const options *o, const sq_meta *m, const char *tmp
     return SQ_OK;
 }
 
+/* Refuses before writing when the file system that will hold `out` has less free space than
+ * the weights need (+ 1 MiB for the JSON files). */
+static sq_status check_space(const char *out, uint64_t need, sq_error *err) {
+    char dir[PATH_BYTES];
+    snprintf(dir, sizeof dir, "%s", out);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = '\0';
+    else *slash = '\0';
+    struct statvfs vs;
+    if (statvfs(dir, &vs) != 0) return SQ_OK;   /* unknown: let the writes tell */
+    uint64_t avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
+    if (avail < need + (1u << 20))
+        return sq_error_set(err, SQ_ERR_IO, dir, NULL,
+                            "%.2f GB free, the model needs %.2f GB: not enough space",
+                            (double)avail / 1e9, (double)need / 1e9);
+    return SQ_OK;
+}
+
 /* Rank 0's whole job; returns the status (err set). */
 static sq_status make_model(const options *o, sq_meta **mout, sq_error *err) {
     sq_arch arch;
@@ -329,7 +397,8 @@ static sq_status make_model(const options *o, sq_meta **mout, sq_error *err) {
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
                             "unknown family '%s' (llama, mistral, qwen2)", o->family);
     sq_model_config c;
-    sq_status st = sq_config_preset(o->preset, arch, &c, err);
+    sq_status st = o->config ? sq_config_load(o->config, &c, err)
+                             : sq_config_preset(o->preset, arch, &c, err);
     if (st != SQ_OK) return st;
     c.torch_dtype = o->dtype;
     if (o->tie) c.tie_word_embeddings = true;
@@ -375,6 +444,7 @@ static sq_status make_model(const options *o, sq_meta **mout, sq_error *err) {
     }
     rm_tree(tmp);
     st = make_parents(o->out, err);
+    if (st == SQ_OK) st = check_space(o->out, sq_meta_total_bytes(m, &(sq_quant_scheme){.type = SQ_QUANT_NONE, .dense_dtype = o->dtype}), err);
     if (st == SQ_OK) st = write_model(o, m, tmp, err);
     if (st == SQ_OK && exists && rename(o->out, old) != 0)
         st = sq_error_set(err, SQ_ERR_IO, o->out, NULL, "cannot move the old folder aside: %s",
@@ -405,6 +475,8 @@ int sq_cli_make_model(int argc, char **argv, sq_cli_ctx *ctx) {
             return 0;
         } else if (sq_cli_flag_value(argc, argv, &i, "--out", &val, &missing)) {
             o.out = val;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--config", &val, &missing)) {
+            o.config = val;
         } else if (sq_cli_flag_value(argc, argv, &i, "--preset", &val, &missing)) {
             o.preset = val;
         } else if (sq_cli_flag_value(argc, argv, &i, "--family", &val, &missing)) {
@@ -463,17 +535,18 @@ int sq_cli_make_model(int argc, char **argv, sq_cli_ctx *ctx) {
                 if ((unsigned char)*p < 0x20) printf("\\u%04x", *p);
                 else putchar(*p);
             }
-            printf("\", \"architecture\": \"%s\", \"preset\": \"%s\", \"dtype\": \"%s\", "
+            printf("\", \"architecture\": \"%s\", \"%s\": \"%s\", \"random_weights\": true, \"dtype\": \"%s\", "
                    "\"n_params\": %llu, \"n_tensors\": %d, \"n_layers\": %lld, \"n_files\": %lld, "
                    "\"bytes\": %llu, \"seed\": %lld, \"tie_word_embeddings\": %s}\n",
-                   c->architecture, o.preset, sq_torch_dtype_name(o.dtype),
-                   (unsigned long long)sq_meta_n_params(m), sq_meta_n_tensors(m),
+                   c->architecture, o.config ? "config" : "preset", o.config ? o.config : o.preset,
+                   sq_torch_dtype_name(o.dtype), (unsigned long long)sq_meta_n_params(m), sq_meta_n_tensors(m),
                    (long long)c->n_layers, (long long)o.shards, (unsigned long long)bytes,
                    (long long)o.seed, c->tie_word_embeddings ? "true" : "false");
         } else {
-            printf("wrote %s: %s preset '%s' (%lld layers, hidden %lld, %lld heads / %lld kv), "
-                   "%llu parameters in %d tensors, %lld file%s, %llu bytes of %s, seed %lld\n",
-                   o.out, c->architecture, o.preset, (long long)c->n_layers,
+            printf("wrote %s: %s %s '%s' (%lld layers, hidden %lld, %lld heads / %lld kv), "
+                   "%llu parameters in %d tensors, %lld file%s, %llu bytes of %s, seed %lld "
+                   "(random weights)\n",
+                   o.out, c->architecture, o.config ? "config" : "preset", o.config ? o.config : o.preset, (long long)c->n_layers,
                    (long long)c->hidden_size, (long long)c->n_heads, (long long)c->n_kv_heads,
                    (unsigned long long)sq_meta_n_params(m), sq_meta_n_tensors(m),
                    (long long)o.shards, o.shards == 1 ? "" : "s", (unsigned long long)bytes,

@@ -20,8 +20,12 @@ typedef struct {
     int n_dims;
     int64_t shape[SQ_MAX_DIMS];
     uint64_t n_bytes;
-    void *data;      /* (n_bytes) a copy; freed once written */
+    void *data;      /* (n_bytes) a copy; freed once written; NULL with fill */
+    sq_st_fill_fn fill;   /* or: bytes made at finish, FILL_CHUNK at a time */
+    void *fill_user;
 } w_tensor;
+
+#define FILL_CHUNK ((uint64_t)16 << 20)
 
 typedef enum { W_OPEN, W_WRITTEN, W_DONE, W_FAILED } w_state;
 
@@ -138,9 +142,9 @@ sq_status sq_st_writer_create(const char *path, sq_st_writer **out, sq_error *er
     return SQ_OK;
 }
 
-sq_status sq_st_writer_add(sq_st_writer *w, const char *name, sq_dtype dtype, int n_dims,
-                           const int64_t *shape, const void *data, uint64_t n_bytes,
-                           sq_error *err) {
+static sq_status add_tensor(sq_st_writer *w, const char *name, sq_dtype dtype, int n_dims,
+                            const int64_t *shape, const void *data, uint64_t n_bytes,
+                            sq_st_fill_fn fill, void *fill_user, sq_error *err) {
     if (!w) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "sq_st_writer_add: NULL writer");
     if (w->state != W_OPEN)
         return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "writer is already finished");
@@ -163,10 +167,10 @@ sq_status sq_st_writer_add(sq_st_writer *w, const char *name, sq_dtype dtype, in
         return sq_error_set(err, SQ_ERR_INVALID, w->path, name,
                             "%" PRIu64 " bytes given but the shape of %s needs %" PRIu64,
                             n_bytes, sq_dtype_name(dtype), want);
-    if (n_bytes > 0 && !data)
+    if (n_bytes > 0 && !data && !fill)
         return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "no data for %" PRIu64 " bytes",
                             n_bytes);
-    if (n_bytes > SIZE_MAX)
+    if (!fill && n_bytes > SIZE_MAX)
         return sq_error_set(err, SQ_ERR_NOMEM, w->path, name, "too large for memory");
     if (w->slots[find_slot(w, name)])
         return sq_error_set(err, SQ_ERR_INVALID, w->path, name, "duplicate tensor name");
@@ -182,14 +186,16 @@ sq_status sq_st_writer_add(sq_st_writer *w, const char *name, sq_dtype dtype, in
     w_tensor *t = &w->t[w->n];
     memset(t, 0, sizeof *t);
     t->name = dup_str(name);
-    t->data = malloc(n_bytes ? (size_t)n_bytes : 1);
-    if (!t->name || !t->data) {
+    t->data = fill ? NULL : malloc(n_bytes ? (size_t)n_bytes : 1);
+    t->fill = fill;
+    t->fill_user = fill_user;
+    if (!t->name || (!fill && !t->data)) {
         free(t->name);
         free(t->data);
         return sq_error_set(err, SQ_ERR_NOMEM, w->path, name,
                             "out of memory copying %" PRIu64 " bytes", n_bytes);
     }
-    if (n_bytes) memcpy(t->data, data, (size_t)n_bytes);
+    if (n_bytes && !fill) memcpy(t->data, data, (size_t)n_bytes);
     t->dtype = dtype;
     t->n_dims = n_dims;
     for (int i = 0; i < n_dims; i++) t->shape[i] = shape[i];
@@ -197,6 +203,19 @@ sq_status sq_st_writer_add(sq_st_writer *w, const char *name, sq_dtype dtype, in
     w->n++;
     w->slots[find_slot(w, name)] = w->n;
     return SQ_OK;
+}
+
+sq_status sq_st_writer_add(sq_st_writer *w, const char *name, sq_dtype dtype, int n_dims,
+                           const int64_t *shape, const void *data, uint64_t n_bytes,
+                           sq_error *err) {
+    return add_tensor(w, name, dtype, n_dims, shape, data, n_bytes, NULL, NULL, err);
+}
+
+sq_status sq_st_writer_add_fill(sq_st_writer *w, const char *name, sq_dtype dtype, int n_dims,
+                                const int64_t *shape, uint64_t n_bytes, sq_st_fill_fn fill,
+                                void *user, sq_error *err) {
+    if (!fill) return sq_error_set(err, SQ_ERR_INVALID, w ? w->path : NULL, name, "no fill function");
+    return add_tensor(w, name, dtype, n_dims, shape, NULL, n_bytes, fill, user, err);
 }
 
 sq_status sq_st_writer_metadata(sq_st_writer *w, const char *key, const char *value,
@@ -243,6 +262,21 @@ static bool write_all(int fd, const void *buf, uint64_t n) {
 }
 
 /* Makes a rename durable: fsync the folder holding `path` (best effort). */
+/* Writes a fill tensor's bytes, FILL_CHUNK at a time, from one reused buffer. */
+static sq_status write_filled(int fd, const w_tensor *t, uint8_t **buf, const char *tmp,
+                              sq_error *err) {
+    if (t->n_bytes && !*buf && !(*buf = malloc((size_t)FILL_CHUNK)))
+        return sq_error_set(err, SQ_ERR_NOMEM, tmp, t->name, "out of memory for the fill buffer");
+    for (uint64_t at = 0; at < t->n_bytes; at += FILL_CHUNK) {
+        uint64_t n = t->n_bytes - at < FILL_CHUNK ? t->n_bytes - at : FILL_CHUNK;
+        sq_status st = t->fill(t->fill_user, *buf, at, n, err);
+        if (st != SQ_OK) return st;
+        if (!write_all(fd, *buf, n))
+            return sq_error_set(err, SQ_ERR_IO, tmp, t->name, "write failed: %s", strerror(errno));
+    }
+    return SQ_OK;
+}
+
 static void sync_parent(const char *path) {
     char *copy = dup_str(path);
     if (!copy) return;
@@ -306,11 +340,21 @@ sq_status sq_st_writer_finish(sq_st_writer *w, bool rename_now, sq_error *err) {
     uint8_t len[8];
     for (int i = 0; i < 8; i++) len[i] = (uint8_t)((uint64_t)b.n >> (8 * i));
     bool ok = write_all(fd, len, 8) && write_all(fd, b.p, b.n);
+    uint8_t *fbuf = NULL;
     for (size_t i = 0; ok && i < w->n; i++) {
+        if (w->t[i].fill) {
+            st = write_filled(fd, &w->t[i], &fbuf, w->tmp, err);
+            if (st != SQ_OK) {
+                free(fbuf);
+                goto fail;
+            }
+            continue;
+        }
         ok = write_all(fd, w->t[i].data, w->t[i].n_bytes);
         free(w->t[i].data); /* written: give the memory back now */
         w->t[i].data = NULL;
     }
+    free(fbuf);
     if (!ok || fsync(fd) != 0) {
         st = sq_error_set(err, SQ_ERR_IO, w->tmp, NULL, "write failed: %s", strerror(errno));
         goto fail;
