@@ -3,7 +3,8 @@
 transformers' own GGUF loader, float32 on the CPU.  Writes tests/reference/smollm2/:
 
   reference.json   the file's sha256; for each prompt: text (or chat messages), prompt_ids as
-                   transformers' GGUF tokenizer encodes them, greedy ids, and the top-1 minus
+                   transformers' GGUF tokenizer encodes them (with the model's Digits
+                   pre-tokenizer restored), greedy ids, and the top-1 minus
                    top-2 logit margin at every step (tests compare tokens up to the first step
                    whose margin is below 1e-3); perplexity on GPL-3 at ctx 256 by llama.cpp's
                    method (as stored; and after bitsandbytes NF4 / FP4 re-quantize the
@@ -101,6 +102,12 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     d, f = os.path.split(os.path.abspath(a.gguf))
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    # transformers' GGUF conversion drops SmolLM2's Digits pre-tokenizer; the model's own
+    # tokenizer.json (and llama.cpp's "smollm" pre-tokenizer) split digits one by one
+    from tokenizers import pre_tokenizers
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
     model.eval()
     os.makedirs(a.out, exist_ok=True)
