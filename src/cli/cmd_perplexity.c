@@ -32,7 +32,7 @@ static void usage(FILE *f) {
             "  --text-file F        the text (UTF-8)\n"
             "  --ctx N              tokens per chunk (default 512, llama.cpp's; at least 4)\n"
             "  --chunks K           score at most the first K chunks (default: all)\n"
-            "  --micro-batches M    chunks are split into M micro-batches (default: the ranks)\n"
+            "  --micro-batches M    chunks are split into M micro-batches (default: one per chunk)\n"
             "  --quant …, --double-quant, --blocksize, --backend, --transport, --device,\n"
             "  --threads, --timeout as for `shardq run`\n"
             "  --json               one JSON object: perplexity, uncertainty, n_tokens, n_chunks,\n"
@@ -175,7 +175,9 @@ static int perplexity_cmd(int argc, char **argv, sq_cli_ctx *ctx) {
     o.score = true;
     o.score_from = (int32_t)(n_ctx / 2);
     o.max_seq = ((n_ctx + 1) + 15) / 16 * 16;
-    o.n_micro_batches = (int32_t)n_micro;
+    /* one chunk per micro-batch unless asked: every stage works on one chunk at a time (the
+     * pipeline stays full, and no stage computes for long without a message) */
+    o.n_micro_batches = (int32_t)(n_micro > 0 ? n_micro : n_chunks);
     if (quiet) o.log.fn = NULL;
     else o.log = ctx->log;
     if (!quiet && ctx->rank == 0) {
