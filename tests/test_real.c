@@ -211,8 +211,8 @@ static double ppl_of(int np, const char *extra) {
                  " --ctx 256 --json --quiet %s", SQ_SHARDQ_EXE, g_model, extra);
     else
         snprintf(cmd, sizeof cmd, "'%s' " SQ_MPIRUN_TEST_FLAGS " -np %d '%s' perplexity '%s' "
-                 "--text-file " GPL3 " --ctx 256 --json --quiet --micro-batches %d %s",
-                 SQ_MPIEXEC, np, SQ_SHARDQ_EXE, g_model, np, extra);
+                 "--text-file " GPL3 " --ctx 256 --json --quiet %s",
+                 SQ_MPIEXEC, np, SQ_SHARDQ_EXE, g_model, extra);
     char *out = run_ok(cmd);
     cJSON *j = json_of(out);
     const cJSON *pr = item(item(g_ref, "perplexity"), "n_tokens");

@@ -143,26 +143,12 @@ typedef struct text_src {
 } text_src;
 
 static sq_status read_prompt_file(const char *path, char **out, size_t *len, sq_error *err) {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return sq_error_set(err, SQ_ERR_IO, path, NULL, "cannot open the prompt file: %s", strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size > MAX_PROMPT_FILE_BYTES) {
-        fclose(f);
-        return sq_error_set(err, SQ_ERR_IO, path, NULL, "not a regular file of at most %u bytes",
-                            MAX_PROMPT_FILE_BYTES);
-    }
-    char *buf = malloc((size_t)sb.st_size + 1);
-    size_t n = buf ? fread(buf, 1, (size_t)sb.st_size, f) : 0;
-    fclose(f);
-    if (!buf || n != (size_t)sb.st_size) {
-        free(buf);
-        return sq_error_set(err, SQ_ERR_IO, path, NULL, "short read");
-    }
-    if (n && buf[n - 1] == '\n') n--;
-    if (n && buf[n - 1] == '\r') n--;
-    buf[n] = '\0';
-    *out = buf;
+    sq_status st = sq_cli_read_text_file(path, MAX_PROMPT_FILE_BYTES, out, len, err);
+    if (st != SQ_OK) return st;
+    size_t n = *len;   /* one trailing newline is the file's, not the prompt's */
+    if (n && (*out)[n - 1] == '\n') n--;
+    if (n && (*out)[n - 1] == '\r') n--;
+    (*out)[n] = '\0';
     *len = n;
     return SQ_OK;
 }
@@ -367,18 +353,6 @@ static void filtered_log(void *user, sq_log_level level, const char *msg) {
 
 /* After a failure during generation: one line from the rank that can say it (rank 0, or rank 1
  * when rank 0 is the one that failed), then the job ends. */
-static void die_after_peer_failure(const sq_cli_ctx *ctx, const sq_error *err) {
-    bool blames_0 = !strncmp(err->msg, "rank 0 ", 7);
-    bool own = err->code != SQ_ERR_PEER;
-    if (ctx->rank == 0 || own || (blames_0 && ctx->rank == 1)) {
-        sq_cli_report(ctx, err);
-    } else {
-        struct timespec ts = {1, 0};   /* let the rank that reports do it first */
-        nanosleep(&ts, NULL);
-    }
-    fflush(stdout);
-    MPI_Abort(ctx->comm, 1);
-}
 
 static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     const char *cmd = "run";
@@ -539,7 +513,7 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     sq_run_result *r = NULL;
     bool must_abort = false;
     st = sq_run(ctx->comm, &o, &r, &must_abort, &err);
-    if (st != SQ_OK && must_abort) die_after_peer_failure(ctx, &err);
+    if (st != SQ_OK && must_abort) sq_cli_abort_after_peer_failure(ctx, &err);
     if (st != SQ_OK) {
         if (sm.on && sm.streamed) printf("\n");
         prompts_free(&p);

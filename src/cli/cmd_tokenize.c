@@ -28,29 +28,6 @@ static void usage(FILE *f) {
             "Output: the ids on one line, separated by spaces.\n");
 }
 
-static sq_status read_all(const char *path, char **out, size_t *len, sq_error *err) {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return sq_error_set(err, SQ_ERR_IO, path, NULL, "cannot open: %s", strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) ||
-        (uint64_t)sb.st_size > MAX_TEXT_FILE_BYTES) {
-        fclose(f);
-        return sq_error_set(err, SQ_ERR_IO, path, NULL, "not a regular file of at most %u bytes",
-                            MAX_TEXT_FILE_BYTES);
-    }
-    char *buf = malloc((size_t)sb.st_size + 1);
-    size_t n = buf ? fread(buf, 1, (size_t)sb.st_size, f) : 0;
-    fclose(f);
-    if (!buf || n != (size_t)sb.st_size) {
-        free(buf);
-        return sq_error_set(err, SQ_ERR_IO, path, NULL, "short read");
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return SQ_OK;
-}
 
 static void json_str(const char *s, size_t n) {
     putchar('"');
@@ -110,7 +87,7 @@ int sq_cli_tokenize(int argc, char **argv, sq_cli_ctx *ctx) {
         if (st == SQ_OK && !found)
             st = sq_error_set(&err, SQ_ERR_INVALID, model, NULL,
                               "no tokenizer (no tokenizer.json, no tokenizer.ggml.model)");
-        if (st == SQ_OK && file) st = read_all(file, &buf, &len, &err);
+        if (st == SQ_OK && file) st = sq_cli_read_text_file(file, MAX_TEXT_FILE_BYTES, &buf, &len, &err);
         if (st == SQ_OK) {
             const char *t = file ? buf : text;
             if (!file) len = strlen(text);
