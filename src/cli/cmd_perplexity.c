@@ -34,7 +34,9 @@ static void usage(FILE *f) {
             "  --chunks K           score at most the first K chunks (default: all)\n"
             "  --micro-batches M    chunks are split into M micro-batches (default: one per chunk)\n"
             "  --quant …, --double-quant, --blocksize, --backend, --transport, --device,\n"
-            "  --threads, --timeout as for `shardq run`\n"
+            "  --threads as for `shardq run`; --timeout S: a peer silent for S seconds counts\n"
+            "                       as dead (default 300: a stage computes a whole chunk between\n"
+            "                       two messages)\n"
             "  --json               one JSON object: perplexity, uncertainty, n_tokens, n_chunks,\n"
             "                       scored, ctx, per-chunk running estimates, the run's figures\n"
             "  --quiet              no load progress\n"
@@ -69,6 +71,9 @@ static void figures_of(const sq_run_result *r, int32_t n_chunks, ppl_figures *f)
 static int perplexity_cmd(int argc, char **argv, sq_cli_ctx *ctx) {
     const char *cmd = "perplexity";
     sq_run_options o = sq_run_options_default();
+    /* a stage scores whole chunks between two messages: a longer silence than run's default
+     * is normal here (the liveness timeout must exceed the longest compute step) */
+    o.timeout_s = 300.0;
     const char *text_path = NULL;
     int64_t n_ctx = 512, max_chunks = 0, n_micro = 0;
     bool json = false, quiet = false, quant_given = false;
