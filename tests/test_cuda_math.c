@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../kernels/backend_math.cuh"
+#include "../kernels/sample_size.cuh"
 #include "shardq/backend.h"
 #include "shardq/quant.h"
 
@@ -195,6 +196,35 @@ START_TEST(test_sampling_walk_matches_cpu) {
 }
 END_TEST
 
+/* Issue 15: the sampling scratch is sized by the rows sampled (one per sequence), not by the
+ * prompt tokens of a micro-batch.  Llama-3's vocabulary, 16k prompt tokens, 8 sequences. */
+START_TEST(test_sample_reserve_llama3) {
+    const int64_t vocab = 128256, prompt_tokens = 16384, n_seqs = 8;
+    /* the model's limits: max_rows covers the prefill, max_sample_rows the logit rows */
+    ck_assert_int_eq(sq_sample_reserve_rows(prompt_tokens, n_seqs), 8);
+    ck_assert_int_eq(sq_sample_reserve_rows(prompt_tokens, 0), prompt_tokens);   /* unsaid: as before */
+    ck_assert_int_eq(sq_sample_reserve_rows(4, 8), 4);   /* never above max_rows */
+    size_t off[6];
+    ck_assert(sq_sample_carve(sq_sample_reserve_rows(prompt_tokens, n_seqs), vocab, off));
+    /* n = 8 x 128256 = 1,026,048 logits: float64 weights 8,208,384 B, keys 4,104,192 B, indices
+     * in and out 4,104,192 B each (all multiples of 256), offsets 9 x 4 = 36 B -> 256 */
+    ck_assert_uint_eq(off[0], 0);
+    ck_assert_uint_eq(off[1], 8208384u);
+    ck_assert_uint_eq(off[2], 12312576u);
+    ck_assert_uint_eq(off[3], 16416768u);
+    ck_assert_uint_eq(off[4], 20520960u);
+    ck_assert_uint_eq(off[5], 20521216u);   /* 19.6 MiB + CUB's storage, was refused */
+    /* sized by prompt tokens (the defect): 16384 x 128256 = 2.1e9 logits, 20 B each, ~42 GB
+     * before CUB's part; from 16,744 prompt tokens past 2^31 - 1 logits, refused even for
+     * greedy decoding */
+    ck_assert(sq_sample_carve(prompt_tokens, vocab, off));
+    ck_assert_uint_eq(off[5], 42026991872u);
+    ck_assert(!sq_sample_carve(16744, vocab, off));
+    ck_assert(!sq_sample_carve(0, vocab, off));
+    ck_assert(!sq_sample_carve(1, 0, off));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cuda_math");
     TCase *tc = tcase_create("shared");
@@ -204,6 +234,7 @@ int main(void) {
     tcase_add_test(tc, test_swiglu_and_rmsnorm_match_cpu);
     tcase_add_test(tc, test_softmax_step_matches_cpu_attention);
     tcase_add_test(tc, test_sampling_walk_matches_cpu);
+    tcase_add_test(tc, test_sample_reserve_llama3);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "devcopy_host.h"
 #include "dplane_mpi.h"
 #include "shardq/transport.h"
 #include "testutil.h"
@@ -493,6 +494,68 @@ START_TEST(nccl_cancel_in_flight_aborts) {
 }
 END_TEST
 
+/* Defect 5: a staged device send cancelled while MPI still reads its staging buffer, then a
+ * new send on the same slot (same size: the buffer refilled; larger: the buffer freed and
+ * grown).  The receiver must get the cancelled message's bytes, not the next one's or freed
+ * memory's.  Staging runs over the host-memory devcopy (tests/devcopy_host.c). */
+START_TEST(staged_send_cancel_then_reuse) {
+    sq_test_devcopy_stats stats = {0, 0, 0};
+    sq_transport_params p = sq_transport_params_default();
+    p.timeout_s = 10;
+    p.devcopy = &sq_test_devcopy_ops;
+    p.devcopy_user = &stats;
+    sq_error err;
+    sq_error_init(&err, g_rank);
+    sq_transport *t = NULL;
+    ck_assert_msg(sq_transport_create(&p, &t, &err) == SQ_OK, "%s", err.msg);
+    const size_t n = 4u << 20;   /* rendezvous: MPI reads the buffer when the receive comes */
+    const size_t sizes[4] = {n, n, n, 2 * n};
+    uint8_t *b[4];
+    for (int k = 0; k < 4; k++) {
+        b[k] = malloc(sizes[k]);
+        fill(b[k], sizes[k], 11 + k);
+    }
+    if (g_rank == 0) {
+        for (int round = 0; round < 2; round++) {
+            sq_xfer *x = NULL, *y = NULL;
+            bool done = true;
+            ck_assert_int_eq(sq_transport_isend(t, 1, 5, b[2 * round], sizes[2 * round], SQ_MEM_DEVICE, &x, &err), SQ_OK);
+            ck_assert_int_eq(sq_transport_test(t, x, &done, NULL, &err), SQ_OK);   /* copied, posted */
+            ck_assert(!done);
+            sq_transport_cancel(t, x);   /* MPI still has to send it */
+            ck_assert_int_eq(sq_transport_isend(t, 1, 5, b[2 * round + 1], sizes[2 * round + 1], SQ_MEM_DEVICE, &y, &err), SQ_OK);
+            ck_assert_ptr_eq(y, x);      /* the same slot, reused */
+            ck_assert_int_eq(sq_transport_test(t, y, &done, NULL, &err), SQ_OK);
+            MPI_Barrier(MPI_COMM_WORLD);   /* only now does rank 1 receive */
+            ck_assert_msg(sq_transport_wait(t, y, NULL, NULL, &err) == SQ_OK, "%s", err.msg);
+        }
+        ck_assert_int_eq(stats.n_copies, 4);
+    } else {
+        for (int round = 0; round < 2; round++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            if (g_rank != 1) continue;
+            for (int k = 2 * round; k < 2 * round + 2; k++) {
+                uint8_t *r = malloc(sizes[k]);
+                sq_xfer *x = NULL;
+                uint64_t got = 0;
+                ck_assert_int_eq(sq_transport_irecv(t, 0, 5, r, sizes[k], SQ_MEM_HOST, &x, &err), SQ_OK);
+                ck_assert_msg(sq_transport_wait(t, x, &got, NULL, &err) == SQ_OK, "%s", err.msg);
+                ck_assert_int_eq(got, sizes[k]);
+                size_t bad = 0;
+                while (bad < sizes[k] && r[bad] == b[k][bad]) bad++;
+                ck_assert_msg(bad == sizes[k], "message %d differs from what was sent at byte %zu (0x%02x)", k, bad,
+                              bad < sizes[k] ? r[bad] : 0);
+                free(r);
+            }
+        }
+    }
+    ck_assert_msg(sq_transport_close(t, &err) == SQ_OK, "%s", err.msg);
+    sq_transport_destroy(t);
+    if (g_rank == 0) ck_assert_int_eq(stats.n_frees, stats.n_allocs);   /* nothing leaked */
+    for (int k = 0; k < 4; k++) free(b[k]);
+}
+END_TEST
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -513,6 +576,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, nccl_bringup_join_failure);
     tcase_add_test(tc, nccl_slow_receiver_is_alive);
     tcase_add_test(tc, nccl_cancel_in_flight_aborts);
+    tcase_add_test(tc, staged_send_cancel_then_reuse);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

@@ -104,6 +104,33 @@ typedef struct sq_dplane_ops {
     void (*destroy)(sq_dplane *d);
 } sq_dplane_ops;
 
+/* ---- device memory under the mpi transport ----------------------------------------------
+ *
+ * The mpi data plane passes device buffers by staging them through host memory, one staging
+ * buffer per transfer slot (src/transport/mpi_stage.c, built everywhere): a send copies device
+ * -> host and posts MPI_Isend once the copy is done; a receive lands in host memory and is
+ * copied host -> device.  A send released while MPI may still read its staging buffer (a
+ * cancel) keeps that buffer until MPI is done with it; the slot gets a new one.  The copies
+ * are behind this vtable: CUDA's (pinned memory, a stream, one event per slot; CUDA builds),
+ * or a test's plain host memory, so a CPU test drives the staging logic. */
+typedef struct sq_devcopy sq_devcopy;
+typedef struct sq_devcopy_ops {
+    const char *name;
+    /* Called at the first device transfer (a build with CUDA on a machine without a device
+     * fails there, not at create).  On failure *out may be non-NULL and is destroyed. */
+    sq_status (*create)(void *user, int n_slots, sq_devcopy **out, sq_error *err);
+    void (*destroy)(sq_devcopy *c);   /* waits for copies in flight; NULL is fine */
+    /* SQ_OK when p (n bytes) is device memory; SQ_ERR_INVALID when not. */
+    sq_status (*check_device)(sq_devcopy *c, const void *p, uint64_t n, sq_error *err);
+    void *(*host_alloc)(sq_devcopy *c, uint64_t n);   /* staging memory; NULL on failure */
+    void (*host_free)(sq_devcopy *c, void *p);
+    /* Starts a copy of n bytes (to_device: host -> device) tracked by slot. */
+    sq_status (*copy)(sq_devcopy *c, int slot, void *dst, const void *src, uint64_t n,
+                      bool to_device, sq_error *err);
+    sq_status (*copy_test)(sq_devcopy *c, int slot, bool *done, sq_error *err);
+    void (*copy_wait)(sq_devcopy *c, int slot);
+} sq_devcopy_ops;
+
 typedef struct sq_transport_params {
     sq_transport_kind kind;
     MPI_Comm comm;        /* duplicated inside; the caller keeps and frees its own */
@@ -116,6 +143,10 @@ typedef struct sq_transport_params {
     int device;
     const sq_dplane_ops *dplane;
     void *dplane_user;
+    /* mpi: how device buffers are staged; NULL: CUDA's (CUDA builds) or none (device
+     * buffers refused).  Tests pass a host-memory stand-in. */
+    const sq_devcopy_ops *devcopy;
+    void *devcopy_user;
     sq_log log;
 } sq_transport_params;
 

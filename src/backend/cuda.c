@@ -26,6 +26,7 @@
 #include "../../kernels/rmsnorm.cuh"
 #include "../../kernels/rope.cuh"
 #include "../../kernels/sample.cuh"
+#include "../../kernels/sample_size.cuh"
 #include "../../kernels/swiglu.cuh"
 
 enum {
@@ -133,9 +134,12 @@ static sq_status cuda_reserve(sq_backend *be, const sq_backend_limits *lim, sq_e
     /* per op at most: sampling keys 2 x 8 bytes per row, attention 2 x 4, rope 4 */
     size_t slot_bytes = (size_t)lim->max_rows * 16 + 256;
     if (slot_bytes < 4096) slot_bytes = 4096;
+    /* sampling: the rows one sample call sees (one per sequence), not the prompt tokens of a
+     * micro-batch: 16k prompt tokens x a 128k vocabulary would ask for ~40 GiB */
     size_t sample_bytes = 0;
-    if (lim->max_vocab > 0 && lim->max_rows > 0) {
-        st = sq_cuda_sample_scratch_bytes(lim->max_rows, lim->max_vocab, &sample_bytes, err);
+    int64_t sample_rows = sq_sample_reserve_rows(lim->max_rows, lim->max_sample_rows);
+    if (lim->max_vocab > 0 && sample_rows > 0) {
+        st = sq_cuda_sample_scratch_bytes(sample_rows, lim->max_vocab, &sample_bytes, err);
         if (st != SQ_OK) return st;
     }
     if (slot_bytes <= c->slot_bytes && sample_bytes <= c->sample_bytes &&

@@ -89,6 +89,11 @@ sq_status sq_transport_create(const sq_transport_params *params, sq_transport **
     t->device = params->device;
     t->dplane = dplane;
     t->dplane_user = params->dplane_user;
+    t->devcopy = params->devcopy;
+    t->devcopy_user = params->devcopy_user;
+#ifdef SHARDQ_HAVE_CUDA
+    if (!t->devcopy) t->devcopy = &sq_devcopy_cuda_ops;
+#endif
     t->timeout_s = params->timeout_s > 0 ? params->timeout_s : 30.0;
     t->hb_interval_s = t->timeout_s / 8 < 0.5 ? t->timeout_s / 8 : 0.5;
     t->n_xfers = params->max_inflight > 0 ? params->max_inflight : 256;

@@ -85,6 +85,9 @@ struct sq_transport {
     int device;
     const sq_dplane_ops *dplane;
     void *dplane_user;
+    /* mpi: the staging of device buffers (NULL: refused) and its argument */
+    const sq_devcopy_ops *devcopy;
+    void *devcopy_user;
 };
 
 /* For implementations' bring-up loops (transport.c): one control-plane round, then the
@@ -98,15 +101,17 @@ extern const sq_transport_ops sq_transport_mpi_ops;
 /* nccl.c: device buffers over t->dplane, host ones over mpi (every build). */
 extern const sq_transport_ops sq_transport_nccl_ops;
 
-#ifdef SHARDQ_HAVE_CUDA
-/* nccl_dev.c: NCCL's data plane (CUDA builds only). */
-extern const sq_dplane_ops sq_dplane_nccl_ops;
-/* mpi_cuda.c: the mpi data plane's device buffers, staged through pinned host memory; x->impl
- * points at the transfer's staging state while it is pending. */
+/* mpi_stage.c: the mpi data plane's device buffers, staged through host memory over
+ * t->devcopy; x->impl points at the transfer's staging state while it is pending. */
 sq_status sq_mpi_stage_start(sq_transport *t, sq_xfer *x, sq_error *err);
 sq_status sq_mpi_stage_test(sq_transport *t, sq_xfer *x, bool *done, sq_error *err);
 void sq_mpi_stage_cancel(sq_transport *t, sq_xfer *x);
 void sq_mpi_stage_fini(sq_transport *t);
+
+#ifdef SHARDQ_HAVE_CUDA
+/* nccl_dev.c: NCCL's data plane; mpi_cuda.c: CUDA's copies for staging (CUDA builds only). */
+extern const sq_dplane_ops sq_dplane_nccl_ops;
+extern const sq_devcopy_ops sq_devcopy_cuda_ops;
 #endif
 
 #endif

@@ -1,0 +1,89 @@
+/* GPU test (label gpu) of the CUDA backend's sampling reserve (issue 15): a stage with 16k
+ * prompt tokens per micro-batch, Llama-3's vocabulary (128256) and 8 sequences reserves sampling
+ * scratch for the 8 sampled rows (kernels/sample_size.cuh), not for 16k rows x 128256 (about
+ * 42 GB before CUB's part, and refused from 16,744 tokens), then samples 8 rows of that
+ * vocabulary as the CPU backend does.  Exits 77 where there is no CUDA device. */
+#include <check.h>
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../kernels/sample_size.cuh"
+#include "shardq/backend.h"
+
+enum { VOCAB = 128256, PROMPT_TOKENS = 16384, N_SEQS = 8 };
+
+START_TEST(reserve_16k_prompt_tokens_llama3_vocab) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_backend *gpu = NULL, *cpu = NULL;
+    ck_assert_msg(sq_backend_create_cuda(0, &gpu, &err) == SQ_OK, "%s", err.msg);
+    ck_assert_int_eq(sq_backend_create_cpu(2, &cpu, &err), SQ_OK);
+    size_t free0 = 0, free1 = 0, total = 0;
+    ck_assert_int_eq(cudaMemGetInfo(&free0, &total), cudaSuccess);
+    sq_backend_limits lim = {.max_rows = PROMPT_TOKENS, .max_width = 4096, .max_vocab = VOCAB,
+                             .max_head_dim = 128, .max_sample_rows = N_SEQS};
+    ck_assert_msg(sq_backend_reserve(gpu, &lim, &err) == SQ_OK, "reserve: %s", err.msg);
+    ck_assert_int_eq(cudaMemGetInfo(&free1, &total), cudaSuccess);
+    size_t off[6];
+    ck_assert(sq_sample_carve(N_SEQS, VOCAB, off));
+    double used = (double)free0 - (double)free1;
+    fprintf(stderr, "  reserve at %d prompt tokens, vocab %d, %d sequences: %.1f MiB of device memory "
+            "(sampling carve %.1f MiB + CUB + op scratch)\n", PROMPT_TOKENS, VOCAB, N_SEQS,
+            used / 1048576.0, (double)off[5] / 1048576.0);
+    /* the carve is 19.6 MiB; CUB's part is of the same order; the op scratch 16 B per row */
+    ck_assert_msg(used < 256.0 * 1048576.0, "the reserve took %.0f MiB", used / 1048576.0);
+    sq_backend_limits lc = {.max_rows = N_SEQS, .max_width = 64, .max_vocab = VOCAB, .max_head_dim = 64};
+    ck_assert_int_eq(sq_backend_reserve(cpu, &lc, &err), SQ_OK);
+    float *x = malloc((size_t)N_SEQS * VOCAB * sizeof *x);
+    uint32_t s = 12345;
+    for (size_t i = 0; i < (size_t)N_SEQS * VOCAB; i++) {
+        s = s * 1664525u + 1013904223u;
+        x[i] = (float)(s >> 8) / 16777216.0f * 16.0f - 8.0f + (i % 101 == 0 ? 6.0f : 0.0f);
+    }
+    void *x_d = NULL;
+    ck_assert_int_eq(sq_backend_alloc(gpu, (uint64_t)N_SEQS * VOCAB * 4, &x_d, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_upload(gpu, x_d, x, (uint64_t)N_SEQS * VOCAB * 4, &err), SQ_OK);
+    const sq_sample_params ps[] = {{0.0f, 0, 1.0f, 1}, {1.0f, 0, 1.0f, 2}, {0.8f, 40, 0.95f, 3}};
+    int agree = 0, n = 0;
+    for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+        uint64_t seq[N_SEQS], steps[N_SEQS];
+        int32_t ic[N_SEQS], ig[N_SEQS];
+        for (int r = 0; r < N_SEQS; r++) seq[r] = (uint64_t)r, steps[r] = 7;
+        ck_assert_int_eq(sq_backend_sample(cpu, x, N_SEQS, VOCAB, &ps[pi], seq, steps, ic, &err), SQ_OK);
+        ck_assert_msg(sq_backend_sample(gpu, x_d, N_SEQS, VOCAB, &ps[pi], seq, steps, ig, &err) == SQ_OK,
+                      "sample: %s", err.msg);
+        for (int r = 0; r < N_SEQS; r++) {
+            ck_assert(ig[r] >= 0 && ig[r] < VOCAB);
+            if (pi == 0) ck_assert_int_eq(ig[r], ic[r]);   /* greedy: exact */
+            agree += ig[r] == ic[r];
+            n++;
+        }
+    }
+    /* exp() may differ by an ulp between CUDA and glibc: one miss allowed */
+    ck_assert_msg(agree >= n - 1, "only %d of %d sampled tokens agree with the CPU's", agree, n);
+    sq_backend_free(gpu, x_d);
+    free(x);
+    sq_backend_destroy(gpu);
+    sq_backend_destroy(cpu);
+}
+END_TEST
+
+int main(void) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        printf("no CUDA device: skipping the sampling reserve test\n");
+        return 77;
+    }
+    Suite *su = suite_create("cuda_reserve");
+    TCase *tc = tcase_create("gpu");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, reserve_16k_prompt_tokens_llama3_vocab);
+    suite_add_tcase(su, tc);
+    SRunner *sr = srunner_create(su);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
