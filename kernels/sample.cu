@@ -64,7 +64,7 @@ k_draw(const float *keys, const int32_t *idx, int64_t vocab, float temperature, 
     __syncthreads();
     if (threadIdx.x == 0) {
         const double u = sq_bm_uniform(seed, seq_ids[r], steps[r]);
-        ids[r] = idx[r * vocab + sq_bm_sample_walk(p, n, top_p, u)];
+        ids[r] = idx[r * vocab + sq_bm_sample_walk_prefix(p, n, top_p, u)];   /* = sq_bm_sample_walk */
     }
 }
 

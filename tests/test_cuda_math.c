@@ -225,6 +225,69 @@ START_TEST(test_sample_reserve_llama3) {
 }
 END_TEST
 
+/* The GPU's one-pass walk (running sums + binary searches) picks what the CPU's three-pass
+ * walk picks, bit for bit: random weights (many exact zeros and ties, huge and tiny), every
+ * top_p class, u at the ends, and NaN weights. */
+START_TEST(test_sample_walk_prefix_matches_walk) {
+    rng_seed(515);
+    enum { NMAX = 700 };
+    double pr[NMAX], pp[NMAX];
+    const float top_ps[] = {1.0f, 0.95f, 0.5f, 0.1f, 0.0f, 1e-7f};
+    int checked = 0;
+    for (int trial = 0; trial < 3000; trial++) {
+        int64_t n = 1 + (int64_t)(rng_u64() % NMAX);
+        int kind = trial % 5;
+        for (int64_t i = 0; i < n; i++) {
+            double w = rng_f(0.0f, 1.0f);
+            if (kind == 1) w = (rng_u64() % 3 == 0) ? 0.0 : 0.25;          /* zeros and ties */
+            if (kind == 2) w = exp(-(double)rng_f(0.0f, 700.0f));          /* down to subnormal */
+            if (kind == 3) w = i == 0 ? 1.0 : 1e-17;                      /* below one ulp of the sum */
+            pr[i] = w;
+        }
+        if (kind == 4 && n > 3) pr[n / 2] = NAN;
+        double u = (double)rng_f(0.0f, 1.0f);
+        if (trial % 7 == 0) u = 0.0;
+        if (trial % 11 == 0) u = 0.9999999999999999;
+        for (size_t k = 0; k < sizeof top_ps / sizeof top_ps[0]; k++) {
+            memcpy(pp, pr, (size_t)n * sizeof *pp);
+            int64_t want = sq_bm_sample_walk(pr, n, top_ps[k], u);
+            int64_t got = sq_bm_sample_walk_prefix(pp, n, top_ps[k], u);
+            ck_assert_msg(got == want, "trial %d kind %d n %lld top_p %g u %.17g: %lld != %lld", trial, kind,
+                          (long long)n, (double)top_ps[k], u, (long long)got, (long long)want);
+            checked++;
+        }
+    }
+    ck_assert_int_eq(checked, 3000 * 6);
+}
+END_TEST
+
+/* Attention's merge of warp partials: only a warp that saw no position is left out; a NaN
+ * partial is kept (the old test "l > 0" dropped it, so a NaN score vanished on the GPU while
+ * the CPU's output was NaN). */
+START_TEST(test_attn_merge_keeps_nan) {
+    ck_assert(!sq_bm_attn_merge_keeps(-INFINITY, 0.0f));   /* empty warp */
+    ck_assert(sq_bm_attn_merge_keeps(0.5f, 1.0f));
+    ck_assert(sq_bm_attn_merge_keeps(-3.0f, 1e-30f));
+    ck_assert(sq_bm_attn_merge_keeps(2.0f, NAN));          /* a NaN score made l NaN */
+    ck_assert(sq_bm_attn_merge_keeps(NAN, NAN));
+    /* the kernel's merge on the host: 3 warps, one saw a NaN score, one saw nothing */
+    float m[3], l[3], acc[3];
+    float e;
+    m[0] = l[0] = -INFINITY; l[0] = 0.0f; acc[0] = 0.0f;
+    for (int j = 0; j < 2; j++) { float c = sq_bm_softmax_step(0.5f * j, &m[0], &l[0], &e); acc[0] = acc[0] * c + e * 2.0f; }
+    m[1] = -INFINITY; l[1] = 0.0f; acc[1] = 0.0f;
+    { float c = sq_bm_softmax_step(NAN, &m[1], &l[1], &e); acc[1] = acc[1] * c + e * 1.0f; }
+    ck_assert(!(l[1] > 0.0f));   /* what the old merge tested: this partial was dropped */
+    m[2] = -INFINITY; l[2] = 0.0f; acc[2] = 0.0f;   /* no position */
+    float M = m[0];
+    for (int w = 1; w < 3; w++) M = fmaxf(M, m[w]);
+    float L = 0.0f, a = 0.0f;
+    for (int w = 0; w < 3; w++)
+        if (sq_bm_attn_merge_keeps(m[w], l[w])) { L += l[w] * expf(m[w] - M); a += acc[w] * expf(m[w] - M); }
+    ck_assert_msg(isnan(a / L), "merged %g: the NaN was dropped", (double)(a / L));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cuda_math");
     TCase *tc = tcase_create("shared");
@@ -235,6 +298,8 @@ int main(void) {
     tcase_add_test(tc, test_softmax_step_matches_cpu_attention);
     tcase_add_test(tc, test_sampling_walk_matches_cpu);
     tcase_add_test(tc, test_sample_reserve_llama3);
+    tcase_add_test(tc, test_sample_walk_prefix_matches_walk);
+    tcase_add_test(tc, test_attn_merge_keeps_nan);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

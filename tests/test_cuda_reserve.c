@@ -1,12 +1,15 @@
-/* GPU test (label gpu) of the CUDA backend's sampling reserve (issue 15): a stage with 16k
+/* GPU test (label gpu) of the CUDA backend (issue 15).  The sampling reserve: a stage with 16k
  * prompt tokens per micro-batch, Llama-3's vocabulary (128256) and 8 sequences reserves sampling
  * scratch for the 8 sampled rows (kernels/sample_size.cuh), not for 16k rows x 128256 (about
  * 42 GB before CUB's part, and refused from 16,744 tokens), then samples 8 rows of that
- * vocabulary as the CPU backend does.  Exits 77 where there is no CUDA device. */
+ * vocabulary as the CPU backend does.  A kernel fault: reported against the ops enqueued since
+ * the last sync, not the call where it surfaced.  Exits 77 where there is no CUDA device. */
 #include <check.h>
 #include <cuda_runtime_api.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../kernels/sample_size.cuh"
 #include "shardq/backend.h"
@@ -69,6 +72,36 @@ START_TEST(reserve_16k_prompt_tokens_llama3_vocab) {
 }
 END_TEST
 
+/* A kernel that faults (an add reading an unmapped address) is reported when the stream is
+ * next synchronized, against the ops enqueued since the last completed sync (add, then swiglu),
+ * not under the name of the call where the fault surfaced.  Runs last: the fault ends the
+ * process's CUDA context. */
+START_TEST(kernel_fault_names_recent_ops) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_backend *gpu = NULL;
+    ck_assert_msg(sq_backend_create_cuda(0, &gpu, &err) == SQ_OK, "%s", err.msg);
+    sq_backend_limits lim = {.max_rows = 16, .max_width = 1024, .max_vocab = 0, .max_head_dim = 64};
+    ck_assert_int_eq(sq_backend_reserve(gpu, &lim, &err), SQ_OK);
+    const int64_t n = 1 << 20;
+    void *a = NULL, *o = NULL;
+    ck_assert_int_eq(sq_backend_alloc(gpu, n * 4, &a, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_alloc(gpu, n * 4, &o, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_memset(gpu, a, 0, n * 4, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_sync(gpu, &err), SQ_OK);
+    void *bogus = (void *)(uintptr_t)0x10000;   /* never a device allocation */
+    sq_status st = sq_backend_add(gpu, a, bogus, n, o, &err);
+    if (st == SQ_OK) st = sq_backend_swiglu(gpu, a, a, n, o, &err);
+    if (st == SQ_OK) st = sq_backend_sync(gpu, &err);
+    ck_assert_int_eq(st, SQ_ERR_CUDA);
+    fprintf(stderr, "  fault reported as: %s\n", err.msg);
+    ck_assert_msg(strstr(err.msg, "a kernel failed on the device"), "%s", err.msg);
+    ck_assert_msg(strstr(err.msg, "add"), "%s", err.msg);
+    ck_assert_str_eq(err.tensor, "");
+    /* the context is gone: nothing more is freed here */
+}
+END_TEST
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -79,6 +112,7 @@ int main(void) {
     TCase *tc = tcase_create("gpu");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, reserve_16k_prompt_tokens_llama3_vocab);
+    tcase_add_test(tc, kernel_fault_names_recent_ops);   /* last: it ends the CUDA context */
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_set_fork_status(sr, CK_NOFORK);
