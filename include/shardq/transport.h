@@ -3,10 +3,11 @@
  * One opaque handle per run, over a duplicate of the caller's communicator.  Two planes:
  *  - the data plane (isend / irecv / test / wait): asynchronous point-to-point transfers to
  *    and from a neighbour rank, each with a completion handle (sq_xfer).  It sits behind a
- *    vtable (src/transport/transport_impl.h): `mpi` today (host memory, MPI_Isend/MPI_Irecv,
- *    one tag per micro-batch); an `nccl` implementation (device buffers, a dedicated stream,
- *    events) plugs in behind the same calls, and the `mpi` one may stage device buffers
- *    through pinned host memory (sq_mem_kind says which memory a buffer is in).
+ *    vtable (src/transport/transport_impl.h): `mpi` (host memory, MPI_Isend/MPI_Irecv, one
+ *    tag per micro-batch; device buffers staged through host memory, sq_devcopy_ops below)
+ *    and `nccl` (device buffers over an sq_dplane_ops, NCCL's in CUDA builds; host buffers of
+ *    an nccl transport — the pipeline's headers and token ids — travel over `mpi`).
+ *    sq_mem_kind says which memory a buffer is in.
  *  - the control plane, always MPI on host memory whatever the data plane: heartbeats to the
  *    ring neighbours, abort notices, agreement on a status, broadcast, gather, close.
  *
@@ -54,8 +55,8 @@ sq_status sq_mpi_error(sq_error *err, int mpi_rc, const char *what);
     } while (0)
 
 typedef enum sq_transport_kind { SQ_TRANSPORT_MPI = 0, SQ_TRANSPORT_NCCL } sq_transport_kind;
-/* Where a buffer lives.  The mpi transport takes HOST today; DEVICE (staged through pinned
- * memory) and the nccl transport come with the CUDA build. */
+/* Where a buffer lives.  mpi: HOST, and DEVICE when it has a devcopy (CUDA builds: pinned
+ * staging).  nccl: HOST goes over MPI, DEVICE over the data plane. */
 typedef enum sq_mem_kind { SQ_MEM_HOST = 0, SQ_MEM_DEVICE } sq_mem_kind;
 
 /* ---- the device data plane under the nccl transport -------------------------------------
