@@ -10,7 +10,9 @@
  *   --die-test   (no MPI) spawns `mpirun -np 3 <self> --die-child` with SHARDQ_TEST_DIE_*
  *                set, checks every rank is gone within seconds and the output names rank 1;
  *   --die-child  one toy run; on failure prints one line and calls MPI_Abort;
- *   --bench      prints measured bubble fractions next to the (p-1)/(M+p-1) model. */
+ *   --bench      prints measured bubble fractions next to the (p-1)/(M+p-1) model;
+ *   --nccl-seam  (under mpirun, 1..4 ranks) the nccl transport's code path over the MPI-backed
+ *                test data plane gives the mpi transport's tokens (issue 15). */
 #include <check.h>
 #include <signal.h>
 #include <mpi.h>
@@ -431,7 +433,12 @@ START_TEST(nccl_path_matches_mpi) {
     q.n_eos = 1;
     ck_assert_int_eq(reference(&q, N_LAYERS, DIM, VOCAB, MAX_SEQ, refp, n_ref, fin_ref), 0);
 
-    sq_transport *tm = make_transport(20);
+    /* One transport alive at a time: with Open MPI's tcp btl, MPI_Comm_dup over MPI_COMM_WORLD
+     * while another transport's receives are posted was seen to stall in ompi_comm_activate. */
+    enum { NM = 5 };
+    const int32_t ms[NM] = {0, 1, 2, 3, 5};
+    static int32_t b[NM][N_SEQS][16], nb[NM][N_SEQS];
+    static sq_finish_reason fb[NM][N_SEQS];
     sq_test_dplane u;
     sq_test_dplane_init(&u, MPI_COMM_WORLD);
     sq_transport_params p = sq_transport_params_default();
@@ -445,30 +452,35 @@ START_TEST(nccl_path_matches_mpi) {
     sq_transport *tn = NULL;
     ck_assert_msg(sq_transport_create(&p, &tn, &err) == SQ_OK, "%s", err.msg);
     ck_assert_str_eq(sq_transport_name(tn), "nccl");
-    int32_t ms[] = {0, 1, 2, 3, 5};
-    for (size_t k = 0; k < sizeof ms / sizeof ms[0]; k++) {
-        int32_t a[N_SEQS][16], b[N_SEQS][16], na[N_SEQS], nb[N_SEQS];
-        sq_finish_reason fa[N_SEQS], fb[N_SEQS];
-        run_once(tm, SQ_MEM_HOST, ms[k], &q, a, na, fa);
+    for (int k = 0; k < NM; k++) {
         int64_t posts0 = u.n_posts;
-        run_once(tn, SQ_MEM_DEVICE, ms[k], &q, b, nb, fb);
+        run_once(tn, SQ_MEM_DEVICE, ms[k], &q, b[k], nb[k], fb[k]);
         /* every stage but a lone one moved activations over the data plane */
         if (g_size > 1) ck_assert_int_gt(u.n_posts, posts0);
         else ck_assert_int_eq(u.n_posts, posts0);
-        if (g_rank != 0) continue;
-        for (int s = 0; s < N_SEQS; s++) {
-            ck_assert_int_eq(na[s], n_ref[s]);
-            ck_assert_int_eq(nb[s], na[s]);
-            ck_assert_int_eq(fb[s], fa[s]);
-            for (int j = 0; j < na[s]; j++) {
-                ck_assert_int_eq(a[s][j], ref[s][j]);
-                ck_assert_msg(b[s][j] == a[s][j], "M=%d seq %d token %d: nccl %d, mpi %d", ms[k], s, j, b[s][j], a[s][j]);
-            }
-        }
     }
     ck_assert_int_eq(sq_transport_close(tn, &err), SQ_OK);
     sq_transport_destroy(tn);
     sq_test_dplane_fini(&u, 0);
+
+    sq_transport *tm = make_transport(20);
+    for (int k = 0; k < NM; k++) {
+        int32_t a[N_SEQS][16], na[N_SEQS];
+        sq_finish_reason fa[N_SEQS];
+        run_once(tm, SQ_MEM_HOST, ms[k], &q, a, na, fa);
+        if (g_rank != 0) continue;
+        for (int s = 0; s < N_SEQS; s++) {
+            ck_assert_int_eq(na[s], n_ref[s]);
+            ck_assert_int_eq(nb[k][s], na[s]);
+            ck_assert_int_eq(fb[k][s], fa[s]);
+            for (int j = 0; j < na[s]; j++) {
+                ck_assert_int_eq(a[s][j], ref[s][j]);
+                ck_assert_msg(b[k][s][j] == a[s][j], "M=%d seq %d token %d: nccl %d, mpi %d", ms[k], s, j,
+                              b[k][s][j], a[s][j]);
+            }
+        }
+    }
+    ck_assert_int_eq(sq_transport_close(tm, &err), SQ_OK);
     sq_transport_destroy(tm);
 }
 END_TEST
@@ -633,11 +645,17 @@ int main(int argc, char **argv) {
     Suite *s = suite_create("pipeline");
     TCase *tc = tcase_create("mpi");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, matches_reference);
-    tcase_add_test(tc, bad_requests_fail_everywhere);
-    tcase_add_test(tc, compute_mismatch_and_missing_callbacks);
-    tcase_add_test(tc, compute_failure_ends_every_rank);
-    tcase_add_test(tc, nccl_path_matches_mpi);
+    if (argc > 1 && !strcmp(argv[1], "--nccl-seam")) {
+        /* a job of its own: with Open MPI's tcp btl, a process that has created and destroyed
+         * several transports was seen to stall in MPI_Comm_dup (also on main, with
+         * matches_reference run twice), so this test does not add to that count */
+        tcase_add_test(tc, nccl_path_matches_mpi);
+    } else {
+        tcase_add_test(tc, matches_reference);
+        tcase_add_test(tc, bad_requests_fail_everywhere);
+        tcase_add_test(tc, compute_mismatch_and_missing_callbacks);
+        tcase_add_test(tc, compute_failure_ends_every_rank);
+    }
     suite_add_tcase(s, tc);
     int failed = run_suite(s);
     int any = 0;

@@ -94,7 +94,7 @@ fi
 # ---- 3. tests: gpu-labelled (every op, CPU vs GPU) + the CPU tests of the shared math ------
 status=0
 ctest --test-dir "$BUILD" -L gpu --output-on-failure 2>&1 | tee "$OUT/ctest-gpu.log" || status=1
-ctest --test-dir "$BUILD" -R 'test_cuda_math|test_backend$|test_transport|test_pipeline_np' --output-on-failure \
+ctest --test-dir "$BUILD" -R 'test_cuda_math|test_backend$|test_transport|test_pipeline_(nccl_)?np' --output-on-failure \
     2>&1 | tee "$OUT/ctest-cpu.log" | tail -5 || status=1
 if [ "$GPU" = 1 ]; then
     # the skip code is failure here: a GPU is present, so the test must have run
