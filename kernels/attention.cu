@@ -80,12 +80,13 @@ k_attention(const float *q, const float *ck, const float *cv, const int32_t *slo
     float M = m_s[0];
     for (int w = 1; w < kWarps; w++) M = fmaxf(M, m_s[w]);
     float L = 0.0f;
-    for (int w = 0; w < kWarps; w++) L += l_s[w] > 0.0f ? l_s[w] * expf(m_s[w] - M) : 0.0f;
+    for (int w = 0; w < kWarps; w++)
+        if (sq_bm_attn_merge_keeps(m_s[w], l_s[w])) L += l_s[w] * expf(m_s[w] - M);
     float *o = out + (r * n_heads + h) * (int64_t)hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.0f;
-        for (int w = 0; w < kWarps; w++)
-            if (l_s[w] > 0.0f) a += acc_s[w * hd + d] * expf(m_s[w] - M);
+        for (int w = 0; w < kWarps; w++)   /* a NaN partial is kept: NaN propagates (the CPU's) */
+            if (sq_bm_attn_merge_keeps(m_s[w], l_s[w])) a += acc_s[w * hd + d] * expf(m_s[w] - M);
         o[d] = a / L;
     }
 }

@@ -60,6 +60,12 @@ SQ_BM_HD float sq_bm_softmax_step(float sc, float *m, float *l, float *e) {
     return corr;
 }
 
+/* Whether one warp's partial (running max m, sum l) of attention's online softmax takes part
+ * in the merge of the warps' partials: only a warp that saw no position (m = -inf, l = 0) is
+ * left out.  A partial made NaN by a NaN score takes part, so NaN reaches the output as the
+ * CPU backend's single pass propagates it (a test of "l > 0" would drop it). */
+SQ_BM_HD int sq_bm_attn_merge_keeps(float m, float l) { return !(m == -INFINITY && l == 0.0f); }
+
 /* ---- sampling -------------------------------------------------------------------------------- */
 /* splitmix64 finalizer and the counter-based uniform of sq_sample_uniform: 53 random bits of
  * the key (seed, seq_id, step) in [0, 1). */
@@ -121,6 +127,39 @@ SQ_BM_HD int64_t sq_bm_sample_walk(const double *pr, int64_t n, float top_p, dou
         if (u < cum) return i;
     }
     return n - 1;
+}
+
+/* sq_bm_sample_walk in one sequential pass: pr is overwritten with its running sums (float64,
+ * ascending i: exactly the partial sums every loop of sq_bm_sample_walk computes), then the
+ * top-p cut and the draw are binary searches over them.  Returns the same position as
+ * sq_bm_sample_walk for the same weights, bit for bit: the running sums of non-negative weights
+ * never decrease, and a NaN weight makes the total and every comparison with it NaN / false
+ * alike in both.  One walk over the vocabulary instead of three on the GPU's single thread. */
+SQ_BM_HD int64_t sq_bm_sample_walk_prefix(double *pr, int64_t n, float top_p, double u01) {
+    double cum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        cum += pr[i];
+        pr[i] = cum;
+    }
+    double sum = n > 0 ? pr[n - 1] : 0.0;
+    if (top_p < 1.0f) {
+        /* keep = 1 + the first i with pr[i] >= target, or n */
+        const double target = (double)top_p * sum;
+        int64_t lo = 0, hi = n;
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (pr[mid] >= target) hi = mid; else lo = mid + 1;
+        }
+        n = lo < n ? lo + 1 : n;
+        sum = pr[n - 1];
+    }
+    const double u = u01 * sum;
+    int64_t lo = 0, hi = n;   /* the first i with u < pr[i], or n - 1 */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (u < pr[mid]) hi = mid; else lo = mid + 1;
+    }
+    return lo < n ? lo : n - 1;
 }
 
 #undef SQ_BM_HD

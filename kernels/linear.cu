@@ -281,6 +281,36 @@ fail:
     return st;
 }
 
+/* The 4-bit band, coalesced: thread g converts elements [4g, 4g + 4) of the band (two packed
+ * bytes, one absmax: blocks are >= 32 elements and 4-aligned) and stores one float4, so a warp
+ * reads 64 contiguous bytes and writes 512 contiguous bytes per instruction (k_weight_to_f32's
+ * 32-element-per-thread layout writes 128 bytes apart).  Needs (row0 * cols) % 4 == 0 and
+ * n_elems % 4 == 0, i.e. cols % 4 == 0.  The same values: sq_bm_q4_weight per element. */
+static __global__ void k_q4_band_to_f32(const sq_cuda_wdesc w, int64_t row0, int64_t n_quads,
+                                 float4 *__restrict__ dst) {
+    const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= n_quads) return;
+    const int64_t f = row0 * w.cols + 4 * g;   /* flat index of the first element, even */
+    const uint8_t *packed = reinterpret_cast<const uint8_t *>(w.data_d);
+    const unsigned b0 = packed[f >> 1], b1 = packed[(f >> 1) + 1];
+    const float am = w.absmax_d[f >> w.log2_block];
+    dst[g] = make_float4(sq_bm_q4_weight(w.code, b0 >> 4, am), sq_bm_q4_weight(w.code, b0 & 15u, am),
+                         sq_bm_q4_weight(w.code, b1 >> 4, am), sq_bm_q4_weight(w.code, b1 & 15u, am));
+}
+
+static sq_status q4_band_to_f32(const sq_cuda_wdesc *w, int64_t row0, int64_t n, float *dst_d,
+                                cudaStream_t stream, sq_error *err) {
+    sq_status st = SQ_OK;
+    const int64_t n_quads = n * w->cols / 4, grid = (n_quads + 255) / 256;
+    if (grid > 0x7fffffff)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "cuda weight_to_f32: band too large");
+    k_q4_band_to_f32<<<(unsigned)grid, 256, 0, stream>>>(*w, row0, n_quads, reinterpret_cast<float4 *>(dst_d));
+    SQ_CUDA_CHECK(cudaGetLastError());
+    return SQ_OK;
+fail:
+    return st;
+}
+
 extern "C" sq_status sq_cuda_weight_to_f32(const sq_cuda_wdesc *w, int64_t row0, int64_t n,
                                            float *dst_d, cudaStream_t stream, sq_error *err) {
     sq_status st = SQ_OK;
@@ -288,6 +318,9 @@ extern "C" sq_status sq_cuda_weight_to_f32(const sq_cuda_wdesc *w, int64_t row0,
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
                             "cuda weight_to_f32: rows [%lld, %lld) of %lld", (long long)row0,
                             (long long)(row0 + n), (long long)w->rows);
+    if (w->store == SQ_CUDA_W_Q4 && w->cols % 4 == 0 && w->log2_block >= 2 &&
+        ((uintptr_t)dst_d & 15u) == 0)
+        return q4_band_to_f32(w, row0, n, dst_d, stream, err);
     const int64_t n_elems = n * w->cols, n_threads = (n_elems + 31) / 32;
     const int64_t grid = (n_threads + 255) / 256;
     if (grid > 0x7fffffff)

@@ -7,6 +7,7 @@
 #include "backend_math.cuh"
 #include "cuda_check.cuh"
 #include "sample.cuh"
+#include "sample_size.cuh"
 
 namespace {
 constexpr int kThreads = 256;
@@ -63,7 +64,7 @@ k_draw(const float *keys, const int32_t *idx, int64_t vocab, float temperature, 
     __syncthreads();
     if (threadIdx.x == 0) {
         const double u = sq_bm_uniform(seed, seq_ids[r], steps[r]);
-        ids[r] = idx[r * vocab + sq_bm_sample_walk(p, n, top_p, u)];
+        ids[r] = idx[r * vocab + sq_bm_sample_walk_prefix(p, n, top_p, u)];   /* = sq_bm_sample_walk */
     }
 }
 
@@ -77,19 +78,18 @@ struct Carve {
     size_t cub_bytes, total;
 };
 Carve carve(void *base, int64_t rows, int64_t vocab, size_t cub_bytes) {
-    auto up = [](size_t v) { return (v + 255) & ~(size_t)255; };
     Carve c{};
-    const size_t n = (size_t)rows * (size_t)vocab;
-    size_t off = 0;
+    size_t off[6] = {0, 0, 0, 0, 0, 0};
+    (void)sq_sample_carve(rows, vocab, off);   /* callers checked rows x vocab */
     char *b = (char *)base;
-    c.pr = (double *)(b + off); off = up(off + n * sizeof(double));
-    c.keys = (float *)(b + off); off = up(off + n * sizeof(float));
-    c.idx_in = (int32_t *)(b + off); off = up(off + n * sizeof(int32_t));
-    c.idx_out = (int32_t *)(b + off); off = up(off + n * sizeof(int32_t));
-    c.offsets = (int *)(b + off); off = up(off + (size_t)(rows + 1) * sizeof(int));
-    c.cub = b + off;
+    c.pr = (double *)(b + off[0]);
+    c.keys = (float *)(b + off[1]);
+    c.idx_in = (int32_t *)(b + off[2]);
+    c.idx_out = (int32_t *)(b + off[3]);
+    c.offsets = (int *)(b + off[4]);
+    c.cub = b + off[5];
     c.cub_bytes = cub_bytes;
-    c.total = off + cub_bytes;
+    c.total = off[5] + cub_bytes;
     return c;
 }
 

@@ -3,7 +3,8 @@
  *   random: sq_cuda_sample, per row: a stable descending sort of (logit, index) (CUB segmented
  *           radix sort: ties keep the lower index first, as the CPU's comparator), the top_k
  *           prefix, float64 weights sq_bm_sample_weight in parallel, then one thread walks them
- *           in order (sq_bm_sample_walk) with u = sq_bm_uniform(seed, seq_id, step): the CPU
+ *           once in order (sq_bm_sample_walk_prefix: running sums, then binary searches; the same
+ *           pick as sq_bm_sample_walk) with u = sq_bm_uniform(seed, seq_id, step): the CPU
  *           backend's algorithm and summation order, the same counter-based generator.
  * Scratch (sq_cuda_sample_scratch): keys and indices (rows x vocab) x 2, float64 weights
  * (rows x vocab), segment offsets, CUB's temporary storage.  Sized once by the backend's

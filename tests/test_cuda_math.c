@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../kernels/backend_math.cuh"
+#include "../kernels/sample_size.cuh"
 #include "shardq/backend.h"
 #include "shardq/quant.h"
 
@@ -195,6 +196,98 @@ START_TEST(test_sampling_walk_matches_cpu) {
 }
 END_TEST
 
+/* Issue 15: the sampling scratch is sized by the rows sampled (one per sequence), not by the
+ * prompt tokens of a micro-batch.  Llama-3's vocabulary, 16k prompt tokens, 8 sequences. */
+START_TEST(test_sample_reserve_llama3) {
+    const int64_t vocab = 128256, prompt_tokens = 16384, n_seqs = 8;
+    /* the model's limits: max_rows covers the prefill, max_sample_rows the logit rows */
+    ck_assert_int_eq(sq_sample_reserve_rows(prompt_tokens, n_seqs), 8);
+    ck_assert_int_eq(sq_sample_reserve_rows(prompt_tokens, 0), prompt_tokens);   /* unsaid: as before */
+    ck_assert_int_eq(sq_sample_reserve_rows(4, 8), 4);   /* never above max_rows */
+    size_t off[6];
+    ck_assert(sq_sample_carve(sq_sample_reserve_rows(prompt_tokens, n_seqs), vocab, off));
+    /* n = 8 x 128256 = 1,026,048 logits: float64 weights 8,208,384 B, keys 4,104,192 B, indices
+     * in and out 4,104,192 B each (all multiples of 256), offsets 9 x 4 = 36 B -> 256 */
+    ck_assert_uint_eq(off[0], 0);
+    ck_assert_uint_eq(off[1], 8208384u);
+    ck_assert_uint_eq(off[2], 12312576u);
+    ck_assert_uint_eq(off[3], 16416768u);
+    ck_assert_uint_eq(off[4], 20520960u);
+    ck_assert_uint_eq(off[5], 20521216u);   /* 19.6 MiB + CUB's storage, was refused */
+    /* sized by prompt tokens (the defect): 16384 x 128256 = 2.1e9 logits, 20 B each, ~42 GB
+     * before CUB's part; from 16,744 prompt tokens past 2^31 - 1 logits, refused even for
+     * greedy decoding */
+    ck_assert(sq_sample_carve(prompt_tokens, vocab, off));
+    ck_assert_uint_eq(off[5], 42026991872u);
+    ck_assert(!sq_sample_carve(16744, vocab, off));
+    ck_assert(!sq_sample_carve(0, vocab, off));
+    ck_assert(!sq_sample_carve(1, 0, off));
+}
+END_TEST
+
+/* The GPU's one-pass walk (running sums + binary searches) picks what the CPU's three-pass
+ * walk picks, bit for bit: random weights (many exact zeros and ties, huge and tiny), every
+ * top_p class, u at the ends, and NaN weights. */
+START_TEST(test_sample_walk_prefix_matches_walk) {
+    rng_seed(515);
+    enum { NMAX = 700 };
+    double pr[NMAX], pp[NMAX];
+    const float top_ps[] = {1.0f, 0.95f, 0.5f, 0.1f, 0.0f, 1e-7f};
+    int checked = 0;
+    for (int trial = 0; trial < 3000; trial++) {
+        int64_t n = 1 + (int64_t)(rng_u64() % NMAX);
+        int kind = trial % 5;
+        for (int64_t i = 0; i < n; i++) {
+            double w = rng_f(0.0f, 1.0f);
+            if (kind == 1) w = (rng_u64() % 3 == 0) ? 0.0 : 0.25;          /* zeros and ties */
+            if (kind == 2) w = exp(-(double)rng_f(0.0f, 700.0f));          /* down to subnormal */
+            if (kind == 3) w = i == 0 ? 1.0 : 1e-17;                      /* below one ulp of the sum */
+            pr[i] = w;
+        }
+        if (kind == 4 && n > 3) pr[n / 2] = NAN;
+        double u = (double)rng_f(0.0f, 1.0f);
+        if (trial % 7 == 0) u = 0.0;
+        if (trial % 11 == 0) u = 0.9999999999999999;
+        for (size_t k = 0; k < sizeof top_ps / sizeof top_ps[0]; k++) {
+            memcpy(pp, pr, (size_t)n * sizeof *pp);
+            int64_t want = sq_bm_sample_walk(pr, n, top_ps[k], u);
+            int64_t got = sq_bm_sample_walk_prefix(pp, n, top_ps[k], u);
+            ck_assert_msg(got == want, "trial %d kind %d n %lld top_p %g u %.17g: %lld != %lld", trial, kind,
+                          (long long)n, (double)top_ps[k], u, (long long)got, (long long)want);
+            checked++;
+        }
+    }
+    ck_assert_int_eq(checked, 3000 * 6);
+}
+END_TEST
+
+/* Attention's merge of warp partials: only a warp that saw no position is left out; a NaN
+ * partial is kept (the old test "l > 0" dropped it, so a NaN score vanished on the GPU while
+ * the CPU's output was NaN). */
+START_TEST(test_attn_merge_keeps_nan) {
+    ck_assert(!sq_bm_attn_merge_keeps(-INFINITY, 0.0f));   /* empty warp */
+    ck_assert(sq_bm_attn_merge_keeps(0.5f, 1.0f));
+    ck_assert(sq_bm_attn_merge_keeps(-3.0f, 1e-30f));
+    ck_assert(sq_bm_attn_merge_keeps(2.0f, NAN));          /* a NaN score made l NaN */
+    ck_assert(sq_bm_attn_merge_keeps(NAN, NAN));
+    /* the kernel's merge on the host: 3 warps, one saw a NaN score, one saw nothing */
+    float m[3], l[3], acc[3];
+    float e;
+    m[0] = l[0] = -INFINITY; l[0] = 0.0f; acc[0] = 0.0f;
+    for (int j = 0; j < 2; j++) { float c = sq_bm_softmax_step(0.5f * j, &m[0], &l[0], &e); acc[0] = acc[0] * c + e * 2.0f; }
+    m[1] = -INFINITY; l[1] = 0.0f; acc[1] = 0.0f;
+    { float c = sq_bm_softmax_step(NAN, &m[1], &l[1], &e); acc[1] = acc[1] * c + e * 1.0f; }
+    ck_assert(!(l[1] > 0.0f));   /* what the old merge tested: this partial was dropped */
+    m[2] = -INFINITY; l[2] = 0.0f; acc[2] = 0.0f;   /* no position */
+    float M = m[0];
+    for (int w = 1; w < 3; w++) M = fmaxf(M, m[w]);
+    float L = 0.0f, a = 0.0f;
+    for (int w = 0; w < 3; w++)
+        if (sq_bm_attn_merge_keeps(m[w], l[w])) { L += l[w] * expf(m[w] - M); a += acc[w] * expf(m[w] - M); }
+    ck_assert_msg(isnan(a / L), "merged %g: the NaN was dropped", (double)(a / L));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cuda_math");
     TCase *tc = tcase_create("shared");
@@ -204,6 +297,9 @@ int main(void) {
     tcase_add_test(tc, test_swiglu_and_rmsnorm_match_cpu);
     tcase_add_test(tc, test_softmax_step_matches_cpu_attention);
     tcase_add_test(tc, test_sampling_walk_matches_cpu);
+    tcase_add_test(tc, test_sample_reserve_llama3);
+    tcase_add_test(tc, test_sample_walk_prefix_matches_walk);
+    tcase_add_test(tc, test_attn_merge_keeps_nan);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -1,7 +1,11 @@
 /* Tests of the transport module under mpirun (NP 2 and 4): ring transfers with tags matched
  * out of order, sizes reported, a large (rendezvous) message, polling with test(), bad
  * arguments, a truncated receive, agree / bcast / gather, the close handshake, an abort
- * notice, and a silent (hung) peer detected within the timeout and named. */
+ * notice, and a silent (hung) peer detected within the timeout and named.
+ * The nccl transport's logic over the MPI-backed test data plane (tests/dplane_mpi.c): host
+ * buffers routed to MPI, the caller's device, bring-up failures injected (rank 0's id, one
+ * rank's init, one rank's join) ending every rank, a receiver later than the timeout but
+ * alive, a cancelled send in flight. */
 #include <check.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -12,6 +16,8 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "devcopy_host.h"
+#include "dplane_mpi.h"
 #include "shardq/transport.h"
 #include "testutil.h"
 
@@ -269,6 +275,287 @@ START_TEST(silent_peer_named) {
 }
 END_TEST
 
+/* ---- the nccl transport's logic over the MPI-backed test data plane (tests/dplane_mpi.c) ---- */
+
+/* Creates an nccl transport over the test plane *u (already set up by the caller). */
+static sq_status make_nccl(double timeout_s, int device, sq_test_dplane *u, sq_transport **t,
+                           sq_error *err) {
+    sq_transport_params p = sq_transport_params_default();
+    p.kind = SQ_TRANSPORT_NCCL;
+    p.timeout_s = timeout_s;
+    p.device = device;
+    p.dplane = &sq_test_dplane_ops;
+    p.dplane_user = u;
+    sq_error_init(err, g_rank);
+    return sq_transport_create(&p, t, err);
+}
+
+/* Defect 1: the pipeline's headers and token ids are host memory.  The nccl transport must
+ * carry them over MPI and only device buffers over the data plane (before, every host
+ * transfer failed with "the nccl transport takes device buffers only"). */
+START_TEST(nccl_routes_host_to_mpi) {
+    sq_test_dplane u;
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    sq_transport *t = NULL;
+    sq_error err;
+    ck_assert_msg(make_nccl(10, 100 + g_rank, &u, &t, &err) == SQ_OK, "create: %s", err.msg);
+    ck_assert_str_eq(sq_transport_name(t), "nccl");
+    int next = (g_rank + 1) % g_size, prev = (g_rank - 1 + g_size) % g_size;
+    /* host 17 B and 4 KiB, "device" 4 KiB and 8 MiB, and a device message of 0 bytes */
+    const size_t sizes[5] = {17, 4096, 4096, 8u << 20, 0};
+    const sq_mem_kind mem[5] = {SQ_MEM_HOST, SQ_MEM_HOST, SQ_MEM_DEVICE, SQ_MEM_DEVICE, SQ_MEM_DEVICE};
+    uint8_t *sbuf[5], *rbuf[5];
+    sq_xfer *sx[5], *rx[5];
+    for (int k = 0; k < 5; k++) {
+        sbuf[k] = malloc(sizes[k] + 1);
+        rbuf[k] = malloc(sizes[k] + 1);
+        fill(sbuf[k], sizes[k], g_rank * 10 + k);
+        memset(rbuf[k], 0, sizes[k] + 1);
+    }
+    /* receives posted in reverse, device ones out of their send order */
+    for (int k = 4; k >= 0; k--)
+        ck_assert_msg(sq_transport_irecv(t, prev, k, rbuf[k], sizes[k], mem[k], &rx[k], &err) == SQ_OK, "%s", err.msg);
+    for (int k = 0; k < 5; k++)
+        ck_assert_msg(sq_transport_isend(t, next, k, sbuf[k], sizes[k], mem[k], &sx[k], &err) == SQ_OK,
+                      "isend %d (%s): %s", k, mem[k] == SQ_MEM_HOST ? "host" : "device", err.msg);
+    for (int k = 0; k < 5; k++) {
+        uint64_t got = 0;
+        ck_assert_msg(sq_transport_wait(t, rx[k], &got, NULL, &err) == SQ_OK, "recv %d: %s", k, err.msg);
+        ck_assert_int_eq(got, sizes[k]);
+        uint8_t *want = malloc(sizes[k] + 1);
+        fill(want, sizes[k], prev * 10 + k);
+        ck_assert_msg(memcmp(want, rbuf[k], sizes[k]) == 0, "tag %d: bytes differ", k);
+        free(want);
+        ck_assert_msg(sq_transport_wait(t, sx[k], NULL, NULL, &err) == SQ_OK, "send %d: %s", k, err.msg);
+    }
+    /* only the two non-empty device messages each way crossed the data plane */
+    ck_assert_int_eq(u.n_posts, 4);
+    ck_assert_int_eq(u.bytes_posted, 2 * (4096 + (8u << 20)));
+    ck_assert_int_eq(sq_transport_close(t, &err), SQ_OK);
+    sq_transport_destroy(t);
+    sq_test_dplane_fini(&u, 0);
+    for (int k = 0; k < 5; k++) {
+        free(sbuf[k]);
+        free(rbuf[k]);
+    }
+}
+END_TEST
+
+/* Defect 6: the device is the caller's (the backend's), not derived from a host-name hash;
+ * two ranks of one node on one device are refused on every rank before any join. */
+START_TEST(nccl_device_is_the_callers) {
+    sq_test_dplane u;
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    sq_transport *t = NULL;
+    sq_error err;
+    /* devices in reverse of any local-rank order: a choice of its own would differ */
+    int dev = 7 * (g_size - g_rank);
+    ck_assert_msg(make_nccl(10, dev, &u, &t, &err) == SQ_OK, "create: %s", err.msg);
+    ck_assert_int_eq(u.device_seen, dev);
+    ck_assert_int_eq(sq_transport_close(t, &err), SQ_OK);
+    sq_transport_destroy(t);
+    sq_test_dplane_fini(&u, 0);
+
+    /* every rank of this test runs on one node: all on device 3 is refused everywhere */
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    t = (sq_transport *)&err;
+    sq_status st = make_nccl(10, 3, &u, &t, &err);
+    ck_assert_int_eq(st, SQ_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(t);
+    ck_assert_msg(strstr(err.msg, "two ranks of this node are on GPU 3"), "%s", err.msg);
+    ck_assert_int_eq(u.device_seen, -2);   /* no rank started a join */
+    sq_test_dplane_fini(&u, 1);
+}
+END_TEST
+
+/* Defect 4: bring-up failures end every rank, none waits forever.  Before: rank 0 skipped the
+ * broadcast the others waited in; a rank whose init failed left the others in theirs. */
+static void expect_bringup_failure(sq_test_dplane *u, int blamed, sq_status code_blamed,
+                                   const char *want) {
+    sq_transport *t = (sq_transport *)u;
+    sq_error err;
+    double t0 = sq_now_s();
+    sq_status st = make_nccl(2.0, 20 + g_rank, u, &t, &err);
+    double dt = sq_now_s() - t0;
+    ck_assert_ptr_null(t);
+    ck_assert_msg(st == (g_rank == blamed ? code_blamed : st) && st != SQ_OK, "rank %d: %d %s", g_rank, st, err.msg);
+    if (g_rank != blamed) ck_assert_msg(st == code_blamed || st == SQ_ERR_PEER, "%d: %s", st, err.msg);
+    ck_assert_msg(err.rank == blamed || strstr(err.msg, "rank ") != NULL, "rank %d: %s", err.rank, err.msg);
+    char who[32];
+    snprintf(who, sizeof who, "rank %d", blamed);
+    ck_assert_msg(err.rank == blamed || strstr(err.msg, who), "blamed %d: rank %d: %s", blamed, err.rank, err.msg);
+    ck_assert_msg(strstr(err.msg, want), "want '%s': %s", want, err.msg);
+    ck_assert_msg(dt < 10.0, "took %.1f s", dt);
+    sq_test_dplane_fini(u, 1);
+    MPI_Barrier(MPI_COMM_WORLD);   /* the next test starts together */
+}
+
+START_TEST(nccl_bringup_id_failure) {
+    sq_test_dplane u;
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    u.fail_get_id = 1;
+    expect_bringup_failure(&u, 0, SQ_ERR_NCCL, "creating the unique id failed: ncclGetUniqueId failed: injected");
+    ck_assert_int_eq(u.device_seen, -2);   /* no rank went on to join */
+}
+END_TEST
+
+START_TEST(nccl_bringup_init_failure) {
+    sq_test_dplane u;
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    u.fail_init_rank = g_size - 1;
+    expect_bringup_failure(&u, g_size - 1, SQ_ERR_NCCL, "ncclCommInitRank failed: injected");
+}
+END_TEST
+
+START_TEST(nccl_bringup_join_failure) {
+    sq_test_dplane u;
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    u.fail_join_rank = 1;
+    u.join_fail_after_s = 0.5;
+    expect_bringup_failure(&u, 1, SQ_ERR_NCCL, "(async) failed: injected");
+}
+END_TEST
+
+/* Defect 3: a receiver that posts its receive later than the timeout, while alive (polling,
+ * so heartbeats flow), does not fail the sender.  Before: the send failed once the operation
+ * was older than the timeout and the communicators were aborted. */
+START_TEST(nccl_slow_receiver_is_alive) {
+    const double timeout = 1.0, late = 2.5;
+    sq_test_dplane u;
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    sq_transport *t = NULL;
+    sq_error err;
+    ck_assert_msg(make_nccl(timeout, 40 + g_rank, &u, &t, &err) == SQ_OK, "create: %s", err.msg);
+    const size_t n = 1u << 20;
+    uint8_t *b = malloc(n);
+    sq_xfer *x = NULL;
+    if (g_rank == 0) {
+        fill(b, n, 5);
+        ck_assert_msg(sq_transport_isend(t, 1, 3, b, n, SQ_MEM_DEVICE, &x, &err) == SQ_OK, "%s", err.msg);
+        double t0 = sq_now_s();
+        ck_assert_msg(sq_transport_wait(t, x, NULL, NULL, &err) == SQ_OK, "slow receiver: %s", err.msg);
+        ck_assert_msg(sq_now_s() - t0 >= late * 0.9, "the send completed before the receive was posted");
+    } else if (g_rank == 1) {
+        double t0 = sq_now_s();
+        while (sq_now_s() - t0 < late) {
+            ck_assert_msg(sq_transport_poll(t, &err) == SQ_OK, "%s", err.msg);
+            struct timespec ts = {0, 2000000L};
+            nanosleep(&ts, NULL);
+        }
+        ck_assert_int_eq(sq_transport_irecv(t, 0, 3, b, n, SQ_MEM_DEVICE, &x, &err), SQ_OK);
+        uint64_t got = 0;
+        ck_assert_msg(sq_transport_wait(t, x, &got, NULL, &err) == SQ_OK, "%s", err.msg);
+        ck_assert_int_eq(got, n);
+        uint8_t *want = malloc(n);
+        fill(want, n, 5);
+        ck_assert(memcmp(want, b, n) == 0);
+        free(want);
+    }
+    ck_assert_msg(sq_transport_close(t, &err) == SQ_OK, "%s", err.msg);
+    sq_transport_destroy(t);
+    sq_test_dplane_fini(&u, 0);
+    free(b);
+}
+END_TEST
+
+/* A device send cancelled in flight abandons the data plane (NCCL cannot withdraw an
+ * operation): later transfers on this rank fail at once with a clear line instead of
+ * matching the peer's next receive against the cancelled bytes. */
+START_TEST(nccl_cancel_in_flight_aborts) {
+    sq_test_dplane u;
+    sq_test_dplane_init(&u, MPI_COMM_WORLD);
+    sq_transport *t = NULL;
+    sq_error err;
+    ck_assert_msg(make_nccl(5, 60 + g_rank, &u, &t, &err) == SQ_OK, "create: %s", err.msg);
+    ck_assert_int_eq(sq_transport_agree(t, SQ_OK, &err), SQ_OK);
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (g_rank == 0) {
+        uint8_t b[64] = {0};
+        sq_xfer *x = NULL;
+        ck_assert_int_eq(sq_transport_isend(t, 1, 0, b, sizeof b, SQ_MEM_DEVICE, &x, &err), SQ_OK);
+        sq_transport_cancel(t, x);   /* rank 1 never receives: still in flight */
+        ck_assert_int_eq(sq_transport_isend(t, 1, 0, b, sizeof b, SQ_MEM_DEVICE, &x, &err), SQ_ERR_NCCL);
+        ck_assert_msg(strstr(err.msg, "aborted after an earlier failure"), "%s", err.msg);
+        /* host messages still travel over MPI: the control of the run can still end it */
+        sq_error cause;
+        sq_error_init(&cause, 0);
+        sq_error_set(&cause, SQ_ERR_NCCL, NULL, NULL, "cancelled");
+        sq_transport_abort_peers(t, &cause);
+    } else {
+        sq_status st = SQ_OK;
+        double t0 = sq_now_s();
+        while (st == SQ_OK && sq_now_s() - t0 < 10) st = sq_transport_poll(t, &err);
+        ck_assert_int_eq(st, SQ_ERR_PEER);
+        ck_assert_msg(strstr(err.msg, "rank 0 failed"), "%s", err.msg);
+    }
+    sq_transport_destroy(t);
+    sq_test_dplane_fini(&u, 1);
+    MPI_Barrier(MPI_COMM_WORLD);
+}
+END_TEST
+
+/* Defect 5: a staged device send cancelled while MPI still reads its staging buffer, then a
+ * new send on the same slot (same size: the buffer refilled; larger: the buffer freed and
+ * grown).  The receiver must get the cancelled message's bytes, not the next one's or freed
+ * memory's.  Staging runs over the host-memory devcopy (tests/devcopy_host.c). */
+START_TEST(staged_send_cancel_then_reuse) {
+    sq_test_devcopy_stats stats = {0, 0, 0};
+    sq_transport_params p = sq_transport_params_default();
+    p.timeout_s = 10;
+    p.devcopy = &sq_test_devcopy_ops;
+    p.devcopy_user = &stats;
+    sq_error err;
+    sq_error_init(&err, g_rank);
+    sq_transport *t = NULL;
+    ck_assert_msg(sq_transport_create(&p, &t, &err) == SQ_OK, "%s", err.msg);
+    const size_t n = 4u << 20;   /* rendezvous: MPI reads the buffer when the receive comes */
+    const size_t sizes[4] = {n, n, n, 2 * n};
+    uint8_t *b[4];
+    for (int k = 0; k < 4; k++) {
+        b[k] = malloc(sizes[k]);
+        fill(b[k], sizes[k], 11 + k);
+    }
+    if (g_rank == 0) {
+        for (int round = 0; round < 2; round++) {
+            sq_xfer *x = NULL, *y = NULL;
+            bool done = true;
+            ck_assert_int_eq(sq_transport_isend(t, 1, 5, b[2 * round], sizes[2 * round], SQ_MEM_DEVICE, &x, &err), SQ_OK);
+            ck_assert_int_eq(sq_transport_test(t, x, &done, NULL, &err), SQ_OK);   /* copied, posted */
+            ck_assert(!done);
+            sq_transport_cancel(t, x);   /* MPI still has to send it */
+            ck_assert_int_eq(sq_transport_isend(t, 1, 5, b[2 * round + 1], sizes[2 * round + 1], SQ_MEM_DEVICE, &y, &err), SQ_OK);
+            ck_assert_ptr_eq(y, x);      /* the same slot, reused */
+            ck_assert_int_eq(sq_transport_test(t, y, &done, NULL, &err), SQ_OK);
+            MPI_Barrier(MPI_COMM_WORLD);   /* only now does rank 1 receive */
+            ck_assert_msg(sq_transport_wait(t, y, NULL, NULL, &err) == SQ_OK, "%s", err.msg);
+        }
+        ck_assert_int_eq(stats.n_copies, 4);
+    } else {
+        for (int round = 0; round < 2; round++) {
+            MPI_Barrier(MPI_COMM_WORLD);
+            if (g_rank != 1) continue;
+            for (int k = 2 * round; k < 2 * round + 2; k++) {
+                uint8_t *r = malloc(sizes[k]);
+                sq_xfer *x = NULL;
+                uint64_t got = 0;
+                ck_assert_int_eq(sq_transport_irecv(t, 0, 5, r, sizes[k], SQ_MEM_HOST, &x, &err), SQ_OK);
+                ck_assert_msg(sq_transport_wait(t, x, &got, NULL, &err) == SQ_OK, "%s", err.msg);
+                ck_assert_int_eq(got, sizes[k]);
+                size_t bad = 0;
+                while (bad < sizes[k] && r[bad] == b[k][bad]) bad++;
+                ck_assert_msg(bad == sizes[k], "message %d differs from what was sent at byte %zu (0x%02x)", k, bad,
+                              bad < sizes[k] ? r[bad] : 0);
+                free(r);
+            }
+        }
+    }
+    ck_assert_msg(sq_transport_close(t, &err) == SQ_OK, "%s", err.msg);
+    sq_transport_destroy(t);
+    if (g_rank == 0) ck_assert_int_eq(stats.n_frees, stats.n_allocs);   /* nothing leaked */
+    for (int k = 0; k < 4; k++) free(b[k]);
+}
+END_TEST
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -282,6 +569,14 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, truncated_receive);
     tcase_add_test(tc, abort_notice);
     tcase_add_test(tc, silent_peer_named);
+    tcase_add_test(tc, nccl_routes_host_to_mpi);
+    tcase_add_test(tc, nccl_device_is_the_callers);
+    tcase_add_test(tc, nccl_bringup_id_failure);
+    tcase_add_test(tc, nccl_bringup_init_failure);
+    tcase_add_test(tc, nccl_bringup_join_failure);
+    tcase_add_test(tc, nccl_slow_receiver_is_alive);
+    tcase_add_test(tc, nccl_cancel_in_flight_aborts);
+    tcase_add_test(tc, staged_send_cancel_then_reuse);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

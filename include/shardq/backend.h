@@ -73,6 +73,7 @@ typedef struct sq_backend_limits {
     int64_t max_width;      /* widest activation row (max of hidden, n_heads*head_dim, inter) */
     int64_t max_vocab;      /* logits row width for sampling (0: no sampling) */
     int64_t max_head_dim;
+    int64_t max_sample_rows;  /* rows per sample call (sequences sampled at once); 0: max_rows */
 } sq_backend_limits;
 sq_status sq_backend_reserve(sq_backend *be, const sq_backend_limits *lim, sq_error *err);
 

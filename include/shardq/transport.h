@@ -3,10 +3,11 @@
  * One opaque handle per run, over a duplicate of the caller's communicator.  Two planes:
  *  - the data plane (isend / irecv / test / wait): asynchronous point-to-point transfers to
  *    and from a neighbour rank, each with a completion handle (sq_xfer).  It sits behind a
- *    vtable (src/transport/transport_impl.h): `mpi` today (host memory, MPI_Isend/MPI_Irecv,
- *    one tag per micro-batch); an `nccl` implementation (device buffers, a dedicated stream,
- *    events) plugs in behind the same calls, and the `mpi` one may stage device buffers
- *    through pinned host memory (sq_mem_kind says which memory a buffer is in).
+ *    vtable (src/transport/transport_impl.h): `mpi` (host memory, MPI_Isend/MPI_Irecv, one
+ *    tag per micro-batch; device buffers staged through host memory, sq_devcopy_ops below)
+ *    and `nccl` (device buffers over an sq_dplane_ops, NCCL's in CUDA builds; host buffers of
+ *    an nccl transport — the pipeline's headers and token ids — travel over `mpi`).
+ *    sq_mem_kind says which memory a buffer is in.
  *  - the control plane, always MPI on host memory whatever the data plane: heartbeats to the
  *    ring neighbours, abort notices, agreement on a status, broadcast, gather, close.
  *
@@ -54,9 +55,82 @@ sq_status sq_mpi_error(sq_error *err, int mpi_rc, const char *what);
     } while (0)
 
 typedef enum sq_transport_kind { SQ_TRANSPORT_MPI = 0, SQ_TRANSPORT_NCCL } sq_transport_kind;
-/* Where a buffer lives.  The mpi transport takes HOST today; DEVICE (staged through pinned
- * memory) and the nccl transport come with the CUDA build. */
+/* Where a buffer lives.  mpi: HOST, and DEVICE when it has a devcopy (CUDA builds: pinned
+ * staging).  nccl: HOST goes over MPI, DEVICE over the data plane. */
 typedef enum sq_mem_kind { SQ_MEM_HOST = 0, SQ_MEM_DEVICE } sq_mem_kind;
+
+/* ---- the device data plane under the nccl transport -------------------------------------
+ *
+ * The nccl transport is two layers.  The logic (src/transport/nccl.c, built everywhere):
+ * routing (host buffers: headers, token ids, go over MPI; device buffers over the data plane),
+ * an MPI header {bytes, sequence} announcing each device transfer on the caller's tag, the
+ * pair order, bring-up (device check per node, rank 0's id broadcast with its status, a
+ * non-blocking join polled with the control plane's liveness, the abort notice of a rank that
+ * fails), liveness by MPI heartbeats (never by the age of one operation), cancel.  Below it,
+ * this vtable: what NCCL itself does.  The CUDA build's implementation is NCCL on two
+ * communicators (src/transport/nccl_dev.c); tests supply an MPI-backed one
+ * (tests/dplane_mpi.c), so a CPU-only run drives the same logic.
+ *
+ * Channels: 0 carries transfers from a lower to a higher rank, 1 the other way (NCCL
+ * serializes a communicator's operations; one per direction keeps a pipeline that sends
+ * forward while it waits for tokens from behind from deadlocking).  Transfers on one channel
+ * between one pair complete in the order posted, a send only once the receive is posted.
+ * Slots: completion handles 0..n_slots-1, chosen by the caller, one transfer each at a time. */
+#define SQ_DPLANE_ID_BYTES 256
+typedef struct sq_dplane sq_dplane;   /* an implementation's state */
+typedef struct sq_dplane_ops {
+    const char *name;
+    /* Optional (NULL: the device is used as given): turns a device < 0 into this rank's
+     * current one; no device at all is SQ_ERR_UNSUPPORTED.  Runs before the per-node check. */
+    sq_status (*resolve_device)(void *user, int *device, sq_error *err);
+    /* Rank 0 only: the id every rank joins with.  On failure the bring-up fails on every rank
+     * naming rank 0 and quoting err. */
+    sq_status (*get_id)(void *user, uint8_t id[SQ_DPLANE_ID_BYTES], sq_error *err);
+    /* Every rank: starts joining (must not block waiting for the other ranks) on `device`
+     * (the backend's device; the implementation must not choose another).  On failure *out may
+     * be non-NULL and is destroyed by the caller. */
+    sq_status (*init_start)(void *user, const uint8_t id[SQ_DPLANE_ID_BYTES], int n_ranks,
+                            int rank, int device, int n_slots, sq_dplane **out, sq_error *err);
+    /* Non-blocking: *done once joined and connected to the ring neighbours. */
+    sq_status (*init_test)(sq_dplane *d, bool *done, sq_error *err);
+    /* Posts a transfer of exactly n_bytes (> 0) on channel chan, tracked by slot. */
+    sq_status (*post)(sq_dplane *d, int chan, bool is_send, void *buf, uint64_t n_bytes,
+                      int peer, int slot, sq_error *err);
+    /* Non-blocking: *done when slot's transfer completed; an asynchronous failure of the
+     * plane is an error. */
+    sq_status (*test)(sq_dplane *d, int slot, bool *done, sq_error *err);
+    /* Abandons everything in flight (ncclCommAbort); after it every test fails. */
+    void (*abort)(sq_dplane *d);
+    /* Frees d (NULL is fine). */
+    void (*destroy)(sq_dplane *d);
+} sq_dplane_ops;
+
+/* ---- device memory under the mpi transport ----------------------------------------------
+ *
+ * The mpi data plane passes device buffers by staging them through host memory, one staging
+ * buffer per transfer slot (src/transport/mpi_stage.c, built everywhere): a send copies device
+ * -> host and posts MPI_Isend once the copy is done; a receive lands in host memory and is
+ * copied host -> device.  A send released while MPI may still read its staging buffer (a
+ * cancel) keeps that buffer until MPI is done with it; the slot gets a new one.  The copies
+ * are behind this vtable: CUDA's (pinned memory, a stream, one event per slot; CUDA builds),
+ * or a test's plain host memory, so a CPU test drives the staging logic. */
+typedef struct sq_devcopy sq_devcopy;
+typedef struct sq_devcopy_ops {
+    const char *name;
+    /* Called at the first device transfer (a build with CUDA on a machine without a device
+     * fails there, not at create).  On failure *out may be non-NULL and is destroyed. */
+    sq_status (*create)(void *user, int n_slots, sq_devcopy **out, sq_error *err);
+    void (*destroy)(sq_devcopy *c);   /* waits for copies in flight; NULL is fine */
+    /* SQ_OK when p (n bytes) is device memory; SQ_ERR_INVALID when not. */
+    sq_status (*check_device)(sq_devcopy *c, const void *p, uint64_t n, sq_error *err);
+    void *(*host_alloc)(sq_devcopy *c, uint64_t n);   /* staging memory; NULL on failure */
+    void (*host_free)(sq_devcopy *c, void *p);
+    /* Starts a copy of n bytes (to_device: host -> device) tracked by slot. */
+    sq_status (*copy)(sq_devcopy *c, int slot, void *dst, const void *src, uint64_t n,
+                      bool to_device, sq_error *err);
+    sq_status (*copy_test)(sq_devcopy *c, int slot, bool *done, sq_error *err);
+    void (*copy_wait)(sq_devcopy *c, int slot);
+} sq_devcopy_ops;
 
 typedef struct sq_transport_params {
     sq_transport_kind kind;
@@ -64,18 +138,32 @@ typedef struct sq_transport_params {
     int prev, next;       /* neighbour ranks for heartbeats; < 0: the ring (r-1+p)%p, (r+1)%p */
     double timeout_s;     /* silence from a peer before it is declared gone; <= 0: 30 s */
     int max_inflight;     /* data-plane transfers pending at once; <= 0: 256 */
+    /* nccl only.  device: this rank's GPU, the backend's (< 0: the current CUDA device).
+     * dplane: NULL for NCCL (CUDA builds); tests pass an MPI-backed stand-in, which also
+     * makes SQ_TRANSPORT_NCCL available in a build without CUDA.  dplane_user: its argument. */
+    int device;
+    const sq_dplane_ops *dplane;
+    void *dplane_user;
+    /* mpi: how device buffers are staged; NULL: CUDA's (CUDA builds) or none (device
+     * buffers refused).  Tests pass a host-memory stand-in. */
+    const sq_devcopy_ops *devcopy;
+    void *devcopy_user;
     sq_log log;
 } sq_transport_params;
 
-/* Defaults: MPI, MPI_COMM_WORLD, ring neighbours, 30 s, 256 transfers, silent. */
+/* Defaults: MPI, MPI_COMM_WORLD, ring neighbours, 30 s, 256 transfers, device -1, NCCL's own
+ * data plane, silent. */
 sq_transport_params sq_transport_params_default(void);
 
 typedef struct sq_transport sq_transport;
 typedef struct sq_xfer sq_xfer;   /* a pending transfer: the completion handle */
 
 /* Collective over params->comm (MPI_Comm_dup).  Sets MPI_ERRORS_RETURN on the duplicate.
- * On failure *out is NULL and nothing leaks.  SQ_TRANSPORT_NCCL without a CUDA build:
- * SQ_ERR_UNSUPPORTED. */
+ * On failure *out is NULL and nothing leaks; with nccl every rank fails (the rank that failed
+ * with its own error, the others with SQ_ERR_PEER or SQ_ERR_NCCL naming it), none hangs.
+ * SQ_TRANSPORT_NCCL without a CUDA build and without params->dplane: SQ_ERR_UNSUPPORTED.
+ * With nccl, host buffers (SQ_MEM_HOST) travel over MPI and device ones over the data plane;
+ * two ranks of one node on the same device: SQ_ERR_UNSUPPORTED on every rank. */
 sq_status sq_transport_create(const sq_transport_params *params, sq_transport **out,
                               sq_error *err);
 /* Cancels pending transfers and frees the communicator.  Not collective.  NULL is fine. */
@@ -83,7 +171,7 @@ void sq_transport_destroy(sq_transport *t);
 
 int sq_transport_rank(const sq_transport *t);
 int sq_transport_n_ranks(const sq_transport *t);
-const char *sq_transport_name(const sq_transport *t);   /* "mpi" */
+const char *sq_transport_name(const sq_transport *t);   /* "mpi" or "nccl" */
 double sq_transport_timeout_s(const sq_transport *t);
 
 /* Data plane.  tag >= 0 chooses the stream (e.g. 2*micro_batch for activations,

@@ -41,6 +41,7 @@ sq_status sq_backend_reserve(sq_backend *be, const sq_backend_limits *lim, sq_er
     if (lim->max_width > m.max_width) m.max_width = lim->max_width;
     if (lim->max_vocab > m.max_vocab) m.max_vocab = lim->max_vocab;
     if (lim->max_head_dim > m.max_head_dim) m.max_head_dim = lim->max_head_dim;
+    if (lim->max_sample_rows > m.max_sample_rows) m.max_sample_rows = lim->max_sample_rows;
     sq_status st = be->ops->reserve(be, &m, err);
     if (st == SQ_OK) be->limits = m;
     return st;

@@ -26,6 +26,7 @@
 #include "../../kernels/rmsnorm.cuh"
 #include "../../kernels/rope.cuh"
 #include "../../kernels/sample.cuh"
+#include "../../kernels/sample_size.cuh"
 #include "../../kernels/swiglu.cuh"
 
 enum {
@@ -57,9 +58,45 @@ typedef struct sq_cuda {
     int32_t *ids_h;               /* (max_rows) pinned */
     /* embed's bad-id report: mapped pinned {row, id}, {-1, -1} when clean */
     long long *bad_h, *bad_dp;
+    /* ops enqueued since the stream last completed (a ring, oldest at n_recent - kRecent): a
+     * fault inside a kernel surfaces in whatever CUDA call comes next, so it is reported
+     * against these, not against that call */
+    char recent[8][80];
+    int n_recent;
 } sq_cuda;
 
 static inline sq_cuda *cuda_of(sq_backend *be) { return (sq_cuda *)be; }
+
+enum { kRecent = 8 };
+
+static void note_op(sq_cuda *c, const char *op, const char *tensor) {
+    snprintf(c->recent[c->n_recent % kRecent], sizeof c->recent[0], tensor && tensor[0] ? "%s '%s'" : "%s", op,
+             tensor);
+    c->n_recent++;
+}
+
+/* A CUDA failure caused by an earlier kernel's fault (the context's sticky error) is reported
+ * as such: the ops enqueued since the last completed sync, oldest first, and where it
+ * surfaced; the tensor of the call where it surfaced is dropped (it is not the culprit). */
+static sq_status blame(sq_cuda *c, sq_status st, sq_error *err) {
+    if (st != SQ_ERR_CUDA || !err) return st;
+    cudaError_t e = cudaStreamQuery(c->stream);
+    if (e == cudaSuccess || e == cudaErrorNotReady) return st;   /* not a kernel fault */
+    static const char kHead[] = "a kernel failed on the device";
+    if (!strncmp(err->msg, kHead, sizeof kHead - 1)) return st;   /* blamed already (finish) */
+    char where[sizeof err->msg], ops[8 * 84] = "";
+    snprintf(where, sizeof where, "%s", err->msg);
+    int first = c->n_recent > kRecent ? c->n_recent - kRecent : 0;
+    size_t k = 0;
+    for (int i = first; i < c->n_recent && k < sizeof ops; i++)
+        k += (size_t)snprintf(ops + k, sizeof ops - k, "%s%s", i > first ? ", " : "", c->recent[i % kRecent]);
+    err->tensor[0] = '\0';
+    return sq_error_set(err, SQ_ERR_CUDA, NULL, NULL,
+                        "%s (%s: %s); the fault is in one of the %d op%s "
+                        "enqueued since the last completed sync (%s%s), not necessarily where it surfaced: %.300s",
+                        kHead, cudaGetErrorName(e), cudaGetErrorString(e), c->n_recent, c->n_recent == 1 ? "" : "s",
+                        c->n_recent > kRecent ? "the last ones: " : "oldest first: ", ops, where);
+}
 
 /* Puts the weight's name on an error a CUDA check recorded without it. */
 static void name_it(sq_error *err, const char *name) {
@@ -133,9 +170,12 @@ static sq_status cuda_reserve(sq_backend *be, const sq_backend_limits *lim, sq_e
     /* per op at most: sampling keys 2 x 8 bytes per row, attention 2 x 4, rope 4 */
     size_t slot_bytes = (size_t)lim->max_rows * 16 + 256;
     if (slot_bytes < 4096) slot_bytes = 4096;
+    /* sampling: the rows one sample call sees (one per sequence), not the prompt tokens of a
+     * micro-batch: 16k prompt tokens x a 128k vocabulary would ask for ~40 GiB */
     size_t sample_bytes = 0;
-    if (lim->max_vocab > 0 && lim->max_rows > 0) {
-        st = sq_cuda_sample_scratch_bytes(lim->max_rows, lim->max_vocab, &sample_bytes, err);
+    int64_t sample_rows = sq_sample_reserve_rows(lim->max_rows, lim->max_sample_rows);
+    if (lim->max_vocab > 0 && sample_rows > 0) {
+        st = sq_cuda_sample_scratch_bytes(sample_rows, lim->max_vocab, &sample_bytes, err);
         if (st != SQ_OK) return st;
     }
     if (slot_bytes <= c->slot_bytes && sample_bytes <= c->sample_bytes &&
@@ -176,6 +216,7 @@ static void cuda_free(sq_backend *be, void *p) { cudaFree(p); }
 static sq_status finish(sq_cuda *c, sq_error *err) {
     sq_status st = SQ_OK;
     SQ_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->n_recent = 0;   /* everything enqueued so far ran */
     if (c->bad_h[0] >= 0) {
         long long row = c->bad_h[0], id = c->bad_h[1];
         c->bad_h[0] = c->bad_h[1] = -1;
@@ -185,7 +226,7 @@ static sq_status finish(sq_cuda *c, sq_error *err) {
     }
     return SQ_OK;
 fail:
-    return st;
+    return blame(c, st, err);
 }
 
 static sq_status cuda_upload(sq_backend *be, void *dst, const void *src, uint64_t n, sq_error *err) {
@@ -348,7 +389,7 @@ static sq_cuda_wdesc wdesc_of(const sq_weight *w) {
 
 /* ---- ops ---------------------------------------------------------------------------------- */
 
-static sq_status cuda_embed(sq_backend *be, const sq_weight *t, const void *ids_d, int64_t n_rows,
+static sq_status embed_op(sq_backend *be, const sq_weight *t, const void *ids_d, int64_t n_rows,
                             void *out_d, sq_error *err) {
     sq_cuda *c = cuda_of(be);
     if (t->store == SQ_WSTORE_QBLOCK)
@@ -357,13 +398,13 @@ static sq_status cuda_embed(sq_backend *be, const sq_weight *t, const void *ids_
                          out_d, c->bad_dp, c->stream, err);
 }
 
-static sq_status cuda_rmsnorm(sq_backend *be, const void *x_d, const sq_weight *w, float eps,
+static sq_status rmsnorm_op(sq_backend *be, const void *x_d, const sq_weight *w, float eps,
                               int64_t n_rows, void *out_d, sq_error *err) {
     return sq_cuda_rmsnorm(x_d, w->data_d, w->store == SQ_WSTORE_BF16, eps, n_rows, w->cols, out_d,
                            cuda_of(be)->stream, err);
 }
 
-static sq_status cuda_rope(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int n_heads,
+static sq_status rope_op(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int n_heads,
                            int n_kv_heads, int head_dim, const int32_t *pos,
                            const void *inv_freq_d, sq_error *err) {
     sq_cuda *c = cuda_of(be);
@@ -377,7 +418,7 @@ static sq_status cuda_rope(sq_backend *be, void *q_d, void *k_d, int64_t n_rows,
     return sq_cuda_rope(q_d, k_d, n_rows, n_heads, n_kv_heads, head_dim, d, inv_freq_d, c->stream, err);
 }
 
-static sq_status cuda_attention(sq_backend *be, const void *q_d, const void *k_d, const void *v_d,
+static sq_status attention_op(sq_backend *be, const void *q_d, const void *k_d, const void *v_d,
                                 const sq_kv_layer *kv, int n_heads, int n_seqs,
                                 const sq_seq_span *seqs, int64_t n_rows, void *out_d,
                                 sq_error *err) {
@@ -408,7 +449,7 @@ static sq_status cuda_attention(sq_backend *be, const void *q_d, const void *k_d
  * float32 (4-bit: code * absmax, the same values) and multiplied by cuBLAS SGEMM (float32
  * accumulation), then the bias.  The two paths round differently: a row's result depends on
  * whether its call had more than SQ_CUDA_GEMV_MAX_ROWS rows (within float32 rounding). */
-static sq_status cuda_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+static sq_status linear_op(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                              const sq_weight *bias, void *out_d, sq_error *err) {
     sq_cuda *c = cuda_of(be);
     sq_status st = SQ_OK;
@@ -447,16 +488,16 @@ static sq_status cuda_linear(sq_backend *be, const void *x_d, int64_t n_rows, co
     return SQ_OK;
 }
 
-static sq_status cuda_add(sq_backend *be, const void *a_d, const void *b_d, int64_t n,
+static sq_status add_op(sq_backend *be, const void *a_d, const void *b_d, int64_t n,
                           void *out_d, sq_error *err) {
     return sq_cuda_add(a_d, b_d, n, out_d, cuda_of(be)->stream, err);
 }
-static sq_status cuda_swiglu(sq_backend *be, const void *g_d, const void *u_d, int64_t n,
+static sq_status swiglu_op(sq_backend *be, const void *g_d, const void *u_d, int64_t n,
                              void *out_d, sq_error *err) {
     return sq_cuda_swiglu(g_d, u_d, n, out_d, cuda_of(be)->stream, err);
 }
 
-static sq_status cuda_sample(sq_backend *be, const void *logits_d, int64_t n_rows, int64_t vocab,
+static sq_status sample_op(sq_backend *be, const void *logits_d, int64_t n_rows, int64_t vocab,
                              const sq_sample_params *p, const uint64_t *seq_ids,
                              const uint64_t *steps, int32_t *ids_out, sq_error *err) {
     sq_cuda *c = cuda_of(be);
@@ -487,6 +528,52 @@ static sq_status cuda_sample(sq_backend *be, const void *logits_d, int64_t n_row
 fail:
     return st;
 }
+
+/* The ops as the vtable sees them: each notes itself, and a failure that is an earlier
+ * kernel's fault is reported against the ops enqueued since the last sync (blame). */
+#define SQ_CUDA_OP(label, tensor, call)                                                     \
+    do {                                                                                    \
+        sq_cuda *c_ = cuda_of(be);                                                          \
+        note_op(c_, label, tensor);                                                         \
+        return blame(c_, (call), err);                                                      \
+    } while (0)
+static sq_status cuda_embed(sq_backend *be, const sq_weight *t, const void *ids_d, int64_t n_rows,
+                            void *out_d, sq_error *err) {
+    SQ_CUDA_OP("embed", t->name, embed_op(be, t, ids_d, n_rows, out_d, err));
+}
+static sq_status cuda_rmsnorm(sq_backend *be, const void *x_d, const sq_weight *w, float eps,
+                              int64_t n_rows, void *out_d, sq_error *err) {
+    SQ_CUDA_OP("rmsnorm", w->name, rmsnorm_op(be, x_d, w, eps, n_rows, out_d, err));
+}
+static sq_status cuda_rope(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int n_heads,
+                           int n_kv_heads, int head_dim, const int32_t *pos,
+                           const void *inv_freq_d, sq_error *err) {
+    SQ_CUDA_OP("rope", NULL, rope_op(be, q_d, k_d, n_rows, n_heads, n_kv_heads, head_dim, pos, inv_freq_d, err));
+}
+static sq_status cuda_attention(sq_backend *be, const void *q_d, const void *k_d, const void *v_d,
+                                const sq_kv_layer *kv, int n_heads, int n_seqs,
+                                const sq_seq_span *seqs, int64_t n_rows, void *out_d,
+                                sq_error *err) {
+    SQ_CUDA_OP("attention", NULL, attention_op(be, q_d, k_d, v_d, kv, n_heads, n_seqs, seqs, n_rows, out_d, err));
+}
+static sq_status cuda_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+                             const sq_weight *bias, void *out_d, sq_error *err) {
+    SQ_CUDA_OP("linear", w->name, linear_op(be, x_d, n_rows, w, bias, out_d, err));
+}
+static sq_status cuda_add(sq_backend *be, const void *a_d, const void *b_d, int64_t n,
+                          void *out_d, sq_error *err) {
+    SQ_CUDA_OP("add", NULL, add_op(be, a_d, b_d, n, out_d, err));
+}
+static sq_status cuda_swiglu(sq_backend *be, const void *g_d, const void *u_d, int64_t n,
+                             void *out_d, sq_error *err) {
+    SQ_CUDA_OP("swiglu", NULL, swiglu_op(be, g_d, u_d, n, out_d, err));
+}
+static sq_status cuda_sample(sq_backend *be, const void *logits_d, int64_t n_rows, int64_t vocab,
+                             const sq_sample_params *p, const uint64_t *seq_ids,
+                             const uint64_t *steps, int32_t *ids_out, sq_error *err) {
+    SQ_CUDA_OP("sample", NULL, sample_op(be, logits_d, n_rows, vocab, p, seq_ids, steps, ids_out, err));
+}
+#undef SQ_CUDA_OP
 
 static const sq_backend_ops cuda_ops = {
     .name = cuda_name, .destroy = cuda_destroy, .reserve = cuda_reserve, .alloc = cuda_alloc,

@@ -184,7 +184,8 @@ sq_status sq_stage_create(sq_backend *be, const sq_stage_params *p, sq_stage **o
     int64_t width = s->H > s->qw ? s->H : s->qw;
     if (s->I > width) width = s->I;
     sq_backend_limits lim = {.max_rows = (int64_t)(R > LR ? R : LR), .max_width = width,
-                             .max_vocab = p->has_head ? s->V : 0, .max_head_dim = s->hd};
+                             .max_vocab = p->has_head ? s->V : 0, .max_head_dim = s->hd,
+                             .max_sample_rows = (int64_t)LR};   /* sampling: logit rows only */
     sq_status st = sq_backend_reserve(be, &lim, err);
     if (st != SQ_OK) goto fail;
     s->layers = calloc(p->n_layers ? (size_t)p->n_layers : 1, sizeof *s->layers);

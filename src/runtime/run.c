@@ -620,6 +620,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     sq_transport_params tp = sq_transport_params_default();
     tp.kind = ex.nccl ? SQ_TRANSPORT_NCCL : SQ_TRANSPORT_MPI;
     tp.comm = comm;
+    tp.device = ex.device;   /* nccl joins on the backend's GPU, never one of its own choosing */
     tp.timeout_s = o->timeout_s > 0 ? o->timeout_s : 30.0;
     tp.log = log;
     rc = sq_transport_create(&tp, &tr, err);

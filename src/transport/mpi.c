@@ -1,14 +1,12 @@
 /* Owns the MPI data plane: host buffers, MPI_Isend / MPI_Irecv on the transport's duplicate
- * communicator, the caller's tag shifted past the control tags.  Device buffers are refused
- * here; with the CUDA build they are staged through pinned host memory (x->impl holds the
- * staging buffer, copied in before the send starts and out after the receive completes).
+ * communicator, the caller's tag shifted past the control tags.  Device buffers are staged
+ * through host memory by mpi_stage.c over t->devcopy (CUDA's in CUDA builds), refused without
+ * one (x->impl holds the staging state while such a transfer is pending).
  * Must never block: start posts, test polls. */
 #include "transport_impl.h"
 
 static sq_status mpi_start(sq_transport *t, sq_xfer *x, sq_error *err) {
-#ifdef SHARDQ_HAVE_CUDA
-    if (x->mem == SQ_MEM_DEVICE) return sq_mpi_stage_start(t, x, err);
-#endif
+    if (x->mem == SQ_MEM_DEVICE && t->devcopy) return sq_mpi_stage_start(t, x, err);
     if (x->mem != SQ_MEM_HOST)
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
                             "the mpi transport of this build takes host buffers only "
@@ -30,9 +28,7 @@ static sq_status mpi_test(sq_transport *t, sq_xfer *x, bool *done, sq_error *err
     int flag = 0, count = 0;
     MPI_Status status;
     *done = false;
-#ifdef SHARDQ_HAVE_CUDA
     if (x->impl) return sq_mpi_stage_test(t, x, done, err);
-#endif
     SQ_MPI_CHECK(st, err, MPI_Test(&x->req, &flag, &status));
     if (!flag) return SQ_OK;
     if (x->is_send) {
@@ -48,12 +44,10 @@ fail:
 }
 
 static void mpi_cancel(sq_transport *t, sq_xfer *x) {
-#ifdef SHARDQ_HAVE_CUDA
     if (x->impl) {
         sq_mpi_stage_cancel(t, x);
         return;
     }
-#endif
     if (x->req == MPI_REQUEST_NULL) return;
     /* A receive is cancelled for real; a send may already be on the wire, so it is only
      * released (MPI completes it in the background). */
@@ -62,12 +56,7 @@ static void mpi_cancel(sq_transport *t, sq_xfer *x) {
     x->req = MPI_REQUEST_NULL;
 }
 
-static void mpi_fini(sq_transport *t) {
-#ifdef SHARDQ_HAVE_CUDA
-    sq_mpi_stage_fini(t);
-#endif
-    (void)t;
-}
+static void mpi_fini(sq_transport *t) { sq_mpi_stage_fini(t); }
 
 const sq_transport_ops sq_transport_mpi_ops = {
     .name = "mpi",

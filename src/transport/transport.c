@@ -34,6 +34,7 @@ sq_transport_params sq_transport_params_default(void) {
     p.prev = p.next = -1;
     p.timeout_s = 30.0;
     p.max_inflight = 256;
+    p.device = -1;
     return p;
 }
 
@@ -41,7 +42,7 @@ sq_transport_params sq_transport_params_default(void) {
 
 /* Spin briefly (latency), then sleep in growing steps up to 200 us (oversubscribed ranks must
  * leave the CPU to the ones computing). */
-static void backoff(int *round) {
+void sq_transport_backoff(int *round) {
     int r = (*round)++;
     if (r < 32) {
         sched_yield();
@@ -66,15 +67,18 @@ sq_status sq_transport_create(const sq_transport_params *params, sq_transport **
     sq_status st = SQ_OK;
     if (!params) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "transport: no parameters");
     const sq_transport_ops *ops = NULL;
+    const sq_dplane_ops *dplane = params->dplane;
     if (params->kind == SQ_TRANSPORT_MPI) ops = &sq_transport_mpi_ops;
-    else if (params->kind == SQ_TRANSPORT_NCCL)
-#ifdef SHARDQ_HAVE_CUDA
+    else if (params->kind == SQ_TRANSPORT_NCCL) {
         ops = &sq_transport_nccl_ops;
+#ifdef SHARDQ_HAVE_CUDA
+        if (!dplane) dplane = &sq_dplane_nccl_ops;
 #else
-        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
-                            "the nccl transport is not built in this shardq (use --transport mpi)");
+        if (!dplane)
+            return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                                "the nccl transport is not built in this shardq (use --transport mpi)");
 #endif
-    else return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "unknown transport kind %d", (int)params->kind);
+    } else return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "unknown transport kind %d", (int)params->kind);
 
     sq_transport *t = calloc(1, sizeof *t);
     if (!t) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for a transport");
@@ -82,6 +86,14 @@ sq_status sq_transport_create(const sq_transport_params *params, sq_transport **
     t->comm = MPI_COMM_NULL;
     t->abort_req = MPI_REQUEST_NULL;
     t->log = params->log;
+    t->device = params->device;
+    t->dplane = dplane;
+    t->dplane_user = params->dplane_user;
+    t->devcopy = params->devcopy;
+    t->devcopy_user = params->devcopy_user;
+#ifdef SHARDQ_HAVE_CUDA
+    if (!t->devcopy) t->devcopy = &sq_devcopy_cuda_ops;
+#endif
     t->timeout_s = params->timeout_s > 0 ? params->timeout_s : 30.0;
     t->hb_interval_s = t->timeout_s / 8 < 0.5 ? t->timeout_s / 8 : 0.5;
     t->n_xfers = params->max_inflight > 0 ? params->max_inflight : 256;
@@ -119,10 +131,6 @@ sq_status sq_transport_create(const sq_transport_params *params, sq_transport **
         t->xfers[i].index = i;
         t->xfers[i].req = MPI_REQUEST_NULL;
     }
-    if (ops->init) {
-        st = ops->init(t, err);
-        if (st != SQ_OK) goto fail;
-    }
     double now = sq_now_s();
     int nb[2] = {t->prev, t->next};
     for (int i = 0; i < 2; i++) {
@@ -135,6 +143,11 @@ sq_status sq_transport_create(const sq_transport_params *params, sq_transport **
     }
     SQ_MPI_CHECK(st, err, MPI_Irecv(&t->abort_in, (int)sizeof t->abort_in, MPI_BYTE, MPI_ANY_SOURCE,
                                     SQ_TAG_ABORT, t->comm, &t->abort_req));
+    /* after the control plane: a bring-up polls heartbeats and abort notices while it waits */
+    if (ops->init) {
+        st = ops->init(t, err);
+        if (st != SQ_OK) goto fail;
+    }
     *out = t;
     return SQ_OK;
 fail:
@@ -272,7 +285,7 @@ void sq_transport_abort_peers(sq_transport *t, const sq_error *cause) {
     int round = 0, done = 0;
     while (n > 0 && sq_now_s() < deadline) {
         if (MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE) != MPI_SUCCESS || done) break;
-        backoff(&round);
+        sq_transport_backoff(&round);
     }
     if (!done)
         for (int i = 0; i < n; i++)
@@ -313,6 +326,12 @@ static sq_status check_alive(sq_transport *t, int peer, double start, double now
     return SQ_OK;
 }
 
+sq_status sq_transport_alive(sq_transport *t, double start, const char *what, sq_error *err) {
+    sq_status st = sq_transport_poll(t, err);
+    if (st == SQ_OK) st = check_alive(t, -1, start, sq_now_s(), what, err);
+    return st;
+}
+
 /* ---- data plane ------------------------------------------------------------------------ */
 
 static sq_status xfer_start(sq_transport *t, bool is_send, int peer, int tag, void *buf,
@@ -344,7 +363,9 @@ static sq_status xfer_start(sq_transport *t, bool is_send, int peer, int tag, vo
     x->got_bytes = 0;
     x->req = MPI_REQUEST_NULL;
     x->impl = NULL;
-    sq_status st = t->ops->start(t, x, err);
+    /* nccl: headers and token ids (host memory) go over MPI, activations over the data plane */
+    x->ops = mem == SQ_MEM_HOST && t->ops->host_via_mpi ? &sq_transport_mpi_ops : t->ops;
+    sq_status st = x->ops->start(t, x, err);
     if (st != SQ_OK) {
         x->in_use = false;
         return st;
@@ -365,14 +386,14 @@ sq_status sq_transport_irecv(sq_transport *t, int peer, int tag, void *buf, uint
 
 void sq_transport_cancel(sq_transport *t, sq_xfer *x) {
     if (!t || !x || !x->in_use) return;
-    t->ops->cancel(t, x);
+    x->ops->cancel(t, x);
     x->in_use = false;
 }
 
 static sq_status xfer_test(sq_transport *t, sq_xfer *x, bool *done, uint64_t *n_bytes,
                            sq_error *err) {
     *done = false;
-    sq_status st = t->ops->test(t, x, done, err);
+    sq_status st = x->ops->test(t, x, done, err);
     if (st != SQ_OK) {
         t->failed = true;
         char what[sizeof err->msg];
@@ -422,7 +443,7 @@ sq_status sq_transport_wait(sq_transport *t, sq_xfer *x, uint64_t *n_bytes, doub
             sq_transport_cancel(t, x);
             break;
         }
-        backoff(&round);
+        sq_transport_backoff(&round);
     }
     if (idle_s) *idle_s += sq_now_s() - start;
     return st;
@@ -442,7 +463,7 @@ static sq_status wait_collective(sq_transport *t, MPI_Request *req, const char *
         st = sq_transport_poll(t, err);
         if (st == SQ_OK) st = check_alive(t, -1, start, sq_now_s(), what, err);
         if (st != SQ_OK) return st;
-        backoff(&round);
+        sq_transport_backoff(&round);
     }
 fail:
     t->failed = true;
@@ -538,7 +559,7 @@ sq_status sq_transport_close(sq_transport *t, sq_error *err) {
             if (now - last > t->timeout_s)
                 return peer_silent(t, c->peer, now - last, "the end-of-run handshake", err);
         }
-        backoff(&round);
+        sq_transport_backoff(&round);
     }
 fail:
     t->failed = true;

@@ -1,7 +1,7 @@
 /* Private to the transport module: the handle, the pending-transfer pool and the vtable a
- * data-plane implementation fills in (mpi.c today; an nccl.c with device buffers, a dedicated
- * stream and events later).  The control plane (heartbeats, abort notices, collectives) lives
- * in transport.c and is the same for every implementation.
+ * data-plane implementation fills in (mpi.c; nccl.c over an sq_dplane_ops, NCCL's in
+ * nccl_dev.c).  The control plane (heartbeats, abort notices, collectives) lives in
+ * transport.c and is the same for every implementation.
  * Must never be included outside src/transport/. */
 #ifndef SHARDQ_TRANSPORT_IMPL_H
 #define SHARDQ_TRANSPORT_IMPL_H
@@ -21,6 +21,7 @@ struct sq_xfer {
     sq_mem_kind mem;
     uint64_t got_bytes;     /* set by ops->test when done */
     MPI_Request req;        /* the MPI implementation's request */
+    const struct sq_transport_ops *ops;   /* who carries it: t->ops, or mpi for host buffers */
     void *impl;             /* per-transfer state of other implementations (events, staging) */
 };
 
@@ -38,6 +39,8 @@ typedef struct sq_transport_ops {
      * and the handle filled, before the first transfer (the nccl bring-up).  On failure the
      * caller destroys t, which calls fini. */
     sq_status (*init)(sq_transport *t, sq_error *err);
+    /* true: SQ_MEM_HOST transfers go over the mpi data plane instead (nccl: headers, ids). */
+    bool host_via_mpi;
 } sq_transport_ops;
 
 /* One neighbour's heartbeat channel.  Payload: a sequence number >= 0, or -1 for "closed". */
@@ -78,19 +81,37 @@ struct sq_transport {
     bool failed;            /* a transfer failed or a peer is gone: keep the communicator */
     sq_error peer_err;      /* sticky: the first abort notice received */
     bool have_peer_err;
+    /* nccl: the device (params->device), the data plane and its argument */
+    int device;
+    const sq_dplane_ops *dplane;
+    void *dplane_user;
+    /* mpi: the staging of device buffers (NULL: refused) and its argument */
+    const sq_devcopy_ops *devcopy;
+    void *devcopy_user;
 };
 
-extern const sq_transport_ops sq_transport_mpi_ops;
+/* For implementations' bring-up loops (transport.c): one control-plane round, then the
+ * liveness check of every neighbour for a wait that began at `start` (SQ_ERR_PEER naming a
+ * silent one, or the rank of an abort notice). */
+sq_status sq_transport_alive(sq_transport *t, double start, const char *what, sq_error *err);
+/* The poll loop's pacing: spin, then sleep up to 200 us. */
+void sq_transport_backoff(int *round);
 
-#ifdef SHARDQ_HAVE_CUDA
-/* nccl.c: device buffers over NCCL (CUDA builds only). */
+extern const sq_transport_ops sq_transport_mpi_ops;
+/* nccl.c: device buffers over t->dplane, host ones over mpi (every build). */
 extern const sq_transport_ops sq_transport_nccl_ops;
-/* mpi_cuda.c: the mpi data plane's device buffers, staged through pinned host memory; x->impl
- * points at the transfer's staging state while it is pending. */
+
+/* mpi_stage.c: the mpi data plane's device buffers, staged through host memory over
+ * t->devcopy; x->impl points at the transfer's staging state while it is pending. */
 sq_status sq_mpi_stage_start(sq_transport *t, sq_xfer *x, sq_error *err);
 sq_status sq_mpi_stage_test(sq_transport *t, sq_xfer *x, bool *done, sq_error *err);
 void sq_mpi_stage_cancel(sq_transport *t, sq_xfer *x);
 void sq_mpi_stage_fini(sq_transport *t);
+
+#ifdef SHARDQ_HAVE_CUDA
+/* nccl_dev.c: NCCL's data plane; mpi_cuda.c: CUDA's copies for staging (CUDA builds only). */
+extern const sq_dplane_ops sq_dplane_nccl_ops;
+extern const sq_devcopy_ops sq_devcopy_cuda_ops;
 #endif
 
 #endif

@@ -12,6 +12,14 @@
 # on the preset (1 rank cuda; 2 ranks on the one GPU over mpi).  Without a GPU it checks the CPU
 # reference on 1 and 2 ranks and that --backend cuda is refused with one line.
 #
+# Issue 15 (the NCCL path): test_cuda_reserve (gpu label: the sampling reserve at 16k prompt
+# tokens and Llama-3's 128256 vocabulary takes tens of MiB, not tens of GB, and samples as the
+# CPU does), the CPU tests of the nccl transport's logic over the MPI-backed data plane
+# (test_transport, test_pipeline: routing, bring-up failures, slow receiver, cancel, tokens equal
+# to the mpi transport on 1..4 ranks), and on a GPU 2 ranks sharing it over the MPI-staged
+# transport with long prompts (thousands of tokens per micro-batch) against the CPU reference,
+# and 1 rank over nccl (its non-blocking join on the backend's device).
+#
 # Machines without Open MPI / hwloc / cJSON / Check (the device machine): carry their .deb files
 # in .debs/ (see docs/BENCHMARKS.md); they are unpacked with dpkg -x into a scratch prefix and
 # found through PATH, OPAL_PREFIX, LD_LIBRARY_PATH, PKG_CONFIG_* and CMAKE_PREFIX_PATH.
@@ -68,7 +76,7 @@ if grep -q 'X(run,' "$ROOT/src/cli/cli.h"; then HAVE_RUN=1; fi
 # this script touches, and the benchmark; not `all`, so one unrelated half-written module
 # cannot stop the GPU run
 mapfile -t GPU_TESTS < <(ctest --test-dir "$BUILD" -N -L gpu | awk '/Test +#/ {print $3}')
-TARGETS=("${GPU_TESTS[@]}" test_cuda_math test_backend test_transport bench_gpu)
+TARGETS=("${GPU_TESTS[@]}" test_cuda_math test_backend test_transport test_pipeline bench_gpu)
 # shardq: the pipeline step, and test_load_gpu makes its checkpoints with `shardq make-model`
 if [ "$HAVE_RUN" = 1 ] || printf '%s\n' "${GPU_TESTS[@]}" | grep -qx test_load_gpu; then
     TARGETS+=(shardq)
@@ -86,11 +94,13 @@ fi
 # ---- 3. tests: gpu-labelled (every op, CPU vs GPU) + the CPU tests of the shared math ------
 status=0
 ctest --test-dir "$BUILD" -L gpu --output-on-failure 2>&1 | tee "$OUT/ctest-gpu.log" || status=1
-ctest --test-dir "$BUILD" -R 'test_cuda_math|test_backend$|test_transport' --output-on-failure \
+ctest --test-dir "$BUILD" -R 'test_cuda_math|test_backend$|test_transport|test_pipeline_(nccl_)?np' --output-on-failure \
     2>&1 | tee "$OUT/ctest-cpu.log" | tail -5 || status=1
 if [ "$GPU" = 1 ]; then
     # the skip code is failure here: a GPU is present, so the test must have run
     "$BUILD/src/backend/test_backend_gpu" 2>&1 | tee "$OUT/test_backend_gpu.log" || status=1
+    # issue 15: the sampling reserve at 16k prompt tokens, Llama-3 vocabulary, 8 sequences
+    "$BUILD/src/backend/test_cuda_reserve" 2>&1 | tee "$OUT/test_cuda_reserve.log" || status=1
     # the loader's GPU quantization: bytes == the CPU loader's (bf16/f16/f32, nf4/fp4, double
     # quant, blocksize 64/128, many-chunk staging), and its GB/s line
     if [ -x "$BUILD/src/load/test_load_gpu" ]; then
@@ -159,6 +169,26 @@ else
             same_tokens "cpu-1rank-$q" "cuda-2ranks-mpi-$q" || status=1
         fi
     done
+    # issue 15: long prompts (1000, 640 and 900 tokens; the preset has 1024 positions) through 2 ranks sharing the GPU over
+    # the MPI-staged transport (activations of MiBs staged through pinned memory each step)
+    # must give the CPU reference's tokens
+    LONG_IDS=$(for L in 1000 640 900; do
+        seq 0 $((L - 1)) | awk -v s="$L" '{printf "%s%d", (NR > 1 ? "," : ""), ($1 * 37 + s * 11) % 2048}'
+        printf ';'
+    done | sed 's/;$//')
+    IDS_SHORT=$IDS
+    IDS=$LONG_IDS
+    NEW_SHORT=$NEW
+    NEW=8
+    pipe_run "cpu-1rank-long" 1 --quant nf4 --backend cpu --transport mpi || status=1
+    if [ "$GPU" = 1 ]; then
+        pipe_run "cuda-2ranks-mpi-long" 2 --quant nf4 --backend cuda --transport mpi --micro-batches 3 || status=1
+        same_tokens "cpu-1rank-long" "cuda-2ranks-mpi-long" || status=1
+        pipe_run "cuda-1rank-nccl-long" 1 --quant nf4 --backend cuda --transport nccl || status=1
+        same_tokens "cpu-1rank-long" "cuda-1rank-nccl-long" || status=1
+    fi
+    IDS=$IDS_SHORT
+    NEW=$NEW_SHORT
     printf '# pipeline on the small preset, %s new tokens per sequence, greedy\n' "$NEW"
     printf '# %-22s %3s %-9s %-5s %12s %12s\n' run ranks backend xport "prefill" "decode"
     printf '# %-22s %3s %-9s %-5s %12s %12s\n' "" "" "" "" "(tok/s)" "(tok/s)"
