@@ -224,6 +224,7 @@ typedef struct sq_run_result {
     sq_model_config cfg;
     sq_quant_scheme scheme;         /* what ran */
     bool prequantized;              /* weights taken as stored from a bnb folder */
+    bool ggml_stored;               /* scheme NONE on a GGUF: weights in their ggml types */
     bool plan_from_file;
     int32_t n_ranks;
     int64_t max_seq;

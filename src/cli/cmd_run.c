@@ -268,10 +268,10 @@ static void print_json(const sq_run_result *r, char **texts, size_t *text_lens, 
     printf(", \"architecture\": \"%s\", \"n_ranks\": %d, \"backend\": ", r->cfg.architecture, r->n_ranks);
     json_str(stdout, r->backend, strlen(r->backend));
     printf(", \"backend_kind\": \"%s\", \"transport\": \"%s\", \"threads\": %d, "
-           "\"quant\": \"%s\", \"double_quant\": %s, \"blocksize\": %lld, \"prequantized\": %s, "
+           "\"quant\": \"%s\", \"double_quant\": %s, \"blocksize\": %lld, \"prequantized\": %s, \"gguf_as_stored\": %s, "
            "\"plan_file\": %s, \"max_seq\": %lld, \"n_micro_batches\": %d,\n \"tokens\": [",
            r->backend_kind, r->transport, r->n_threads, sq_quant_type_name(r->scheme.type), r->scheme.double_quant ? "true" : "false",
-           (long long)r->scheme.blocksize, r->prequantized ? "true" : "false",
+           (long long)r->scheme.blocksize, r->prequantized ? "true" : "false", r->ggml_stored ? "true" : "false",
            r->plan_from_file ? "true" : "false", (long long)r->max_seq, p->n_micro_batches);
     for (int32_t s = 0; s < p->n_seqs; s++) {
         printf("%s[", s ? ", " : "");
@@ -552,13 +552,17 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
         if (json) {
             print_json(r, texts, text_lens, o.model_dir, &p);
         } else {
+            char blocksize_txt[32] = "";
+            if (r->scheme.type != SQ_QUANT_NONE)
+                snprintf(blocksize_txt, sizeof blocksize_txt, " blocksize %lld", (long long)r->scheme.blocksize);
             if (!quiet)
-                printf("# shardq run: %s (%s, %lld layers, vocab %lld): %s%s blocksize %lld%s on %d rank%s "
+                printf("# shardq run: %s (%s, %lld layers, vocab %lld): %s%s%s%s on %d rank%s "
                        "x %d thread%s (backend %s, transport %s), max_seq %lld, %d sequence%s in %d "
                        "micro-batch%s, %s\n",
                        o.model_dir, r->cfg.architecture, (long long)r->cfg.n_layers,
-                       (long long)r->cfg.vocab_size, sq_quant_type_name(r->scheme.type),
-                       r->scheme.double_quant ? "+double-quant" : "", (long long)r->scheme.blocksize,
+                       (long long)r->cfg.vocab_size,
+                       r->ggml_stored ? "GGUF weights as stored" : sq_quant_type_name(r->scheme.type),
+                       r->scheme.double_quant ? "+double-quant" : "", blocksize_txt,
                        r->prequantized ? " (as stored)" : "", r->n_ranks, r->n_ranks == 1 ? "" : "s",
                        r->n_threads, r->n_threads == 1 ? "" : "s", r->backend, r->transport, (long long)r->max_seq,
                        pr->n_seqs, pr->n_seqs == 1 ? "" : "s", pr->n_micro_batches,

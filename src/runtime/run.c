@@ -723,6 +723,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
             res->cfg = *cfg;
             res->scheme = scheme;
             res->prequantized = prequant;
+            res->ggml_stored = scheme.type == SQ_QUANT_NONE && sq_meta_n_stored_ggml(meta) > 0;
             res->plan_from_file = plan_file;
             res->n_ranks = size;
             res->max_seq = sh.max_seq;
