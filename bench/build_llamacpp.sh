@@ -10,7 +10,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$repo/build/llamacpp"
 bin="$dest/build/bin"
 if [ -x "$bin/llama-perplexity" ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] &&
-   grep -q "GGML_AMX_TILE:BOOL=OFF" "$dest/build/CMakeCache.txt" 2>/dev/null; then
+   [ -f "$dest/build/.shardq-isa-v2" ]; then
   echo "$bin"; exit 0
 fi
 mkdir -p "$dest"
@@ -36,10 +36,22 @@ PY
   mv "$src" "$dest/src"
   rm -rf "$tmp"
 fi
-# GGML_NATIVE, but no AMX: this KVM guest lists amx_tile, yet tile instructions fault (SIGILL
-# in tinygemm_kernel_amx, seen 2026-12-05), so llama.cpp's AMX path is left out
-cmake -S "$dest/src" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-      -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+# The host's ISA without AMX: this KVM guest lists amx_tile, yet tile instructions fault (SIGILL
+# in tinygemm_kernel_amx with GGML_NATIVE=ON, seen 2026-12-05), so the features are named one by
+# one from /proc/cpuinfo instead of -march=native
+isa=(-DGGML_NATIVE=OFF)
+has() { grep -q -w "$1" /proc/cpuinfo; }
+for f in avx avx2 fma f16c; do has "$f" && isa+=("-DGGML_${f^^}=ON"); done
+has avx_vnni && isa+=(-DGGML_AVX_VNNI=ON)
+if has avx512f && has avx512bw && has avx512vl; then
+  isa+=(-DGGML_AVX512=ON)
+  has avx512_vnni && isa+=(-DGGML_AVX512_VNNI=ON)
+  has avx512vbmi && isa+=(-DGGML_AVX512_VBMI=ON)
+  has avx512_bf16 && isa+=(-DGGML_AVX512_BF16=ON)
+fi
+echo "build_llamacpp: ${isa[*]}" >&2
+cmake -S "$dest/src" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF "${isa[@]}" \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
 cmake --build "$dest/build" -j "$(nproc)" --target llama-perplexity llama-bench llama-quantize >&2
+touch "$dest/build/.shardq-isa-v2"
 echo "$bin"
