@@ -2,7 +2,8 @@
 # Installs the Debian packages shardq builds with, if any is missing.  Idempotent: does nothing
 # (and needs no network) when everything is present.  CUDA/NCCL are optional and not installed.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhwloc-dev libcjson-dev check clang)
+pkgs=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhwloc-dev libcjson-dev check clang
+      iproute2)   # iproute2: the multihost tests make their hosts with `ip netns`
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
