@@ -625,16 +625,18 @@ START_TEST(test_cli_quantize) {
     ck_assert_msg(rc == 0, "%s", o);
     ck_assert_msg(strstr(o, "\"ranks\": 1, \"tensors\": 179,"), "%s", o);
     ck_assert_msg(strstr(o, "\"quant\": \"nf4\", \"double_quant\": true, \"blocksize\": 64"), "%s", o);
-    /* the printed max RSS is the process's own high-water mark: the kernel's figure for the
-     * finished child (this forked test's only child so far) is at least that, and the peak
-     * after the report (writing the files) cannot double it */
+    /* the printed max RSS is the process's own high-water mark (VmHWM): the kernel's figure
+     * for the finished child (this forked test's only child so far) agrees with it to the
+     * kernel's lazy RSS counting (a few %, seen 2 % above), and the peak after the report
+     * (writing the files) cannot double it */
     const char *mr = strstr(o, "\"max_rss_bytes\": ");
     ck_assert_ptr_nonnull(mr);
     unsigned long long printed = strtoull(mr + strlen("\"max_rss_bytes\": "), NULL, 10);
     struct rusage ru;
     ck_assert_int_eq(getrusage(RUSAGE_CHILDREN, &ru), 0);
     unsigned long long kernel = (unsigned long long)ru.ru_maxrss * 1024ull;
-    ck_assert_msg(printed > (1ull << 20) && printed <= kernel && printed * 2 >= kernel,
+    ck_assert_msg(printed > (1ull << 20) && printed <= kernel + kernel / 16 + (1ull << 20) &&
+                      printed * 2 >= kernel,
                   "printed max RSS %llu vs the kernel's %llu for the child", printed, kernel);
     free(o);
     char p[4400];

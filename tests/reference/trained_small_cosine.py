@@ -22,7 +22,8 @@ that, end to end through shardq:
      vocabulary and over the 256 byte ids centred), top-1 agreement, and the NLL of the true
      next byte with and without NF4.
 
-Nothing here is needed by the C tests; it is evidence for docs/QUANT.md.
+Nothing here is needed by the C tests; it is evidence for docs/QUANT.md, and with --min-cosine
+0.9999 a check of the `reference` CTest label (tests/reference/run_check.sh).
 """
 import argparse
 import glob
@@ -106,6 +107,9 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--work", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--min-cosine", type=float, default=None,
+                    help="exit 1 unless the trained model's NF4 vs none cosine (byte ids centred, "
+                         "min over prompts) is at least this (the check CTest runs: 0.9999)")
     args = ap.parse_args()
     torch.manual_seed(0)
     random.seed(0)
@@ -184,6 +188,13 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    if args.min_cosine is not None:
+        got = result["trained"]["cosine_bytes_centred_min"]
+        ok = got >= args.min_cosine and result["trained"]["cosine_full_min"] >= args.min_cosine
+        print("%s: trained NF4 vs none cosine (byte ids centred, min) %.6f, full vocab min %.6f, "
+              "want >= %g" % ("OK" if ok else "FAILED", got, result["trained"]["cosine_full_min"],
+                              args.min_cosine))
+        return 0 if ok else 1
     return 0
 
 
