@@ -2,6 +2,8 @@
 # The test command: installs what is missing, builds (warnings as errors), runs the whole suite
 # through CTest, then builds again with ASan + UBSan and runs the suite once more.
 # Prints CTest's summary; exits non-zero on any failure.  Runnable from any directory.
+# The `reference` label (Python checks with torch / transformers / bitsandbytes) runs after the
+# suite where those packages import, and is reported skipped where they do not.
 #   SHARDQ_SKIP_ASAN=1   skip the sanitizer pass (quicker local runs)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +14,12 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 echo "== build (warnings as errors) ==" >&2
 "$repo/launch/build.sh" "$repo/build" -DSHARDQ_WERROR=ON
 echo "== tests ==" >&2
-ctest --test-dir "$repo/build" -j "$jobs" --output-on-failure
+ctest --test-dir "$repo/build" -j "$jobs" --output-on-failure -LE reference
+# The `reference` label: Python checks against the real torch / transformers / bitsandbytes /
+# accelerate.  Run where they import ($SHARDQ_PYTHON, the build/pyref venv .ci/run makes, or
+# python3); each says SKIPPED (exit 77) where they do not.
+echo "== reference checks (label reference) ==" >&2
+ctest --test-dir "$repo/build" --output-on-failure -L reference
 
 if [ "${SHARDQ_SKIP_ASAN:-0}" != 1 ]; then
   # The sanitizer pass builds the host code only (CUDA kernels cannot run here anyway and are
@@ -21,5 +28,5 @@ if [ "${SHARDQ_SKIP_ASAN:-0}" != 1 ]; then
   "$repo/launch/build.sh" "$repo/build-asan" -DSHARDQ_WERROR=ON -DSHARDQ_SANITIZE=ON \
       -DSHARDQ_CUDA=OFF -DSHARDQ_FUZZ=OFF -DCMAKE_BUILD_TYPE=Debug
   echo "== tests under ASan + UBSan ==" >&2
-  ctest --test-dir "$repo/build-asan" -j "$jobs" --output-on-failure -LE bench
+  ctest --test-dir "$repo/build-asan" -j "$jobs" --output-on-failure -LE 'bench|reference'
 fi

@@ -177,6 +177,38 @@ START_TEST(json_keys) {
         ck_assert(fabs(num(r, "bubble_model") - 1.0 / (m + 1)) < 1e-6);
         ck_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "tokens_ok")));
     }
+    /* bench's tokens are what `shardq run` gives on the same prompts (a check outside bench,
+     * not bench reporting on itself): every row, prompt by prompt */
+    const cJSON *prompts = cJSON_GetObjectItemCaseSensitive(j, "prompts");
+    ck_assert_int_eq(cJSON_GetArraySize(prompts), 3);
+    char ids[1024] = "";
+    size_t at = 0;
+    for (int s = 0; s < 3; s++) {
+        const cJSON *pr = cJSON_GetArrayItem(prompts, s);
+        ck_assert_int_eq(cJSON_GetArraySize(pr), 5);
+        for (int t = 0; t < 5; t++)
+            at += (size_t)snprintf(ids + at, sizeof ids - at, "%s%d", t ? "," : s ? ";" : "",
+                                   (int)cJSON_GetArrayItem(pr, t)->valuedouble);
+    }
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "timeout -s KILL 60 '%s' " SQ_MPIRUN_TEST_FLAGS " -np 2 '%s' run '%s' "
+             "--quant none --backend cpu --prompt-ids '%s' --max-new-tokens 3 --ignore-eos --json",
+             SQ_MPIEXEC, SQ_SHARDQ_EXE, g_model, ids);
+    char *ro = sq_test_run(cmd, &rc);
+    ck_assert_msg(rc == 0, "shardq run: rc %d: %s", rc, ro);
+    const cJSON *rj = cJSON_Parse(strstr(ro, "{\"model\""));
+    ck_assert_ptr_nonnull(rj);
+    char *run_tokens = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(rj, "tokens"));
+    for (int i = 0; i < 2; i++) {
+        char *bt = cJSON_PrintUnformatted(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(rows, i), "tokens"));
+        ck_assert_msg(!strcmp(bt, run_tokens), "bench row %d tokens %s, shardq run %s", i, bt, run_tokens);
+        free(bt);
+    }
+    ck_assert_msg(strchr(run_tokens, '-') == NULL, "%s", run_tokens);
+    free(run_tokens);
+    cJSON_Delete((cJSON *)rj);
+    free(ro);
     cJSON_Delete(j);
     free(out);
     ck_assert_int_eq(entries_in(g_tmp), 0);   /* a MODEL_DIR run makes no temporary folder */

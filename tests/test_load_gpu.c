@@ -7,6 +7,7 @@
  * a lower bound dominated by per-chunk latency) next to the CPU loader's.
  * Exits 77 (CTest skip) when cudaGetDeviceCount finds no device. */
 #include <check.h>
+#include "gpu_skip.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,13 +187,8 @@ START_TEST(test_gpu_loader_gbps) {
 END_TEST
 
 int main(void) {
-    int n_dev = 0;
-    cudaError_t e = cudaGetDeviceCount(&n_dev);
-    if (e != cudaSuccess || n_dev == 0) {
-        printf("test_load_gpu: no CUDA device (%s): skipped\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "count 0");
-        return 77;
-    }
+    int n_dev = sq_test_gpu_count("test_load_gpu");
+    if (n_dev <= 0) return n_dev == 0 ? 77 : 1;
     g_root = sq_test_tmpdir("loadgpu");
     Suite *s = suite_create("load_gpu");
     TCase *tc = tcase_create("load_gpu");

@@ -411,6 +411,34 @@ END_TEST
 START_TEST(test_linear_rope) { run_reference_case(tiny_cfg(SQ_ARCH_MISTRAL, true, false, SQ_ROPE_LINEAR), 4); }
 END_TEST
 
+/* "dynamic" rope scaling within max_position_embeddings is the default rope, bit for bit
+ * (HF only rescales past it); the same model with "linear" scaling differs, so the comparison
+ * can see a stage that computes dynamic as linear. */
+START_TEST(test_dynamic_rope_is_default_within_max_pos) {
+    host_model m = make_model(tiny_cfg(SQ_ARCH_LLAMA, false, false, SQ_ROPE_DEFAULT), 6);
+    ck_assert_int_le(MAXS, m.cfg.max_position_embeddings);
+    int64_t V = m.cfg.vocab_size;
+    sq_stage *s = mk_stage(&m, 0, NL, true, true, SQ_QUANT_NONE, NULL);
+    float *def = scenario(&s, 1, &m, NULL);
+    sq_stage_destroy(s);
+    m.cfg.rope_scaling.kind = SQ_ROPE_DYNAMIC;
+    m.cfg.rope_scaling.factor = 2;
+    s = mk_stage(&m, 0, NL, true, true, SQ_QUANT_NONE, NULL);
+    float *dyn = scenario(&s, 1, &m, NULL);
+    sq_stage_destroy(s);
+    ck_assert_msg(memcmp(def, dyn, 9 * (size_t)V * 4) == 0, "dynamic rope differs from default");
+    m.cfg.rope_scaling.kind = SQ_ROPE_LINEAR;
+    s = mk_stage(&m, 0, NL, true, true, SQ_QUANT_NONE, NULL);
+    float *lin = scenario(&s, 1, &m, NULL);
+    sq_stage_destroy(s);
+    ck_assert_msg(memcmp(def, lin, 9 * (size_t)V * 4) != 0, "linear rope should differ");
+    free(def);
+    free(dyn);
+    free(lin);
+    free_model(&m);
+}
+END_TEST
+
 /* NF4 / FP4 stages equal, bit for bit, the dense path on the dequantized weights (the 4-bit
  * Linear uses the dequantized float32 value and the dense reduction order), and stay close to
  * the unquantized model. */
@@ -573,6 +601,7 @@ int main(void) {
     tcase_add_test(tc, test_qwen2_untied_bias);
     tcase_add_test(tc, test_llama3_rope);
     tcase_add_test(tc, test_linear_rope);
+    tcase_add_test(tc, test_dynamic_rope_is_default_within_max_pos);
     tcase_add_test(tc, test_4bit_vs_dequantized);
     tcase_add_test(tc, test_split_calls);
     tcase_add_test(tc, test_errors);

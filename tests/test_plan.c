@@ -1,9 +1,12 @@
 /* Tests of the plan module: the exact solver against brute force on thousands of random small
  * instances (feasible and not), hand-computed evaluations, accelerate's greedy emulation
- * against the worked examples of device-map-anchors.md §9, and (with the model configs under
- * tests/configs/) the done-when comparison: shardq beats the accelerate-style plan on
- * Llama-2-7B NF4 on 4×24 GiB and Llama-3-70B NF4 on 2×40 GiB. */
+ * against worked examples and against every map the real library gives
+ * (tests/reference/accelerate_maps.json: transformers 5.23 + accelerate 1.15 on the committed
+ * configs × nf4 / fp4 / bf16 × clusters), and the README's planner rows, both plans: layers,
+ * bottleneck to 1e-4 ms and max_kv_tokens exactly (Llama-2-7B NF4 on 4×24 GiB, Llama-3-70B
+ * NF4 on 2×40 GiB). */
 #include <check.h>
+#include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -219,7 +222,7 @@ END_TEST
 
 /* ---- accelerate's greedy against the worked examples (device-map-anchors.md §9) ---------- */
 static void run_accel(int n, uint64_t layer, uint64_t embed, uint64_t head, uint64_t norm,
-                      uint64_t rotary, uint64_t n_leaves, int m, uint64_t mem, bool bnb, int *counts,
+                      uint64_t rotary, int m, uint64_t mem, bool bnb, int *counts,
                       sq_accel_result *r) {
     uint64_t *lb = malloc(sizeof(uint64_t) * (size_t)n), cap[8];
     double bw[8];
@@ -230,7 +233,7 @@ static void run_accel(int n, uint64_t layer, uint64_t embed, uint64_t head, uint
                          .embed_bytes = embed, .head_bytes = head, .n_devices = m,
                          .capacity_bytes = cap, .bandwidth_bps = bw};
     sq_accel_input a = {.layer_bytes = lb, .embed_bytes = embed, .norm_bytes = norm,
-                        .head_bytes = head, .rotary_bytes = rotary, .n_leaves = n_leaves, .max_memory = maxmem,
+                        .head_bytes = head, .rotary_bytes = rotary, .max_memory = maxmem,
                         .bnb = bnb};
     sq_error err;
     ck_assert_int_eq(sq_plan_accelerate(&p, &a, counts, r, &err), SQ_OK);
@@ -240,8 +243,8 @@ static void run_accel(int n, uint64_t layer, uint64_t embed, uint64_t head, uint
 START_TEST(test_accelerate_worked_examples) {
     int c[4];
     sq_accel_result r;
-    /* §9.1 Llama-2-7B bf16, 4 × 24 GiB: 7 / 9 / 9 / 7 */
-    run_accel(32, 404766720, 262144000, 262144000, 8192, 128, 292, 4, 24 * SQ_GIB, false, c, &r);
+    /* §9.1 Llama-2-7B bf16, 4 × 24 GiB: 7 / 9 / 9 / 7 (the decoder layer is the largest module) */
+    run_accel(32, 404766720, 262144000, 262144000, 8192, 128, 4, 24 * SQ_GIB, false, c, &r);
     ck_assert_int_eq(c[0], 7); ck_assert_int_eq(c[1], 9);
     ck_assert_int_eq(c[2], 9); ck_assert_int_eq(c[3], 7);
     ck_assert_int_eq(r.embed_dev, 0);
@@ -250,17 +253,24 @@ START_TEST(test_accelerate_worked_examples) {
     /* caps: GPUs 0-2 at total/4 + 1.25 × layer, exactly §9.1's 3,875,166,240 */
     ck_assert(r.caps[0] == 3875166240.0);
     ck_assert(r.caps[3] == (double)(24 * SQ_GIB));
-    /* §9.2 Llama-2-7B NF4 (v5 accounting), 4 × 24 GiB: 4 / 9 / 9 / 10 */
-    run_accel(32, 101203968, 262144000, 262144000, 8192, 256, 292, 4, 24 * SQ_GIB, true, c, &r);
-    ck_assert_int_eq(c[0], 4); ck_assert_int_eq(c[1], 9);
-    ck_assert_int_eq(c[2], 9); ck_assert_int_eq(c[3], 10);
-    ck_assert(fabs(r.caps[0] - 960489734.4) < 1.0);
-    /* §9.3 Llama-3-70B NF4, 2 × 40 GiB: 31 / 49 */
-    run_accel(80, 427851776, 2101346304, 2101346304, 16384, 256, 724, 2, 40 * SQ_GIB, true, c, &r);
-    ck_assert_int_eq(c[0], 31); ck_assert_int_eq(c[1], 49);
+    /* Llama-2-7B NF4, 4 × 24 GiB: the real library gives 6 / 11 / 11 / 4 (the anchors'
+     * correction): the buffer is 1.25 × the bf16 embedding (262,144,000), not the 4-bit layer:
+     * (3,762,823,424 / 4 + 327,680,000) × 0.9 */
+    run_accel(32, 101203968, 262144000, 262144000, 8192, 256, 4, 24 * SQ_GIB, true, c, &r);
+    ck_assert_int_eq(c[0], 6); ck_assert_int_eq(c[1], 11);
+    ck_assert_int_eq(c[2], 11); ck_assert_int_eq(c[3], 4);
+    ck_assert_msg(fabs(r.caps[0] - 1141547270.4) < 1.0, "%.1f", r.caps[0]);
+    /* Llama-3-70B NF4, 2 × 40 GiB: 36 / 44 */
+    run_accel(80, 427851776, 2101346304, 2101346304, 16384, 256, 2, 40 * SQ_GIB, true, c, &r);
+    ck_assert_int_eq(c[0], 36); ck_assert_int_eq(c[1], 44);
     ck_assert_int_eq(r.head_dev, 1);
+    /* one GPU given its memory keeps all of it (no ×0.9 when max_memory is given) */
+    run_accel(4, 1000, 100, 100, 10, 0, 1, 10000, false, c, &r);
+    ck_assert(r.caps[0] == 10000.0);
+    ck_assert_int_eq(c[0], 4);
+    ck_assert_int_eq(r.n_offloaded, 0);
     /* a card too small for anything: everything is skipped and goes to cpu */
-    run_accel(4, 1000, 100, 100, 10, 0, 40, 2, 500, true, c, &r);
+    run_accel(4, 1000, 100, 100, 10, 0, 2, 500, true, c, &r);
     ck_assert_int_gt(r.n_offloaded, 0);
 }
 END_TEST
@@ -298,7 +308,26 @@ static const char *k_2x40 =
     "{\"name\": \"2x40GiB\", \"nodes\": [{\"name\": \"node\", \"gpus\": [{\"name\": \"A100-SXM4-40GB\", "
     "\"count\": 2, \"memory_gib\": 40}]}]}";
 
-static void compare(const char *cfg, const char *cluster, const int *acc_counts, int n_dev) {
+/* One README planner row, both plans asserted: layers per device, bottleneck to 1e-4 ms (the
+ * README prints 4 decimals), max_kv_tokens exactly. */
+typedef struct row_want {
+    int counts[8];
+    double bottleneck_ms;
+    uint64_t max_kv_tokens;
+} row_want;
+
+static void check_row(const sq_plan *p, const row_want *w, int n_dev) {
+    for (int j = 0; j < n_dev; j++)
+        ck_assert_msg(p->stages[j].n_layers == w->counts[j], "%s: device %d has %d layers, want %d",
+                      p->label, j, p->stages[j].n_layers, w->counts[j]);
+    ck_assert_msg(fabs(p->bottleneck_ms - w->bottleneck_ms) < 1e-4, "%s: bottleneck %.6f ms, want %.4f",
+                  p->label, p->bottleneck_ms, w->bottleneck_ms);
+    ck_assert_msg(p->max_kv_tokens == w->max_kv_tokens, "%s: max_kv_tokens %" PRIu64 ", want %" PRIu64,
+                  p->label, p->max_kv_tokens, w->max_kv_tokens);
+}
+
+static void compare(const char *cfg, const char *cluster, const row_want *acc_want,
+                    const row_want *shardq_want, int n_dev) {
     fixture f;
     fx_open(&f, cfg, cluster);
     sq_plan_options o = sq_plan_options_default();
@@ -307,8 +336,9 @@ static void compare(const char *cfg, const char *cluster, const int *acc_counts,
     ck_assert_msg(sq_plan_make(f.m, &f.s, f.c, &o, &p, &err) == SQ_OK, "%s", err.msg);
     ck_assert_int_eq(sq_plan_make_accelerate(f.m, &f.s, f.c, &o, &a, &err), SQ_OK);
     ck_assert_int_eq(a->n_stages, n_dev);
-    for (int j = 0; j < n_dev; j++) ck_assert_int_eq(a->stages[j].n_layers, acc_counts[j]);
     ck_assert(p->fits);
+    check_row(a, acc_want, n_dev);
+    check_row(p, shardq_want, n_dev);
     ck_assert_msg(p->bottleneck_ms < a->bottleneck_ms, "bottleneck %.4f vs %.4f", p->bottleneck_ms,
                   a->bottleneck_ms);
     ck_assert_uint_gt(p->max_kv_tokens, a->max_kv_tokens);
@@ -334,16 +364,96 @@ static void compare(const char *cfg, const char *cluster, const int *acc_counts,
     fx_close(&f);
 }
 
+/* The emulation equals the real library: every map in tests/reference/accelerate_maps.json
+ * (transformers 5.23 + accelerate 1.15 _get_device_map on the meta model, written by
+ * tests/reference/gen_accelerate_maps.py) — layers per device, where embed_tokens, norm and
+ * lm_head went, and how many layers went to cpu / disk. */
+static int dev_of(const cJSON *v, int n_dev) {
+    if (cJSON_IsNumber(v)) return (int)v->valuedouble;
+    return n_dev;   /* "cpu" / "disk": offloaded */
+}
+
+START_TEST(test_accelerate_equals_committed_maps) {
+    size_t n = 0;
+    char *text = sq_test_read_file(SQ_SOURCE_DIR "/tests/reference/accelerate_maps.json", &n);
+    ck_assert_ptr_nonnull(text);
+    cJSON *doc = cJSON_Parse(text);
+    ck_assert_ptr_nonnull(doc);
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(doc, "cases");
+    ck_assert_int_eq(cJSON_GetArraySize(cases), 5 * 3 * 6);
+    int n_cases = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cases) {
+        const char *model = cJSON_GetObjectItemCaseSensitive(c, "model")->valuestring;
+        const char *quant = cJSON_GetObjectItemCaseSensitive(c, "quant")->valuestring;
+        const char *cluster = cJSON_GetObjectItemCaseSensitive(c, "cluster")->valuestring;
+        char cfg_path[1024], cl_path[1024];
+        snprintf(cfg_path, sizeof cfg_path, "%s/tests/configs/%s", SQ_SOURCE_DIR, model);
+        snprintf(cl_path, sizeof cl_path, "%s/%s", SQ_SOURCE_DIR, cluster);
+        size_t cn = 0;
+        char *cl = sq_test_read_file(cl_path, &cn);
+        ck_assert_ptr_nonnull(cl);
+        fixture f;
+        fx_open(&f, cfg_path, cl);
+        free(cl);
+        f.s.type = !strcmp(quant, "nf4") ? SQ_QUANT_NF4 : !strcmp(quant, "fp4") ? SQ_QUANT_FP4
+                                                                                 : SQ_QUANT_NONE;
+        sq_plan_options o = sq_plan_options_default();
+        sq_plan_built b;
+        sq_error err;
+        ck_assert_msg(sq_plan_problem_build(f.m, &f.s, f.c, &o, &b, &err) == SQ_OK, "%s", err.msg);
+        int nd = b.p.n_devices;
+        const cJSON *mm = cJSON_GetObjectItemCaseSensitive(c, "max_memory");
+        ck_assert_int_eq(cJSON_GetArraySize(mm), nd);
+        for (int j = 0; j < nd; j++)
+            ck_assert_uint_eq(b.acc.max_memory[j], (uint64_t)cJSON_GetArrayItem(mm, j)->valuedouble);
+        int counts[64];
+        sq_accel_result r;
+        ck_assert_int_eq(sq_plan_accelerate(&b.p, &b.acc, counts, &r, &err), SQ_OK);
+        const cJSON *want = cJSON_GetObjectItemCaseSensitive(c, "layers");
+        char got_s[512] = "", want_s[512] = "";
+        size_t gl = 0, wl = 0;
+        int sum = 0;
+        for (int j = 0; j < nd; j++) {
+            gl += (size_t)snprintf(got_s + gl, sizeof got_s - gl, "%s%d", j ? "/" : "", counts[j]);
+            wl += (size_t)snprintf(want_s + wl, sizeof want_s - wl, "%s%d", j ? "/" : "",
+                                   (int)cJSON_GetArrayItem(want, j)->valuedouble);
+            sum += counts[j];
+        }
+        int off = (int)cJSON_GetObjectItemCaseSensitive(c, "offloaded_layers")->valuedouble;
+        ck_assert_msg(!strcmp(got_s, want_s) && b.p.n_layers - sum == off,
+                      "%s %s %s: emulation %s (+%d offloaded), accelerate %s (+%d)", model, quant,
+                      cluster, got_s, b.p.n_layers - sum, want_s, off);
+        int we = dev_of(cJSON_GetObjectItemCaseSensitive(c, "embed"), nd);
+        int wn = dev_of(cJSON_GetObjectItemCaseSensitive(c, "norm"), nd);
+        const cJSON *wh = cJSON_GetObjectItemCaseSensitive(c, "head");
+        ck_assert_msg(r.embed_dev == we && r.norm_dev == wn, "%s %s %s: embed %d norm %d, want %d %d",
+                      model, quant, cluster, r.embed_dev, r.norm_dev, we, wn);
+        if (!(cJSON_IsString(wh) && !strcmp(wh->valuestring, "tied")))
+            ck_assert_msg(r.head_dev == dev_of(wh, nd), "%s %s %s: head %d, want %d", model, quant,
+                          cluster, r.head_dev, dev_of(wh, nd));
+        n_cases++;
+        sq_plan_problem_free(&b);
+        fx_close(&f);
+    }
+    ck_assert_int_eq(n_cases, cJSON_GetArraySize(cases));
+    cJSON_Delete(doc);
+    free(text);
+}
+END_TEST
+
 START_TEST(test_done_when_llama2_7b) {
-    /* accelerate's 4 / 9 / 9 / 10 (device-map-anchors.md §9.2, v5 accounting) */
-    const int acc[4] = {4, 9, 9, 10};
-    compare(CFG("llama-2-7b.json"), k_4x24, acc, 4);
+    /* the README's first planner row; accelerate's 6 / 11 / 11 / 4 is the real library's map
+     * (tests/reference/accelerate_maps.json) */
+    const row_want acc = {{6, 11, 11, 4}, 1.9748, 129206}, sq = {{7, 9, 9, 7}, 1.6157, 159463};
+    compare(CFG("llama-2-7b.json"), k_4x24, &acc, &sq, 4);
 }
 END_TEST
 
 START_TEST(test_done_when_llama3_70b) {
-    const int acc[2] = {31, 49};   /* §9.3 */
-    compare(CFG("llama-3-70b.json"), k_2x40, acc, 2);
+    /* the README's second row: accelerate 36 / 44 (the real library's map) */
+    const row_want acc = {{36, 44}, 15.4457, 99817}, sq = {{42, 38}, 13.5237, 110169};
+    compare(CFG("llama-3-70b.json"), k_2x40, &acc, &sq, 2);
 }
 END_TEST
 
@@ -516,6 +626,7 @@ static Suite *plan_suite(void) {
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("models");
     tcase_set_timeout(tm, 60);
+    tcase_add_test(tm, test_accelerate_equals_committed_maps);
     tcase_add_test(tm, test_done_when_llama2_7b);
     tcase_add_test(tm, test_done_when_llama3_70b);
     tcase_add_test(tm, test_plan_fields_and_files);

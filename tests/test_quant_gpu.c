@@ -4,6 +4,7 @@
  * F32 / F16 / BF16 sources, NF4 / FP4 and blocksizes 32..4096; and the pinned staging ring
  * copies bytes intact.  Exits 77 (CTest skip) when cudaGetDeviceCount finds no device. */
 #include <check.h>
+#include "gpu_skip.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,13 +139,8 @@ START_TEST(test_stager) {
 END_TEST
 
 int main(void) {
-    int n_dev = 0;
-    cudaError_t e = cudaGetDeviceCount(&n_dev);
-    if (e != cudaSuccess || n_dev == 0) {
-        printf("test_quant_gpu: skipped: no CUDA device (%s)\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "device count 0");
-        return 77;
-    }
+    int n_dev = sq_test_gpu_count("test_quant_gpu");
+    if (n_dev <= 0) return n_dev == 0 ? 77 : 1;
     Suite *s = suite_create("quant_gpu");
     TCase *tc = tcase_create("gpu");
     tcase_set_timeout(tc, 120);

@@ -137,6 +137,45 @@ START_TEST(same_tokens_and_logits_on_1_to_4_ranks) {
 }
 END_TEST
 
+/* Sampling end to end: --temperature / --top-k / --top-p / --seed give the same tokens on 1,
+ * 2 and 3 ranks and with 1 or 3 micro-batches; they differ from greedy (a run that silently
+ * ignored --temperature would not) and from another seed. */
+static char *sampled_tokens(int np, int m, const char *extra) {
+    char args[2048];
+    snprintf(args, sizeof args, "'%s' --quant nf4 --prompt-ids '3,7,11,5;9,4;13,8,6,12,10' "
+             "--max-new-tokens 8 --ignore-eos --micro-batches %d --json %s", g_llama, m, extra);
+    int rc = 0;
+    char *out = run_np(np, &rc, args);
+    ck_assert_msg(rc == 0, "np %d M %d %s: rc %d: %s", np, m, extra, rc, out);
+    cJSON *j = json_of(out);
+    ck_assert_int_eq((int)cJSON_GetObjectItemCaseSensitive(j, "n_ranks")->valuedouble, np);
+    ck_assert_int_eq((int)cJSON_GetObjectItemCaseSensitive(j, "n_micro_batches")->valuedouble, m);
+    char *tok = tokens_of(j);
+    cJSON_Delete(j);
+    free(out);
+    return tok;
+}
+
+START_TEST(sampling_same_on_any_ranks_and_micro_batches) {
+    const char *samp = "--temperature 1.5 --top-k 40 --top-p 0.95 --seed 7";
+    char *ref = sampled_tokens(1, 1, samp);
+    static const int runs[][2] = {{2, 1}, {3, 1}, {1, 3}, {2, 3}, {3, 3}};
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        char *tok = sampled_tokens(runs[r][0], runs[r][1], samp);
+        ck_assert_msg(!strcmp(tok, ref), "np %d M %d: %s vs np 1 M 1: %s", runs[r][0], runs[r][1],
+                      tok, ref);
+        free(tok);
+    }
+    char *greedy = sampled_tokens(2, 1, "");
+    ck_assert_msg(strcmp(greedy, ref) != 0, "sampled tokens equal greedy: %s", ref);
+    char *other = sampled_tokens(2, 1, "--temperature 1.5 --top-k 40 --top-p 0.95 --seed 8");
+    ck_assert_msg(strcmp(other, ref) != 0, "seed 8 gave seed 7's tokens: %s", ref);
+    free(greedy);
+    free(other);
+    free(ref);
+}
+END_TEST
+
 /* A folder written by `shardq quantize` runs as stored: same tokens, same logits as on the fly. */
 START_TEST(prequantized_equals_on_the_fly) {
     char a[1200], b[1200], args[3000];
@@ -377,6 +416,11 @@ int main(void) {
     tcase_add_test(tc, text_prompts);
     tcase_add_test(tc, human_table);
     suite_add_tcase(s, tc);
+    /* its own case, so CK_RUN_CASE=sampling runs it alone (tests/mutate.sh) */
+    TCase *ts = tcase_create("sampling");
+    tcase_set_timeout(ts, 240);
+    tcase_add_test(ts, sampling_same_on_any_ranks_and_micro_batches);
+    suite_add_tcase(s, ts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

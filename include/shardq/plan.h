@@ -11,7 +11,7 @@
  *      exactly by dynamic programming over (devices × layers), O(n_devices · n_layers²).
  *      Stage rule: when n_layers >= n_devices every stage holds at least one layer; otherwise
  *      (more ranks than layers) a stage may hold none: that rank only forwards activations.
- *      Also: accelerate's "balanced" greedy, re-implemented from its algorithm description
+ *      Also: accelerate's "balanced" greedy (transformers 5.23 + accelerate 1.15), re-implemented
  *      (../shared/reference/device-map-anchors.md §4-§5) for side-by-side comparison.
  *   2. The glue: builds the problem from an sq_meta + quant scheme + sq_cluster + options, runs
  *      the core, and keeps the result as an sq_plan that can be written / read as a plan file,
@@ -100,9 +100,9 @@ void sq_plan_evaluate(const sq_plan_problem *p, const int *counts, int embed_dev
  * bad input; then counts is unspecified. */
 sq_status sq_plan_solve(const sq_plan_problem *p, int *counts, sq_plan_eval *out, sq_error *err);
 
-/* What accelerate's device_map="auto" (= "balanced", transformers v5 accounting) would do,
- * re-implemented from the algorithm description in device-map-anchors.md §4-§5; not
- * accelerate's code.  Sizes are what accelerate counts: quantized Linear weights at 0.5 B per
+/* What accelerate's device_map="auto" (= "balanced") does under transformers 5.23 +
+ * accelerate 1.15, given max_memory = each device's memory; re-implemented, not accelerate's
+ * code, and checked against the real library's maps (tests/reference/accelerate_maps.json).  Sizes are what accelerate counts: quantized Linear weights at 0.5 B per
  * element and no absmax, everything else at its dtype; a tied lm_head counts 0 and follows
  * embed_tokens. */
 typedef struct sq_accel_input {
@@ -110,7 +110,6 @@ typedef struct sq_accel_input {
     uint64_t embed_bytes, norm_bytes, head_bytes;
     uint64_t rotary_bytes;             /* model.rotary_emb's inv_freq buffer (counted, never largest) */
     bool tied;                         /* lm_head tied to embed_tokens */
-    uint64_t n_leaves;                 /* leaf modules: 9 per Llama layer + embed, norm, rotary, head */
     const uint64_t *max_memory;        /* (n_devices) what accelerate is given (total memory) */
     bool bnb;                          /* bitsandbytes: ×0.9 on every budget (adjust_max_memory) */
 } sq_accel_input;

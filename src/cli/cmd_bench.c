@@ -194,6 +194,7 @@ typedef struct row {
     int64_t prefill_tokens, decode_tokens;
     double bubble, prefill_bubble, decode_bubble, bubble_model, load_s;
     bool tokens_ok;      /* batch x new_tokens tokens came back */
+    int32_t *tokens;     /* (batch, new_tokens) what this configuration generated (-1: none) */
 } row;
 
 static void json_str(FILE *f, const char *s) {
@@ -228,8 +229,20 @@ static void print_row(const bench_opts *o, const row *w) {
     fflush(stdout);
 }
 
+static void print_ids(const int32_t *ids, int n_seqs, int n) {
+    printf("[");
+    for (int s = 0; s < n_seqs; s++) {
+        printf("%s[", s ? ", " : "");
+        for (int t = 0; t < n; t++) printf("%s%d", t ? ", " : "", ids[(size_t)s * (size_t)n + (size_t)t]);
+        printf("]");
+    }
+    printf("]");
+}
+
+/* prompts and every row's tokens are printed so that a test can check them against
+ * `shardq run` on the same prompts, not against bench itself */
 static void print_json(const bench_opts *o, const char *model, const sq_run_result *r, const row *rows,
-                       int n_rows, bool same_tokens, bool ok) {
+                       int n_rows, bool same_tokens, bool ok, const int32_t *prompt_ids) {
     printf("{\"model\": ");
     json_str(stdout, model);
     printf(", \"preset\": ");
@@ -241,20 +254,25 @@ static void print_json(const bench_opts *o, const char *model, const sq_run_resu
     json_str(stdout, r->backend);
     printf(", \"backend_kind\": \"%s\", \"transport\": \"%s\", \"threads\": %d, \"quant\": \"%s\", "
            "\"double_quant\": %s, \"blocksize\": %lld, \"prequantized\": %s, \"batch\": %d, "
-           "\"prompt_len\": %d, \"new_tokens\": %d, \"seed\": %llu,\n \"rows\": [",
+           "\"prompt_len\": %d, \"new_tokens\": %d, \"seed\": %llu,\n",
            r->backend_kind, r->transport, r->n_threads, sq_quant_type_name(r->scheme.type),
            r->scheme.double_quant ? "true" : "false", (long long)r->scheme.blocksize,
            r->prequantized ? "true" : "false", o->batch, o->prompt_len, o->new_tokens,
            (unsigned long long)o->seed);
+    printf(" \"prompts\": ");
+    print_ids(prompt_ids, o->batch, o->prompt_len);
+    printf(",\n \"rows\": [");
     for (int i = 0; i < n_rows; i++) {
         const row *w = &rows[i];
         printf("%s\n  {\"ranks\": %d, \"batch\": %d, \"micro_batches\": %d, \"prefill_tokens\": %lld, "
                "\"prefill_s\": %.6f, \"prefill_tok_s\": %.3f, \"decode_tokens\": %lld, \"decode_s\": %.6f, "
                "\"decode_tok_s\": %.3f, \"bubble\": %.6f, \"prefill_bubble\": %.6f, \"decode_bubble\": %.6f, "
-               "\"bubble_model\": %.6f, \"load_s\": %.6f, \"tokens_ok\": %s}", i ? "," : "", w->ranks,
-               w->batch, w->m, (long long)w->prefill_tokens, w->prefill_s, w->prefill_tok_s,
+               "\"bubble_model\": %.6f, \"load_s\": %.6f, \"tokens_ok\": %s, \"tokens\": ", i ? "," : "",
+               w->ranks, w->batch, w->m, (long long)w->prefill_tokens, w->prefill_s, w->prefill_tok_s,
                (long long)w->decode_tokens, w->decode_s, w->decode_tok_s, w->bubble, w->prefill_bubble,
                w->decode_bubble, w->bubble_model, w->load_s, w->tokens_ok ? "true" : "false");
+        print_ids(w->tokens, o->batch, o->new_tokens);
+        printf("}");
     }
     printf("],\n \"same_tokens\": %s, \"ok\": %s}\n", same_tokens ? "true" : "false", ok ? "true" : "false");
 }
@@ -348,6 +366,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     int32_t *lens = NULL;
     row *rows = calloc((size_t)o.n_m, sizeof *rows);
     int32_t *first_tokens = NULL;   /* (batch, new_tokens) of the first configuration */
+    int32_t *row_tokens = NULL;     /* (n_m, batch, new_tokens) every configuration's, printed */
     if (!rows) st = sq_error_set(&err, SQ_ERR_NOMEM, NULL, NULL, "out of memory");
     if (st == SQ_OK && ctx->rank == 0) {
         sq_model_config cfg;
@@ -357,7 +376,8 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
             prompts = malloc((size_t)o.batch * sizeof *prompts);
             lens = malloc((size_t)o.batch * sizeof *lens);
             first_tokens = calloc((size_t)o.batch * (size_t)o.new_tokens, sizeof *first_tokens);
-            if (!ids || !prompts || !lens || !first_tokens) {
+            row_tokens = calloc((size_t)o.n_m * (size_t)o.batch * (size_t)o.new_tokens, sizeof *row_tokens);
+            if (!ids || !prompts || !lens || !first_tokens || !row_tokens) {
                 st = sq_error_set(&err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for %d prompts of %d tokens",
                                   o.batch, o.prompt_len);
             } else {
@@ -408,7 +428,12 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
                    .decode_tok_s = p->decode_s > 0 ? (double)p->decode_tokens / p->decode_s : 0,
                    .bubble = p->bubble_fraction, .prefill_bubble = p->prefill_bubble_fraction,
                    .decode_bubble = p->decode_bubble_fraction, .bubble_model = p->bubble_model,
-                   .load_s = r->load_s, .tokens_ok = p->n_seqs == o.batch};
+                   .load_s = r->load_s, .tokens_ok = p->n_seqs == o.batch,
+                   .tokens = row_tokens + (size_t)k * (size_t)o.batch * (size_t)o.new_tokens};
+        for (size_t q = 0; q < (size_t)o.batch * (size_t)o.new_tokens; q++) w->tokens[q] = -1;
+        for (int32_t s = 0; s < p->n_seqs && s < o.batch; s++)
+            for (int32_t t = 0; t < p->n_tokens[s] && t < o.new_tokens; t++)
+                w->tokens[(size_t)s * (size_t)o.new_tokens + (size_t)t] = p->tokens[s][t];
         for (int32_t s = 0; w->tokens_ok && s < p->n_seqs; s++) {
             if (p->n_tokens[s] != o.new_tokens) {
                 w->tokens_ok = false;
@@ -439,7 +464,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
         bool cpu = !strcmp(first->backend_kind, "cpu");
         bool ok = all_ok && (same_tokens || !cpu);
         if (o.json) {
-            print_json(&o, model, first, rows, n_rows, same_tokens, ok);
+            print_json(&o, model, first, rows, n_rows, same_tokens, ok, ids);
         } else {
             printf("# %s: %d configuration%s on %d rank%s, %s%s\n", ok ? "OK" : "FAILED", n_rows,
                    n_rows == 1 ? "" : "s", first->n_ranks, first->n_ranks == 1 ? "" : "s",
@@ -457,6 +482,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     }
     if (ctx->rank == 0) remove_tree(tmp);
     sq_run_result_destroy(first);
+    free(row_tokens);
     free(rows);
     free(first_tokens);
     free(ids);

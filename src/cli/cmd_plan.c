@@ -41,8 +41,10 @@ static void usage(FILE *f) {
         "  --max-memory SPEC    capacities overriding total - reserve: '0=20GiB,1=22GiB' by rank,\n"
         "                       or 'node0:1=22GiB' (node, device on it); units B KB MB GB KiB MiB GiB\n"
         "  --reserve-gib G      runtime reserve per device (CUDA context, allocator); default 1\n"
-        "  --compare accelerate also show what accelerate's device_map=\"auto\" would do (emulated\n"
-        "                       from its algorithm description), evaluated with the same model\n"
+        "  --compare accelerate also show what accelerate's device_map=\"auto\" would do given each\n"
+        "                       device's memory (transformers 5.23 + accelerate 1.15, emulated;\n"
+        "                       equal to the real library's maps in tests/reference/), evaluated\n"
+        "                       with the same model\n"
         "  --json               print the plan as JSON (with --compare: plus an \"accelerate\" key)\n"
         "  --out FILE           write the plan file that quantize / run / bench read\n"
         "  --hf-device-map FILE write transformers' device_map JSON (for from_pretrained(\n"
@@ -248,8 +250,8 @@ int sq_cli_plan(int argc, char **argv, sq_cli_ctx *ctx) {
             if (acc) {
                 printf("\n");
                 print_table(acc, cluster,
-                            "accelerate-style plan (device_map=\"auto\" balanced greedy, emulated from its algorithm description)");
-                printf("\n# compare: bottleneck %.4f ms (shardq) vs %.4f ms (accelerate-style): %+.1f%%; "
+                            "accelerate plan (device_map=\"auto\", transformers 5.23 + accelerate 1.15, emulated)");
+                printf("\n# compare: bottleneck %.4f ms (shardq) vs %.4f ms (accelerate): %+.1f%%; "
                        "max_kv_tokens %" PRIu64 " vs %" PRIu64 "\n",
                        plan->bottleneck_ms, acc->bottleneck_ms,
                        acc->bottleneck_ms > 0 ? (plan->bottleneck_ms / acc->bottleneck_ms - 1) * 100 : 0,

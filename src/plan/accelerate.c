@@ -1,7 +1,9 @@
-/* accelerate's device_map="auto" ("balanced"), re-implemented from the algorithm description
- * in ../shared/reference/device-map-anchors.md §4 (get_balanced_memory) and §5
- * (infer_auto_device_map), transformers v5 accounting (§2, §7).  This is an emulation for the
- * side-by-side comparison, labelled as such everywhere it is printed, not accelerate's code.
+/* accelerate's device_map="auto" ("balanced") as transformers 5.23 + accelerate 1.15 compute it
+ * (get_balanced_memory, the bitsandbytes quantizer's adjust_max_memory ×0.9, then
+ * infer_auto_device_map; ../shared/reference/device-map-anchors.md §2-§7 with its correction),
+ * re-implemented for the side-by-side comparison: not accelerate's code.  The real functions'
+ * maps for every committed config × scheme × cluster are in tests/reference/accelerate_maps.json
+ * (tests/reference/gen_accelerate_maps.py); tests/test_plan.c asserts this gives each of them.
  * Must never be used to place anything: shardq's own plan comes from sq_plan_solve.
  *
  * Simplifications (documented): the module tree is the Llama one, [model [embed_tokens,
@@ -88,14 +90,18 @@ sq_status sq_plan_accelerate(const sq_plan_problem *p, const sq_accel_input *a, 
     /* ---- get_balanced_memory (§4), then transformers' bnb adjust_max_memory ×0.9 ---- */
     uint64_t total = node_size(&t, N_MODEL) + node_size(&t, N_HEAD);
     for (int j = 0; j < m; j++) caps[j] = (double)a->max_memory[j];
-    if (m == 1) {
-        caps[0] = caps[0] * 0.9;   /* single GPU, no user max_memory: "90% is a good compromise" */
-    } else {
+    /* max_memory is given (each device's memory), so a single GPU keeps all of it (the ×0.9
+     * "good compromise" is only for max_memory=None); with several, every GPU but the last is
+     * capped at total / n + 1.25 × max(largest no-split block, largest leaf module).  The
+     * largest leaf is embed_tokens / lm_head / norm (a Linear inside a layer is smaller than
+     * its layer); under 4-bit it is the 16-bit embedding. */
+    if (m > 1) {
         uint64_t per_gpu = total / (uint64_t)m;
-        double mean_leaf = a->n_leaves ? (double)total / (double)a->n_leaves : 0;
-        double first_block = (double)a->layer_bytes[0];
-        uint64_t buffer = (uint64_t)(1.25 * (first_block > mean_leaf ? first_block : mean_leaf));
-        per_gpu += buffer;
+        uint64_t big = t.sufmax[0];
+        uint64_t leaves[3] = {a->embed_bytes, a->tied ? 0 : a->head_bytes, a->norm_bytes};
+        for (int k = 0; k < 3; k++)
+            if (leaves[k] > big) big = leaves[k];
+        per_gpu += (uint64_t)(1.25 * (double)big);
         for (int j = 0; j < m - 1; j++)
             if ((double)per_gpu < caps[j]) caps[j] = (double)per_gpu;
     }

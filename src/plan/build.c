@@ -221,7 +221,7 @@ sq_status sq_plan_problem_build(const sq_meta *m, const sq_quant_scheme *s, cons
         .norm_bytes = accel_module_bytes(m, mn, s),
         .head_bytes = tied ? 0 : accel_module_bytes(m, mh, s),
         .rotary_bytes = (uint64_t)cfg->head_dim / 2 * 4, .tied = tied,
-        .n_leaves = 9 * (uint64_t)n + 4, .max_memory = maxmem, .bnb = s->type != SQ_QUANT_NONE};
+        .max_memory = maxmem, .bnb = s->type != SQ_QUANT_NONE};
     st = sq_plan_problem_check(&out->p, err);
     if (st != SQ_OK) sq_plan_problem_free(out);
     return st;

@@ -21,7 +21,8 @@ blocksize 128), it
      save_pretrained's it; shardq must read that checkpoint as pre-quantized and copy it byte
      for byte, and its tensors must equal shardq's own quantization of the original.
 Prints one line per check and a summary; exit status 0 only when everything is exact.
-No Python is needed by shardq or its tests: this is a reference check, run by hand.
+No Python is needed by shardq or its C tests: this is a reference check, run by the
+`reference` CTest label (tests/reference/run_check.sh) where the packages import.
 """
 import argparse
 import glob
@@ -144,11 +145,18 @@ def check(exe, work, np_, mpirun, family, preset, quant, dq, blocksize, results)
             notes.append(f"{name}: unexpected keys {extra_keys}")
         n_bytes_exact += ok
 
-    fwd = "no model"
+    fwd, fwd_ok = "no model", False
     if model is not None:
+        # bitsandbytes 0.50's AVX512-BF16 CPU path repacks weights in blocks of 32 output rows
+        # and asserts on the tiny presets' 172-wide layers (a host-dependent kernel limit, not
+        # the checkpoint): take its generic dequantize path, as on hosts without AVX512-BF16
+        for mod in model.modules():
+            if hasattr(mod, "support_avx512bf16_for_cpu"):
+                mod.support_avx512bf16_for_cpu = False
         with torch.no_grad():
             logits = model(torch.tensor([[1, 2, 3, 4, 5]])).logits
-        fwd = f"forward ok, logits {tuple(logits.shape)} finite={bool(torch.isfinite(logits).all())}"
+        fwd_ok = bool(torch.isfinite(logits).all())
+        fwd = f"forward ok, logits {tuple(logits.shape)} finite={fwd_ok}"
     line = (f"{tag} np={np_}: from_pretrained {load_msg}; {len(linears)} Linear4bit modules; "
             f"dequantized exact {n_exact}/{n_lin} (max |diff| {worst:g}); stored bytes == "
             f"bnb.quantize_4bit {n_bytes_exact}/{n_lin}; dense exact {n_dense_exact}/{n_dense}; {fwd}")
@@ -156,7 +164,7 @@ def check(exe, work, np_, mpirun, family, preset, quant, dq, blocksize, results)
     for n in notes[:10]:
         print("   ", n)
     results.append(n_exact == n_lin and n_bytes_exact == n_lin and n_dense_exact == n_dense
-                   and model is not None)
+                   and model is not None and fwd_ok)
 
 
 def check_transformers_written(exe, work, family, quant, dq, blocksize, results):
