@@ -313,22 +313,22 @@ static void poke_file1(fixture *fx, const char *name, sq_dtype dt, uint32_t bits
     sq_error err;
     sq_error_init(&err, -1);
     char path[4096];
-    snprintf(path, sizeof path, "%s", sq_st_model_file_path(fx->st, 1));
+    snprintf(path, sizeof path, "%s", sq_ckpt_file_path(fx->st, 1));
     sq_st_writer *w = NULL;
     ck_assert_int_eq(sq_st_writer_create(path, &w, &err), SQ_OK);
     sq_st_writer_metadata(w, "format", "pt", &err);
     size_t es = sq_dtype_size(dt);
     bool poked = false;
-    for (size_t i = 0; i < sq_st_model_n_tensors(fx->st); i++) {
-        const sq_tensor_info *t = sq_st_model_tensor(fx->st, i);
+    for (size_t i = 0; i < sq_ckpt_n_tensors(fx->st); i++) {
+        const sq_ckpt_tensor *t = sq_ckpt_tensor_at(fx->st, i);
         if (t->file_index != 1) continue;
         ck_assert_int_eq(t->dtype, SQ_DTYPE_BF16);
         float *f = malloc(t->n_elements * sizeof(float));
         unsigned char *out = malloc(t->n_elements * es);
-        sq_bf16_to_f32(sq_st_model_data(fx->st, t), f, t->n_elements);
+        sq_bf16_to_f32(sq_ckpt_data(fx->st, t), f, t->n_elements);
         if (dt == SQ_DTYPE_F32) memcpy(out, f, t->n_elements * 4);
         else if (dt == SQ_DTYPE_F16) sq_f32_to_f16(f, (uint16_t *)out, t->n_elements);
-        else memcpy(out, sq_st_model_data(fx->st, t), t->n_elements * 2);
+        else memcpy(out, sq_ckpt_data(fx->st, t), t->n_elements * 2);
         if (!strcmp(t->name, name)) {
             if (es == 4) memcpy(out + 1000 * 4, &bits, 4);
             else { uint16_t b16 = (uint16_t)bits; memcpy(out + 1000 * 2, &b16, 2); }
@@ -342,8 +342,8 @@ static void poke_file1(fixture *fx, const char *name, sq_dtype dt, uint32_t bits
     ck_assert(poked);
     ck_assert_int_eq(sq_st_writer_finish(w, true, &err), SQ_OK);
     sq_st_writer_destroy(w);
-    sq_st_model_close(fx->st);
-    ck_assert_int_eq(sq_st_model_open(fx->dir, &fx->st, &err), SQ_OK);
+    sq_ckpt_close(fx->st);
+    ck_assert_int_eq(sq_ckpt_open(fx->dir, &fx->st, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_validate(fx->meta, fx->st, &err), SQ_OK);
 }
 
