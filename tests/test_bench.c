@@ -229,6 +229,48 @@ static void expect(int np, int want_rc, const char *want, const char *args) {
     free(out);
 }
 
+/* --load-only: per-rank bytes that add up to the checkpoint's, the same total whatever the rank
+ * count, a load time and a peak RSS for every rank; the text table's header and total line */
+static cJSON *load_json(int np) {
+    int rc = 0;
+    char *out = bench_np(np, &rc, "'%s' --quant none --load-only --json --backend cpu", g_model);
+    ck_assert_msg(rc == 0, "rc %d: %s", rc, out);
+    const char *brace = strstr(out, "{\"model\"");
+    ck_assert_msg(brace != NULL, "%s", out);
+    cJSON *j = cJSON_Parse(brace);
+    ck_assert_msg(j != NULL, "not JSON: %s", brace);
+    free(out);
+    return j;
+}
+
+START_TEST(load_only) {
+    cJSON *one = load_json(0), *two = load_json(2);
+    double total1 = cJSON_GetObjectItemCaseSensitive(one, "bytes_read")->valuedouble;
+    double total2 = cJSON_GetObjectItemCaseSensitive(two, "bytes_read")->valuedouble;
+    ck_assert_msg(total1 > 0 && total1 == total2, "1 rank read %.0f B, 2 ranks %.0f B", total1, total2);
+    const cJSON *ranks = cJSON_GetObjectItemCaseSensitive(two, "ranks");
+    ck_assert_int_eq(cJSON_GetArraySize(ranks), 2);
+    double sum = 0;
+    for (int i = 0; i < 2; i++) {
+        const cJSON *r = cJSON_GetArrayItem(ranks, i);
+        ck_assert_int_eq(cJSON_GetObjectItemCaseSensitive(r, "rank")->valueint, i);
+        double b = cJSON_GetObjectItemCaseSensitive(r, "bytes_read")->valuedouble;
+        ck_assert(b > 0);
+        sum += b;
+        ck_assert(cJSON_GetObjectItemCaseSensitive(r, "load_s")->valuedouble > 0);
+        ck_assert(cJSON_GetObjectItemCaseSensitive(r, "max_rss_bytes")->valuedouble > 1e6);
+    }
+    ck_assert_msg(sum == total2, "ranks read %.0f B, total %.0f B", sum, total2);
+    cJSON_Delete(one);
+    cJSON_Delete(two);
+    int rc = 0;
+    char *out = bench_np(2, &rc, "'%s' --quant nf4 --load-only --backend cpu", g_model);
+    ck_assert_msg(rc == 0 && strstr(out, "read+q") && strstr(out, "max_RSS") &&
+                  strstr(out, "# total ") && strstr(out, "GB/s"), "%s", out);
+    free(out);
+}
+END_TEST
+
 START_TEST(bad_input) {
     char args[2048];
     for (int np = 0; np <= 2; np += 2) {
@@ -277,6 +319,7 @@ int main(void) {
     tcase_set_timeout(tc, 200);
     tcase_add_loop_test(tc, table_shape, 0, 3);
     tcase_add_test(tc, json_keys);
+    tcase_add_test(tc, load_only);
     tcase_add_test(tc, bad_input);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -216,6 +216,8 @@ typedef struct sq_run_stage_info {
     bool has_embed, has_head;
     int32_t device;                       /* CUDA device number; -1 on the cpu backend */
     uint64_t weight_bytes, state_bytes;   /* backend bytes: weights, run state (KV etc.) */
+    uint64_t bytes_read;                  /* checkpoint bytes this rank read */
+    uint64_t max_rss_bytes;               /* the process's peak resident set after its load */
     double load_s;
 } sq_run_stage_info;
 

@@ -50,6 +50,8 @@ static void usage(FILE *f) {
         "  --seed S            prompt ids seed (default 0)\n"
         "  --backend, --transport, --device, --threads, --timeout: as for 'shardq run'\n"
         "  --json              one JSON object with the same facts\n"
+        "  --load-only         only load: per rank the GB read, load seconds (read + convert +\n"
+        "                      quantize + place), GB/s and peak RSS (one 1-token run)\n"
         "Columns: ranks, batch, M, prefill tokens/s (prompt tokens / prefill wall time, slowest\n"
         "rank), decode tokens/s (tokens after each sequence's first / decode wall time), bubble:\n"
         "1 - sum(busy) / (ranks x wall) over the run, model: (p-1)/(M+p-1), load: slowest rank's\n"
@@ -156,6 +158,7 @@ typedef struct bench_opts {
     int m[MAX_CONFIGS];
     uint64_t seed;
     bool json;
+    bool load_only;   /* one run of 1 token: the load figures per rank */
 } bench_opts;
 
 /* "1,2,4" appended to o->m; false with why filled */
@@ -277,6 +280,50 @@ static void print_json(const bench_opts *o, const char *model, const sq_run_resu
     printf("],\n \"same_tokens\": %s, \"ok\": %s}\n", same_tokens ? "true" : "false", ok ? "true" : "false");
 }
 
+/* --load-only: per rank the checkpoint bytes read, the load time (read + convert + quantize +
+ * place), its GB/s and the peak RSS; the total over the slowest rank's time. */
+static void print_load(const bench_opts *o, const char *model, const sq_run_result *r) {
+    double total_gb = (double)r->bytes_read / 1e9, slow = r->load_s;
+    if (o->json) {
+        printf("{\"model\": ");
+        json_str(stdout, model);
+        printf(", \"n_ranks\": %d, \"quant\": \"%s\", \"backend\": ", r->n_ranks,
+               r->ggml_stored ? "gguf-as-stored" : sq_quant_type_name(r->scheme.type));
+        json_str(stdout, r->backend);
+        printf(", \"threads\": %d, \"bytes_read\": %llu, \"load_s\": %.6f, \"gb_per_s\": %.4f, \"ranks\": [",
+               r->n_threads, (unsigned long long)r->bytes_read, slow, slow > 0 ? total_gb / slow : 0.0);
+        for (int i = 0; i < r->n_ranks; i++) {
+            const sq_run_stage_info *s = &r->stages[i];
+            printf("%s{\"rank\": %d, \"first_layer\": %d, \"n_layers\": %d, \"bytes_read\": %llu, "
+                   "\"load_s\": %.6f, \"gb_per_s\": %.4f, \"max_rss_bytes\": %llu, \"weight_bytes\": %llu}",
+                   i ? ", " : "", s->rank, s->first_layer, s->n_layers, (unsigned long long)s->bytes_read,
+                   s->load_s, s->load_s > 0 ? (double)s->bytes_read / 1e9 / s->load_s : 0.0,
+                   (unsigned long long)s->max_rss_bytes, (unsigned long long)s->weight_bytes);
+        }
+        printf("]}\n");
+        return;
+    }
+    printf("# shardq bench --load-only: %s, %s on %d rank%s x %d thread%s (%s)\n", model,
+           r->ggml_stored ? "GGUF weights as stored" : sq_quant_type_name(r->scheme.type),
+           r->n_ranks, r->n_ranks == 1 ? "" : "s", r->n_threads, r->n_threads == 1 ? "" : "s",
+           r->backend);
+    printf("# %4s  %-14s %10s %9s %8s %12s %12s\n", "rank", "layers", "read", "load", "read+q",
+           "held", "max_RSS");
+    printf("# %4s  %-14s %10s %9s %8s %12s %12s\n", "", "", "GB", "s", "GB/s", "GB", "GiB");
+    for (int i = 0; i < r->n_ranks; i++) {
+        const sq_run_stage_info *s = &r->stages[i];
+        char layers[48];
+        snprintf(layers, sizeof layers, "%d-%d%s%s", s->first_layer, s->first_layer + s->n_layers - 1,
+                 s->has_embed ? "+E" : "", s->has_head ? "+H" : "");
+        printf("  %4d  %-14s %10.3f %9.3f %8.3f %12.3f %12.3f\n", s->rank, layers,
+               (double)s->bytes_read / 1e9, s->load_s,
+               s->load_s > 0 ? (double)s->bytes_read / 1e9 / s->load_s : 0.0,
+               (double)s->weight_bytes / 1e9, (double)s->max_rss_bytes / (1024.0 * 1024.0 * 1024.0));
+    }
+    printf("# total %.3f GB read in %.3f s (slowest rank): %.3f GB/s\n", total_gb, slow,
+           slow > 0 ? total_gb / slow : 0.0);
+}
+
 /* The context's log: warnings and errors only (the runs' info lines would repeat per row). */
 static void warn_log(void *user, sq_log_level level, const char *msg) {
     const sq_log *inner = user;
@@ -326,6 +373,8 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
             o.seed = (uint64_t)v64;
         } else if (!strcmp(argv[i], "--json")) {
             o.json = true;
+        } else if (!strcmp(argv[i], "--load-only")) {
+            o.load_only = true;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             return sq_cli_usage_error(ctx, cmd, "unknown option '%s'", argv[i]);
         } else if (!o.model_dir) {
@@ -336,6 +385,13 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
         if (missing) return sq_cli_usage_error(ctx, cmd, "%s needs a value", argv[i]);
     }
     if (!o.model_dir && !o.preset) return sq_cli_usage_error(ctx, cmd, "give MODEL_DIR or --preset-model tiny|small");
+    if (o.load_only) {   /* one run whose generation is a single token: the load is the figure */
+        o.batch = 1;
+        o.prompt_len = 1;
+        o.new_tokens = 1;
+        o.n_m = 1;
+        o.m[0] = 1;
+    }
     if (o.model_dir && o.preset) return sq_cli_usage_error(ctx, cmd, "give MODEL_DIR or --preset-model, not both");
     if (o.n_m == 0)
         for (int m = 1; m <= o.batch && o.n_m < MAX_CONFIGS; m *= 2) o.m[o.n_m++] = m;
@@ -446,11 +502,11 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
         all_ok = all_ok && w->tokens_ok;
         if (k == 0) {
             first = r;
-            if (!o.json) print_preamble(&o, model, first);
+            if (!o.json && !o.load_only) print_preamble(&o, model, first);
         } else {
             sq_run_result_destroy(r);
         }
-        if (!o.json) print_row(&o, w);
+        if (!o.json && !o.load_only) print_row(&o, w);
     }
     int rc = 0;
     if (st != SQ_OK) {
@@ -458,6 +514,8 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     } else if (ctx->rank == 0 && !first) {
         sq_error_set(&err, SQ_ERR_INTERNAL, NULL, NULL, "bench: no configuration ran");
         rc = sq_cli_report(ctx, &err);   /* not reached: every configuration ran or failed */
+    } else if (ctx->rank == 0 && o.load_only) {
+        print_load(&o, model, first);
     } else if (ctx->rank == 0) {
         /* batching does not change the cpu backend's results; cuda's rounding may depend on
          * the rows per call, so there a difference is reported, not failed */

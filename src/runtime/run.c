@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "shardq/plan.h"
@@ -606,7 +607,10 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
                               .n_layers = sp.stage.n_layers, .has_embed = sp.stage.has_embed,
                               .has_head = sp.stage.has_head, .device = ex.device,
                               .weight_bytes = sq_stage_weight_bytes(stage),
-                              .state_bytes = sq_stage_state_bytes(stage), .load_s = load_s};
+                              .state_bytes = sq_stage_state_bytes(stage), .load_s = load_s,
+                              .bytes_read = ls.bytes_read};
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) mine.max_rss_bytes = (uint64_t)ru.ru_maxrss * 1024u;
     uint64_t bytes_read = ls.bytes_read, bytes_all = bytes_read;
     if (size > 1) {
         if (MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, infos, (int)sizeof mine, MPI_BYTE, 0,
