@@ -6,8 +6,8 @@
 #      plain mpirun;
 #   3. shardq.sbatch outside SLURM with SHARDQ_LAUNCH=mpirun and SLURM_NTASKS=2 runs the job;
 #      with the default (srun) a stub srun on PATH receives --mpi=pmix, --ntasks and the
-#      command (SLURM itself is not installed here: the template's command line is what is
-#      tested).
+#      command (the template's command line; a real SLURM cluster runs it in
+#      tests/slurm/test_slurm.sh where slurm-wlm and munge are installed).
 #   usage: test_launchers.sh SHARDQ_EXE SOURCE_DIR
 set -uo pipefail
 exe="$1"; src="$2"
