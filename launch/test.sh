@@ -5,7 +5,8 @@
 # The `reference` label (Python checks with torch / transformers / bitsandbytes) runs after the
 # suite where those packages import, and is reported skipped where they do not.
 # The `real` label (the real model against transformers' figures; launch/fetch_model.sh gets it)
-# and `multihost` (two hosts as network namespaces; needs root) run in the first pass.
+# `multihost` (two hosts as network namespaces; needs root) and `slurm` (a one-node SLURM
+# cluster; slurm-wlm is installed here when missing) run in the first pass.
 # `training` (the trained-model cosine: trains for 15+ minutes first) is run by hand:
 # ctest --test-dir build -L training.
 #   SHARDQ_SKIP_ASAN=1   skip the sanitizer pass (quicker local runs)
@@ -15,6 +16,15 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 jobs="$(nproc 2>/dev/null || echo 2)"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
+# SLURM for the `slurm` label (a one-node slurm-wlm cluster started by tests/slurm/): optional,
+# test_slurm says SKIPPED where it cannot be had.
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null &&
+   ! { command -v slurmctld >/dev/null && command -v munged >/dev/null; }; then
+  echo "== installing slurm-wlm and munge (label slurm) ==" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurm-wlm munge >&2 ||
+    { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurm-wlm munge >&2; } ||
+    echo "== slurm-wlm could not be installed: test_slurm will be skipped ==" >&2
+fi
 echo "== build (warnings as errors) ==" >&2
 "$repo/launch/build.sh" "$repo/build" -DSHARDQ_WERROR=ON
 # The real model for the `real` label (SmolLM2-135M-Instruct from PyPI, cached in build/models).
@@ -37,5 +47,5 @@ if [ "${SHARDQ_SKIP_ASAN:-0}" != 1 ]; then
   "$repo/launch/build.sh" "$repo/build-asan" -DSHARDQ_WERROR=ON -DSHARDQ_SANITIZE=ON \
       -DSHARDQ_CUDA=OFF -DSHARDQ_FUZZ=OFF -DCMAKE_BUILD_TYPE=Debug
   echo "== tests under ASan + UBSan ==" >&2
-  ctest --test-dir "$repo/build-asan" -j "$jobs" --output-on-failure -LE 'bench|reference|training|real|multihost'
+  ctest --test-dir "$repo/build-asan" -j "$jobs" --output-on-failure -LE 'bench|reference|training|real|multihost|slurm'
 fi
