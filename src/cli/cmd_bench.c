@@ -200,16 +200,6 @@ typedef struct row {
     int32_t *tokens;     /* (batch, new_tokens) what this configuration generated (-1: none) */
 } row;
 
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        if (*c == '"' || *c == '\\') fprintf(f, "\\%c", *c);
-        else if (*c < 0x20) fprintf(f, "\\u%04x", *c);
-        else fputc(*c, f);
-    }
-    fputc('"', f);
-}
-
 static void print_preamble(const bench_opts *o, const char *model, const sq_run_result *r) {
     printf("# shardq bench: %s (%s, %lld layers, hidden %lld, vocab %lld)%s\n", model,
            r->cfg.architecture, (long long)r->cfg.n_layers, (long long)r->cfg.hidden_size,
@@ -247,14 +237,14 @@ static void print_ids(const int32_t *ids, int n_seqs, int n) {
 static void print_json(const bench_opts *o, const char *model, const sq_run_result *r, const row *rows,
                        int n_rows, bool same_tokens, bool ok, const int32_t *prompt_ids) {
     printf("{\"model\": ");
-    json_str(stdout, model);
+    sq_cli_json_str(stdout, model);
     printf(", \"preset\": ");
-    if (o->preset) json_str(stdout, o->preset);
+    if (o->preset) sq_cli_json_str(stdout, o->preset);
     else printf("null");
     printf(", \"architecture\": \"%s\", \"n_layers\": %lld, \"hidden_size\": %lld, \"vocab_size\": %lld, "
            "\"n_ranks\": %d, \"backend\": ", r->cfg.architecture, (long long)r->cfg.n_layers,
            (long long)r->cfg.hidden_size, (long long)r->cfg.vocab_size, r->n_ranks);
-    json_str(stdout, r->backend);
+    sq_cli_json_str(stdout, r->backend);
     printf(", \"backend_kind\": \"%s\", \"transport\": \"%s\", \"threads\": %d, \"quant\": \"%s\", "
            "\"double_quant\": %s, \"blocksize\": %lld, \"prequantized\": %s, \"batch\": %d, "
            "\"prompt_len\": %d, \"new_tokens\": %d, \"seed\": %llu,\n",
@@ -286,10 +276,10 @@ static void print_load(const bench_opts *o, const char *model, const sq_run_resu
     double total_gb = (double)r->bytes_read / 1e9, slow = r->load_s;
     if (o->json) {
         printf("{\"model\": ");
-        json_str(stdout, model);
+        sq_cli_json_str(stdout, model);
         printf(", \"n_ranks\": %d, \"quant\": \"%s\", \"backend\": ", r->n_ranks,
                r->ggml_stored ? "gguf-as-stored" : sq_quant_type_name(r->scheme.type));
-        json_str(stdout, r->backend);
+        sq_cli_json_str(stdout, r->backend);
         printf(", \"threads\": %d, \"bytes_read\": %llu, \"load_s\": %.6f, \"gb_per_s\": %.4f, \"ranks\": [",
                r->n_threads, (unsigned long long)r->bytes_read, slow, slow > 0 ? total_gb / slow : 0.0);
         for (int i = 0; i < r->n_ranks; i++) {
@@ -464,15 +454,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
         st = sq_run(ctx->comm, &ro, &r, &must_abort, &err);
         if (st != SQ_OK && must_abort) {
             if (ctx->rank == 0) remove_tree(tmp);
-            bool own = err.code != SQ_ERR_PEER, blames_0 = !strncmp(err.msg, "rank 0 ", 7);
-            if (ctx->rank == 0 || own || (blames_0 && ctx->rank == 1)) {
-                sq_cli_report(ctx, &err);
-            } else {
-                struct timespec ts = {1, 0};   /* let the rank that reports do it first */
-                nanosleep(&ts, NULL);
-            }
-            fflush(stdout);
-            MPI_Abort(ctx->comm, 1);
+            sq_cli_abort_after_peer_failure(ctx, &err);
         }
         if (st != SQ_OK || ctx->rank != 0) continue;
         const sq_pipeline_result *p = r->pipe;
