@@ -73,6 +73,10 @@ void sq_cli_load_progress(void *user, const sq_load_progress *p);
 sq_status sq_cli_read_text_file(const char *path, size_t max_bytes, char **out, size_t *len,
                                 sq_error *err);
 
+/* What ran, in words, for headers: "GGUF weights as stored", "none", or
+ * "nf4+double-quant blocksize 64" (+ " (as stored)" for a bnb folder).  Returns buf. */
+const char *sq_cli_scheme_text(const sq_run_result *r, char *buf, size_t n);
+
 /* s as a JSON string (quotes, backslashes and control bytes escaped). */
 void sq_cli_json_str(FILE *f, const char *s);
 

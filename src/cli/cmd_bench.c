@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -204,9 +203,9 @@ static void print_preamble(const bench_opts *o, const char *model, const sq_run_
     printf("# shardq bench: %s (%s, %lld layers, hidden %lld, vocab %lld)%s\n", model,
            r->cfg.architecture, (long long)r->cfg.n_layers, (long long)r->cfg.hidden_size,
            (long long)r->cfg.vocab_size, o->preset ? " [preset, temporary]" : "");
-    printf("# %s%s blocksize %lld%s, backend %s, transport %s, %d thread%s per rank, prompt seed %llu\n",
-           sq_quant_type_name(r->scheme.type), r->scheme.double_quant ? "+double-quant" : "",
-           (long long)r->scheme.blocksize, r->prequantized ? " (as stored)" : "", r->backend,
+    char scheme[96];
+    printf("# %s, backend %s, transport %s, %d thread%s per rank, prompt seed %llu\n",
+           sq_cli_scheme_text(r, scheme, sizeof scheme), r->backend,
            r->transport, r->n_threads, r->n_threads == 1 ? "" : "s", (unsigned long long)o->seed);
     printf("#\n");
     printf("# %5s %6s %6s %6s %5s %12s %12s %8s %8s %9s\n", "ranks", "batch", "prompt", "new", "M",
@@ -293,8 +292,9 @@ static void print_load(const bench_opts *o, const char *model, const sq_run_resu
         printf("]}\n");
         return;
     }
+    char scheme[96];
     printf("# shardq bench --load-only: %s, %s on %d rank%s x %d thread%s (%s)\n", model,
-           r->ggml_stored ? "GGUF weights as stored" : sq_quant_type_name(r->scheme.type),
+           sq_cli_scheme_text(r, scheme, sizeof scheme),
            r->n_ranks, r->n_ranks == 1 ? "" : "s", r->n_threads, r->n_threads == 1 ? "" : "s",
            r->backend);
     printf("# %4s  %-14s %10s %9s %8s %12s %12s\n", "rank", "layers", "read", "load", "read+q",

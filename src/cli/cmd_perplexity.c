@@ -202,12 +202,8 @@ static int perplexity_cmd(int argc, char **argv, sq_cli_ctx *ctx) {
     } else if (ctx->rank == 0) {
         ppl_figures f = {.running = calloc((size_t)n_chunks, sizeof(double))};
         figures_of(r, n_chunks, &f);
-        char scheme[64];
-        if (r->scheme.type == SQ_QUANT_NONE)
-            snprintf(scheme, sizeof scheme, "as stored");
-        else
-            snprintf(scheme, sizeof scheme, "%s blocksize %lld%s", sq_quant_type_name(r->scheme.type),
-                     (long long)r->scheme.blocksize, r->scheme.double_quant ? " + double quant" : "");
+        char scheme[96];
+        sq_cli_scheme_text(r, scheme, sizeof scheme);
         double tok_s = r->pipe->prefill_s > 0 ? (double)r->pipe->prefill_tokens / r->pipe->prefill_s : 0;
         if (json) {
             printf("{\"model\": ");

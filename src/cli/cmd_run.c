@@ -552,18 +552,14 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
         if (json) {
             print_json(r, texts, text_lens, o.model_dir, &p);
         } else {
-            char blocksize_txt[32] = "";
-            if (r->scheme.type != SQ_QUANT_NONE)
-                snprintf(blocksize_txt, sizeof blocksize_txt, " blocksize %lld", (long long)r->scheme.blocksize);
+            char scheme[96];
             if (!quiet)
-                printf("# shardq run: %s (%s, %lld layers, vocab %lld): %s%s%s%s on %d rank%s "
+                printf("# shardq run: %s (%s, %lld layers, vocab %lld): %s on %d rank%s "
                        "x %d thread%s (backend %s, transport %s), max_seq %lld, %d sequence%s in %d "
                        "micro-batch%s, %s\n",
                        o.model_dir, r->cfg.architecture, (long long)r->cfg.n_layers,
                        (long long)r->cfg.vocab_size,
-                       r->ggml_stored ? "GGUF weights as stored" : sq_quant_type_name(r->scheme.type),
-                       r->scheme.double_quant ? "+double-quant" : "", blocksize_txt,
-                       r->prequantized ? " (as stored)" : "", r->n_ranks, r->n_ranks == 1 ? "" : "s",
+                       sq_cli_scheme_text(r, scheme, sizeof scheme), r->n_ranks, r->n_ranks == 1 ? "" : "s",
                        r->n_threads, r->n_threads == 1 ? "" : "s", r->backend, r->transport, (long long)r->max_seq,
                        pr->n_seqs, pr->n_seqs == 1 ? "" : "s", pr->n_micro_batches,
                        pr->n_micro_batches == 1 ? "" : "es",

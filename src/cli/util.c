@@ -125,3 +125,15 @@ void sq_cli_json_str(FILE *f, const char *s) {
     }
     fputc('"', f);
 }
+
+const char *sq_cli_scheme_text(const sq_run_result *r, char *buf, size_t n) {
+    if (r->ggml_stored)
+        snprintf(buf, n, "GGUF weights as stored");
+    else if (r->scheme.type == SQ_QUANT_NONE)
+        snprintf(buf, n, "none");
+    else
+        snprintf(buf, n, "%s%s blocksize %lld%s", sq_quant_type_name(r->scheme.type),
+                 r->scheme.double_quant ? "+double-quant" : "", (long long)r->scheme.blocksize,
+                 r->prequantized ? " (as stored)" : "");
+    return buf;
+}
