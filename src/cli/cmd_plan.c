@@ -19,7 +19,7 @@
 static void usage(FILE *f) {
     fprintf(f,
         "usage: [mpirun -np N] shardq plan (MODEL_DIR | --config config.json) (--cluster FILE | --discover)\n"
-        "         [--quant nf4|fp4|none] [--double-quant] [--blocksize N] [--max-seq N] [--batch N]\n"
+        "         [--quant nf4|fp4|int8|int8-zp|none] [--double-quant] [--blocksize N] [--max-seq N] [--batch N]\n"
         "         [--max-memory SPEC] [--reserve-gib G] [--compare accelerate] [--json]\n"
         "         [--out plan.json] [--hf-device-map FILE] [--svg FILE]\n\n"
         "Splits the decoder layers into contiguous stages, one per rank (embed_tokens on the first,\n"
@@ -33,7 +33,7 @@ static void usage(FILE *f) {
         "  --discover           this machine (hwloc), or under mpirun the ranks started: one\n"
         "                       rank per GPU by local rank; without GPUs each rank is a CPU device\n"
         "                       with host memory / ranks on its node\n"
-        "  --quant Q            nf4 (default), fp4 or none (the checkpoint's dtype)\n"
+        "  --quant Q            nf4 (default), fp4, int8, int8-zp or none (the checkpoint's dtype)\n"
         "  --double-quant       quantize the absmax too (bnb_4bit_use_double_quant)\n"
         "  --blocksize N        4-bit block size, 32..4096, power of two (default 64)\n"
         "  --max-seq N          tokens per sequence the KV cache holds (default min(4096, max pos))\n"

@@ -324,8 +324,11 @@ sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **ou
         if (sq == SQ_QUANT_NONE)
             stored_ok = !sdq && sbs == 0;
         else
-            stored_ok = sq <= SQ_QUANT_FP4 && quantizable && dtype == SQ_DTYPE_U8 && sbs >= 32 &&
-                        sbs <= 4096 && (sbs & (sbs - 1)) == 0;
+            stored_ok = sq == SQ_QUANT_INT8
+                            ? quantizable && dtype == SQ_DTYPE_I8 && !sdq && n_dims == 2 &&
+                                  sbs == t->shape[1]
+                            : sq <= SQ_QUANT_FP4 && quantizable && dtype == SQ_DTYPE_U8 &&
+                                  sbs >= 32 && sbs <= 4096 && (sbs & (sbs - 1)) == 0;
         if (sgg < 0) stored_ok = stored_ok && sgg == -1 && sgb == 0;
         else stored_ok = stored_ok && sq == SQ_QUANT_NONE && sgg < 64 && sgb > 0 &&
                          sgb <= t->n_elements * 4 &&
