@@ -734,6 +734,96 @@ START_TEST(test_small_nf4) {
 }
 END_TEST
 
+/* ---- a bitsandbytes 8-bit folder saved by transformers, run as stored -------------------------- */
+
+#define INT8_DIR SQ_SOURCE_DIR "/tests/reference/int8/llama_tiny_bnb8"
+
+typedef struct {
+    const sq_ckpt *st;
+    int n_int8;
+} int8_check;
+
+/* every 8-bit weight the loader hands over is the file's bytes: codes = weight, row_scale = SCB */
+static sq_status consume_check_int8(void *user, sq_load_item *it, sq_error *err) {
+    (void)err;
+    int8_check *c = user;
+    if (!it->spec->quantizable) return SQ_OK;
+    ck_assert_msg(it->is_4bit && it->prequantized && it->q.type == SQ_QUANT_INT8, "%s", it->spec->name);
+    const sq_ckpt_tensor *w = sq_ckpt_find(c->st, it->spec->name);
+    char scb_name[256];
+    snprintf(scb_name, sizeof scb_name, "%.*sSCB", (int)strlen(it->spec->name) - 6, it->spec->name);
+    const sq_ckpt_tensor *scb = sq_ckpt_find(c->st, scb_name);
+    ck_assert(w && scb && w->dtype == SQ_DTYPE_I8);
+    ck_assert_int_eq(memcmp(it->q.codes, sq_ckpt_data(c->st, w), (size_t)w->n_bytes), 0);
+    ck_assert_int_eq(memcmp(it->q.row_scale, sq_ckpt_data(c->st, scb), (size_t)scb->n_bytes), 0);
+    c->n_int8++;
+    return SQ_OK;
+}
+
+/* transformers' save_pretrained after load_in_8bit (tests/reference/check_int8_roundtrip.py
+ * fixture): read as stored (no re-quantization), its logits equal the dense path on the
+ * dequantized values bit for bit, and match transformers' float32 forward on the dequantized
+ * model (int8 * SCB / 127) within REL_HF with the same greedy tokens. */
+START_TEST(test_bnb_int8_as_stored) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    folder f;
+    folder_open(&f, INT8_DIR);
+    ck_assert(f.cfg.bnb_8bit);
+    sq_quant_scheme stored;
+    ck_assert_int_eq(sq_meta_stored_scheme(f.meta, &stored, &err), SQ_OK);
+    ck_assert_int_eq(stored.type, SQ_QUANT_INT8);
+    int8_check chk = {f.st, 0};
+    sq_load_options o = sq_load_options_default();
+    o.scheme = stored;
+    sq_load_stage_desc all = {0, (int)f.cfg.n_layers, true, true};
+    ck_assert_msg(sq_load_stage(f.st, f.meta, &all, &o, consume_check_int8, &chk, NULL, &err) == SQ_OK,
+                  "%s", err.msg);
+    ck_assert_int_eq(chk.n_int8, 7 * f.cfg.n_layers);
+
+    size_t len = 0;
+    char *txt = sq_test_read_file(INT8_DIR ".json", &len);
+    cJSON *j = txt ? cJSON_ParseWithLength(txt, len) : NULL;
+    ck_assert_msg(j, "cannot read %s.json", INT8_DIR);
+    int32_t prompt[MAX_IDS], want[MAX_IDS];
+    int np = read_ids(cJSON_GetObjectItem(j, "prompt"), prompt);
+    int ng = read_ids(cJSON_GetObjectItem(j, "generated"), want);
+    int rows = (int)cJSON_GetObjectItem(j, "rows")->valuedouble;
+    int64_t V = (int64_t)cJSON_GetObjectItem(j, "vocab")->valuedouble;
+    cJSON_Delete(j);
+    free(txt);
+    ck_assert_int_eq(rows, np + ng - 1);
+    ck_assert_int_eq(V, f.cfg.vocab_size);
+    size_t nref = 0;
+    float *ref = (float *)sq_test_read_file(INT8_DIR ".logits.f32", &nref);
+    ck_assert(ref && nref == (size_t)rows * V * 4);
+
+    sq_stage *s = load_stage(g_be, &f, SQ_QUANT_INT8, false);
+    int32_t gen[MAX_IDS];
+    float *lg = run_sequence(s, prompt, np, np, gen, ng);
+    for (int k = 0; k < ng; k++)
+        ck_assert_msg(gen[k] == want[k], "greedy token %d is %d, transformers (dequantized) chose %d", k,
+                      gen[k], want[k]);
+    int64_t at = 0;
+    double d = rel_diff_f(lg, ref, (int64_t)rows * V, &at);
+    ck_assert_msg(d <= REL_HF, "vs transformers on the dequantized weights: %.3g of max |logit| at row %lld",
+                  d, (long long)(at / V));
+    int32_t seq[MAX_SEQ];
+    memcpy(seq, prompt, (size_t)np * 4);
+    memcpy(seq + np, gen, (size_t)(ng - 1) * 4);
+    double cos[MAX_SEQ];
+    check_quant(g_be, &f, SQ_QUANT_INT8, false, seq, np, rows, lg, "llama_tiny_bnb8", cos);
+    printf("reference llama_tiny_bnb8   transformers' 8-bit folder as stored: %d int8 weights = the file's "
+           "bytes; == dense(dequantized) bit for bit; vs transformers float32 on the dequantized "
+           "weights %.2e of max |logit|, %d greedy ids equal\n", chk.n_int8, d, ng);
+    fflush(stdout);
+    free(lg);
+    free(ref);
+    sq_stage_destroy(s);
+    folder_close(&f);
+}
+END_TEST
+
 static int manifest_count(const char *list) {
     size_t len = 0;
     char *txt = sq_test_read_file(REF_DIR "/manifest.json", &len);
@@ -753,6 +843,7 @@ int main(void) {
     /* a broken manifest (no models) fails test_manifest */
     tcase_add_loop_test(tc, test_model_vs_references, 0, manifest_count("models"));
     tcase_add_loop_test(tc, test_small_nf4, 0, manifest_count("nf4_models"));
+    tcase_add_test(tc, test_bnb_int8_as_stored);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

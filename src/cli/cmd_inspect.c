@@ -122,8 +122,8 @@ static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
             used += (size_t)snprintf(buf + used, n - used, "%s%s x%d", used ? ", " : "",
                                      sq_ggml_type_name(g) ? sq_ggml_type_name(g) : "?", ggml[g]);
     if (pre && used < n)
-        snprintf(buf + used, n - used, "%sU8 (pre-quantized bnb %s) x%d", used ? ", " : "",
-                 pre_kind, pre);
+        snprintf(buf + used, n - used, "%s%s (pre-quantized bnb %s) x%d", used ? ", " : "",
+                 strcmp(pre_kind, "int8") ? "U8" : "I8", pre_kind, pre);
 }
 
 static void print_json(const char *dir, const sq_meta *m, const sq_ckpt *st, int n_ranks,

@@ -157,9 +157,12 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
                (unsigned long long)r.max_rss_bytes, qt, r.scheme.double_quant ? "true" : "false",
                (long long)r.scheme.blocksize, r.prequantized ? "true" : "false", on, r.cuda_ranks);
     } else {
-        printf("wrote %s: %d tensors, %.3f MB in %d shard%s (%s%s, blocksize %lld%s)\n", o.out_dir,
+        char bs[48] = ", one scale per row";   /* int8 */
+        if (!sq_quant_type_is_int8(r.scheme.type))
+            snprintf(bs, sizeof bs, ", blocksize %lld", (long long)r.scheme.blocksize);
+        printf("wrote %s: %d tensors, %.3f MB in %d shard%s (%s%s%s%s)\n", o.out_dir,
                r.n_tensors, (double)r.total_size / 1e6, r.n_ranks, r.n_ranks == 1 ? "" : "s", qt,
-               r.scheme.double_quant ? " + double quant" : "", (long long)r.scheme.blocksize,
+               r.scheme.double_quant ? " + double quant" : "", bs,
                r.prequantized ? ", copied as stored" : "");
         printf("read + quantized %.3f GB in %.3f s (%.3f GB/s); with writing %.3f s (%.3f GB/s); "
                "max RSS per rank %.1f MiB\n", (double)r.bytes_read / 1e9, r.load_seconds,

@@ -84,6 +84,7 @@ static void put_config(writer *w, const sq_model_config *c) {
     for (int i = 0; i < SQ_MAX_EOS_IDS; i++) put_i64(w, c->eos_token_ids[i]);
     put_i64(w, c->sliding_window);
     put_u8(w, c->bnb_4bit);
+    put_u8(w, c->bnb_8bit);
     put(w, c->bnb_quant_type, sizeof c->bnb_quant_type);
     put_u8(w, c->bnb_double_quant);
     put(w, c->bnb_compute_dtype, sizeof c->bnb_compute_dtype);
@@ -235,6 +236,7 @@ static void get_config(reader *r, sq_model_config *c) {
     for (int i = 0; i < SQ_MAX_EOS_IDS; i++) c->eos_token_ids[i] = get_i64(r);
     c->sliding_window = get_i64(r);
     c->bnb_4bit = get_bool(r);
+    c->bnb_8bit = get_bool(r);
     get(r, c->bnb_quant_type, sizeof c->bnb_quant_type);
     c->bnb_double_quant = get_bool(r);
     get(r, c->bnb_compute_dtype, sizeof c->bnb_compute_dtype);
