@@ -79,9 +79,12 @@ static void model_label(const char *path, char *out, size_t n) {
 }
 
 static void print_table(const sq_plan *p, const sq_cluster *c, const char *title) {
-    printf("# %s: %s (%d layers), %s%s blocksize %lld, max_seq %lld x batch %lld, cluster %s (%d device%s)\n",
+    char bs[32] = " (one scale per row)";   /* int8 */
+    if (!sq_quant_type_is_int8(p->scheme.type))
+        snprintf(bs, sizeof bs, " blocksize %lld", (long long)p->scheme.blocksize);
+    printf("# %s: %s (%d layers), %s%s%s, max_seq %lld x batch %lld, cluster %s (%d device%s)\n",
            title, p->model_name, p->n_layers, sq_quant_type_name(p->scheme.type),
-           p->scheme.double_quant ? "+double-quant" : "", (long long)p->scheme.blocksize,
+           p->scheme.double_quant ? "+double-quant" : "", bs,
            (long long)p->max_seq, (long long)p->batch, c->name, c->n_devices,
            c->n_devices == 1 ? "" : "s");
     printf("# %4s  %-12s %-18s %-16s %10s %8s %9s %11s %11s %9s\n", "rank", "node", "device",

@@ -483,6 +483,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     lo.progress_user = o->progress_user;
     lo.progress_interval_s = o->progress_interval_s;
     lo.log = log;
+    if (sq_quant_type_is_int8(scheme.type)) qdev = -1;   /* int8 is quantized on the CPU */
     lo.quant_device = qdev;
     lo.ggml_dense = true;   /* a safetensors folder holds no ggml blocks: their exact values */
     sq_load_stage_desc stage = sq_load_stage_from_plan(&plan->stages[rank]);
