@@ -426,9 +426,10 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     if (prequant) {
         if (o->scheme_given && !sq_quant_scheme_equal(&stored, &scheme))
             rc = sq_error_set(err, SQ_ERR_INVALID, o->model_dir, NULL,
-                              "already a bitsandbytes 4-bit checkpoint (%s, blocksize %lld%s): its "
+                              "already a bitsandbytes %s checkpoint (%s, blocksize %lld%s): its "
                               "weights are copied as stored; leave out --quant / --blocksize / "
                               "--double-quant or give the same values",
+                              stored.type == SQ_QUANT_INT8 ? "8-bit" : "4-bit",
                               sq_quant_type_name(stored.type), (long long)stored.blocksize,
                               stored.double_quant ? ", double quant" : "");
         scheme = stored;
