@@ -71,6 +71,7 @@
 #include "shardq/checkpoint.h"
 #include "shardq/safetensors.h"
 #include "shardq/size.h"
+#include "shardq/trace.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -133,6 +134,8 @@ typedef struct sq_load_options {
                                       device (see "GPU quantization" above) */
     bool ggml_dense;               /* tensors kept in a ggml block format (not re-quantized) come
                                       out dense F32 (ggml's exact dequantized values) instead */
+    sq_trace *trace;               /* NULL: off; else spans on tracks 0 "compute" and 1 "reader" */
+    const char *consume_label;     /* the trace's name for the consumer's span (NULL: "consume") */
 } sq_load_options;
 
 sq_load_options sq_load_options_default(void);

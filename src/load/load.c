@@ -108,16 +108,30 @@ typedef struct loader {
     const sq_load_stage_desc *stage;
     int *fds;                /* (n_files) opened on first use, -1 before */
     size_t n_files;
-    uint8_t *staging;        /* (staging_cap) */
-    uint64_t staging_cap;
     load_gpu *gpu;           /* quant_device >= 0: the GPU ring (then staging is NULL) */
     load_prog prog;
+    /* the CPU path: pieces and dense tensors come from the read-ahead thread */
+    load_reader *rd;
+    load_unit *units;        /* (n_units) in load order */
+    size_t n_units, next_unit;
+    sq_trace *trace;         /* borrowed; NULL: off */
 } loader;
 
 static sq_quant_scheme effective_scheme(const sq_load_options *o) {
     sq_quant_scheme s = o->scheme;
     if (s.blocksize <= 0) s.blocksize = 64;
     return s;
+}
+
+/* Staging slots of the read-ahead ring: the budget is split over them, so one piece is
+ * quantized while up to LOAD_SLOTS - 1 more are read. */
+#define LOAD_SLOTS 4
+
+/* Slots for a budget: LOAD_SLOTS, fewer when the budget holds fewer whole blocks of the widest
+ * dtype (float32), at least 1 (then one block, even past the budget, as before the ring). */
+static int n_slots_for(uint64_t budget, int64_t blocksize) {
+    uint64_t k = budget / ((uint64_t)blocksize * 4);
+    return k >= LOAD_SLOTS ? LOAD_SLOTS : k > 0 ? (int)k : 1;
 }
 
 /* Elements per quantization piece: the staging budget in whole absmax blocks (at least one). */
@@ -193,9 +207,10 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
         } else if (quantize_now(t, &s)) {
             ob = sq_size_4bit_bytes(t->n_elements, &s);
             size_t es = sq_dtype_size(w->dtype);
-            uint64_t pe = piece_elements(budget, es, s.blocksize);
+            const int slots = n_slots_for(budget, s.blocksize);
+            uint64_t pe = piece_elements(budget / (uint64_t)slots, es, s.blocksize);
             if (pe > t->n_elements) pe = t->n_elements;
-            uint64_t stg = pe * es;
+            uint64_t stg = pe * es * (uint64_t)slots;
             if (stg > out->staging_bytes) out->staging_bytes = stg;
             uint64_t tr = (pe + 1) / 2 + sq_size_4bit_n_blocks(pe, s.blocksize) * 4;
             if (s.double_quant) tr += sq_size_4bit_n_blocks(t->n_elements, s.blocksize) * 4;
@@ -220,56 +235,27 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
 }
 
 static sq_status get_fd(loader *L, int file_index, const char *tensor, int *fd, sq_error *err) {
-    if (file_index < 0 || (size_t)file_index >= L->n_files)
-        return sq_error_set(err, SQ_ERR_INTERNAL, NULL, tensor, "bad file index %d", file_index);
-    const char *path = sq_ckpt_file_path(L->st, (size_t)file_index);
-    if (L->fds[file_index] < 0) {
-        int f = open(path, O_RDONLY | O_CLOEXEC);
-        if (f < 0)
-            return sq_error_set(err, SQ_ERR_IO, path, tensor, "cannot open: %s", strerror(errno));
-        struct stat sb;
-        if (fstat(f, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-            close(f);
-            return sq_error_set(err, SQ_ERR_IO, path, tensor, "not a regular file any more");
-        }
-        posix_fadvise(f, 0, 0, POSIX_FADV_SEQUENTIAL);
-        L->fds[file_index] = f;
-    }
-    *fd = L->fds[file_index];
-    return SQ_OK;
+    return load_open_fd(L->st, L->fds, L->n_files, file_index, tensor, fd, err);
 }
 
-/* Reads bytes [off, off + n) of tensor `t` into dst, counting progress. */
+/* Reads bytes [off, off + n) of tensor `t` into dst on the calling thread, counting progress
+ * (the paths that read a tensor whole: GGUF blocks, rows to reorder, pre-quantized parts). */
 static sq_status read_range(loader *L, const sq_ckpt_tensor *t, uint64_t off, uint64_t n,
                             void *dst, const char *name, sq_error *err) {
     int fd = -1;
     sq_status rc = get_fd(L, t->file_index, name, &fd, err);
     if (rc != SQ_OK) return rc;
     const char *path = sq_ckpt_file_path(L->st, (size_t)t->file_index);
-    uint64_t pos = t->offset + off, done = 0, ticked = 0;
-    while (done < n) {
-        uint64_t want = n - done;
-        if (want > (1u << 30)) want = 1u << 30;
-        ssize_t got = pread(fd, (uint8_t *)dst + done, (size_t)want, (off_t)(pos + done));
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0)
-            return sq_error_set(err, SQ_ERR_IO, path, name, "read of %llu bytes at byte %llu "
-                                "failed: %s", (unsigned long long)want,
-                                (unsigned long long)(pos + done), strerror(errno));
-        if (got == 0) {
-            struct stat sb;
-            long long size = fstat(fd, &sb) == 0 ? (long long)sb.st_size : -1;
-            return sq_error_set(err, SQ_ERR_IO, path, name,
-                                "file ends at byte %lld but the tensor's data runs to byte %llu "
-                                "(truncated or replaced after its header was read)",
-                                size, (unsigned long long)(t->offset + t->n_bytes));
-        }
-        done += (uint64_t)got;
-        if (done - ticked >= READ_CHUNK_BYTES || done == n) {
-            load_prog_add(&L->prog, done - ticked);
-            ticked = done;
-        }
+    double t0 = sq_trace_begin(L->trace);
+    for (uint64_t done = 0; done < n;) {
+        uint64_t m = n - done < READ_CHUNK_BYTES ? n - done : READ_CHUNK_BYTES;
+        rc = load_pread(fd, path, name, t->offset + off + done, m, t->offset + t->n_bytes,
+                        (uint8_t *)dst + done, err);
+        if (rc != SQ_OK) return rc;
+        done += m;
+        load_prog_add(&L->prog, m);
     }
+    sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "read", t0, name, (int64_t)n);
     return SQ_OK;
 }
 
@@ -386,11 +372,13 @@ static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_ckpt_te
     item->shape[1] = t->n_dims > 1 ? t->shape[1] : 0;
     item->n_bytes = w->n_bytes;
     item->src_bytes = w->n_bytes;
-    item->data = malloc(w->n_bytes ? (size_t)w->n_bytes : 1);
-    if (!item->data)
-        return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory for %llu bytes",
-                            (unsigned long long)w->n_bytes);
-    return read_range(L, w, 0, w->n_bytes, item->data, t->name, err);
+    /* read by the reader thread into a buffer of its own, now the item's */
+    const size_t u = L->next_unit++;
+    uint8_t *slot = NULL;
+    sq_status rc = load_reader_get(L->rd, u, &slot, &item->data, err);
+    if (rc == SQ_OK) load_prog_add(&L->prog, w->n_bytes);
+    load_reader_release(L->rd, u);
+    return rc;
 }
 
 /* The GPU ring's reader: one chunk of the weight into pinned memory, then read-ahead advice for
@@ -448,26 +436,34 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return rc == SQ_OK || rc == SQ_ERR_FORMAT || rc == SQ_ERR_CUDA || rc == SQ_ERR_IO
                    ? rc : with_tensor(err, rc, t->name);
     }
-    uint64_t pe = piece_elements(L->staging_cap, es, s->blocksize);
     sq_quant_scheme piece_s = *s;
     piece_s.double_quant = false;   /* the offset is the mean over the whole tensor: later */
-    for (uint64_t first = 0; first < n; first += pe) {
-        uint64_t m = n - first < pe ? n - first : pe;
-        if (first + m < n) prefetch(L, w, (first + m) * es, (n - first - m < pe ? n - first - m : pe) * es);
-        rc = read_range(L, w, first * es, m * es, L->staging, t->name, err);
+    /* the pieces, in order, as the reader thread read them (their sizes: make_units) */
+    for (uint64_t first = 0; first < n;) {
+        const size_t u = L->next_unit++;
+        uint8_t *buf = NULL;
+        void *none = NULL;
+        rc = load_reader_get(L->rd, u, &buf, &none, err);
         if (rc != SQ_OK) return rc;
+        const uint64_t m = L->units[u].n / es;
+        double t0 = sq_trace_begin(L->trace);
         sq_qtensor piece;
-        rc = sq_quant_4bit_from(w->dtype, L->staging, 1, (int64_t)m, &piece_s, L->o->pool, &piece,
-                                err);
+        rc = sq_quant_4bit_from(w->dtype, buf, 1, (int64_t)m, &piece_s, L->o->pool, &piece, err);
+        sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "quantize", t0, t->name, (int64_t)(m * es));
+        load_reader_release(L->rd, u);
         if (rc != SQ_OK) return with_tensor(err, rc, t->name);
+        load_prog_add(&L->prog, m * es);
         /* first is a multiple of B (even): whole bytes and whole blocks */
         memcpy(q->packed + first / 2, piece.packed, (size_t)((m + 1) / 2));
         memcpy(q->absmax + first / B, piece.absmax, (size_t)piece.n_blocks * sizeof(float));
         sq_qtensor_free(&piece);
+        first += m;
     }
     rc = check_absmax(L, t, w, q, err);
     if (rc != SQ_OK) return rc;
+    double t0 = sq_trace_begin(L->trace);
     rc = sq_qtensor_compress(q, err);
+    if (s->double_quant) sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "double quant", t0, t->name, -1);
     if (rc != SQ_OK) return with_tensor(err, rc, t->name);
     return SQ_OK;
 }
@@ -641,11 +637,69 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
     return load_dense(L, t, w, item, err);
 }
 
+/* What the reader thread reads for tensor t: 1 pieces of a weight quantized on the CPU,
+ * 2 a dense tensor read whole; 0 nothing (read on the loading thread: pre-quantized parts,
+ * GGUF blocks, rows to reorder, the GPU path).  Mirrors load_one's dispatch. */
+static int unit_kind(const loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                     const sq_quant_scheme *s) {
+    if (t->stored_quant != SQ_QUANT_NONE) return 0;
+    if (quantize_now(t, s)) {
+        if (L->gpu || (w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)))
+            return 0;
+        return w->dtype == SQ_DTYPE_BF16 || w->dtype == SQ_DTYPE_F16 || w->dtype == SQ_DTYPE_F32;
+    }
+    if (t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8) return 0;
+    return w->rope_heads > 0 ? 0 : 2;
+}
+
+/* The reader's list: every piece and dense tensor of the stage, in load order; *slot_bytes
+ * the largest piece. */
+static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
+                            uint64_t *slot_bytes, sq_error *err) {
+    const sq_quant_scheme s = effective_scheme(L->o);
+    size_t cap = 64, k = 0;
+    load_unit *u = malloc(cap * sizeof *u);
+    *slot_bytes = 0;
+    for (int i = 0; u && i < n; i++) {
+        const sq_tensor_spec *t = sq_meta_tensor(L->m, idx[i]);
+        const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
+        int kind = w ? unit_kind(L, t, w, &s) : 0;
+        if (!kind) continue;
+        const size_t es = sq_dtype_size(w->dtype);
+        const uint64_t step = kind == 1 ? piece_elements(budget / (uint64_t)n_slots_for(budget, s.blocksize),
+                                                         es, s.blocksize) * es
+                                        : w->n_bytes;
+        for (uint64_t off = 0; u && (off < w->n_bytes || (off == 0 && kind == 2));) {
+            uint64_t m = w->n_bytes - off < step ? w->n_bytes - off : step;
+            if (k == cap) {
+                load_unit *g = realloc(u, 2 * cap * sizeof *u);
+                if (!g) {
+                    free(u);
+                    u = NULL;
+                    break;
+                }
+                u = g;
+                cap *= 2;
+            }
+            u[k++] = (load_unit){.name = t->name, .file_index = w->file_index,
+                                 .pos = w->offset + off, .n = m,
+                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2};
+            if (kind == 1 && m > *slot_bytes) *slot_bytes = m;
+            off += m;
+            if (m == 0) break;
+        }
+    }
+    if (!u) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory listing reads");
+    L->units = u;
+    L->n_units = k;
+    return SQ_OK;
+}
+
 sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage_desc *stage,
                         const sq_load_options *o, sq_load_consumer_fn consumer, void *user,
                         sq_load_stats *stats, sq_error *err) {
     if (stats) memset(stats, 0, sizeof *stats);
-    loader L = {.st = st, .m = m, .o = o, .stage = stage};
+    loader L = {.st = st, .m = m, .o = o, .stage = stage, .trace = o ? o->trace : NULL};
     int *idx = NULL, n = 0;
     sq_load_bytes bytes;
     /* argument problems are found before the collective start, but every rank still goes
@@ -674,14 +728,21 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     if (rc == SQ_OK) {
         L.n_files = sq_ckpt_n_files(st);
         L.fds = malloc((L.n_files ? L.n_files : 1) * sizeof *L.fds);
-        L.staging_cap = use_gpu ? 0 : bytes.staging_bytes;
-        L.staging = L.staging_cap ? malloc((size_t)L.staging_cap) : NULL;
-        if (!L.fds || (L.staging_cap && !L.staging))
-            rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
-                              "out of memory for a %llu-byte staging buffer",
-                              (unsigned long long)L.staging_cap);
+        if (!L.fds) rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory");
         for (size_t i = 0; L.fds && i < L.n_files; i++) L.fds[i] = -1;
     }
+    /* the read-ahead thread and its LOAD_SLOTS staging buffers (together bytes.staging_bytes) */
+    uint64_t slot_bytes = 0;
+    const uint64_t budget = o && o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
+    if (rc == SQ_OK) rc = make_units(&L, idx, n, budget, &slot_bytes, err);
+    if (rc == SQ_OK)
+        rc = load_reader_start(st, L.units, L.n_units, n_slots_for(budget, effective_scheme(o).blocksize),
+                               slot_bytes, L.trace, &L.rd, err);
+    if (L.trace) {
+        sq_trace_set_track_name(L.trace, LOAD_TRACK_COMPUTE, "compute");
+        sq_trace_set_track_name(L.trace, LOAD_TRACK_READER, "reader");
+    }
+    const char *consume_name = o && o->consume_label ? o->consume_label : "consume";
     for (int i = 0; rc == SQ_OK && i < n; i++) {
         sq_load_item item;
         rc = load_one(&L, idx[i], &item, err);
@@ -693,7 +754,10 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
                                                                  .blocksize = item.q.blocksize})
                                         : item.n_bytes;
             uint64_t src = item.src_bytes;
+            double c0 = sq_trace_begin(L.trace);
             rc = consumer(user, &item, err);
+            sq_trace_end_ex(L.trace, LOAD_TRACK_COMPUTE, consume_name, c0, item.spec->name,
+                            (int64_t)out);
             if (rc == SQ_OK && stats) {
                 stats->n_tensors++;
                 stats->bytes_read += src;
@@ -706,11 +770,12 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
         stats->seconds = sq_now_s() - t0;
         stats->gbps = stats->seconds > 0 ? (double)stats->bytes_read / stats->seconds / 1e9 : 0;
     }
+    load_reader_stop(L.rd);
+    free(L.units);
     load_prog_finish(&L.prog, rc != SQ_OK);
     for (size_t i = 0; L.fds && i < L.n_files; i++)
         if (L.fds[i] >= 0) close(L.fds[i]);
     free(L.fds);
-    free(L.staging);
     load_gpu_destroy(L.gpu);
     free(idx);
     return rc;

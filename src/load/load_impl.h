@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include "shardq/load.h"
+#include "shardq/trace.h"
 
 /* One rank's progress record, sent to rank 0 of the progress communicator. */
 typedef struct prog_msg {
@@ -79,5 +80,43 @@ void load_gpu_destroy(load_gpu *g);
  * chunk by chunk; bytes equal sq_quant_4bit_from's.  Errors name path and name. */
 sq_status load_gpu_quantize(load_gpu *g, sq_dtype dtype, load_read_fn read, void *ctx,
                             sq_qtensor *q, const char *path, const char *name, sq_error *err);
+
+/* ---- reader.c: the read-ahead thread ------------------------------------------------------ */
+
+/* Trace tracks of a loading rank. */
+enum { LOAD_TRACK_COMPUTE = 0, LOAD_TRACK_READER = 1 };
+
+/* One read: a piece of a weight to quantize (into a staging slot) or a whole dense tensor
+ * (into a buffer of its own that the caller takes). */
+typedef struct load_unit {
+    const char *name;      /* the tensor's (borrowed, for errors and the trace) */
+    int file_index;
+    uint64_t pos, n;       /* file offset, bytes */
+    uint64_t data_end;     /* the tensor's last byte + 1 in the file (for the error) */
+    bool dense;
+} load_unit;
+
+typedef struct load_reader load_reader;
+/* Starts the reader on units[0, n_units) (borrowed, must outlive the reader) with n_slots
+ * buffers of slot_bytes.  At most n_slots units are read ahead of the caller, and at most one
+ * dense unit larger than slot_bytes.  On failure *out is NULL. */
+sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_units,
+                            int n_slots, uint64_t slot_bytes, sq_trace *trace, load_reader **out,
+                            sq_error *err);
+/* Waits for unit u (units are taken in order) and gives its bytes: *buf the slot (valid until
+ * load_reader_release(u)), and for a dense unit *dense, a malloc'd buffer the caller now owns.
+ * A read error of that unit comes back here (err->rank kept). */
+sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense, sq_error *err);
+void load_reader_release(load_reader *r, size_t u);
+/* Stops the thread (it may be ahead), joins it, frees everything.  Takes NULL. */
+void load_reader_stop(load_reader *r);
+
+/* pread of [pos, pos + n) in full (EINTR retried); a short file is SQ_ERR_IO naming path,
+ * name and data_end. */
+sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
+                     uint64_t data_end, void *dst, sq_error *err);
+/* fds[file_index], opened (O_RDONLY, sequential advice) on first use. */
+sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_index,
+                       const char *tensor, int *fd, sq_error *err);
 
 #endif
