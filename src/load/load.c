@@ -1,10 +1,11 @@
-/* Owns the per-rank streaming loader: which tensors a stage holds, reading them with pread()
- * into a bounded staging buffer (or straight into a dense output), quantizing decoder Linear
- * weights piece by piece (whole absmax blocks at a time, so the bytes equal a whole-tensor
- * sq_quant_4bit_from), reading pre-quantized bitsandbytes weights as stored, and handing each
- * result to the consumer; with quant_device >= 0 the 4-bit weights go through the GPU ring of
- * load_cuda.c instead of the CPU quantizer.  Must never read a tensor outside the stage, touch the safetensors
- * mapping's data pages, print, or hold more than one staging buffer. */
+/* Owns the per-rank streaming loader: which tensors a stage holds, the list of reads the
+ * read-ahead thread (reader.c) makes for them, quantizing decoder Linear weights piece by piece
+ * as the pieces arrive (whole absmax blocks at a time, so the bytes equal a whole-tensor
+ * sq_quant_4bit_from), reading pre-quantized bitsandbytes weights, GGUF blocks and rows to
+ * reorder whole with pread() on this thread, and handing each result to the consumer; with
+ * quant_device >= 0 the 4-bit weights go through the GPU ring of load_cuda.c instead of the CPU
+ * quantizer.  Must never read a tensor outside the stage, touch the safetensors mapping's data
+ * pages, print, or hold more than the staging ring and one dense tensor read ahead. */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -56,7 +57,7 @@ sq_load_stage_desc sq_load_stage_from_plan(const sq_plan_stage *s) {
 
 void sq_load_item_release(sq_load_item *item) {
     if (!item) return;
-    free(item->data);
+    if (!item->borrowed) free(item->data);
     item->data = NULL;
     sq_qtensor_free(&item->q);
 }
@@ -114,6 +115,7 @@ typedef struct loader {
     load_reader *rd;
     load_unit *units;        /* (n_units) in load order */
     size_t n_units, next_unit;
+    unsigned char *kind;     /* (n) per stage tensor: unit_kind */
     sq_trace *trace;         /* borrowed; NULL: off */
 } loader;
 
@@ -660,14 +662,21 @@ static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
     size_t cap = 64, k = 0;
     load_unit *u = malloc(cap * sizeof *u);
     *slot_bytes = 0;
+    if (!(L->kind = calloc((size_t)(n ? n : 1), 1))) {
+        free(u);
+        u = NULL;
+    }
     for (int i = 0; u && i < n; i++) {
         const sq_tensor_spec *t = sq_meta_tensor(L->m, idx[i]);
         const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
         int kind = w ? unit_kind(L, t, w, &s) : 0;
+        L->kind[i] = (unsigned char)kind;
         if (!kind) continue;
         const size_t es = sq_dtype_size(w->dtype);
-        const uint64_t step = kind == 1 ? piece_elements(budget / (uint64_t)n_slots_for(budget, s.blocksize),
-                                                         es, s.blocksize) * es
+        const uint64_t slot_budget = budget / (uint64_t)n_slots_for(budget, s.blocksize);
+        const bool pieces = kind == 2 && L->o->dense_pieces;
+        const uint64_t step = kind == 1 ? piece_elements(slot_budget, es, s.blocksize) * es
+                              : pieces  ? (slot_budget ? slot_budget : 1)
                                         : w->n_bytes;
         for (uint64_t off = 0; u && (off < w->n_bytes || (off == 0 && kind == 2));) {
             uint64_t m = w->n_bytes - off < step ? w->n_bytes - off : step;
@@ -683,8 +692,8 @@ static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
             }
             u[k++] = (load_unit){.name = t->name, .file_index = w->file_index,
                                  .pos = w->offset + off, .n = m,
-                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2};
-            if (kind == 1 && m > *slot_bytes) *slot_bytes = m;
+                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2 && !pieces};
+            if ((kind == 1 || pieces) && m > *slot_bytes) *slot_bytes = m;
             off += m;
             if (m == 0) break;
         }
@@ -693,6 +702,49 @@ static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
     L->units = u;
     L->n_units = k;
     return SQ_OK;
+}
+
+/* A dense tensor handed over piece by piece straight from the staging slots (dense_pieces). */
+static sq_status load_dense_pieces(loader *L, int ti, sq_load_consumer_fn consumer, void *user,
+                                   const char *cname, sq_load_stats *stats, sq_error *err) {
+    const sq_tensor_spec *t = sq_meta_tensor(L->m, ti);
+    const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
+    sq_status rc = SQ_OK;
+    for (uint64_t off = 0; rc == SQ_OK && (off < w->n_bytes || off == 0);) {
+        const size_t u = L->next_unit++;
+        sq_load_item item;
+        memset(&item, 0, sizeof item);
+        void *none = NULL;
+        uint8_t *buf = NULL;
+        rc = load_reader_get(L->rd, u, &buf, &none, err);
+        if (rc != SQ_OK) break;
+        item.tensor = ti;
+        item.spec = t;
+        item.tied_head = t->role == SQ_ROLE_EMBED && !L->stage->has_embed;
+        item.ggml_type = -1;
+        item.dtype = w->dtype;
+        item.n_dims = t->n_dims;
+        item.shape[0] = t->shape[0];
+        item.shape[1] = t->n_dims > 1 ? t->shape[1] : 0;
+        item.data = buf;
+        item.borrowed = true;
+        item.n_bytes = item.src_bytes = L->units[u].n;
+        item.piece_offset = off;
+        item.total_bytes = w->n_bytes;
+        load_prog_add(&L->prog, item.n_bytes);
+        double c0 = sq_trace_begin(L->trace);
+        rc = consumer(user, &item, err);
+        sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, cname, c0, t->name, (int64_t)item.n_bytes);
+        load_reader_release(L->rd, u);
+        if (rc == SQ_OK && stats) {
+            stats->bytes_read += item.n_bytes;
+            stats->out_bytes += item.n_bytes;
+            if (off + item.n_bytes >= w->n_bytes) stats->n_tensors++;
+        }
+        off += item.n_bytes;
+        if (item.n_bytes == 0) break;
+    }
+    return rc;
 }
 
 sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage_desc *stage,
@@ -744,6 +796,10 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     }
     const char *consume_name = o && o->consume_label ? o->consume_label : "consume";
     for (int i = 0; rc == SQ_OK && i < n; i++) {
+        if (L.kind[i] == 2 && o->dense_pieces) {
+            rc = load_dense_pieces(&L, idx[i], consumer, user, consume_name, stats, err);
+            continue;
+        }
         sq_load_item item;
         rc = load_one(&L, idx[i], &item, err);
         if (rc == SQ_OK) {
@@ -754,6 +810,7 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
                                                                  .blocksize = item.q.blocksize})
                                         : item.n_bytes;
             uint64_t src = item.src_bytes;
+            if (!item.is_4bit) item.total_bytes = item.n_bytes;
             double c0 = sq_trace_begin(L.trace);
             rc = consumer(user, &item, err);
             sq_trace_end_ex(L.trace, LOAD_TRACK_COMPUTE, consume_name, c0, item.spec->name,
@@ -772,6 +829,7 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     }
     load_reader_stop(L.rd);
     free(L.units);
+    free(L.kind);
     load_prog_finish(&L.prog, rc != SQ_OK);
     for (size_t i = 0; L.fds && i < L.n_files; i++)
         if (L.fds[i] >= 0) close(L.fds[i]);

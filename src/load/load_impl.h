@@ -119,4 +119,23 @@ sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, u
 sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_index,
                        const char *tensor, int *fd, sq_error *err);
 
+/* ---- shard_writer.c: quantize's streaming shard writer ------------------------------------ */
+typedef struct shard_writer shard_writer;
+/* Upper bound of the header bytes of one entry named name + suffix. */
+uint64_t shard_header_entry_bound(const char *name, const char *suffix);
+/* Opens "<path>.tmp.<pid>" with room for a header of entries_bound bytes of entries (the sum
+ * of shard_header_entry_bound over every entry to come).  On failure *out is NULL. */
+sq_status shard_writer_create(const char *path, uint64_t entries_bound, shard_writer **out,
+                              sq_error *err);
+/* Starts an entry of total_bytes and writes its first n_bytes (data may be freed after);
+ * the rest comes with shard_writer_append before the next entry. */
+sq_status shard_writer_add(shard_writer *w, const char *name, sq_dtype dtype, int n_dims,
+                           const int64_t *shape, uint64_t total_bytes, const void *data,
+                           uint64_t n_bytes, sq_error *err);
+sq_status shard_writer_append(shard_writer *w, const void *data, uint64_t n_bytes, sq_error *err);
+/* Writes the header into its space (padded with spaces), fsyncs, renames to path. */
+sq_status shard_writer_finish(shard_writer *w, sq_error *err);
+/* Closes; removes the temporary unless finished.  Takes NULL. */
+void shard_writer_destroy(shard_writer *w);
+
 #endif
