@@ -8,7 +8,9 @@
  *   - the collective write: one file with every rank's events as pid = rank, the ranks'
  *     clocks aligned (spans recorded right after a barrier start close together), no
  *     temporary left; an unwritable path fails on every rank with the same status;
- *   - the checker itself rejects spans that overlap without nesting and events missing keys. */
+ *   - the checker itself rejects spans that overlap without nesting and events missing keys;
+ *   - the example in docs/ (the demo's 2-rank run, `--trace`) passes the checker and holds both
+ *     ranks' load and pipeline spans. */
 #include <check.h>
 #include <dirent.h>
 #include <mpi.h>
@@ -197,6 +199,23 @@ START_TEST(test_checker_rejects) {
 }
 END_TEST
 
+START_TEST(test_docs_example) {
+    size_t len = 0;
+    char *json = sq_test_read_file(SQ_SOURCE_DIR "/docs/trace-demo.json", &len);
+    ck_assert_msg(json, "docs/trace-demo.json is missing");
+    trace_stats st;
+    char why[512] = "";
+    ck_assert_msg(trace_check(json, len, &st, why, sizeof why), "docs/trace-demo.json: %s", why);
+    ck_assert_int_eq(st.n_pids, 2);
+    const char *want[] = {"|read|", "|repack/upload|", "|embed|", "|forward|", "|sample|",
+                          "|receiving activations|", "|receiving token ids|"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        ck_assert_msg(strstr(st.names, want[i]), "no %s span in %s", want[i], st.names);
+    ck_assert(st.dropped == 0);
+    free(json);
+}
+END_TEST
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -215,6 +234,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_cap_counts_drops);
     tcase_add_test(tc, test_collective_write);
     tcase_add_test(tc, test_checker_rejects);
+    tcase_add_test(tc, test_docs_example);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

@@ -62,43 +62,6 @@ void sq_load_item_release(sq_load_item *item) {
     sq_qtensor_free(&item->q);
 }
 
-/* ---- which tensors ------------------------------------------------------------------------ */
-
-static int push_module(const sq_meta *m, int mod, int *idx, int n) {
-    if (mod < 0) return n;
-    const sq_module_spec *ms = sq_meta_module(m, mod);
-    for (int k = 0; k < ms->n_tensors; k++) idx[n++] = ms->first_tensor + k;
-    return n;
-}
-
-sq_status sq_load_stage_tensors(const sq_meta *m, const sq_load_stage_desc *stage,
-                                bool tied_head_copy, int **idx, int *n, sq_error *err) {
-    *idx = NULL;
-    *n = 0;
-    const sq_model_config *c = sq_meta_config(m);
-    if (stage->first_layer < 0 || stage->n_layers < 0 ||
-        (int64_t)stage->first_layer + stage->n_layers > c->n_layers)
-        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
-                            "stage layers [%d, %d) are outside the model's %lld layers",
-                            stage->first_layer, stage->first_layer + stage->n_layers,
-                            (long long)c->n_layers);
-    int *out = malloc(((size_t)sq_meta_n_tensors(m) + 1) * sizeof *out);
-    if (!out) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory listing tensors");
-    int k = 0;
-    int embed = sq_meta_module_of_kind(m, SQ_MODULE_EMBED);
-    if (stage->has_embed) k = push_module(m, embed, out, k);
-    for (int L = stage->first_layer; L < stage->first_layer + stage->n_layers; L++)
-        k = push_module(m, sq_meta_layer_module(m, L), out, k);
-    if (stage->has_head) {
-        k = push_module(m, sq_meta_module_of_kind(m, SQ_MODULE_NORM), out, k);
-        k = push_module(m, sq_meta_module_of_kind(m, SQ_MODULE_LM_HEAD), out, k);
-        if (c->tie_word_embeddings && tied_head_copy && !stage->has_embed)
-            k = push_module(m, embed, out, k);
-    }
-    *idx = out;
-    *n = k;
-    return SQ_OK;
-}
 
 /* ---- the loader --------------------------------------------------------------------------- */
 
@@ -119,30 +82,6 @@ typedef struct loader {
     sq_trace *trace;         /* borrowed; NULL: off */
 } loader;
 
-static sq_quant_scheme effective_scheme(const sq_load_options *o) {
-    sq_quant_scheme s = o->scheme;
-    if (s.blocksize <= 0) s.blocksize = 64;
-    return s;
-}
-
-/* Staging slots of the read-ahead ring: the budget is split over them, so one piece is
- * quantized while up to LOAD_SLOTS - 1 more are read. */
-#define LOAD_SLOTS 4
-
-/* Slots for a budget: LOAD_SLOTS, fewer when the budget holds fewer whole blocks of the widest
- * dtype (float32), at least 1 (then one block, even past the budget, as before the ring). */
-static int n_slots_for(uint64_t budget, int64_t blocksize) {
-    uint64_t k = budget / ((uint64_t)blocksize * 4);
-    return k >= LOAD_SLOTS ? LOAD_SLOTS : k > 0 ? (int)k : 1;
-}
-
-/* Elements per quantization piece: the staging budget in whole absmax blocks (at least one). */
-static uint64_t piece_elements(uint64_t staging_bytes, size_t elsize, int64_t blocksize) {
-    uint64_t e = staging_bytes / elsize;
-    e -= e % (uint64_t)blocksize;
-    return e ? e : (uint64_t)blocksize;
-}
-
 /* Re-labels an error from a lower layer with the tensor's name (its message kept). */
 static sq_status with_tensor(sq_error *err, sq_status rc, const char *name) {
     if (!err) return rc;
@@ -152,89 +91,6 @@ static sq_status with_tensor(sq_error *err, sq_status rc, const char *name) {
     return sq_error_set(err, rc, file[0] ? file : NULL, name, "%s", msg);
 }
 
-static const sq_ckpt_tensor *companion(const sq_ckpt *st, const char *base,
-                                       const char *suffix) {
-    char name[256];
-    if (snprintf(name, sizeof name, "%s%s", base, suffix) >= (int)sizeof name) return NULL;
-    return sq_ckpt_find(st, name);
-}
-
-static const char *const k_parts[] = {"", ".absmax", ".quant_map", ".nested_absmax",
-                                      ".nested_quant_map"};
-
-/* The checkpoint tensors a spec reads (1, or the bnb weight and its companions). */
-static uint64_t spec_src_bytes(const sq_ckpt *st, const sq_tensor_spec *t) {
-    uint64_t total = 0;
-    const sq_ckpt_tensor *w = sq_ckpt_find(st, t->name);
-    if (!w) return 0;
-    if (t->stored_quant == SQ_QUANT_NONE) return w->n_bytes;
-    for (size_t k = 0; k < sizeof k_parts / sizeof k_parts[0]; k++) {
-        const sq_ckpt_tensor *c = companion(st, t->name, k_parts[k]);
-        if (c) total += c->n_bytes;
-    }
-    const sq_ckpt_tensor *qs = companion(st, t->name, sq_bnb_quant_state_suffix(t->stored_quant));
-    if (qs) total += qs->n_bytes;
-    return total;
-}
-
-static bool quantize_now(const sq_tensor_spec *t, const sq_quant_scheme *s) {
-    return t->quantizable && t->stored_quant == SQ_QUANT_NONE && s->type != SQ_QUANT_NONE;
-}
-
-sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
-                              const sq_load_stage_desc *stage, const sq_load_options *o,
-                              sq_load_bytes *out, sq_error *err) {
-    memset(out, 0, sizeof *out);
-    int *idx = NULL, n = 0;
-    sq_status rc = sq_load_stage_tensors(m, stage, o->tied_head_copy, &idx, &n, err);
-    if (rc != SQ_OK) return rc;
-    const sq_quant_scheme s = effective_scheme(o);
-    const uint64_t budget = o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
-    out->n_tensors = n;
-    for (int i = 0; i < n; i++) {
-        const sq_tensor_spec *t = sq_meta_tensor(m, idx[i]);
-        const sq_ckpt_tensor *w = sq_ckpt_find(st, t->name);
-        if (!w) {
-            free(idx);
-            return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name, "not in the checkpoint");
-        }
-        out->src_bytes += spec_src_bytes(st, t);
-        uint64_t ob = 0;
-        if (quantize_now(t, &s) && w->ggml_type >= 0 &&
-            (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)) {
-            /* re-quantized whole: the stored bytes + their float32 values + the 4-bit result */
-            ob = sq_size_4bit_bytes(t->n_elements, &s);
-            uint64_t tr = w->n_bytes + t->n_elements * 4;
-            if (tr > out->transient_bytes) out->transient_bytes = tr;
-        } else if (quantize_now(t, &s)) {
-            ob = sq_size_4bit_bytes(t->n_elements, &s);
-            size_t es = sq_dtype_size(w->dtype);
-            const int slots = n_slots_for(budget, s.blocksize);
-            uint64_t pe = piece_elements(budget / (uint64_t)slots, es, s.blocksize);
-            if (pe > t->n_elements) pe = t->n_elements;
-            uint64_t stg = pe * es * (uint64_t)slots;
-            if (stg > out->staging_bytes) out->staging_bytes = stg;
-            uint64_t tr = (pe + 1) / 2 + sq_size_4bit_n_blocks(pe, s.blocksize) * 4;
-            if (s.double_quant) tr += sq_size_4bit_n_blocks(t->n_elements, s.blocksize) * 4;
-            if (tr > out->transient_bytes) out->transient_bytes = tr;
-        } else if (t->stored_quant != SQ_QUANT_NONE) {
-            if (s.type == SQ_QUANT_NONE) {
-                ob = sq_size_dense_bytes(t->n_elements, sq_meta_config(m)->torch_dtype);
-            } else {
-                sq_quant_scheme ss = {.type = t->stored_quant, .double_quant = t->stored_double_quant,
-                                      .blocksize = t->stored_blocksize};
-                ob = sq_size_4bit_bytes(t->n_elements, &ss);
-            }
-        } else {
-            ob = t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8 && o->ggml_dense
-                     ? t->n_elements * 4 : w->n_bytes;
-        }
-        out->out_bytes += ob;
-        if (ob > out->max_out_bytes) out->max_out_bytes = ob;
-    }
-    free(idx);
-    return SQ_OK;
-}
 
 static sq_status get_fd(loader *L, int file_index, const char *tensor, int *fd, sq_error *err) {
     return load_open_fd(L->st, L->fds, L->n_files, file_index, tensor, fd, err);
@@ -487,7 +343,7 @@ static bool same_table(const float *stored, const float *want, int n, int *bad) 
 
 static sq_status read_part(loader *L, const sq_tensor_spec *t, const char *suffix, sq_dtype dtype,
                            uint64_t n_bytes, void *dst, uint64_t *src, sq_error *err) {
-    const sq_ckpt_tensor *c = companion(L->st, t->name, suffix);
+    const sq_ckpt_tensor *c = load_companion(L->st, t->name, suffix);
     if (!c || c->dtype != dtype || c->n_bytes != n_bytes)
         return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name,
                             "pre-quantized weight: '%s%s' is missing or not %s of %llu bytes",
@@ -502,7 +358,7 @@ static sq_status load_prequant(loader *L, const sq_tensor_spec *t, const sq_quan
     memset(q, 0, sizeof *q);
     const sq_quant_type type = t->stored_quant;
     const char *qs_suffix = sq_bnb_quant_state_suffix(type);
-    const sq_ckpt_tensor *qs = companion(L->st, t->name, qs_suffix);
+    const sq_ckpt_tensor *qs = load_companion(L->st, t->name, qs_suffix);
     if (!qs || qs->dtype != SQ_DTYPE_U8 || qs->n_bytes == 0 || qs->n_bytes > MAX_QUANT_STATE_BYTES)
         return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name,
                             "pre-quantized weight: no usable '%s%s'", t->name, qs_suffix);
@@ -615,9 +471,9 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
     item->ggml_type = -1;
     const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
     if (!w) return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name, "not in the checkpoint");
-    const sq_quant_scheme s = effective_scheme(L->o);
+    const sq_quant_scheme s = load_effective_scheme(L->o);
     if (t->stored_quant != SQ_QUANT_NONE) return load_prequant(L, t, &s, item, err);
-    if (quantize_now(t, &s))
+    if (load_quantize_now(t, &s))
         return w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)
                    ? load_quantize_whole(L, t, w, &s, item, err)
                    : load_quantize(L, t, w, &s, item, err);
@@ -645,7 +501,7 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
 static int unit_kind(const loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
                      const sq_quant_scheme *s) {
     if (t->stored_quant != SQ_QUANT_NONE) return 0;
-    if (quantize_now(t, s)) {
+    if (load_quantize_now(t, s)) {
         if (L->gpu || (w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)))
             return 0;
         return w->dtype == SQ_DTYPE_BF16 || w->dtype == SQ_DTYPE_F16 || w->dtype == SQ_DTYPE_F32;
@@ -658,7 +514,7 @@ static int unit_kind(const loader *L, const sq_tensor_spec *t, const sq_ckpt_ten
  * the largest piece. */
 static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
                             uint64_t *slot_bytes, sq_error *err) {
-    const sq_quant_scheme s = effective_scheme(L->o);
+    const sq_quant_scheme s = load_effective_scheme(L->o);
     size_t cap = 64, k = 0;
     load_unit *u = malloc(cap * sizeof *u);
     *slot_bytes = 0;
@@ -673,9 +529,9 @@ static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
         L->kind[i] = (unsigned char)kind;
         if (!kind) continue;
         const size_t es = sq_dtype_size(w->dtype);
-        const uint64_t slot_budget = budget / (uint64_t)n_slots_for(budget, s.blocksize);
+        const uint64_t slot_budget = budget / (uint64_t)load_n_slots(budget, s.blocksize);
         const bool pieces = kind == 2 && L->o->dense_pieces;
-        const uint64_t step = kind == 1 ? piece_elements(slot_budget, es, s.blocksize) * es
+        const uint64_t step = kind == 1 ? load_piece_elements(slot_budget, es, s.blocksize) * es
                               : pieces  ? (slot_budget ? slot_budget : 1)
                                         : w->n_bytes;
         for (uint64_t off = 0; u && (off < w->n_bytes || (off == 0 && kind == 2));) {
@@ -766,7 +622,7 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
      * CUDA fails before any byte is read */
     const bool use_gpu = rc == SQ_OK && o->quant_device >= 0 && o->scheme.type != SQ_QUANT_NONE;
     if (rc == SQ_OK && o->quant_device >= 0) {
-        const sq_quant_scheme es = effective_scheme(o);
+        const sq_quant_scheme es = load_effective_scheme(o);
         const uint64_t budget = o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
         /* the budget, but no more than the largest weight needs (bytes.staging_bytes) */
         uint64_t want = bytes.staging_bytes < budget ? bytes.staging_bytes : budget;
@@ -788,7 +644,7 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     const uint64_t budget = o && o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
     if (rc == SQ_OK) rc = make_units(&L, idx, n, budget, &slot_bytes, err);
     if (rc == SQ_OK)
-        rc = load_reader_start(st, L.units, L.n_units, n_slots_for(budget, effective_scheme(o).blocksize),
+        rc = load_reader_start(st, L.units, L.n_units, load_n_slots(budget, load_effective_scheme(o).blocksize),
                                slot_bytes, L.trace, &L.rd, err);
     if (L.trace) {
         sq_trace_set_track_name(L.trace, LOAD_TRACK_COMPUTE, "compute");

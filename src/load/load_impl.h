@@ -138,4 +138,38 @@ sq_status shard_writer_finish(shard_writer *w, sq_error *err);
 /* Closes; removes the temporary unless finished.  Takes NULL. */
 void shard_writer_destroy(shard_writer *w);
 
+/* ---- stage.c + shared helpers of the loader ------------------------------------------------- */
+
+static inline sq_quant_scheme load_effective_scheme(const sq_load_options *o) {
+    sq_quant_scheme s = o->scheme;
+    if (s.blocksize <= 0) s.blocksize = 64;
+    return s;
+}
+
+/* Staging slots of the read-ahead ring: the budget is split over them, so one piece is
+ * quantized while up to LOAD_SLOTS - 1 more are read. */
+#define LOAD_SLOTS 4
+
+/* Slots for a budget: LOAD_SLOTS, fewer when the budget holds fewer whole blocks of the widest
+ * dtype (float32), at least 1 (then one block, even past the budget, as before the ring). */
+static inline int load_n_slots(uint64_t budget, int64_t blocksize) {
+    uint64_t k = budget / ((uint64_t)blocksize * 4);
+    return k >= LOAD_SLOTS ? LOAD_SLOTS : k > 0 ? (int)k : 1;
+}
+
+/* Elements per quantization piece: the staging budget in whole absmax blocks (at least one). */
+static inline uint64_t load_piece_elements(uint64_t staging_bytes, size_t elsize, int64_t blocksize) {
+    uint64_t e = staging_bytes / elsize;
+    e -= e % (uint64_t)blocksize;
+    return e ? e : (uint64_t)blocksize;
+}
+
+/* A weight quantized now (not pre-quantized, scheme not NONE). */
+static inline bool load_quantize_now(const sq_tensor_spec *t, const sq_quant_scheme *s) {
+    return t->quantizable && t->stored_quant == SQ_QUANT_NONE && s->type != SQ_QUANT_NONE;
+}
+
+/* The checkpoint tensor named base + suffix, or NULL. */
+const sq_ckpt_tensor *load_companion(const sq_ckpt *st, const char *base, const char *suffix);
+
 #endif
