@@ -42,6 +42,7 @@ struct load_reader {
     pthread_cond_t cv;
     bool stop;
     int big_in_flight;     /* dense units larger than a slot read but not yet taken */
+    size_t advised;        /* units [0, advised) have had their WILLNEED advice */
 };
 
 sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
@@ -108,10 +109,17 @@ static void read_unit(load_reader *r, size_t u, slot *s) {
     int fd = -1;
     s->rc = load_open_fd(r->st, r->fds, r->n_files, un->file_index, un->name, &fd, &s->err);
     if (s->rc != SQ_OK) return;
-    /* ask the kernel for the next unit too: with it the disk always has a request queued */
-    if (u + 1 < r->n_units && r->units[u + 1].file_index == un->file_index)
-        posix_fadvise(fd, (off_t)r->units[u + 1].pos, (off_t)r->units[u + 1].n,
-                      POSIX_FADV_WILLNEED);
+    /* ask the kernel for the units up to a ring's worth ahead: the disk always has that
+     * much queued while this read and the quantizer work */
+    for (size_t v = r->advised > u + 1 ? r->advised : u + 1;
+         v < r->n_units && v <= u + (size_t)r->n_slots; v++) {
+        const load_unit *nx = &r->units[v];
+        int nfd = -1;
+        sq_error ignored;
+        if (load_open_fd(r->st, r->fds, r->n_files, nx->file_index, nx->name, &nfd, &ignored) == SQ_OK)
+            posix_fadvise(nfd, (off_t)nx->pos, (off_t)nx->n, POSIX_FADV_WILLNEED);
+        r->advised = v + 1;
+    }
     double t0 = sq_trace_begin(r->trace);
     s->rc = load_pread(fd, sq_ckpt_file_path(r->st, (size_t)un->file_index), un->name, un->pos,
                        un->n, un->data_end, dst, &s->err);
