@@ -75,8 +75,10 @@ sq_status shard_writer_create(const char *path, uint64_t entries_bound, shard_wr
     w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (w->fd < 0) {
         int e = errno;
+        sq_status rc = sq_error_set(err, SQ_ERR_IO, path, NULL, "cannot create %s: %s", w->tmp,
+                                    strerror(e));
         free(w);
-        return sq_error_set(err, SQ_ERR_IO, path, NULL, "cannot create %s: %s", w->tmp, strerror(e));
+        return rc;
     }
     *out = w;
     return SQ_OK;
