@@ -62,7 +62,6 @@ void sq_load_item_release(sq_load_item *item) {
     sq_qtensor_free(&item->q);
 }
 
-
 /* ---- the loader --------------------------------------------------------------------------- */
 
 typedef struct loader {
