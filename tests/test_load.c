@@ -4,7 +4,6 @@
  * the `small` preset), and the `shardq quantize` command line. */
 #include <check.h>
 #include <fcntl.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -613,110 +612,6 @@ START_TEST(test_max_rss_small) {
 }
 END_TEST
 
-/* ---- max RSS of quantize: dense and 4-bit bytes go to the file as they come --------------------- */
-
-static uint64_t status_kb(const char *key) {
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    unsigned long long kb = 0, v;
-    size_t n = strlen(key);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, key, n) && sscanf(line + n, " %llu kB", &v) == 1) kb = v;
-    if (f) fclose(f);
-    return (uint64_t)kb * 1024;
-}
-
-/* A fresh process (singleton MPI): quantize DIR with RSS_STAGING; prints the rss_report line
- * with share = the shard's tensor bytes and transient = the largest 4-bit weight (held whole
- * until written) plus its float32 absmax. */
-static int quantize_rss_child(const char *dir) {
-    MPI_Init(NULL, NULL);
-    sq_error err;
-    sq_error_init(&err, 0);
-    sq_model_config cfg;
-    if (sq_config_load(dir, &cfg, &err)) return 3;
-    uint64_t big = 0;
-    sq_meta *m = NULL;
-    if (sq_meta_create(&cfg, &m, &err)) return 3;
-    sq_quant_scheme qs = sq_quant_scheme_default();
-    qs.double_quant = true;
-    for (int i = 0; i < sq_meta_n_tensors(m); i++) {
-        const sq_tensor_spec *t = sq_meta_tensor(m, i);
-        uint64_t b = t->quantizable ? sq_size_4bit_bytes(t->n_elements, &qs) +
-                                          t->n_elements / 64 * 4 : 0;
-        if (b > big) big = b;
-    }
-    sq_meta_destroy(m);
-    char out[4200];
-    snprintf(out, sizeof out, "%s-rss", dir);
-    sq_quantize_options o;
-    memset(&o, 0, sizeof o);
-    o.model_dir = dir;
-    o.out_dir = out;
-    o.scheme = qs;
-    o.scheme_given = true;
-    o.compute_dtype = "bfloat16";
-    o.n_threads = 2;
-    o.staging_bytes = RSS_STAGING;
-    o.force = true;
-    uint64_t before_rss = status_kb("VmRSS:"), before_hwm = status_kb("VmHWM:");
-    sq_quantize_result res;
-    if (sq_quantize_run(MPI_COMM_WORLD, &o, &res, &err)) {
-        fprintf(stderr, "quantize: %s\n", err.msg);
-        return 3;
-    }
-    printf("before_rss %llu before_hwm %llu hwm %llu share %llu staging %llu transient %llu "
-           "src %llu\n", (unsigned long long)before_rss, (unsigned long long)before_hwm,
-           (unsigned long long)status_kb("VmHWM:"), (unsigned long long)res.total_size,
-           (unsigned long long)RSS_STAGING, (unsigned long long)big,
-           (unsigned long long)res.bytes_read);
-    MPI_Finalize();
-    return 0;
-}
-
-START_TEST(test_quantize_max_rss) {
-#if defined(__SANITIZE_ADDRESS__)
-    fprintf(stderr, "test_quantize_max_rss: skipped under AddressSanitizer (quarantine)\n");
-    return;
-#endif
-    /* `small` with a vocabulary of 8192: 8 MB of dense embedding + lm_head, 2.4 MB of 4-bit
-     * weights, so the 10 MB share is well above the bound */
-    fixture fx;
-    sq_error err;
-    sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_config_preset("small", SQ_ARCH_LLAMA, &fx.cfg, &err), SQ_OK);
-    fx.cfg.vocab_size = 8192;
-    fx.dir = sq_test_tmpdir("load");
-    ck_assert_ptr_nonnull(fx.dir);
-    int split[2] = {0, lf_layer_first_tensor(&fx.cfg, 3)};
-    ck_assert_int_eq(lf_make_model(fx.dir, &fx.cfg, 2, split), 0);
-    char self[4096], cmd[9000];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    ck_assert_int_gt(n, 0);
-    self[n] = '\0';
-    snprintf(cmd, sizeof cmd, SQ_SINGLETON_ENV "'%s' --quantize-rss-child '%s'", self, fx.dir);
-    int rc = 0;
-    char *out = sq_test_run(cmd, &rc);
-    ck_assert_msg(rc == 0, "child failed (%d): %s", rc, out);
-    rss_report r;
-    ck_assert_int_eq(sscanf(out, "before_rss %llu before_hwm %llu hwm %llu share %llu staging "
-                                 "%llu transient %llu src %llu", &r.before_rss, &r.before_hwm,
-                            &r.hwm, &r.share, &r.staging, &r.transient, &r.src), 7);
-    fprintf(stderr, "quantize rss: %s", out);
-    free(out);
-    /* over the RSS before the call: the staging ring, one 4-bit weight, slack; never the share */
-    unsigned long long extra = r.staging + r.transient + RSS_SLACK;
-    ck_assert_msg(r.share > 3 * extra, "fixture too small: share %llu vs bound %llu", r.share, extra);
-    ck_assert_msg(r.hwm <= (r.before_hwm > r.before_rss + extra ? r.before_hwm : r.before_rss + extra),
-                  "quantize max RSS %llu > RSS before %llu + staging %llu + largest 4-bit weight "
-                  "%llu + slack %u (the share is %llu)", r.hwm, r.before_rss, r.staging,
-                  r.transient, RSS_SLACK, r.share);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s-rss'", fx.dir, fx.dir);
-    ck_assert_int_eq(system(cmd), 0);
-    free(fx.dir);
-}
-END_TEST
-
 /* ---- the command line ------------------------------------------------------------------------------ */
 
 START_TEST(test_cli_quantize) {
@@ -796,7 +691,6 @@ END_TEST
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "--rss-child")) return rss_child(argv[2], false);
     if (argc == 3 && !strcmp(argv[1], "--rss-child-mapping")) return rss_child(argv[2], true);
-    if (argc == 3 && !strcmp(argv[1], "--quantize-rss-child")) return quantize_rss_child(argv[2]);
     Suite *s = suite_create("load");
     TCase *tc = tcase_create("load");
     tcase_set_timeout(tc, 60);
@@ -814,7 +708,6 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_py_repr);
     tcase_add_test(tc, test_quant_state_json);
     tcase_add_test(tc, test_max_rss_small);
-    tcase_add_test(tc, test_quantize_max_rss);
     tcase_add_test(tc, test_cli_quantize);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
