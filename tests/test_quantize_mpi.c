@@ -8,7 +8,9 @@
  *     dequantization equals, and re-quantizing the output copies it as stored;
  *   - a rank that fails mid-way (a NaN in a weight only the last rank reads) leaves no output
  *     and no temporary, and every rank reports that rank;
- *   - progress: rank 0 sees every rank's bytes and one final report. */
+ *   - progress: rank 0 sees every rank's bytes and one final report;
+ *   - the trace of a quantize: one valid trace-event file with every rank's read (reader
+ *     track), quantize and write spans. */
 #include <check.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -22,6 +24,7 @@
 #include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "testutil.h"
+#include "trace_check.h"
 
 static int g_rank, g_size;
 static char g_base[1024];   /* the shared work folder */
@@ -402,6 +405,48 @@ START_TEST(test_failing_rank_leaves_nothing) {
 }
 END_TEST
 
+START_TEST(test_trace_of_quantize) {
+    char out[1200], path[1200];
+    snprintf(out, sizeof out, "%s/out-trace", g_base);
+    snprintf(path, sizeof path, "%s/quantize-trace.json", g_base);
+    sq_quantize_options o = opts(g_src, out);
+    o.staging_bytes = 4096;   /* several pieces per weight: reads and quantizes interleave */
+    o.force = true;
+    sq_error err;
+    sq_error_init(&err, g_rank);
+    ck_assert_int_eq(sq_trace_create(g_rank, 0, &o.trace, &err), SQ_OK);
+    sq_status rc = sq_quantize_run(MPI_COMM_WORLD, &o, NULL, &err);
+    ck_assert_msg(all_ranks(rc == SQ_OK), "%s", err.msg);
+    rc = sq_trace_write(o.trace, MPI_COMM_WORLD, path, &err);
+    ck_assert_msg(all_ranks(rc == SQ_OK), "%s", err.msg);
+    sq_trace_destroy(o.trace);
+    const char *f = NULL;
+    if (g_rank == 0) {
+        size_t len = 0;
+        char *json = sq_test_read_file(path, &len), why[512] = "";
+        trace_stats ts;
+        if (!json || !trace_check(json, len, &ts, why, sizeof why))
+            f = FAIL("trace: %s", json ? why : "no file");
+        else if (ts.n_pids != g_size || ts.max_pid != g_size - 1)
+            f = FAIL("trace: %d pids, want %d", ts.n_pids, g_size);
+        else if (!strstr(ts.names, "|read|") || !strstr(ts.names, "|quantize|") ||
+                 !strstr(ts.names, "|write|") || !strstr(ts.names, "|double quant|"))
+            f = FAIL("trace: names %s", ts.names);
+        else if (!strstr(json, "\"tid\":1,\"ts\""))
+            f = FAIL("trace: no span on the reader track");
+        free(json);
+        /* 4 KiB of staging: every dense tensor went to the file in several pieces, every
+         * weight was quantized in several; the bytes are still the in-memory quantizer's */
+        if (!f) {
+            sq_quant_scheme s = o.scheme;
+            f = matches_reference(g_src, out, &s);
+        }
+        if (!f) f = no_leftovers("out-trace.");
+    }
+    verdict(f);
+}
+END_TEST
+
 typedef struct prog_seen {
     int n, n_final, ranks_done, n_ranks;
     uint64_t done, total;
@@ -504,6 +549,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_prequantized_read_back);
     tcase_add_test(tc, test_failing_rank_leaves_nothing);
     tcase_add_test(tc, test_progress_across_ranks);
+    tcase_add_test(tc, test_trace_of_quantize);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);

@@ -4,7 +4,7 @@
  * sq_load_stage() walks ONE stage's tensors (from the plan: embed_tokens on the first stage,
  * decoder layers [first_layer, first_layer + n_layers), model.norm + lm_head on the last;
  * with tied embeddings the embedding table again on the last stage when asked), in skeleton
- * order, and for each one: reads its bytes with pread() from a file descriptor of its own
+ * order, and for each one: reads its bytes with pread() from file descriptors of its own
  * (never another stage's tensor, never through the safetensors mapping, so nothing but the
  * bounded buffers below becomes resident), quantizes the decoder Linear weights to 4 bits
  * (bitsandbytes NF4 / FP4, bit-exact with sq_quant_4bit_from on the whole tensor) or keeps
@@ -13,18 +13,28 @@
  * are read as they are — packed nibbles, absmax, nested absmax and offset — and never
  * re-quantized; their quant_map / nested_quant_map must be bitsandbytes' own tables.
  *
+ * The pipeline: a read-ahead thread (one per call, pread, sequential + WILLNEED advice on the
+ * next read) walks the stage's pieces and dense tensors in load order into a ring of up to 4
+ * staging slots that share the budget B, while the calling thread quantizes the piece read
+ * before (straight from BF16 / F16 / F32, no float32 copy; the pool splits its blocks) and
+ * calls the consumer: reading, quantizing and the consumer's work (a backend's repack or
+ * upload, quantize's file write) overlap.  Pre-quantized parts, GGUF blocks and rows to
+ * reorder are read whole on the calling thread as before.
+ *
  * Memory bound (host, per rank; B = staging_bytes, default 64 MiB):
  *   peak RSS <= baseline + share + S + T
  *   share: what the consumer keeps (for a consumer that keeps everything: the stage's
  *          output bytes, sq_load_stage_bytes().out_bytes = 4-bit parts + dense tensors);
- *   S:     the staging buffer, min(B, largest quantizable tensor's source bytes), rounded up
- *          to whole blocks; plus, while a tensor is quantized piece by piece, one piece's
- *          output (<= S * 9/16 / elsize) and its float32 absmax before double quant
- *          (n_blocks * 4 of that tensor) — counted in stage_bytes().transient_bytes;
+ *   S:     the staging ring, sq_load_stage_bytes().staging_bytes = slots x the largest
+ *          piece (whole absmax blocks; <= B unless B holds less than 4 blocks of float32);
+ *          plus, while a tensor is quantized piece by piece, one piece's output and its
+ *          tensor's float32 absmax before double quant — transient_bytes;
  *   T:     the tensor being handed over, when the consumer copies instead of taking it
- *          (<= the largest single output tensor, sq_load_stage_bytes().max_out_bytes).
- * Dense tensors are read straight into their output buffer (no staging).  Page cache is not
- * counted: pread copies out of it and posix_fadvise(WILLNEED) asks the kernel to read ahead.
+ *          (<= sq_load_stage_bytes().max_out_bytes), and a dense tensor larger than a slot
+ *          that the reader may have read ahead into its own buffer (at most one; it is part
+ *          of the share for a consumer that keeps it).  With dense_pieces no dense tensor is
+ *          ever whole in memory: T is the largest 4-bit weight.
+ * Page cache is not counted: pread copies out of it.
  *
  * GPU quantization (sq_load_options.quant_device >= 0, CUDA builds): each 4-bit weight is read
  * chunk by chunk (whole blocks) with pread() straight into a ring of 3 pinned buffers that
@@ -71,6 +81,7 @@
 #include "shardq/checkpoint.h"
 #include "shardq/safetensors.h"
 #include "shardq/size.h"
+#include "shardq/trace.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -105,7 +116,12 @@ typedef struct sq_load_item {
     uint64_t n_bytes;
     /* 4-bit */
     sq_qtensor q;
-    uint64_t src_bytes;            /* checkpoint bytes read for this tensor */
+    uint64_t src_bytes;            /* checkpoint bytes read for this tensor (this piece) */
+    /* sq_load_options.dense_pieces: a dense tensor comes in pieces, data = bytes
+     * [piece_offset, piece_offset + n_bytes) of its total_bytes, borrowed (a staging slot,
+     * valid during the call only: never take it).  Otherwise 0, n_bytes and false. */
+    uint64_t piece_offset, total_bytes;
+    bool borrowed;
 } sq_load_item;
 
 /* Called once per tensor in skeleton order.  Returning non-OK stops the load with that error. */
@@ -133,6 +149,11 @@ typedef struct sq_load_options {
                                       device (see "GPU quantization" above) */
     bool ggml_dense;               /* tensors kept in a ggml block format (not re-quantized) come
                                       out dense F32 (ggml's exact dequantized values) instead */
+    sq_trace *trace;               /* NULL: off; else spans on tracks 0 "compute" and 1 "reader" */
+    const char *consume_label;     /* the trace's name for the consumer's span (NULL: "consume") */
+    bool dense_pieces;             /* dense tensors read as they are stored come in pieces of at
+                                      most one staging slot (see sq_load_item): a consumer that
+                                      writes them out never holds a whole one */
 } sq_load_options;
 
 sq_load_options sq_load_options_default(void);
@@ -212,6 +233,7 @@ typedef struct sq_quantize_options {
     sq_log log;
     sq_quantize_on quant_on;       /* where 4-bit weights are quantized (CPU: the zero default) */
     int quant_device;              /* SQ_QUANTIZE_ON_CUDA: this device on every rank */
+    sq_trace *trace;               /* this rank's tracer (NULL: off); the caller writes it */
 } sq_quantize_options;
 
 typedef struct sq_quantize_result {

@@ -39,6 +39,7 @@
 
 #include <stdint.h>
 
+#include "shardq/trace.h"
 #include "shardq/core.h"
 #include "shardq/transport.h"
 
@@ -94,6 +95,8 @@ typedef struct sq_pipeline_request {
 typedef struct sq_pipeline_params {
     int32_t n_micro_batches;  /* 0: min(n_seqs, n_stages); above n_seqs: SQ_ERR_INVALID */
     sq_log log;
+    sq_trace *trace;          /* NULL: off; else embed / forward / sample, sends and waits as
+                                 spans on track 0 */
 } sq_pipeline_params;
 
 /* Time of one stage.  busy: inside compute callbacks; idle: waiting on the transport. */

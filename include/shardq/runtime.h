@@ -77,6 +77,7 @@ typedef struct sq_runtime_stage_params {
     bool quant_on_device;       /* quantize 4-bit weights on CUDA device quant_device (the loader's
                                    GPU path; sq_run sets it with the cuda backend); false: CPU */
     int quant_device;
+    sq_trace *trace;            /* NULL: off; else the loader's spans (sq_load_options.trace) */
 } sq_runtime_stage_params;
 
 /* Creates the stage on `be` and loads its weights from st (checked against m, which must have
@@ -207,6 +208,8 @@ typedef struct sq_run_options {
     void *progress_user;
     double progress_interval_s;
     sq_log log;
+    sq_trace *trace;                /* this rank's tracer (NULL: off): the load's and the
+                                       pipeline's spans; the caller writes it */
 } sq_run_options;
 
 sq_run_options sq_run_options_default(void);

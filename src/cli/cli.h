@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "shardq/trace.h"
 #include "shardq/core.h"
 #include "shardq/runtime.h"
 
@@ -25,6 +26,12 @@ typedef int (*sq_cli_cmd_fn)(int argc, char **argv, sq_cli_ctx *ctx);
 
 /* Prints err as one line "shardq: rank R: file: tensor 'T': cause" on stderr; returns 1. */
 int sq_cli_report(const sq_cli_ctx *ctx, const sq_error *err);
+
+/* --trace FILE (trace_flag.c): this rank's tracer, NULL without a path (or when it cannot be
+ * made: a warning, the command goes on).  close is collective over ctx->comm: writes the one
+ * file, frees the tracer, and returns rc, or 1 when the file could not be written. */
+sq_trace *sq_cli_trace_open(const sq_cli_ctx *ctx, const char *path);
+int sq_cli_trace_close(const sq_cli_ctx *ctx, sq_trace *t, const char *path, int rc);
 /* Prints "shardq <cmd>: <msg>" and a pointer to --help on stderr (rank 0 only); returns 2. */
 int sq_cli_usage_error(const sq_cli_ctx *ctx, const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -32,7 +32,7 @@ static void usage(FILE *f) {
         "          [--quant nf4|fp4|int8|int8-zp|none] [--double-quant] [--blocksize N] [--batch B]\n"
         "          [--prompt-len L] [--new-tokens N] [--micro-batches M[,M...]] [--seed S]\n"
         "          [--backend auto|cpu|cuda] [--transport auto|mpi|nccl] [--device N]\n"
-        "          [--threads N] [--timeout S] [--json]\n\n"
+        "          [--threads N] [--timeout S] [--json] [--load-only] [--trace FILE]\n\n"
         "Measures pipelined 4-bit generation over the ranks started: for each micro-batch count\n"
         "M, B synthetic prompts of L token ids (deterministic from --seed, never an EOS id) are\n"
         "prefilled and decoded for N new tokens each (EOS ignored), exactly as 'shardq run' does;\n"
@@ -51,6 +51,8 @@ static void usage(FILE *f) {
         "  --json              one JSON object with the same facts\n"
         "  --load-only         only load: per rank the GB read, load seconds (read + convert +\n"
         "                      quantize + place), GB/s and peak RSS (one 1-token run)\n"
+        "  --trace FILE        a Chrome trace-event JSON of every rank over all the runs: load\n"
+        "                      (read, quantize, repack/upload) and pipeline steps (compute, waits)\n"
         "Columns: ranks, batch, M, prefill tokens/s (prompt tokens / prefill wall time, slowest\n"
         "rank), decode tokens/s (tokens after each sequence's first / decode wall time), bubble:\n"
         "1 - sum(busy) / (ranks x wall) over the run, model: (p-1)/(M+p-1), load: slowest rank's\n"
@@ -158,6 +160,7 @@ typedef struct bench_opts {
     uint64_t seed;
     bool json;
     bool load_only;   /* one run of 1 token: the load figures per rank */
+    const char *trace_path;   /* --trace FILE */
 } bench_opts;
 
 /* "1,2,4" appended to o->m; false with why filled */
@@ -365,6 +368,8 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
             o.json = true;
         } else if (!strcmp(argv[i], "--load-only")) {
             o.load_only = true;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--trace", &v, &missing)) {
+            o.trace_path = v;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             return sq_cli_usage_error(ctx, cmd, "unknown option '%s'", argv[i]);
         } else if (!o.model_dir) {
@@ -444,6 +449,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
     ro.max_new_tokens = o.new_tokens;
     ro.ignore_eos = true;
 
+    ro.trace = sq_cli_trace_open(ctx, o.trace_path);
     sq_run_result *first = NULL;   /* rank 0: the first run's result (config, backend, …) */
     bool same_tokens = true, all_ok = true;
     int n_rows = 0;
@@ -490,7 +496,9 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
         }
         if (!o.json && !o.load_only) print_row(&o, w);
     }
-    int rc = 0;
+    /* every rank agrees on st: the trace is written (collectively) after a success only */
+    int rc = st == SQ_OK ? sq_cli_trace_close(ctx, ro.trace, o.trace_path, 0) : 0;
+    if (st != SQ_OK) sq_trace_destroy(ro.trace);
     if (st != SQ_OK) {
         rc = ctx->rank == 0 ? sq_cli_report(ctx, &err) : 1;
     } else if (ctx->rank == 0 && !first) {
@@ -513,7 +521,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
                                  : "tokens differ between micro-batch counts",
                    !same_tokens && !cpu ? " (cuda: rounding depends on rows per call)" : "");
         }
-        rc = ok ? 0 : 1;
+        rc = ok && rc == 0 ? 0 : 1;
     }
     if (ctx->n_ranks > 1) {   /* every rank leaves with rank 0's verdict, after the last read */
         int all = rc;

@@ -15,7 +15,8 @@ static void usage(FILE *f) {
             "usage: [mpirun -np N] shardq quantize MODEL_DIR --out DIR [--plan plan.json]\n"
             "                      [--quant nf4|fp4|int8] [--double-quant] [--blocksize N]\n"
             "                      [--compute-dtype bf16|fp16] [--threads N] [--staging-mib N]\n"
-            "                      [--device auto|cpu|N] [--quiet] [--json] [--force]\n\n"
+            "                      [--device auto|cpu|N] [--trace FILE] [--quiet] [--json]\n"
+            "                      [--force]\n\n"
             "Writes a bitsandbytes 4-bit checkpoint that transformers loads with\n"
             "AutoModelForCausalLM.from_pretrained: each rank reads only its own layers (from the\n"
             "plan), quantizes them and writes model-<r>-of-<N>.safetensors; rank 0 adds\n"
@@ -31,10 +32,14 @@ static void usage(FILE *f) {
             "  --blocksize      elements per absmax block: 32..4096, a power of two (default 64)\n"
             "  --compute-dtype  bnb_4bit_compute_dtype written to config.json (default bf16)\n"
             "  --threads        quantization threads per rank (default: one per core)\n"
-            "  --staging-mib    staging buffer per rank in MiB (default 64)\n"
+            "  --staging-mib    staging per rank in MiB (default 64), split over 4 read-ahead\n"
+            "                   slots; each rank writes its shard as it goes, so its memory is\n"
+            "                   this plus its largest 4-bit weight, not its share\n"
             "  --device         where the 4-bit weights are quantized: auto (default: a CUDA build\n"
             "                   on a rank with a GPU uses GPU local-rank mod count, else the CPU),\n"
             "                   cpu, or CUDA device N on every rank (fails without one); same bytes\n"
+            "  --trace FILE     write a Chrome trace-event JSON of every rank's read / quantize /\n"
+            "                   write spans (open it in Perfetto or chrome://tracing)\n"
             "  --quiet          no progress line\n"
             "  --json           print the summary as JSON on stdout\n"
             "  --force          replace DIR if it is a model folder or empty\n");
@@ -67,6 +72,7 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     o.compute_dtype = "bfloat16";
     o.quant_on = SQ_QUANTIZE_ON_AUTO;
     bool quiet = false, json = false, quant_given = false;
+    const char *trace_path = NULL;
     int64_t staging_mib = 0, threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
@@ -106,6 +112,8 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
                 return sq_cli_usage_error(ctx, "quantize",
                                           "--device must be auto, cpu or a CUDA device number 0..1023, not '%s'", v);
             }
+        } else if (sq_cli_flag_value(argc, argv, &i, "--trace", &v, &missing)) {
+            trace_path = v;
         } else if (!strcmp(argv[i], "--quiet")) {
             quiet = true;
         } else if (!strcmp(argv[i], "--json")) {
@@ -139,8 +147,11 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     sq_error err;
     sq_error_init(&err, ctx->rank);
     sq_quantize_result r;
+    o.trace = sq_cli_trace_open(ctx, trace_path);
     sq_status st = sq_quantize_run(ctx->comm, &o, &r, &err);
+    int trc = sq_cli_trace_close(ctx, o.trace, trace_path, 0);   /* every rank, whatever st */
     if (st != SQ_OK) return ctx->rank == 0 ? sq_cli_report(ctx, &err) : 1;
+    if (trc) return trc;
     if (ctx->rank != 0) return 0;
     const char *qt = sq_quant_type_name(r.scheme.type);
     /* where the weights were quantized: "cpu", "cuda" (every rank) or "cuda+cpu" (some ranks) */

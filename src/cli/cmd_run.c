@@ -28,7 +28,7 @@ static void usage(FILE *f) {
         "          [--max-seq N] [--micro-batches M] [--temperature T] [--top-k K] [--top-p P]\n"
         "          [--seed S] [--ignore-eos] [--threads N] [--timeout S] [--quiet] [--json]\n"
         "          [--dump-logits FILE] [--backend auto|cpu|cuda] [--transport auto|mpi|nccl]\n"
-        "          [--device N]\n\n"
+        "          [--device N] [--trace FILE]\n\n"
         "Runs the model as a pipeline over the ranks started: each rank loads only its own\n"
         "layers (from the plan), quantizing them to 4 bits as they are read, and the ranks pass\n"
         "activations rank to rank; several micro-batches are in flight at once.\n"
@@ -73,6 +73,8 @@ static void usage(FILE *f) {
         "  --dump-logits FILE  rank 0 writes the logits each token was sampled from, float32\n"
         "                      little-endian: \"SQLOGIT1\", u32 n_seqs, u32 vocab, u32\n"
         "                      n_tokens[n_seqs], then n_tokens[s] x vocab floats per sequence\n"
+        "  --trace FILE        a Chrome trace-event JSON of every rank: load (read, quantize,\n"
+        "                      repack/upload) and each pipeline step (compute, sends, waits)\n"
         "MODEL_DIR may be a .gguf file: its weights run as stored unless --quant nf4|fp4 is given.\n"
         "Output: generated ids per sequence (and text when the model has a tokenizer; one\n"
         "sequence's text streams as it is generated, several print at the end), then load time,\n"
@@ -361,6 +363,7 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     const char *ids_arg = NULL, *dump = NULL, *system = NULL;
     int n_src = 0;
     bool quiet = false, json = false, chat = false, quant_given = false;
+    const char *trace_path = NULL;
     int urc0 = 0;
     int64_t v64 = 0;
     double vd = 0;
@@ -424,6 +427,8 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
             json = true;
         } else if (sq_cli_flag_value(argc, argv, &i, "--dump-logits", &v, &missing)) {
             dump = v;
+        } else if (sq_cli_flag_value(argc, argv, &i, "--trace", &v, &missing)) {
+            trace_path = v;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             return sq_cli_usage_error(ctx, cmd, "unknown option '%s'", argv[i]);
         } else if (!o.model_dir) {
@@ -513,8 +518,12 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
 
     sq_run_result *r = NULL;
     bool must_abort = false;
+    o.trace = sq_cli_trace_open(ctx, trace_path);
     st = sq_run(ctx->comm, &o, &r, &must_abort, &err);
     if (st != SQ_OK && must_abort) sq_cli_abort_after_peer_failure(ctx, &err);
+    /* every rank agrees on st: the trace is written (collectively) after a success only */
+    int trc = st == SQ_OK ? sq_cli_trace_close(ctx, o.trace, trace_path, 0) : 0;
+    if (st != SQ_OK) sq_trace_destroy(o.trace);
     if (st != SQ_OK) {
         if (sm.on && sm.streamed) printf("\n");
         prompts_free(&p);
@@ -522,7 +531,7 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
         sq_tokenizer_destroy(tok);
         return ctx->rank == 0 ? sq_cli_report(ctx, &err) : 1;
     }
-    int rc = 0;
+    int rc = trc;
     if (ctx->rank == 0) {
         const sq_pipeline_result *pr = r->pipe;
         /* the rest of the streamed sequence (its last id never went round the ring again) */

@@ -1,10 +1,11 @@
-/* Owns the per-rank streaming loader: which tensors a stage holds, reading them with pread()
- * into a bounded staging buffer (or straight into a dense output), quantizing decoder Linear
- * weights piece by piece (whole absmax blocks at a time, so the bytes equal a whole-tensor
- * sq_quant_4bit_from), reading pre-quantized bitsandbytes weights as stored, and handing each
- * result to the consumer; with quant_device >= 0 the 4-bit weights go through the GPU ring of
- * load_cuda.c instead of the CPU quantizer.  Must never read a tensor outside the stage, touch the safetensors
- * mapping's data pages, print, or hold more than one staging buffer. */
+/* Owns the per-rank streaming loader: which tensors a stage holds, the list of reads the
+ * read-ahead thread (reader.c) makes for them, quantizing decoder Linear weights piece by piece
+ * as the pieces arrive (whole absmax blocks at a time, so the bytes equal a whole-tensor
+ * sq_quant_4bit_from), reading pre-quantized bitsandbytes weights, GGUF blocks and rows to
+ * reorder whole with pread() on this thread, and handing each result to the consumer; with
+ * quant_device >= 0 the 4-bit weights go through the GPU ring of load_cuda.c instead of the CPU
+ * quantizer.  Must never read a tensor outside the stage, touch the safetensors mapping's data
+ * pages, print, or hold more than the staging ring and one dense tensor read ahead. */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -56,47 +57,9 @@ sq_load_stage_desc sq_load_stage_from_plan(const sq_plan_stage *s) {
 
 void sq_load_item_release(sq_load_item *item) {
     if (!item) return;
-    free(item->data);
+    if (!item->borrowed) free(item->data);
     item->data = NULL;
     sq_qtensor_free(&item->q);
-}
-
-/* ---- which tensors ------------------------------------------------------------------------ */
-
-static int push_module(const sq_meta *m, int mod, int *idx, int n) {
-    if (mod < 0) return n;
-    const sq_module_spec *ms = sq_meta_module(m, mod);
-    for (int k = 0; k < ms->n_tensors; k++) idx[n++] = ms->first_tensor + k;
-    return n;
-}
-
-sq_status sq_load_stage_tensors(const sq_meta *m, const sq_load_stage_desc *stage,
-                                bool tied_head_copy, int **idx, int *n, sq_error *err) {
-    *idx = NULL;
-    *n = 0;
-    const sq_model_config *c = sq_meta_config(m);
-    if (stage->first_layer < 0 || stage->n_layers < 0 ||
-        (int64_t)stage->first_layer + stage->n_layers > c->n_layers)
-        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
-                            "stage layers [%d, %d) are outside the model's %lld layers",
-                            stage->first_layer, stage->first_layer + stage->n_layers,
-                            (long long)c->n_layers);
-    int *out = malloc(((size_t)sq_meta_n_tensors(m) + 1) * sizeof *out);
-    if (!out) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory listing tensors");
-    int k = 0;
-    int embed = sq_meta_module_of_kind(m, SQ_MODULE_EMBED);
-    if (stage->has_embed) k = push_module(m, embed, out, k);
-    for (int L = stage->first_layer; L < stage->first_layer + stage->n_layers; L++)
-        k = push_module(m, sq_meta_layer_module(m, L), out, k);
-    if (stage->has_head) {
-        k = push_module(m, sq_meta_module_of_kind(m, SQ_MODULE_NORM), out, k);
-        k = push_module(m, sq_meta_module_of_kind(m, SQ_MODULE_LM_HEAD), out, k);
-        if (c->tie_word_embeddings && tied_head_copy && !stage->has_embed)
-            k = push_module(m, embed, out, k);
-    }
-    *idx = out;
-    *n = k;
-    return SQ_OK;
 }
 
 /* ---- the loader --------------------------------------------------------------------------- */
@@ -108,24 +71,15 @@ typedef struct loader {
     const sq_load_stage_desc *stage;
     int *fds;                /* (n_files) opened on first use, -1 before */
     size_t n_files;
-    uint8_t *staging;        /* (staging_cap) */
-    uint64_t staging_cap;
     load_gpu *gpu;           /* quant_device >= 0: the GPU ring (then staging is NULL) */
     load_prog prog;
+    /* the CPU path: pieces and dense tensors come from the read-ahead thread */
+    load_reader *rd;
+    load_unit *units;        /* (n_units) in load order */
+    size_t n_units, next_unit;
+    unsigned char *kind;     /* (n) per stage tensor: unit_kind */
+    sq_trace *trace;         /* borrowed; NULL: off */
 } loader;
-
-static sq_quant_scheme effective_scheme(const sq_load_options *o) {
-    sq_quant_scheme s = o->scheme;
-    if (s.blocksize <= 0) s.blocksize = 64;
-    return s;
-}
-
-/* Elements per quantization piece: the staging budget in whole absmax blocks (at least one). */
-static uint64_t piece_elements(uint64_t staging_bytes, size_t elsize, int64_t blocksize) {
-    uint64_t e = staging_bytes / elsize;
-    e -= e % (uint64_t)blocksize;
-    return e ? e : (uint64_t)blocksize;
-}
 
 /* Re-labels an error from a lower layer with the tensor's name (its message kept). */
 static sq_status with_tensor(sq_error *err, sq_status rc, const char *name) {
@@ -136,150 +90,29 @@ static sq_status with_tensor(sq_error *err, sq_status rc, const char *name) {
     return sq_error_set(err, rc, file[0] ? file : NULL, name, "%s", msg);
 }
 
-static const sq_ckpt_tensor *companion(const sq_ckpt *st, const char *base,
-                                       const char *suffix) {
-    char name[256];
-    if (snprintf(name, sizeof name, "%s%s", base, suffix) >= (int)sizeof name) return NULL;
-    return sq_ckpt_find(st, name);
-}
-
-static const char *const k_parts[] = {"", ".absmax", ".quant_map", ".nested_absmax",
-                                      ".nested_quant_map"};
-
-/* The checkpoint tensors a spec reads (1, or the bnb weight and its companions). */
-static uint64_t spec_src_bytes(const sq_ckpt *st, const sq_tensor_spec *t) {
-    uint64_t total = 0;
-    const sq_ckpt_tensor *w = sq_ckpt_find(st, t->name);
-    if (!w) return 0;
-    if (t->stored_quant == SQ_QUANT_NONE) return w->n_bytes;
-    if (t->stored_quant == SQ_QUANT_INT8) return load_int8_src_bytes(st, t);
-    for (size_t k = 0; k < sizeof k_parts / sizeof k_parts[0]; k++) {
-        const sq_ckpt_tensor *c = companion(st, t->name, k_parts[k]);
-        if (c) total += c->n_bytes;
-    }
-    const sq_ckpt_tensor *qs = companion(st, t->name, sq_bnb_quant_state_suffix(t->stored_quant));
-    if (qs) total += qs->n_bytes;
-    return total;
-}
-
-static bool quantize_now(const sq_tensor_spec *t, const sq_quant_scheme *s) {
-    return t->quantizable && t->stored_quant == SQ_QUANT_NONE && s->type != SQ_QUANT_NONE;
-}
-
-sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
-                              const sq_load_stage_desc *stage, const sq_load_options *o,
-                              sq_load_bytes *out, sq_error *err) {
-    memset(out, 0, sizeof *out);
-    int *idx = NULL, n = 0;
-    sq_status rc = sq_load_stage_tensors(m, stage, o->tied_head_copy, &idx, &n, err);
-    if (rc != SQ_OK) return rc;
-    const sq_quant_scheme s = effective_scheme(o);
-    const uint64_t budget = o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
-    out->n_tensors = n;
-    for (int i = 0; i < n; i++) {
-        const sq_tensor_spec *t = sq_meta_tensor(m, idx[i]);
-        const sq_ckpt_tensor *w = sq_ckpt_find(st, t->name);
-        if (!w) {
-            free(idx);
-            return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name, "not in the checkpoint");
-        }
-        out->src_bytes += spec_src_bytes(st, t);
-        uint64_t ob = 0;
-        if (quantize_now(t, &s) && w->ggml_type >= 0 &&
-            (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)) {
-            /* re-quantized whole: the stored bytes + their float32 values + the 4-bit result */
-            ob = sq_size_weight_bytes((uint64_t)t->shape[0], (uint64_t)t->shape[1], &s);
-            uint64_t tr = w->n_bytes + t->n_elements * 4;
-            if (tr > out->transient_bytes) out->transient_bytes = tr;
-        } else if (quantize_now(t, &s) && sq_quant_type_is_int8(s.type)) {
-            /* int8: whole rows through the staging buffer (load_int8.c) */
-            ob = sq_size_weight_bytes((uint64_t)t->shape[0], (uint64_t)t->shape[1], &s);
-            size_t es = sq_dtype_size(w->dtype);
-            uint64_t pr = load_int8_piece_rows(budget, es, t->shape[0], t->shape[1]);
-            uint64_t stg = pr * (uint64_t)t->shape[1] * es;
-            if (stg > out->staging_bytes) out->staging_bytes = stg;
-        } else if (quantize_now(t, &s)) {
-            ob = sq_size_4bit_bytes(t->n_elements, &s);
-            size_t es = sq_dtype_size(w->dtype);
-            uint64_t pe = piece_elements(budget, es, s.blocksize);
-            if (pe > t->n_elements) pe = t->n_elements;
-            uint64_t stg = pe * es;
-            if (stg > out->staging_bytes) out->staging_bytes = stg;
-            uint64_t tr = (pe + 1) / 2 + sq_size_4bit_n_blocks(pe, s.blocksize) * 4;
-            if (s.double_quant) tr += sq_size_4bit_n_blocks(t->n_elements, s.blocksize) * 4;
-            if (tr > out->transient_bytes) out->transient_bytes = tr;
-        } else if (t->stored_quant != SQ_QUANT_NONE) {
-            if (s.type == SQ_QUANT_NONE) {   /* int8 comes out float32 (load_int8.c) */
-                ob = t->stored_quant == SQ_QUANT_INT8
-                         ? t->n_elements * 4
-                         : sq_size_dense_bytes(t->n_elements, sq_meta_config(m)->torch_dtype);
-            } else {
-                sq_quant_scheme ss = {.type = t->stored_quant, .double_quant = t->stored_double_quant,
-                                      .blocksize = t->stored_blocksize};
-                ob = sq_size_weight_bytes((uint64_t)t->shape[0], (uint64_t)t->shape[1], &ss);
-            }
-        } else {
-            ob = t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8 && o->ggml_dense
-                     ? t->n_elements * 4 : w->n_bytes;
-        }
-        out->out_bytes += ob;
-        if (ob > out->max_out_bytes) out->max_out_bytes = ob;
-    }
-    free(idx);
-    return SQ_OK;
-}
 
 static sq_status get_fd(loader *L, int file_index, const char *tensor, int *fd, sq_error *err) {
-    if (file_index < 0 || (size_t)file_index >= L->n_files)
-        return sq_error_set(err, SQ_ERR_INTERNAL, NULL, tensor, "bad file index %d", file_index);
-    const char *path = sq_ckpt_file_path(L->st, (size_t)file_index);
-    if (L->fds[file_index] < 0) {
-        int f = open(path, O_RDONLY | O_CLOEXEC);
-        if (f < 0)
-            return sq_error_set(err, SQ_ERR_IO, path, tensor, "cannot open: %s", strerror(errno));
-        struct stat sb;
-        if (fstat(f, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-            close(f);
-            return sq_error_set(err, SQ_ERR_IO, path, tensor, "not a regular file any more");
-        }
-        posix_fadvise(f, 0, 0, POSIX_FADV_SEQUENTIAL);
-        L->fds[file_index] = f;
-    }
-    *fd = L->fds[file_index];
-    return SQ_OK;
+    return load_open_fd(L->st, L->fds, L->n_files, file_index, tensor, fd, err);
 }
 
-/* Reads bytes [off, off + n) of tensor `t` into dst, counting progress. */
+/* Reads bytes [off, off + n) of tensor `t` into dst on the calling thread, counting progress
+ * (the paths that read a tensor whole: GGUF blocks, rows to reorder, pre-quantized parts). */
 static sq_status read_range(loader *L, const sq_ckpt_tensor *t, uint64_t off, uint64_t n,
                             void *dst, const char *name, sq_error *err) {
     int fd = -1;
     sq_status rc = get_fd(L, t->file_index, name, &fd, err);
     if (rc != SQ_OK) return rc;
     const char *path = sq_ckpt_file_path(L->st, (size_t)t->file_index);
-    uint64_t pos = t->offset + off, done = 0, ticked = 0;
-    while (done < n) {
-        uint64_t want = n - done;
-        if (want > (1u << 30)) want = 1u << 30;
-        ssize_t got = pread(fd, (uint8_t *)dst + done, (size_t)want, (off_t)(pos + done));
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0)
-            return sq_error_set(err, SQ_ERR_IO, path, name, "read of %llu bytes at byte %llu "
-                                "failed: %s", (unsigned long long)want,
-                                (unsigned long long)(pos + done), strerror(errno));
-        if (got == 0) {
-            struct stat sb;
-            long long size = fstat(fd, &sb) == 0 ? (long long)sb.st_size : -1;
-            return sq_error_set(err, SQ_ERR_IO, path, name,
-                                "file ends at byte %lld but the tensor's data runs to byte %llu "
-                                "(truncated or replaced after its header was read)",
-                                size, (unsigned long long)(t->offset + t->n_bytes));
-        }
-        done += (uint64_t)got;
-        if (done - ticked >= READ_CHUNK_BYTES || done == n) {
-            load_prog_add(&L->prog, done - ticked);
-            ticked = done;
-        }
+    double t0 = sq_trace_begin(L->trace);
+    for (uint64_t done = 0; done < n;) {
+        uint64_t m = n - done < READ_CHUNK_BYTES ? n - done : READ_CHUNK_BYTES;
+        rc = load_pread(fd, path, name, t->offset + off + done, m, t->offset + t->n_bytes,
+                        (uint8_t *)dst + done, err);
+        if (rc != SQ_OK) return rc;
+        done += m;
+        load_prog_add(&L->prog, m);
     }
+    sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "read", t0, name, (int64_t)n);
     return SQ_OK;
 }
 
@@ -404,11 +237,13 @@ static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_ckpt_te
     item->shape[1] = t->n_dims > 1 ? t->shape[1] : 0;
     item->n_bytes = w->n_bytes;
     item->src_bytes = w->n_bytes;
-    item->data = malloc(w->n_bytes ? (size_t)w->n_bytes : 1);
-    if (!item->data)
-        return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory for %llu bytes",
-                            (unsigned long long)w->n_bytes);
-    return read_range(L, w, 0, w->n_bytes, item->data, t->name, err);
+    /* read by the reader thread into a buffer of its own, now the item's */
+    const size_t u = L->next_unit++;
+    uint8_t *slot = NULL;
+    sq_status rc = load_reader_get(L->rd, u, &slot, &item->data, err);
+    if (rc == SQ_OK) load_prog_add(&L->prog, w->n_bytes);
+    load_reader_release(L->rd, u);
+    return rc;
 }
 
 /* The GPU ring's reader: one chunk of the weight into pinned memory, then read-ahead advice for
@@ -454,10 +289,29 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
     const uint64_t n = t->n_elements, B = (uint64_t)s->blocksize;
     item->is_4bit = true;
     item->src_bytes = w->n_bytes;
-    if (sq_quant_type_is_int8(s->type)) {   /* on the CPU, whole rows at a time (load_int8.c) */
-        gpu_read_ctx c = {.L = L, .w = w, .name = t->name};
-        return load_int8_quantize(s->type, w->dtype, t->shape[0], t->shape[1], gpu_read, &c,
-                                  L->staging, L->staging_cap, L->o->pool, &item->q, t->name, err);
+    if (sq_quant_type_is_int8(s->type)) {   /* on the CPU: the reader's pieces are whole rows */
+        sq_qtensor *q = &item->q;
+        sq_status rc = sq_qtensor_init_int8(q, s->type, t->shape[0], t->shape[1], w->dtype, err);
+        if (rc != SQ_OK) return with_tensor(err, rc, t->name);
+        const uint64_t row_bytes = (uint64_t)t->shape[1] * es;
+        for (uint64_t r0 = 0; rc == SQ_OK && r0 < (uint64_t)t->shape[0];) {
+            const size_t u = L->next_unit++;
+            uint8_t *buf = NULL;
+            void *none = NULL;
+            rc = load_reader_get(L->rd, u, &buf, &none, err);
+            if (rc != SQ_OK) break;
+            const uint64_t m = L->units[u].n / row_bytes;
+            double t0 = sq_trace_begin(L->trace);
+            rc = sq_quant_int8_rows(q, (int64_t)r0, w->dtype, buf, (int64_t)m, L->o->pool, err);
+            sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "quantize", t0, t->name,
+                            (int64_t)(m * row_bytes));
+            load_reader_release(L->rd, u);
+            if (rc != SQ_OK) rc = with_tensor(err, rc, t->name);
+            load_prog_add(&L->prog, m * row_bytes);
+            r0 += m;
+        }
+        if (rc != SQ_OK) sq_qtensor_free(q);
+        return rc;
     }
     sq_qtensor *q = &item->q;
     sq_status rc = sq_qtensor_init(q, s, t->shape[0], t->shape[1], w->dtype, err);
@@ -471,26 +325,34 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return rc == SQ_OK || rc == SQ_ERR_FORMAT || rc == SQ_ERR_CUDA || rc == SQ_ERR_IO
                    ? rc : with_tensor(err, rc, t->name);
     }
-    uint64_t pe = piece_elements(L->staging_cap, es, s->blocksize);
     sq_quant_scheme piece_s = *s;
     piece_s.double_quant = false;   /* the offset is the mean over the whole tensor: later */
-    for (uint64_t first = 0; first < n; first += pe) {
-        uint64_t m = n - first < pe ? n - first : pe;
-        if (first + m < n) prefetch(L, w, (first + m) * es, (n - first - m < pe ? n - first - m : pe) * es);
-        rc = read_range(L, w, first * es, m * es, L->staging, t->name, err);
+    /* the pieces, in order, as the reader thread read them (their sizes: make_units) */
+    for (uint64_t first = 0; first < n;) {
+        const size_t u = L->next_unit++;
+        uint8_t *buf = NULL;
+        void *none = NULL;
+        rc = load_reader_get(L->rd, u, &buf, &none, err);
         if (rc != SQ_OK) return rc;
+        const uint64_t m = L->units[u].n / es;
+        double t0 = sq_trace_begin(L->trace);
         sq_qtensor piece;
-        rc = sq_quant_4bit_from(w->dtype, L->staging, 1, (int64_t)m, &piece_s, L->o->pool, &piece,
-                                err);
+        rc = sq_quant_4bit_from(w->dtype, buf, 1, (int64_t)m, &piece_s, L->o->pool, &piece, err);
+        sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "quantize", t0, t->name, (int64_t)(m * es));
+        load_reader_release(L->rd, u);
         if (rc != SQ_OK) return with_tensor(err, rc, t->name);
+        load_prog_add(&L->prog, m * es);
         /* first is a multiple of B (even): whole bytes and whole blocks */
         memcpy(q->packed + first / 2, piece.packed, (size_t)((m + 1) / 2));
         memcpy(q->absmax + first / B, piece.absmax, (size_t)piece.n_blocks * sizeof(float));
         sq_qtensor_free(&piece);
+        first += m;
     }
     rc = check_absmax(L, t, w, q, err);
     if (rc != SQ_OK) return rc;
+    double t0 = sq_trace_begin(L->trace);
     rc = sq_qtensor_compress(q, err);
+    if (s->double_quant) sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "double quant", t0, t->name, -1);
     if (rc != SQ_OK) return with_tensor(err, rc, t->name);
     return SQ_OK;
 }
@@ -512,7 +374,7 @@ static bool same_table(const float *stored, const float *want, int n, int *bad) 
 
 static sq_status read_part(loader *L, const sq_tensor_spec *t, const char *suffix, sq_dtype dtype,
                            uint64_t n_bytes, void *dst, uint64_t *src, sq_error *err) {
-    const sq_ckpt_tensor *c = companion(L->st, t->name, suffix);
+    const sq_ckpt_tensor *c = load_companion(L->st, t->name, suffix);
     if (!c || c->dtype != dtype || c->n_bytes != n_bytes)
         return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name,
                             "pre-quantized weight: '%s%s' is missing or not %s of %llu bytes",
@@ -527,7 +389,7 @@ static sq_status load_prequant(loader *L, const sq_tensor_spec *t, const sq_quan
     memset(q, 0, sizeof *q);
     const sq_quant_type type = t->stored_quant;
     const char *qs_suffix = sq_bnb_quant_state_suffix(type);
-    const sq_ckpt_tensor *qs = companion(L->st, t->name, qs_suffix);
+    const sq_ckpt_tensor *qs = load_companion(L->st, t->name, qs_suffix);
     if (!qs || qs->dtype != SQ_DTYPE_U8 || qs->n_bytes == 0 || qs->n_bytes > MAX_QUANT_STATE_BYTES)
         return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name,
                             "pre-quantized weight: no usable '%s%s'", t->name, qs_suffix);
@@ -645,11 +507,11 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
     item->ggml_type = -1;
     const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
     if (!w) return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name, "not in the checkpoint");
-    const sq_quant_scheme s = effective_scheme(L->o);
+    const sq_quant_scheme s = load_effective_scheme(L->o);
     if (t->stored_quant == SQ_QUANT_INT8)
         return load_int8_prequant(L->st, t, s.type == SQ_QUANT_NONE, part_read, L, item, err);
     if (t->stored_quant != SQ_QUANT_NONE) return load_prequant(L, t, &s, item, err);
-    if (quantize_now(t, &s))
+    if (load_quantize_now(t, &s))
         return w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)
                    ? load_quantize_whole(L, t, w, &s, item, err)
                    : load_quantize(L, t, w, &s, item, err);
@@ -671,11 +533,123 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
     return load_dense(L, t, w, item, err);
 }
 
+/* What the reader thread reads for tensor t: 1 pieces of a weight quantized on the CPU,
+ * 2 a dense tensor read whole; 0 nothing (read on the loading thread: pre-quantized parts,
+ * GGUF blocks, rows to reorder, the GPU path).  Mirrors load_one's dispatch. */
+static int unit_kind(const loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                     const sq_quant_scheme *s) {
+    if (t->stored_quant != SQ_QUANT_NONE) return 0;
+    if (load_quantize_now(t, s)) {
+        if (L->gpu || (w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)))
+            return 0;
+        return w->dtype == SQ_DTYPE_BF16 || w->dtype == SQ_DTYPE_F16 || w->dtype == SQ_DTYPE_F32;
+    }
+    if (t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8) return 0;
+    return w->rope_heads > 0 ? 0 : 2;
+}
+
+/* The reader's list: every piece and dense tensor of the stage, in load order; *slot_bytes
+ * the largest piece. */
+static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
+                            uint64_t *slot_bytes, sq_error *err) {
+    const sq_quant_scheme s = load_effective_scheme(L->o);
+    size_t cap = 64, k = 0;
+    load_unit *u = malloc(cap * sizeof *u);
+    *slot_bytes = 0;
+    if (!(L->kind = calloc((size_t)(n ? n : 1), 1))) {
+        free(u);
+        u = NULL;
+    }
+    for (int i = 0; u && i < n; i++) {
+        const sq_tensor_spec *t = sq_meta_tensor(L->m, idx[i]);
+        const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
+        int kind = w ? unit_kind(L, t, w, &s) : 0;
+        L->kind[i] = (unsigned char)kind;
+        if (!kind) continue;
+        const size_t es = sq_dtype_size(w->dtype);
+        const uint64_t slot_budget = budget / (uint64_t)load_n_slots(budget, s.blocksize);
+        const bool pieces = kind == 2 && L->o->dense_pieces;
+        const uint64_t step =
+            kind == 1 && sq_quant_type_is_int8(s.type)   /* int8: whole rows (load_int8.c) */
+                ? load_int8_piece_rows(slot_budget, es, t->shape[0], t->shape[1]) *
+                      (uint64_t)t->shape[1] * es
+            : kind == 1 ? load_piece_elements(slot_budget, es, s.blocksize) * es
+            : pieces    ? (slot_budget ? slot_budget : 1)
+                        : w->n_bytes;
+        for (uint64_t off = 0; u && (off < w->n_bytes || (off == 0 && kind == 2));) {
+            uint64_t m = w->n_bytes - off < step ? w->n_bytes - off : step;
+            if (k == cap) {
+                load_unit *g = realloc(u, 2 * cap * sizeof *u);
+                if (!g) {
+                    free(u);
+                    u = NULL;
+                    break;
+                }
+                u = g;
+                cap *= 2;
+            }
+            u[k++] = (load_unit){.name = t->name, .file_index = w->file_index,
+                                 .pos = w->offset + off, .n = m,
+                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2 && !pieces};
+            if ((kind == 1 || pieces) && m > *slot_bytes) *slot_bytes = m;
+            off += m;
+            if (m == 0) break;
+        }
+    }
+    if (!u) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory listing reads");
+    L->units = u;
+    L->n_units = k;
+    return SQ_OK;
+}
+
+/* A dense tensor handed over piece by piece straight from the staging slots (dense_pieces). */
+static sq_status load_dense_pieces(loader *L, int ti, sq_load_consumer_fn consumer, void *user,
+                                   const char *cname, sq_load_stats *stats, sq_error *err) {
+    const sq_tensor_spec *t = sq_meta_tensor(L->m, ti);
+    const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
+    sq_status rc = SQ_OK;
+    for (uint64_t off = 0; rc == SQ_OK && (off < w->n_bytes || off == 0);) {
+        const size_t u = L->next_unit++;
+        sq_load_item item;
+        memset(&item, 0, sizeof item);
+        void *none = NULL;
+        uint8_t *buf = NULL;
+        rc = load_reader_get(L->rd, u, &buf, &none, err);
+        if (rc != SQ_OK) break;
+        item.tensor = ti;
+        item.spec = t;
+        item.tied_head = t->role == SQ_ROLE_EMBED && !L->stage->has_embed;
+        item.ggml_type = -1;
+        item.dtype = w->dtype;
+        item.n_dims = t->n_dims;
+        item.shape[0] = t->shape[0];
+        item.shape[1] = t->n_dims > 1 ? t->shape[1] : 0;
+        item.data = buf;
+        item.borrowed = true;
+        item.n_bytes = item.src_bytes = L->units[u].n;
+        item.piece_offset = off;
+        item.total_bytes = w->n_bytes;
+        load_prog_add(&L->prog, item.n_bytes);
+        double c0 = sq_trace_begin(L->trace);
+        rc = consumer(user, &item, err);
+        sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, cname, c0, t->name, (int64_t)item.n_bytes);
+        load_reader_release(L->rd, u);
+        if (rc == SQ_OK && stats) {
+            stats->bytes_read += item.n_bytes;
+            stats->out_bytes += item.n_bytes;
+            if (off + item.n_bytes >= w->n_bytes) stats->n_tensors++;
+        }
+        off += item.n_bytes;
+        if (item.n_bytes == 0) break;
+    }
+    return rc;
+}
+
 sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage_desc *stage,
                         const sq_load_options *o, sq_load_consumer_fn consumer, void *user,
                         sq_load_stats *stats, sq_error *err) {
     if (stats) memset(stats, 0, sizeof *stats);
-    loader L = {.st = st, .m = m, .o = o, .stage = stage};
+    loader L = {.st = st, .m = m, .o = o, .stage = stage, .trace = o ? o->trace : NULL};
     int *idx = NULL, n = 0;
     sq_load_bytes bytes;
     /* argument problems are found before the collective start, but every rank still goes
@@ -691,7 +665,7 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     const bool use_gpu = rc == SQ_OK && o->quant_device >= 0 && o->scheme.type != SQ_QUANT_NONE &&
                          !sq_quant_type_is_int8(o->scheme.type);   /* int8: on the CPU */
     if (rc == SQ_OK && o->quant_device >= 0) {
-        const sq_quant_scheme es = effective_scheme(o);
+        const sq_quant_scheme es = load_effective_scheme(o);
         const uint64_t budget = o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
         /* the budget, but no more than the largest weight needs (bytes.staging_bytes) */
         uint64_t want = bytes.staging_bytes < budget ? bytes.staging_bytes : budget;
@@ -705,15 +679,26 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     if (rc == SQ_OK) {
         L.n_files = sq_ckpt_n_files(st);
         L.fds = malloc((L.n_files ? L.n_files : 1) * sizeof *L.fds);
-        L.staging_cap = use_gpu ? 0 : bytes.staging_bytes;
-        L.staging = L.staging_cap ? malloc((size_t)L.staging_cap) : NULL;
-        if (!L.fds || (L.staging_cap && !L.staging))
-            rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
-                              "out of memory for a %llu-byte staging buffer",
-                              (unsigned long long)L.staging_cap);
+        if (!L.fds) rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory");
         for (size_t i = 0; L.fds && i < L.n_files; i++) L.fds[i] = -1;
     }
+    /* the read-ahead thread and its LOAD_SLOTS staging buffers (together bytes.staging_bytes) */
+    uint64_t slot_bytes = 0;
+    const uint64_t budget = o && o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
+    if (rc == SQ_OK) rc = make_units(&L, idx, n, budget, &slot_bytes, err);
+    if (rc == SQ_OK)
+        rc = load_reader_start(st, L.units, L.n_units, load_n_slots(budget, load_effective_scheme(o).blocksize),
+                               slot_bytes, L.trace, &L.rd, err);
+    if (L.trace) {
+        sq_trace_set_track_name(L.trace, LOAD_TRACK_COMPUTE, "compute");
+        sq_trace_set_track_name(L.trace, LOAD_TRACK_READER, "reader");
+    }
+    const char *consume_name = o && o->consume_label ? o->consume_label : "consume";
     for (int i = 0; rc == SQ_OK && i < n; i++) {
+        if (L.kind[i] == 2 && o->dense_pieces) {
+            rc = load_dense_pieces(&L, idx[i], consumer, user, consume_name, stats, err);
+            continue;
+        }
         sq_load_item item;
         rc = load_one(&L, idx[i], &item, err);
         if (rc == SQ_OK) {
@@ -725,7 +710,11 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
                                                                    .blocksize = item.q.blocksize})
                                         : item.n_bytes;
             uint64_t src = item.src_bytes;
+            if (!item.is_4bit) item.total_bytes = item.n_bytes;
+            double c0 = sq_trace_begin(L.trace);
             rc = consumer(user, &item, err);
+            sq_trace_end_ex(L.trace, LOAD_TRACK_COMPUTE, consume_name, c0, item.spec->name,
+                            (int64_t)out);
             if (rc == SQ_OK && stats) {
                 stats->n_tensors++;
                 stats->bytes_read += src;
@@ -738,11 +727,13 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
         stats->seconds = sq_now_s() - t0;
         stats->gbps = stats->seconds > 0 ? (double)stats->bytes_read / stats->seconds / 1e9 : 0;
     }
+    load_reader_stop(L.rd);
+    free(L.units);
+    free(L.kind);
     load_prog_finish(&L.prog, rc != SQ_OK);
     for (size_t i = 0; L.fds && i < L.n_files; i++)
         if (L.fds[i] >= 0) close(L.fds[i]);
     free(L.fds);
-    free(L.staging);
     load_gpu_destroy(L.gpu);
     free(idx);
     return rc;

@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include "shardq/load.h"
+#include "shardq/trace.h"
 
 /* One rank's progress record, sent to rank 0 of the progress communicator. */
 typedef struct prog_msg {
@@ -105,14 +106,6 @@ sq_status load_gpu_quantize(load_gpu *g, sq_dtype dtype, load_read_fn read, void
 
 /* Rows of cols elements of elsize bytes per piece within staging_bytes (at least 1, at most rows). */
 uint64_t load_int8_piece_rows(uint64_t staging_bytes, size_t elsize, int64_t rows, int64_t cols);
-/* q := the [rows, cols] weight of dtype (F32 / F16 / BF16) quantized to type (INT8 / INT8_ZP),
- * read with `read` piece by piece (whole rows, load_int8_piece_rows of staging_cap) into
- * staging.  Bytes equal sq_quant_int8_from's on the whole tensor.  Errors name `name` (a read
- * error keeps its own); on failure q is zeroed. */
-sq_status load_int8_quantize(sq_quant_type type, sq_dtype dtype, int64_t rows, int64_t cols,
-                             load_read_fn read, void *ctx, uint8_t *staging, uint64_t staging_cap,
-                             sq_pool *pool, sq_qtensor *q, const char *name, sq_error *err);
-
 /* Reads the whole of checkpoint tensor c (c->n_bytes) into dst. */
 typedef sq_status (*load_part_fn)(void *ctx, const sq_ckpt_tensor *c, void *dst, sq_error *err);
 /* Checkpoint bytes of a weight stored as bitsandbytes 8-bit (weight + SCB + weight_format). */
@@ -124,5 +117,95 @@ uint64_t load_int8_src_bytes(const sq_ckpt *st, const sq_tensor_spec *t);
  * beyond float16 SQ_ERR_FORMAT.  On failure item->q is zeroed. */
 sq_status load_int8_prequant(const sq_ckpt *st, const sq_tensor_spec *t, bool dequantize,
                              load_part_fn read, void *ctx, sq_load_item *item, sq_error *err);
+/* ---- reader.c: the read-ahead thread ------------------------------------------------------ */
+
+/* Trace tracks of a loading rank. */
+enum { LOAD_TRACK_COMPUTE = 0, LOAD_TRACK_READER = 1 };
+
+/* One read: a piece of a weight to quantize (into a staging slot) or a whole dense tensor
+ * (into a buffer of its own that the caller takes). */
+typedef struct load_unit {
+    const char *name;      /* the tensor's (borrowed, for errors and the trace) */
+    int file_index;
+    uint64_t pos, n;       /* file offset, bytes */
+    uint64_t data_end;     /* the tensor's last byte + 1 in the file (for the error) */
+    bool dense;
+} load_unit;
+
+typedef struct load_reader load_reader;
+/* Starts the reader on units[0, n_units) (borrowed, must outlive the reader) with n_slots
+ * buffers of slot_bytes.  At most n_slots units are read ahead of the caller, and at most one
+ * dense unit larger than slot_bytes.  On failure *out is NULL. */
+sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_units,
+                            int n_slots, uint64_t slot_bytes, sq_trace *trace, load_reader **out,
+                            sq_error *err);
+/* Waits for unit u (units are taken in order) and gives its bytes: *buf the slot (valid until
+ * load_reader_release(u)), and for a dense unit *dense, a malloc'd buffer the caller now owns.
+ * A read error of that unit comes back here (err->rank kept). */
+sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense, sq_error *err);
+void load_reader_release(load_reader *r, size_t u);
+/* Stops the thread (it may be ahead), joins it, frees everything.  Takes NULL. */
+void load_reader_stop(load_reader *r);
+
+/* pread of [pos, pos + n) in full (EINTR retried); a short file is SQ_ERR_IO naming path,
+ * name and data_end. */
+sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
+                     uint64_t data_end, void *dst, sq_error *err);
+/* fds[file_index], opened (O_RDONLY, sequential advice) on first use. */
+sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_index,
+                       const char *tensor, int *fd, sq_error *err);
+
+/* ---- shard_writer.c: quantize's streaming shard writer ------------------------------------ */
+typedef struct shard_writer shard_writer;
+/* Upper bound of the header bytes of one entry named name + suffix. */
+uint64_t shard_header_entry_bound(const char *name, const char *suffix);
+/* Opens "<path>.tmp.<pid>" with room for a header of entries_bound bytes of entries (the sum
+ * of shard_header_entry_bound over every entry to come).  On failure *out is NULL. */
+sq_status shard_writer_create(const char *path, uint64_t entries_bound, shard_writer **out,
+                              sq_error *err);
+/* Starts an entry of total_bytes and writes its first n_bytes (data may be freed after);
+ * the rest comes with shard_writer_append before the next entry. */
+sq_status shard_writer_add(shard_writer *w, const char *name, sq_dtype dtype, int n_dims,
+                           const int64_t *shape, uint64_t total_bytes, const void *data,
+                           uint64_t n_bytes, sq_error *err);
+sq_status shard_writer_append(shard_writer *w, const void *data, uint64_t n_bytes, sq_error *err);
+/* Writes the header into its space (padded with spaces), fsyncs, renames to path. */
+sq_status shard_writer_finish(shard_writer *w, sq_error *err);
+/* Closes; removes the temporary unless finished.  Takes NULL. */
+void shard_writer_destroy(shard_writer *w);
+
+/* ---- stage.c + shared helpers of the loader ------------------------------------------------- */
+
+static inline sq_quant_scheme load_effective_scheme(const sq_load_options *o) {
+    sq_quant_scheme s = o->scheme;
+    if (s.blocksize <= 0) s.blocksize = 64;
+    return s;
+}
+
+/* Staging slots of the read-ahead ring: the budget is split over them, so one piece is
+ * quantized while up to LOAD_SLOTS - 1 more are read. */
+#define LOAD_SLOTS 4
+
+/* Slots for a budget: LOAD_SLOTS, fewer when the budget holds fewer whole blocks of the widest
+ * dtype (float32), at least 1 (then one block, even past the budget, as before the ring). */
+static inline int load_n_slots(uint64_t budget, int64_t blocksize) {
+    uint64_t k = budget / ((uint64_t)blocksize * 4);
+    return k >= LOAD_SLOTS ? LOAD_SLOTS : k > 0 ? (int)k : 1;
+}
+
+/* Elements per quantization piece: the staging budget in whole absmax blocks (at least one). */
+static inline uint64_t load_piece_elements(uint64_t staging_bytes, size_t elsize, int64_t blocksize) {
+    uint64_t e = staging_bytes / elsize;
+    e -= e % (uint64_t)blocksize;
+    return e ? e : (uint64_t)blocksize;
+}
+
+/* A weight quantized now (not pre-quantized, scheme not NONE). */
+static inline bool load_quantize_now(const sq_tensor_spec *t, const sq_quant_scheme *s) {
+    return t->quantizable && t->stored_quant == SQ_QUANT_NONE && s->type != SQ_QUANT_NONE;
+}
+
+/* The checkpoint tensor named base + suffix, or NULL. */
+const sq_ckpt_tensor *load_companion(const sq_ckpt *st, const char *base, const char *suffix);
 
 #endif

@@ -1,7 +1,8 @@
-/* load_int8.c: int8 weights in the loader (load.c calls these few hooks): a weight quantized
- * to INT8 / INT8_ZP piece by piece in whole rows through the staging buffer, bytes equal to
- * sq_quant_int8_from on the whole tensor (each row is quantized alone), the staging a weight
- * needs for it, and a bitsandbytes 8-bit weight (weight + SCB) read as stored.  Must never print or read a tensor outside the one it is given. */
+/* load_int8.c: int8 weights in the loader (load.c and stage.c call these few hooks): how many
+ * whole rows a staging slot takes (load.c quantizes the reader's whole-row pieces with
+ * sq_quant_int8_rows, bytes equal to sq_quant_int8_from on the whole tensor since each row is
+ * quantized alone), and a bitsandbytes 8-bit weight (weight + SCB) read as stored.  Must never
+ * print or read a tensor outside the one it is given. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,31 +22,6 @@ uint64_t load_int8_piece_rows(uint64_t staging_bytes, size_t elsize, int64_t row
     uint64_t r = staging_bytes / row_bytes;
     if (r < 1) r = 1;
     return r < (uint64_t)rows ? r : (uint64_t)rows;
-}
-
-sq_status load_int8_quantize(sq_quant_type type, sq_dtype dtype, int64_t rows, int64_t cols,
-                             load_read_fn read, void *ctx, uint8_t *staging, uint64_t staging_cap,
-                             sq_pool *pool, sq_qtensor *q, const char *name, sq_error *err) {
-    sq_status rc = sq_qtensor_init_int8(q, type, rows, cols, dtype, err);
-    if (rc != SQ_OK) return relabel(err, rc, name);
-    const size_t es = sq_dtype_size(dtype);
-    const uint64_t per = load_int8_piece_rows(staging_cap, es, rows, cols);
-    const uint64_t row_bytes = (uint64_t)cols * es;
-    if (per * row_bytes > staging_cap) {   /* a bug: sq_load_stage_bytes sized it */
-        sq_qtensor_free(q);
-        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
-                            "staging buffer of %llu bytes cannot hold a row of %llu",
-                            (unsigned long long)staging_cap, (unsigned long long)row_bytes);
-    }
-    for (uint64_t r0 = 0; r0 < (uint64_t)rows && rc == SQ_OK; r0 += per) {
-        uint64_t m = (uint64_t)rows - r0 < per ? (uint64_t)rows - r0 : per;
-        rc = read(ctx, r0 * row_bytes, m * row_bytes, staging, err);
-        if (rc != SQ_OK) break;
-        rc = sq_quant_int8_rows(q, (int64_t)r0, dtype, staging, (int64_t)m, pool, err);
-        if (rc != SQ_OK) rc = relabel(err, rc, name);
-    }
-    if (rc != SQ_OK) sq_qtensor_free(q);
-    return rc;
 }
 
 /* "<base>" of "<base>weight" into buf; false when name does not end in "weight" */

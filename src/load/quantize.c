@@ -151,15 +151,16 @@ static sq_status write_file(const char *path, const void *data, size_t n, sq_err
 /* ---- the shard writer consumer ------------------------------------------------------------- */
 
 typedef struct shard_ctx {
-    sq_st_writer *w;
+    shard_writer *w;
     char **names;            /* (n_names) strdup'd */
     size_t n_names, cap;
     uint64_t bytes;          /* tensor bytes added */
 } shard_ctx;
 
-static sq_status add(shard_ctx *c, const char *base, const char *suffix, sq_dtype dtype,
-                     int n_dims, const int64_t *shape, const void *data, uint64_t n_bytes,
-                     sq_error *err) {
+/* Starts entry base + suffix of total bytes with its first n_bytes. */
+static sq_status add_part(shard_ctx *c, const char *base, const char *suffix, sq_dtype dtype,
+                          int n_dims, const int64_t *shape, const void *data, uint64_t n_bytes,
+                          uint64_t total, sq_error *err) {
     char name[512];
     if (snprintf(name, sizeof name, "%s%s", base, suffix) >= (int)sizeof name)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, base, "tensor name too long");
@@ -174,14 +175,26 @@ static sq_status add(shard_ctx *c, const char *base, const char *suffix, sq_dtyp
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory");
     c->n_names++;
     c->bytes += n_bytes;
-    return sq_st_writer_add(c->w, name, dtype, n_dims, shape, data, n_bytes, err);
+    return shard_writer_add(c->w, name, dtype, n_dims, shape, total, data, n_bytes, err);
 }
 
+static sq_status add(shard_ctx *c, const char *base, const char *suffix, sq_dtype dtype,
+                     int n_dims, const int64_t *shape, const void *data, uint64_t n_bytes,
+                     sq_error *err) {
+    return add_part(c, base, suffix, dtype, n_dims, shape, data, n_bytes, n_bytes, err);
+}
+
+/* Each item's bytes go to the shard file now (dense ones piece by piece); nothing is kept. */
 static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
     shard_ctx *c = user;
     const char *name = it->spec->name;
+    if (!it->is_4bit && it->piece_offset > 0) {
+        c->bytes += it->n_bytes;
+        return shard_writer_append(c->w, it->data, it->n_bytes, err);
+    }
     if (!it->is_4bit)
-        return add(c, name, "", it->dtype, it->n_dims, it->shape, it->data, it->n_bytes, err);
+        return add_part(c, name, "", it->dtype, it->n_dims, it->shape, it->data, it->n_bytes,
+                        it->total_bytes, err);
     const sq_qtensor *q = &it->q;
     if (sq_quant_type_is_int8(q->type)) {   /* bnb 8-bit: weight int8 + SCB + weight_format */
         bnb_part p[BNB_INT8_PARTS];
@@ -219,6 +232,24 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
     const int64_t js[1] = {(int64_t)len};
     rc = add(c, name, sq_bnb_quant_state_suffix(q->type), SQ_DTYPE_U8, 1, js, json, len, err);
     free(json);
+    return rc;
+}
+
+/* The header bytes the stage's entries can take: a 4-bit weight's six parts at most, else one. */
+static sq_status header_bound(const sq_meta *m, const sq_load_stage_desc *stage, uint64_t *out,
+                              sq_error *err) {
+    static const char *const parts[] = {"", ".absmax", ".quant_map", ".nested_absmax",
+                                        ".nested_quant_map", ".quant_state.bitsandbytes__nf4"};
+    int *idx = NULL, n = 0;
+    *out = 0;
+    sq_status rc = sq_load_stage_tensors(m, stage, false, &idx, &n, err);
+    for (int i = 0; rc == SQ_OK && i < n; i++) {
+        const sq_tensor_spec *t = sq_meta_tensor(m, idx[i]);
+        const bool q4 = t->quantizable || t->stored_quant != SQ_QUANT_NONE;
+        for (size_t k = 0; k < (q4 ? sizeof parts / sizeof parts[0] : 1); k++)
+            *out += shard_header_entry_bound(t->name, parts[k]);
+    }
+    free(idx);
     return rc;
 }
 
@@ -400,7 +431,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     sq_meta *meta = NULL;
     sq_plan *plan = NULL;
     sq_pool *pool = NULL;
-    sq_st_writer *w = NULL;
+    shard_writer *w = NULL;
     shard_ctx sc = {0};
     char tmp[PATH_BYTES] = "", shard_path[PATH_BYTES] = "";
     bool tmp_made = false, shard_done = false;
@@ -468,9 +499,11 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     char shard_name[64];
     snprintf(shard_name, sizeof shard_name, "model-%05d-of-%05d.safetensors", rank + 1, size);
     join(shard_path, tmp, shard_name);
-    rc = sq_st_writer_create(shard_path, &w, err);
+    sq_load_stage_desc stage = sq_load_stage_from_plan(&plan->stages[rank]);
+    uint64_t hbound = 0;
+    rc = header_bound(meta, &stage, &hbound, err);
+    if (rc == SQ_OK) rc = shard_writer_create(shard_path, hbound, &w, err);
     sc.w = w;
-    if (rc == SQ_OK) rc = sq_st_writer_metadata(w, "format", "pt", err);
     if (rc == SQ_OK) rc = sq_pool_create(o->n_threads, &pool, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
@@ -487,11 +520,13 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     if (sq_quant_type_is_int8(scheme.type)) qdev = -1;   /* int8 is quantized on the CPU */
     lo.quant_device = qdev;
     lo.ggml_dense = true;   /* a safetensors folder holds no ggml blocks: their exact values */
-    sq_load_stage_desc stage = sq_load_stage_from_plan(&plan->stages[rank]);
+    lo.dense_pieces = true;   /* dense tensors straight from the staging slots to the file */
+    lo.trace = o->trace;
+    lo.consume_label = "write";
     sq_load_stats stats;
     double t0 = sq_now_s();
     rc = sq_load_stage(st, meta, &stage, &lo, consume, &sc, &stats, err);
-    if (rc == SQ_OK) rc = sq_st_writer_finish(w, true, err);
+    if (rc == SQ_OK) rc = shard_writer_finish(w, err);
     shard_done = rc == SQ_OK;
     double secs = sq_now_s() - t0;
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
@@ -591,7 +626,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     }
 
 out:
-    sq_st_writer_destroy(w);   /* removes its temporary if it was not renamed */
+    shard_writer_destroy(w);   /* removes its temporary if it was not renamed */
     if (rc != SQ_OK && shard_done) unlink(shard_path);
     if (rc != SQ_OK && rank == 0 && tmp_made) rm_tree(tmp);
     sq_pool_destroy(pool);

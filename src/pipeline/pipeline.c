@@ -49,6 +49,7 @@ typedef struct mb_state {
 
 typedef struct run {
     sq_transport *t;
+    sq_trace *trace;                /* NULL: off */
     const sq_stage_compute *c;
     int rank, p;
     bool first, last;
@@ -305,8 +306,13 @@ static void describe(run *R, mb_state *b, sq_stage_batch *d) {
 /* Waits for a transfer of micro-batch m; a failure says which message it was. */
 static sq_status wait_x(run *R, sq_xfer **x, uint64_t *got, const char *what, int m, sq_error *err) {
     if (!*x) return SQ_OK;
-    double idle = 0;
+    double idle = 0, t0 = sq_trace_begin(R->trace);
     sq_status st = sq_transport_wait(R->t, *x, got, &idle, err);
+    if (R->trace) {
+        char d[48];
+        snprintf(d, sizeof d, "mb %d step %d", m, R->mbs[m].step);
+        sq_trace_end_ex(R->trace, 0, what, t0, d, -1);
+    }
     *x = NULL;
     R->stats.idle_s += idle;
     if (st != SQ_OK && err) {
@@ -317,12 +323,19 @@ static sq_status wait_x(run *R, sq_xfer **x, uint64_t *got, const char *what, in
 }
 
 /* Runs a compute callback into `st`, counting its time as busy. */
-#define BUSY(R, st, call)                                                                   \
+#define BUSY(R, st, name, mb, call)                                                         \
     do {                                                                                    \
-        double t_ = sq_now_s();                                                             \
+        double t_ = sq_now_s(), tr_ = sq_trace_begin((R)->trace);                           \
         (st) = (call);                                                                      \
         (R)->stats.busy_s += sq_now_s() - t_;                                               \
+        if ((R)->trace) trace_step((R), (name), tr_, (mb));                                 \
     } while (0)
+
+static void trace_step(run *R, const char *name, double t0, int m) {
+    char d[48];
+    snprintf(d, sizeof d, "mb %d step %d", m, R->mbs[m].step);
+    sq_trace_end_ex(R->trace, 0, name, t0, d, -1);
+}
 
 static bool is_eos(const run *R, int32_t id) {
     for (int32_t e = 0; e < R->n_eos; e++)
@@ -389,10 +402,10 @@ static sq_status stage_step(run *R, int m, sq_error *err) {
             if (b->step == 0) memcpy(b->ids + d.row0[i], R->req->prompts[s], (size_t)R->lens[s] * sizeof(int32_t));
             else b->ids[d.row0[i]] = R->out[s][R->gen[s] - 1];
         }
-        BUSY(R, st, c->embed(c->user, &d, b->ids, b->act, err));
+        BUSY(R, st, "embed", m, c->embed(c->user, &d, b->ids, b->act, err));
         if (st != SQ_OK) return st;
     }
-    BUSY(R, st, c->forward(c->user, &d, b->act, err));
+    BUSY(R, st, "forward", m, c->forward(c->user, &d, b->act, err));
     if (st != SQ_OK) return st;
     if (!R->last) {
         msg_hdr *h = b->hdr;
@@ -409,7 +422,7 @@ static sq_status stage_step(run *R, int m, sq_error *err) {
         if ((st = wait_x(R, &b->send_tok, NULL, "sending token ids", m, err)) != SQ_OK) return st;
         msg_hdr *h = b->tok;
         int32_t *ids = (int32_t *)(h + 1), *fin = ids + d.n_seqs;
-        BUSY(R, st, c->sample(c->user, &d, b->act, ids, err));
+        BUSY(R, st, "sample", m, c->sample(c->user, &d, b->act, ids, err));
         if (st != SQ_OK) return st;
         for (int32_t i = 0; i < d.n_seqs; i++) {
             int32_t s = d.seq[i];
@@ -555,6 +568,7 @@ sq_status sq_pipeline_run(sq_transport *t, const sq_stage_compute *compute,
     run R;
     memset(&R, 0, sizeof R);
     R.t = t;
+    R.trace = params ? params->trace : NULL;
     R.c = compute;
     R.rank = sq_transport_rank(t);
     R.p = sq_transport_n_ranks(t);

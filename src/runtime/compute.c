@@ -99,6 +99,8 @@ sq_status sq_runtime_load_weights(sq_stage *s, const sq_ckpt *st, const sq_meta 
     lo.progress_interval_s = p->progress_interval_s;
     lo.log = p->log;
     if (p->quant_on_device) lo.quant_device = p->quant_device;
+    lo.trace = p->trace;
+    lo.consume_label = "repack/upload";   /* the backend places each weight */
     /* collective with a comm: a rank whose pool failed still loads (on one thread) so that
      * nobody waits, and reports the pool's error afterwards */
     sq_error lerr = err ? *err : (sq_error){0};

@@ -562,6 +562,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     sp.log = log;
     sp.quant_on_device = ex.cuda;   /* the cuda backend: 4-bit weights quantized on its GPU */
     sp.quant_device = ex.device;
+    sp.trace = o->trace;
     if (ex.cuda) {
 #ifdef SHARDQ_HAVE_CUDA
         rc = sq_backend_create_cuda(ex.device, &be, err);
@@ -642,7 +643,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
         for (int64_t i = 0; max_new && i < sh.n_seqs; i++) max_new[i] = (int32_t)sh.max_new;
         req.max_new_tokens = max_new;
     }
-    sq_pipeline_params pp = {.n_micro_batches = (int32_t)sh.n_micro, .log = log};
+    sq_pipeline_params pp = {.n_micro_batches = (int32_t)sh.n_micro, .log = log, .trace = o->trace};
     rc = sq_pipeline_run(tr, sq_runtime_compute_get(rcomp), &pp, rank == 0 ? &req : NULL, &pres,
                          err);
     free(max_new);

@@ -1,0 +1,253 @@
+/* Owns the loader's read-ahead thread: it walks a fixed list of read units (pieces of weights
+ * to quantize, whole dense tensors) in order with pread() on file descriptors of its own, into
+ * a ring of n_slots staging buffers (pieces) or freshly malloc'd buffers (dense tensors),
+ * while the loading thread converts and quantizes the units already read.  Must never hold
+ * more than n_slots units read ahead, more than one dense tensor larger than a slot, or let
+ * either thread wait for the other after a stop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "load_impl.h"
+
+typedef enum { SLOT_FREE = 0, SLOT_FILLED } slot_state;
+
+typedef struct slot {
+    slot_state state;
+    size_t unit;           /* the unit it holds when FILLED */
+    uint8_t *buf;          /* (slot_bytes) */
+    void *dense;           /* a dense unit's own buffer, handed to the caller */
+    sq_status rc;
+    sq_error err;
+} slot;
+
+struct load_reader {
+    const sq_ckpt *st;
+    const load_unit *units;
+    size_t n_units;
+    int n_slots;
+    uint64_t slot_bytes;
+    slot *slots;
+    int *fds;              /* (n_files) the reader's own, -1 before first use */
+    size_t n_files;
+    sq_trace *trace;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    int big_in_flight;     /* dense units larger than a slot read but not yet taken */
+    size_t advised;        /* units [0, advised) have had their WILLNEED advice */
+};
+
+sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
+                     uint64_t data_end, void *dst, sq_error *err) {
+    uint64_t done = 0;
+    while (done < n) {
+        uint64_t want = n - done;
+        if (want > (1u << 30)) want = 1u << 30;
+        ssize_t got = pread(fd, (uint8_t *)dst + done, (size_t)want, (off_t)(pos + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0)
+            return sq_error_set(err, SQ_ERR_IO, path, name, "read of %llu bytes at byte %llu "
+                                "failed: %s", (unsigned long long)want,
+                                (unsigned long long)(pos + done), strerror(errno));
+        if (got == 0) {
+            struct stat sb;
+            long long size = fstat(fd, &sb) == 0 ? (long long)sb.st_size : -1;
+            return sq_error_set(err, SQ_ERR_IO, path, name,
+                                "file ends at byte %lld but the tensor's data runs to byte %llu "
+                                "(truncated or replaced after its header was read)",
+                                size, (unsigned long long)data_end);
+        }
+        done += (uint64_t)got;
+    }
+    return SQ_OK;
+}
+
+sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_index,
+                       const char *tensor, int *fd, sq_error *err) {
+    if (file_index < 0 || (size_t)file_index >= n_files)
+        return sq_error_set(err, SQ_ERR_INTERNAL, NULL, tensor, "bad file index %d", file_index);
+    const char *path = sq_ckpt_file_path(st, (size_t)file_index);
+    if (fds[file_index] < 0) {
+        int f = open(path, O_RDONLY | O_CLOEXEC);
+        if (f < 0)
+            return sq_error_set(err, SQ_ERR_IO, path, tensor, "cannot open: %s", strerror(errno));
+        struct stat sb;
+        if (fstat(f, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            close(f);
+            return sq_error_set(err, SQ_ERR_IO, path, tensor, "not a regular file any more");
+        }
+        posix_fadvise(f, 0, 0, POSIX_FADV_SEQUENTIAL);
+        fds[file_index] = f;
+    }
+    *fd = fds[file_index];
+    return SQ_OK;
+}
+
+/* Reads unit u into s (its slot buffer, or a new dense buffer). */
+static void read_unit(load_reader *r, size_t u, slot *s) {
+    const load_unit *un = &r->units[u];
+    sq_error_init(&s->err, -1);
+    s->dense = NULL;
+    void *dst = s->buf;
+    if (un->dense) {
+        s->dense = malloc(un->n ? (size_t)un->n : 1);
+        if (!s->dense) {
+            s->rc = sq_error_set(&s->err, SQ_ERR_NOMEM, NULL, un->name,
+                                 "out of memory for %llu bytes", (unsigned long long)un->n);
+            return;
+        }
+        dst = s->dense;
+    }
+    int fd = -1;
+    s->rc = load_open_fd(r->st, r->fds, r->n_files, un->file_index, un->name, &fd, &s->err);
+    if (s->rc != SQ_OK) return;
+    /* ask the kernel for the units up to a ring's worth ahead: the disk always has that
+     * much queued while this read and the quantizer work */
+    for (size_t v = r->advised > u + 1 ? r->advised : u + 1;
+         v < r->n_units && v <= u + (size_t)r->n_slots; v++) {
+        const load_unit *nx = &r->units[v];
+        int nfd = -1;
+        sq_error ignored;
+        if (load_open_fd(r->st, r->fds, r->n_files, nx->file_index, nx->name, &nfd, &ignored) == SQ_OK)
+            posix_fadvise(nfd, (off_t)nx->pos, (off_t)nx->n, POSIX_FADV_WILLNEED);
+        r->advised = v + 1;
+    }
+    double t0 = sq_trace_begin(r->trace);
+    s->rc = load_pread(fd, sq_ckpt_file_path(r->st, (size_t)un->file_index), un->name, un->pos,
+                       un->n, un->data_end, dst, &s->err);
+    sq_trace_end_ex(r->trace, LOAD_TRACK_READER, "read", t0, un->name, (int64_t)un->n);
+}
+
+static void *reader_main(void *arg) {
+    load_reader *r = arg;
+    for (size_t u = 0; u < r->n_units; u++) {
+        slot *s = &r->slots[u % (size_t)r->n_slots];
+        const bool big = r->units[u].dense && r->units[u].n > r->slot_bytes;
+        pthread_mutex_lock(&r->mu);
+        while (!r->stop && (s->state != SLOT_FREE || (big && r->big_in_flight > 0)))
+            pthread_cond_wait(&r->cv, &r->mu);
+        bool stop = r->stop;
+        if (big && !stop) r->big_in_flight++;
+        pthread_mutex_unlock(&r->mu);
+        if (stop) break;
+        read_unit(r, u, s);
+        pthread_mutex_lock(&r->mu);
+        s->unit = u;
+        s->state = SLOT_FILLED;
+        pthread_cond_broadcast(&r->cv);
+        bool failed = s->rc != SQ_OK;
+        pthread_mutex_unlock(&r->mu);
+        if (failed) break;   /* the consumer stops at this unit */
+    }
+    return NULL;
+}
+
+sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_units,
+                            int n_slots, uint64_t slot_bytes, sq_trace *trace, load_reader **out,
+                            sq_error *err) {
+    *out = NULL;
+    load_reader *r = calloc(1, sizeof *r);
+    if (!r) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for the reader");
+    r->st = st;
+    r->units = units;
+    r->n_units = n_units;
+    r->n_slots = n_slots > 0 ? n_slots : 1;
+    r->slot_bytes = slot_bytes;
+    r->trace = trace;
+    r->n_files = sq_ckpt_n_files(st);
+    r->slots = calloc((size_t)r->n_slots, sizeof *r->slots);
+    r->fds = malloc((r->n_files ? r->n_files : 1) * sizeof *r->fds);
+    bool ok = r->slots && r->fds;
+    for (size_t i = 0; ok && i < r->n_files; i++) r->fds[i] = -1;
+    for (int i = 0; ok && slot_bytes && i < r->n_slots; i++)
+        ok = (r->slots[i].buf = malloc((size_t)slot_bytes)) != NULL;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    if (!ok) {
+        load_reader_stop(r);
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
+                            "out of memory for %d staging buffers of %llu bytes", n_slots,
+                            (unsigned long long)slot_bytes);
+    }
+    if (n_units > 0) {
+        if (pthread_create(&r->thread, NULL, reader_main, r) != 0) {
+            load_reader_stop(r);
+            return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL, "cannot start the reader thread");
+        }
+        r->started = true;
+    }
+    *out = r;
+    return SQ_OK;
+}
+
+sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense, sq_error *err) {
+    *buf = NULL;
+    *dense = NULL;
+    if (!r || u >= r->n_units)
+        return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL, "reader: no unit %zu", u);
+    slot *s = &r->slots[u % (size_t)r->n_slots];
+    double t0 = sq_trace_begin(r->trace);
+    pthread_mutex_lock(&r->mu);
+    while (!(s->state == SLOT_FILLED && s->unit == u)) pthread_cond_wait(&r->cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+    if (r->trace && sq_trace_now_us() - t0 > 50)   /* only waits worth seeing */
+        sq_trace_end_ex(r->trace, LOAD_TRACK_COMPUTE, "wait read", t0, r->units[u].name, -1);
+    if (s->rc != SQ_OK) {
+        if (err) {
+            int rank = err->rank;
+            *err = s->err;
+            err->rank = rank;
+        }
+        return s->rc;
+    }
+    *buf = s->buf;
+    if (s->dense) {
+        *dense = s->dense;
+        s->dense = NULL;
+        if (r->units[u].n > r->slot_bytes) {
+            pthread_mutex_lock(&r->mu);
+            r->big_in_flight--;
+            pthread_cond_broadcast(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+        }
+    }
+    return SQ_OK;
+}
+
+void load_reader_release(load_reader *r, size_t u) {
+    slot *s = &r->slots[u % (size_t)r->n_slots];
+    pthread_mutex_lock(&r->mu);
+    s->state = SLOT_FREE;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+void load_reader_stop(load_reader *r) {
+    if (!r) return;
+    if (r->started) {
+        pthread_mutex_lock(&r->mu);
+        r->stop = true;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->thread, NULL);
+    }
+    for (int i = 0; r->slots && i < r->n_slots; i++) {
+        free(r->slots[i].buf);
+        free(r->slots[i].dense);
+    }
+    for (size_t i = 0; r->fds && i < r->n_files; i++)
+        if (r->fds[i] >= 0) close(r->fds[i]);
+    free(r->fds);
+    free(r->slots);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}
