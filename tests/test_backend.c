@@ -393,7 +393,7 @@ END_TEST
 START_TEST(test_linear_4bit_any_width) {
     rng_seed(41);
     sq_backend *bes[3] = {mk_be(2, NULL), mk_be(1, NULL), mk_be(2, "portable")};
-    static const int64_t Ks[] = {1, 7, 8, 33, 63, 65, 100, 172, 200, 360};
+    static const int64_t Ks[] = {1, 7, 8, 33, 63, 65, 100, 128, 172, 200, 360};
     static const int64_t Rs[] = {1, 2, 3, 5, 9, 64};
     const int64_t N = 13;
     for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)

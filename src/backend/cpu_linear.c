@@ -65,8 +65,16 @@ typedef struct {
     int64_t K, rows, rs;
 } repack_ctx;
 
-/* Rows [64 t, 64 t + 64), nibble by nibble through sq_cpu_q4_pos: the layout does not depend
- * on the host's endianness and padding nibbles are zero. */
+/* pos(e) of sq_cpu_q4_pos for e < 32: the byte of a full group's element e (and of e + 32) */
+static const uint8_t k_q4_pos32[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+                                       8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+
+/* Rows [64 t, 64 t + 64).  Full groups of 64 elements whose source starts on a byte (K even):
+ * the 32 source bytes' 64 nibbles, then 32 stores through k_q4_pos32 (the loader spends most of
+ * a warm load here otherwise).  The rest nibble by nibble through sq_cpu_q4_pos.  The layout
+ * does not depend on the host's endianness; padding nibbles are zero.  Both ways give the same
+ * bytes (test_linear_4bit_any_width: K of full groups, partial groups, odd K; a wrong byte
+ * breaks its equality with the dense path). */
 static void repack_task(void *ctx_, int64_t t, int thread) {
     const repack_ctx *c = ctx_;
     int64_t K = c->K, end = 64 * t + 64 < c->rows ? 64 * t + 64 : c->rows;
@@ -74,7 +82,20 @@ static void repack_task(void *ctx_, int64_t t, int thread) {
         uint8_t *d = c->dst + o * c->rs;
         memset(d, 0, (size_t)c->rs);
         uint64_t f = (uint64_t)o * (uint64_t)K;
-        for (int64_t k = 0; k < K; k++, f++) {
+        int64_t k = 0;
+        if (!(f & 1)) {
+            for (; k + 64 <= K; k += 64, f += 64) {
+                const uint8_t *s = c->src + (f >> 1);
+                uint8_t n[64];
+                for (int b = 0; b < 32; b++) {
+                    n[2 * b] = (uint8_t)(s[b] >> 4);
+                    n[2 * b + 1] = (uint8_t)(s[b] & 15);
+                }
+                uint8_t *g = d + (k >> 6) * 32;
+                for (int e = 0; e < 32; e++) g[k_q4_pos32[e]] = (uint8_t)(n[e] | (n[e + 32] << 4));
+            }
+        }
+        for (; k < K; k++, f++) {
             uint8_t b = c->src[f >> 1];
             int q = (f & 1) ? (b & 15) : (b >> 4);
             int64_t byte;
