@@ -10,6 +10,7 @@
  *    unknown fields ignored; stop strings;
  *  - a client that leaves mid-stream frees its slot; SIGTERM drains a running request and the
  *    server exits 0; a rank that hangs ends the request with an error and the job, no hang.
+ * `test_serve real` (label real): SmolLM2's chat on 2 ranks equals `shardq run --chat`.
  * Every server is started in its own process group with --port 0 and killed on every path. */
 #include <check.h>
 #include <stdbool.h>
@@ -606,7 +607,88 @@ START_TEST(hung_rank_errors) {
 }
 END_TEST
 
-int main(void) {
+/* ---- the real model (label real) ---------------------------------------------------------- */
+
+/* SmolLM2 on 2 ranks: chat through its ChatML template (and its default system message) equals
+ * `shardq run --chat`, greedy and sampled with a seed; streamed deltas add up to the same. */
+START_TEST(real_chat_equals_run) {
+    server s;
+    server_start(&s, 2, NULL, "--max-seqs 4 --max-seq-len 256");
+    const char *q = "What is the capital of France?";
+    const char *samples[2] = {"\"temperature\": 0", "\"temperature\": 0.7, \"top_p\": 0.9, \"seed\": 11"};
+    const char *run_samples[2] = {"", "--temperature 0.7 --top-p 0.9 --seed 11"};
+    for (int k = 0; k < 2; k++) {
+        char *ref_ids, *ref_text, body[1024];
+        run_ref(q, 24, run_samples[k], true, &ref_ids, &ref_text);
+        snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"%s\"}], \"max_tokens\": 24, "
+                 "%s, \"return_token_ids\": true}", q, samples[k]);
+        int code = 0;
+        char *out = http(&s, "POST", "/v1/chat/completions", body, NULL, &code);
+        ck_assert_msg(code == 200, "%s", out);
+        cJSON *j = parse(out);
+        char *ids = item_str(j, "choices.0.token_ids"), *text = item_str(j, "choices.0.message.content");
+        ck_assert_str_eq(ids, ref_ids);
+        ck_assert_str_eq(text, ref_text);
+        if (k == 0) ck_assert_msg(strstr(text, "Paris"), "%s", text);
+        cJSON_Delete(j);
+        free(out);
+        /* streamed */
+        snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"%s\"}], \"max_tokens\": 24, "
+                 "%s, \"stream\": true}", q, samples[k]);
+        out = http(&s, "POST", "/v1/chat/completions", body, "-N", &code);
+        ck_assert_int_eq(code, 200);
+        char acc[4096] = "";
+        int roles = 0;
+        for (char *save = NULL, *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            if (!strcmp(line, "data: [DONE]")) continue;
+            cJSON *c = parse(line + 6);
+            const cJSON *d = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "choices"), 0), "delta");
+            const cJSON *content = cJSON_GetObjectItemCaseSensitive(d, "content");
+            roles += cJSON_GetObjectItemCaseSensitive(d, "role") != NULL;
+            if (cJSON_IsString(content)) strncat(acc, content->valuestring, sizeof acc - strlen(acc) - 1);
+            cJSON_Delete(c);
+        }
+        ck_assert_int_eq(roles, 1);
+        ck_assert_str_eq(acc, ref_text);
+        free(out);
+        free(ids);
+        free(text);
+        free(ref_ids);
+        free(ref_text);
+    }
+    server_kill(&s);
+}
+END_TEST
+
+static int main_real(void) {
+    const char *env = getenv("SHARDQ_REAL_MODEL");
+    snprintf(g_model, sizeof g_model, "%s", env && *env ? env : SQ_BINARY_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    FILE *f = fopen(g_model, "rb");
+    if (!f) {
+        printf("SKIP: %s not found: run launch/fetch_model.sh (launch/test.sh does) or set SHARDQ_REAL_MODEL\n", g_model);
+        return 77;
+    }
+    fclose(f);
+    g_root = sq_test_tmpdir("serve-real");
+    if (!g_root) return 1;
+    snprintf(g_pids, sizeof g_pids, "%s/pids", g_root);
+    Suite *su = suite_create("serve_real");
+    TCase *tc = tcase_create("real");
+    tcase_set_timeout(tc, 240);
+    tcase_add_test(tc, real_chat_equals_run);
+    suite_add_tcase(su, tc);
+    SRunner *sr = srunner_create(su);
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    kill_leftovers();
+    sq_test_rmtree(g_root);
+    free(g_root);
+    return failed ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "real")) return main_real();
     g_root = sq_test_tmpdir("serve");
     if (!g_root) return 1;
     snprintf(g_model, sizeof g_model, "%s/text", g_root);

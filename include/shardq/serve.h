@@ -91,6 +91,7 @@ typedef struct sq_serve_request {
     int32_t max_new;              /* >= 1 */
     sq_sample_params sample;
     int32_t extra_eos;            /* another id that ends this sequence (chat stop); -1: none */
+    bool ignore_eos;              /* only max_new ends it */
 } sq_serve_request;
 
 typedef enum sq_serve_submit_result {

@@ -196,6 +196,9 @@ bool sq_api_parse(const char *body, size_t n, bool chat, sq_api_req *out, char *
     x = cJSON_GetObjectItemCaseSensitive(j, "return_token_ids");
     if (!absent(x) && !cJSON_IsBool(x)) BAD("return_token_ids", "'return_token_ids' must be true or false");
     out->return_token_ids = cJSON_IsTrue(x);
+    x = cJSON_GetObjectItemCaseSensitive(j, "ignore_eos");
+    if (!absent(x) && !cJSON_IsBool(x)) BAD("ignore_eos", "'ignore_eos' must be true or false");
+    out->ignore_eos = cJSON_IsTrue(x);
     const char *mt = "max_tokens";
     x = cJSON_GetObjectItemCaseSensitive(j, mt);
     if (absent(x) && chat) x = cJSON_GetObjectItemCaseSensitive(j, mt = "max_completion_tokens");

@@ -35,6 +35,7 @@ typedef struct wire_hdr {
 
 struct sq_serve_seq {
     int32_t *prompt, n_prompt, max_new, extra_eos;
+    bool ignore_eos;
     sq_sample_params sample;
     int32_t *gen, n_gen;       /* (max_new) */
     int32_t n_fed;             /* prompt tokens sent into the pipeline */
@@ -246,6 +247,7 @@ sq_serve_submit_result sq_serve_submit(sq_serve_engine *e, const sq_serve_reques
     s->max_new = r->max_new;
     s->sample = r->sample;
     s->extra_eos = r->extra_eos;
+    s->ignore_eos = r->ignore_eos;
     s->slot = -1;
     s->refs = 2;
     if (e->wait_tail) e->wait_tail->next = s;
@@ -418,7 +420,7 @@ static void take_ids(sq_serve_engine *e, lane *l, const int32_t *ids) {
         e->st.generated_tokens++;
         bool eos = id == s->extra_eos;
         for (int32_t k = 0; k < e->p.n_eos; k++) eos |= id == e->p.eos[k];
-        if (eos) finish_seq(e, s, SQ_SERVE_EOS, NULL);
+        if (eos && !s->ignore_eos) finish_seq(e, s, SQ_SERVE_EOS, NULL);
         else if (s->n_gen >= s->max_new) finish_seq(e, s, SQ_SERVE_LENGTH, NULL);
     }
     e->st.steps++;

@@ -364,7 +364,7 @@ static enum MHD_Result generate(sq_serve_http *h, struct MHD_Connection *c, conn
         if (strlen(g->req.stop[i]) > g->max_stop) g->max_stop = strlen(g->req.stop[i]);
     if (g->max_stop) g->max_stop--;   /* bytes that could begin a stop string */
     sq_serve_request r = {.prompt = ids, .n_prompt = g->n_prompt, .max_new = want, .sample = g->req.sample,
-                          .extra_eos = extra_eos};
+                          .extra_eos = extra_eos, .ignore_eos = g->req.ignore_eos};
     if (!g->req.seed_given) r.sample.seed = (uint64_t)time(NULL) * 1000003u + serial;
     if (h->p.tok) {
         pthread_mutex_lock(&h->tok_mu);

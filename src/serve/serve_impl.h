@@ -19,6 +19,7 @@ typedef struct sq_api_msg {
 typedef struct sq_api_req {
     bool chat;
     bool stream, include_usage, return_token_ids;
+    bool ignore_eos;              /* vLLM's extension: only max_tokens ends the sequence */
     char *prompt;                 /* completions: text (or NULL with prompt_ids) */
     int32_t *prompt_ids;          /* completions: token ids */
     int32_t n_prompt_ids;
