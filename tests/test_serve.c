@@ -590,16 +590,19 @@ START_TEST(sigterm_drains) {
 }
 END_TEST
 
-/* A rank that hangs mid-request: the request ends with an error, /health is not 200, the job
- * ends (no hang). */
-START_TEST(hung_rank_errors) {
+/* A rank that hangs (_i 0) or is killed (_i 1) mid-request: the request ends (hung: 503 with
+ * the error naming rank 1; killed: an error or the connection closed, as mpirun ends the job),
+ * never a hang, and the job ends with a failure. */
+START_TEST(dead_rank_errors) {
     server s;
-    server_start(&s, 2, "SHARDQ_TEST_DIE_RANK=1 SHARDQ_TEST_DIE_STEP=4 SHARDQ_TEST_DIE_MODE=hang",
+    server_start(&s, 2, _i == 0 ? "SHARDQ_TEST_DIE_RANK=1 SHARDQ_TEST_DIE_STEP=4 SHARDQ_TEST_DIE_MODE=hang"
+                                : "SHARDQ_TEST_DIE_RANK=1 SHARDQ_TEST_DIE_STEP=4 SHARDQ_TEST_DIE_MODE=kill",
                  "--max-seqs 2 --max-seq-len 128 --timeout 2");
     int code = 0;
     double t0 = now_s();
     char *out = http(&s, "POST", "/v1/completions", "{\"prompt\": \"Hello\", \"max_tokens\": 50}", NULL, &code);
-    ck_assert_msg(code == 503 && strstr(out, "\"error\"") && strstr(out, "rank 1"), "HTTP %d: %s", code, out);
+    if (_i == 0) ck_assert_msg(code == 503 && strstr(out, "\"error\"") && strstr(out, "rank 1"), "HTTP %d: %s", code, out);
+    else ck_assert_msg(code != 200, "HTTP %d: %s", code, out);
     ck_assert_msg(now_s() - t0 < 20, "took %.1f s", now_s() - t0);
     free(out);
     int st = server_wait(&s, 20);
@@ -713,7 +716,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, full_queue_429);
     tcase_add_test(tc, disconnect_frees_slot);
     tcase_add_test(tc, sigterm_drains);
-    tcase_add_test(tc, hung_rank_errors);
+    tcase_add_loop_test(tc, dead_rank_errors, 0, 2);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_ENV);
