@@ -590,6 +590,40 @@ START_TEST(sigterm_drains) {
 }
 END_TEST
 
+/* SIGTERM with a drain timeout shorter than the running request: the request ends early with an
+ * error event (then [DONE]), every rank stops, the job exits 0, well before the request would
+ * have ended. */
+START_TEST(drain_timeout_cuts) {
+    server s;
+    server_start(&s, 2, "SHARDQ_TEST_STEP_DELAY_MS=20", "--max-seqs 2 --max-seq-len 256 --drain-timeout 0.5");
+    char file[1300], outf[1300], cmd[4096];
+    snprintf(file, sizeof file, "%s/dt.json", g_root);
+    snprintf(outf, sizeof outf, "%s/dt.out", g_root);
+    const char *body = "{\"prompt\": \"Hello\", \"max_tokens\": 200, \"ignore_eos\": true, \"stream\": true}";
+    sq_test_write_file(file, body, strlen(body));
+    snprintf(cmd, sizeof cmd, "curl -s -N --max-time 60 --data-binary '@%s' -o '%s' 'http://127.0.0.1:%d/v1/completions' >/dev/null 2>&1 &",
+             file, outf, s.port);
+    int rc = 0, code = 0;
+    free(sh(&rc, "%s", cmd));
+    char *out = NULL;
+    double t0 = now_s();
+    for (; now_s() - t0 < 10; nap(0.02)) {
+        free(out);
+        out = http(&s, "GET", "/metrics", NULL, NULL, &code);
+        if (strstr(out, "shardq_running_sequences 1\n")) break;
+    }
+    ck_assert_msg(strstr(out, "shardq_running_sequences 1\n"), "%s", out);
+    free(out);
+    t0 = now_s();
+    kill(s.rank0, SIGTERM);
+    ck_assert_int_eq(server_wait(&s, 20), 0);
+    ck_assert_msg(now_s() - t0 < 3.5, "stopping took %.1f s", now_s() - t0);
+    char *txt = sq_test_read_file(outf, NULL);
+    ck_assert_msg(txt && strstr(txt, "drain timeout") && strstr(txt, "data: [DONE]"), "%s", txt ? txt : "");
+    free(txt);
+}
+END_TEST
+
 /* A rank that hangs (_i 0) or is killed (_i 1) mid-request: the request ends (hung: 503 with
  * the error naming rank 1; killed: an error or the connection closed, as mpirun ends the job),
  * never a hang, and the job ends with a failure. */
@@ -716,6 +750,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, full_queue_429);
     tcase_add_test(tc, disconnect_frees_slot);
     tcase_add_test(tc, sigterm_drains);
+    tcase_add_test(tc, drain_timeout_cuts);
     tcase_add_loop_test(tc, dead_rank_errors, 0, 2);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);

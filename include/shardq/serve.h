@@ -154,6 +154,9 @@ sq_status sq_serve_http_create(const sq_serve_http_params *p, sq_serve_http **ou
 int sq_serve_http_port(const sq_serve_http *h);
 /* From now on requests go to e (and /health is 200 while e is healthy); NULL detaches. */
 void sq_serve_http_attach(sq_serve_http *h, sq_serve_engine *e);
+/* Waits up to timeout_s until every generation request taken so far has been answered to its
+ * end (after the engine stopped: their last bytes are out).  True when none is left. */
+bool sq_serve_http_quiesce(sq_serve_http *h, double timeout_s);
 /* Stops listening and waits for the connection threads.  NULL is fine. */
 void sq_serve_http_destroy(sq_serve_http *h);
 

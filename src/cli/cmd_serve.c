@@ -91,10 +91,9 @@ static sq_status serve_hook(void *user, const sq_run_serve_ctx *c, sq_error *err
     }
     rc = sq_serve_engine_run(e, err);
     if (c->rank == 0) {
-        /* the connections still writing their last bytes (an error, the end of a stream) get a
-         * moment before the listener stops; then no thread of it touches the engine */
-        struct timespec ts = {0, 300 * 1000000L};
-        nanosleep(&ts, NULL);
+        /* every request has ended: the connections write their last bytes (an error, the end of a
+         * stream) before the listener stops; then no thread of it touches the engine */
+        sq_serve_http_quiesce(S->http, 2.0);
         sq_serve_http_destroy(S->http);
         S->http = NULL;
     }

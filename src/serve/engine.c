@@ -317,6 +317,7 @@ static void finish_seq(sq_serve_engine *e, sq_serve_seq *s, sq_serve_finish f, c
     if (s->finish != SQ_SERVE_RUNNING) return;
     s->finish = f;
     if (why) snprintf(s->error, sizeof s->error, "%s", why);
+    pthread_cond_broadcast(&e->cv);   /* its reader may be waiting */
 }
 
 /* Under the lock: frees the slots of ended sequences not in flight, ends cancelled ones, then
@@ -607,8 +608,9 @@ static sq_status run_first(sq_serve_engine *e, sq_error *err) {
             continue;
         }
         if (e->n > 1 && (rc = sq_transport_alive(e->p.t, t_start, "the next step's ids", err)) != SQ_OK) goto fail;
-        if (e->fifo_n) {
-            nap(round++ < 16 ? 20e-6 : 100e-6);
+        if (e->fifo_n) {   /* a step takes milliseconds: sleep, leave the cores to the stages */
+            nap(round < 8 ? 20e-6 : round < 32 ? 100e-6 : 400e-6);
+            round++;
         } else {
             /* idle: wait for a submission (the transport's heartbeats every few ms) */
             struct timespec ts;

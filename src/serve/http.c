@@ -25,6 +25,8 @@ struct sq_serve_http {
     sq_serve_engine *e;
     uint64_t next_id;
     uint64_t codes[6];         /* responses: 2xx, 400, 401/404/405, 413, 429, 5xx */
+    int n_gens;                /* generation requests not yet answered to the end */
+    pthread_cond_t gens_cv;
 };
 
 typedef struct conn {
@@ -100,6 +102,9 @@ static enum MHD_Result reply_error(sq_serve_http *h, struct MHD_Connection *c, u
 
 static void gen_free(gen *g) {
     if (!g) return;
+    pthread_mutex_lock(&g->h->mu);
+    if (--g->h->n_gens == 0) pthread_cond_broadcast(&g->h->gens_cv);
+    pthread_mutex_unlock(&g->h->mu);
     if (g->s) sq_serve_seq_release(g->e, g->s);
     sq_detok_stream_destroy(g->ds);
     sq_api_req_free(&g->req);
@@ -300,6 +305,9 @@ static enum MHD_Result generate(sq_serve_http *h, struct MHD_Connection *c, conn
     char msg[512] = "", param[64] = "";
     gen *g = calloc(1, sizeof *g);
     if (!g) return MHD_NO;
+    pthread_mutex_lock(&h->mu);
+    h->n_gens++;
+    pthread_mutex_unlock(&h->mu);
     g->h = h;
     g->e = e;
     if (!sq_api_parse(k->body.p ? k->body.p : "", k->body.n, chat, &g->req, msg, sizeof msg, param, sizeof param)) {
@@ -545,6 +553,7 @@ void sq_serve_http_destroy(sq_serve_http *h) {
     if (h->d) MHD_stop_daemon(h->d);
     pthread_mutex_destroy(&h->mu);
     pthread_mutex_destroy(&h->tok_mu);
+    pthread_cond_destroy(&h->gens_cv);
     free(h->host);
     free(h->api_key);
     free(h->model_name);
@@ -561,6 +570,7 @@ sq_status sq_serve_http_create(const sq_serve_http_params *p, sq_serve_http **ou
     if (!h) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "serve http: out of memory");
     pthread_mutex_init(&h->mu, NULL);
     pthread_mutex_init(&h->tok_mu, NULL);
+    pthread_cond_init(&h->gens_cv, NULL);
     h->p = *p;
     if (!h->p.max_body_bytes) h->p.max_body_bytes = 1u << 20;
     if (!h->p.max_connections) h->p.max_connections = 256;
@@ -603,4 +613,18 @@ void sq_serve_http_attach(sq_serve_http *h, sq_serve_engine *e) {
     pthread_mutex_lock(&h->mu);
     h->e = e;
     pthread_mutex_unlock(&h->mu);
+}
+
+bool sq_serve_http_quiesce(sq_serve_http *h, double timeout_s) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)(timeout_s * 1e9);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    pthread_mutex_lock(&h->mu);
+    while (h->n_gens > 0)
+        if (pthread_cond_timedwait(&h->gens_cv, &h->mu, &ts) != 0) break;
+    bool done = h->n_gens == 0;
+    pthread_mutex_unlock(&h->mu);
+    return done;
 }
