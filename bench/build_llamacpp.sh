@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's CPU tools (llama-perplexity, llama-bench, llama-quantize) for side-by-side
-# benchmarks, from the llama.cpp that PyPI's llama-cpp-python source package carries under
+# Builds llama.cpp's CPU tools (llama-perplexity, llama-bench, llama-quantize, llama-server) for
+# side-by-side benchmarks, from the llama.cpp that PyPI's llama-cpp-python source package carries under
 # vendor/llama.cpp.  Cached under build/llamacpp/ (nothing is rebuilt when the tools are there).
 # A benchmark helper: the test suite never builds a peer.
 #   usage: bench/build_llamacpp.sh [VERSION]      (default: the newest llama-cpp-python on PyPI)
@@ -10,6 +10,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$repo/build/llamacpp"
 bin="$dest/build/bin"
 if [ -x "$bin/llama-perplexity" ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] &&
+   [ -x "$bin/llama-server" ] &&
    [ -f "$dest/build/.shardq-isa-v2" ]; then
   echo "$bin"; exit 0
 fi
@@ -51,7 +52,7 @@ if has avx512f && has avx512bw && has avx512vl; then
 fi
 echo "build_llamacpp: ${isa[*]}" >&2
 cmake -S "$dest/src" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF "${isa[@]}" \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-cmake --build "$dest/build" -j "$(nproc)" --target llama-perplexity llama-bench llama-quantize >&2
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
+cmake --build "$dest/build" -j "$(nproc)" --target llama-perplexity llama-bench llama-quantize llama-server >&2
 touch "$dest/build/.shardq-isa-v2"
 echo "$bin"
