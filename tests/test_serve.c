@@ -272,6 +272,7 @@ static void equal_to_run(int np) {
     bool done = false, usage = false;
     for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
         ck_assert_msg(!done, "data after [DONE]");
+        if (line[0] == ':') continue;   /* an SSE comment (the server's keep-alive while waiting) */
         ck_assert_msg(!strncmp(line, "data: ", 6), "not an SSE data line: '%s'", line);
         if (!strcmp(line + 6, "[DONE]")) {
             done = true;
@@ -677,7 +678,8 @@ START_TEST(real_chat_equals_run) {
         char acc[4096] = "";
         int roles = 0;
         for (char *save = NULL, *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-            if (!strcmp(line, "data: [DONE]")) continue;
+            if (!strcmp(line, "data: [DONE]") || line[0] == ':') continue;
+            ck_assert_msg(!strncmp(line, "data: ", 6), "not an SSE data line: '%s'", line);
             cJSON *c = parse(line + 6);
             const cJSON *d = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c, "choices"), 0), "delta");
             const cJSON *content = cJSON_GetObjectItemCaseSensitive(d, "content");
