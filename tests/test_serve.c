@@ -435,6 +435,16 @@ START_TEST(bad_input_status_codes) {
     expect(&s, "POST", "/v1/completions", "{\"prompt\": \"hi\", \"stop\": [1]}", auth, 400, "\"param\": \"stop\"");
     expect(&s, "POST", "/v1/chat/completions", "{\"messages\": \"hi\"}", auth, 400, "\"param\": \"messages\"");
     expect(&s, "POST", "/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": 3}]}", auth, 400, "content");
+    /* several turns render in the template; the last turn must be the user's */
+    expect(&s, "POST", "/v1/chat/completions",
+           "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"}, "
+           "{\"role\": \"assistant\", \"content\": \"Hello!\"}, {\"role\": \"user\", \"content\": [{\"type\": \"text\", "
+           "\"text\": \"And?\"}]}], \"max_tokens\": 3}", auth, 200, "\"chat.completion\"");
+    expect(&s, "POST", "/v1/chat/completions",
+           "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Yo\"}]}", auth,
+           400, "last message");
+    expect(&s, "POST", "/v1/chat/completions", "{\"messages\": [{\"role\": \"robot\", \"content\": \"Hi\"}]}", auth, 400,
+           "role");
     /* unknown fields are ignored */
     expect(&s, "POST", "/v1/completions",
            "{\"prompt\": \"hi\", \"max_tokens\": 2, \"frobnicate\": {\"x\": [1]}, \"user\": \"u\"}", auth, 200,
