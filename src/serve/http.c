@@ -25,13 +25,14 @@ struct sq_serve_http {
     sq_serve_engine *e;
     uint64_t next_id;
     uint64_t codes[6];         /* responses: 2xx, 400, 401/404/405, 413, 429, 5xx */
-    int n_gens;                /* generation requests not yet answered to the end */
+    int n_gens;                /* generation requests whose response is not fully out */
     pthread_cond_t gens_cv;
 };
 
 typedef struct conn {
     sq_buf body;
     bool too_big;
+    bool gen_counted;          /* a generation request, in sq_serve_http.n_gens */
 } conn;
 
 /* One generation request's life (a stream's reader state, or a blocking handler's). */
@@ -102,9 +103,6 @@ static enum MHD_Result reply_error(sq_serve_http *h, struct MHD_Connection *c, u
 
 static void gen_free(gen *g) {
     if (!g) return;
-    pthread_mutex_lock(&g->h->mu);
-    if (--g->h->n_gens == 0) pthread_cond_broadcast(&g->h->gens_cv);
-    pthread_mutex_unlock(&g->h->mu);
     if (g->s) sq_serve_seq_release(g->e, g->s);
     sq_detok_stream_destroy(g->ds);
     sq_api_req_free(&g->req);
@@ -305,8 +303,10 @@ static enum MHD_Result generate(sq_serve_http *h, struct MHD_Connection *c, conn
     char msg[512] = "", param[64] = "";
     gen *g = calloc(1, sizeof *g);
     if (!g) return MHD_NO;
+    /* counted until MHD says the response went out (on_completed), not until it is queued */
     pthread_mutex_lock(&h->mu);
     h->n_gens++;
+    k->gen_counted = true;
     pthread_mutex_unlock(&h->mu);
     g->h = h;
     g->e = e;
@@ -538,7 +538,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t) {
+    sq_serve_http *h = cls;
     conn *k = *con_cls;
+    if (k && k->gen_counted) {
+        pthread_mutex_lock(&h->mu);
+        if (--h->n_gens == 0) pthread_cond_broadcast(&h->gens_cv);
+        pthread_mutex_unlock(&h->mu);
+    }
     if (k) {
         free(k->body.p);
         free(k);
