@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's CPU tools (llama-perplexity, llama-bench, llama-quantize) for side-by-side
-# benchmarks, from the llama.cpp that PyPI's llama-cpp-python source package carries under
+# Builds llama.cpp's CPU tools (llama-perplexity, llama-bench, llama-quantize, llama-server) for
+# side-by-side benchmarks, from the llama.cpp that PyPI's llama-cpp-python source package carries under
 # vendor/llama.cpp.  Cached under build/llamacpp/ (nothing is rebuilt when the tools are there).
 # A benchmark helper: the test suite never builds a peer.
 #   usage: bench/build_llamacpp.sh [VERSION]      (default: the newest llama-cpp-python on PyPI)

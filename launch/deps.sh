@@ -3,7 +3,8 @@
 # (and needs no network) when everything is present.  CUDA/NCCL are optional and not installed.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libhwloc-dev libcjson-dev check clang
-      iproute2)   # iproute2: the multihost tests make their hosts with `ip netns`
+      iproute2 libmicrohttpd-dev curl)   # iproute2: the multihost tests make their hosts with `ip netns`;
+      # libmicrohttpd-dev: `shardq serve`'s HTTP server; curl: its tests
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

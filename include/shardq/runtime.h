@@ -173,6 +173,10 @@ typedef enum sq_run_transport {
 bool sq_run_backend_from_name(const char *s, sq_run_backend *out);
 bool sq_run_transport_from_name(const char *s, sq_run_transport *out);
 
+/* The serve hook (see sq_run_options.serve and sq_run_serve_ctx below). */
+typedef struct sq_run_serve_ctx sq_run_serve_ctx;
+typedef sq_status (*sq_run_serve_fn)(void *user, const sq_run_serve_ctx *ctx, sq_error *err);
+
 typedef struct sq_run_options {
     const char *model_dir;
     const char *plan_path;          /* NULL: plan for the ranks of comm */
@@ -210,9 +214,17 @@ typedef struct sq_run_options {
     sq_log log;
     sq_trace *trace;                /* this rank's tracer (NULL: off): the load's and the
                                        pipeline's spans; the caller writes it */
+    /* serve (`shardq serve`): when set, every rank calls serve() in place of the pipeline and
+     * sq_run returns its status (no result); the request only sizes the KV cache (n_seqs slots
+     * of max_seq positions) and max_tokens (> 0) the rows of one forward.  A failure inside
+     * serve() sets must_abort (more than one rank). */
+    sq_run_serve_fn serve;
+    void *serve_user;
+    int64_t max_tokens;
 } sq_run_options;
 
 sq_run_options sq_run_options_default(void);
+
 
 typedef struct sq_run_stage_info {
     int32_t rank, first_layer, n_layers;
@@ -224,6 +236,23 @@ typedef struct sq_run_stage_info {
     double load_s;
 } sq_run_stage_info;
 
+/* What the serve hook gets (every rank, after every rank loaded its stage and the transport is
+ * up): everything is borrowed for the duration of the call. */
+struct sq_run_serve_ctx {
+    sq_transport *t;
+    sq_stage *stage;
+    const sq_model_config *cfg;
+    int rank, n_ranks;
+    int32_t n_slots;                /* KV slots (the request's n_seqs) */
+    int64_t max_seq;                /* positions per slot */
+    int64_t max_tokens;             /* rows of one forward */
+    const int32_t *eos;             /* the config's EOS ids (and the request's extra ones) */
+    int32_t n_eos;
+    const sq_run_stage_info *stages;   /* (n_ranks) rank 0 only; NULL elsewhere */
+    const char *backend;            /* this rank's backend name */
+    const char *transport;          /* "mpi" or "nccl" */
+    double load_s;                  /* slowest rank's load */
+};
 typedef struct sq_run_result {
     sq_pipeline_result *pipe;       /* tokens, finish reasons, stage times, bubble */
     sq_model_config cfg;

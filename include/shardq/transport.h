@@ -202,6 +202,10 @@ void sq_transport_cancel(sq_transport *t, sq_xfer *x);
 /* One round of the control plane: heartbeats due, incoming heartbeats, abort notices
  * (reported as SQ_ERR_PEER).  For callers running their own loop. */
 sq_status sq_transport_poll(sq_transport *t, sq_error *err);
+/* sq_transport_poll, then the liveness check of every neighbour for a wait that began at
+ * `start` (sq_now_s() time): SQ_ERR_PEER naming one silent for timeout_s (the others are told),
+ * or the rank of an abort notice.  For callers with their own loop (the serve engine). */
+sq_status sq_transport_alive(sq_transport *t, double start, const char *what, sq_error *err);
 
 /* Tells every other rank that this run failed with `cause` (best effort, returns within about
  * a second): their next wait fails with SQ_ERR_PEER naming cause->rank, or this rank when

@@ -97,7 +97,8 @@ void sq_cli_json_str(FILE *f, const char *s);
     X(run, "generate: the ranks run the model as a pipeline, each its own 4-bit layers")   \
     X(bench, "throughput of the pipeline: prefill / decode tok/s and bubble per micro-batch count") \
     X(tokenize, "text -> token ids with the model's tokenizer (tokenizer.json or a GGUF's)") \
-    X(perplexity, "perplexity of a text through the pipeline (llama.cpp's method)")
+    X(perplexity, "perplexity of a text through the pipeline (llama.cpp's method)")         \
+    X(serve, "keep the model loaded and serve an OpenAI-compatible HTTP API (continuous batching)")
 /* make_model is spelled make-model on the command line */
 
 #define SQ_CLI_DECLARE(name, help) int sq_cli_##name(int argc, char **argv, sq_cli_ctx *ctx);

@@ -15,6 +15,7 @@
 #include "shardq/runtime.h"
 #include "shardq/topology.h"
 #include "shardq/transport.h"
+#include "run_impl.h"
 
 #ifdef SHARDQ_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -550,6 +551,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     sp.max_seq = sh.max_seq;
     sp.max_batch = sh.n_seqs;
     sp.max_tokens = sh.total_tokens > sh.n_seqs ? sh.total_tokens : sh.n_seqs;
+    if (o->serve && o->max_tokens > sp.max_tokens) sp.max_tokens = o->max_tokens;
     sp.max_logit_rows = sh.n_seqs;
     if (o->score && sp.max_logit_rows < SQ_SCORE_ROWS) sp.max_logit_rows = SQ_SCORE_ROWS;
     sp.n_threads = n_threads;
@@ -631,6 +633,14 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     tp.log = log;
     rc = sq_transport_create(&tp, &tr, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
+
+    /* 9. serving: the hook takes over the loaded stages (src/runtime/serve_hook.c) */
+    if (o->serve) {
+        rc = sq_run_call_serve(comm, o, tr, stage, cfg, infos, be, ex.nccl, load_s, sh.n_seqs, sh.max_seq,
+                               sp.max_tokens, sh.eos, (int32_t)sh.n_eos, err);
+        if (rc != SQ_OK && must_abort) *must_abort = size > 1;
+        goto out;
+    }
 
     /* 9. generation */
     const int32_t *eos = sh.eos;

@@ -90,10 +90,7 @@ struct sq_transport {
     void *devcopy_user;
 };
 
-/* For implementations' bring-up loops (transport.c): one control-plane round, then the
- * liveness check of every neighbour for a wait that began at `start` (SQ_ERR_PEER naming a
- * silent one, or the rank of an abort notice). */
-sq_status sq_transport_alive(sq_transport *t, double start, const char *what, sq_error *err);
+/* sq_transport_alive (transport.h) also serves the implementations' bring-up loops. */
 /* The poll loop's pacing: spin, then sleep up to 200 us. */
 void sq_transport_backoff(int *round);
 
