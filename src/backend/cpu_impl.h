@@ -17,7 +17,7 @@ typedef struct sq_cpu {
     bool vnni;                  /* AVX-512 VNNI (256-bit vpdpbusd) on the int8 path */
     bool act_int8;              /* Linear quantizes activations to int8 (cpu_q8.c) */
     int8_t *q8_buf;             /* int8 activation scratch: q8_cap codes, then per 32 of them
-                                   dx, xs (float) and 8 int32 corrections */
+                                   dx, 8 lane sums xs (float), 8 int32 corrections */
     uint64_t q8_cap;
     /* sampling scratch (sized by reserve): per row of a call, vocab entries */
     int64_t sample_cap_rows, sample_cap_vocab;

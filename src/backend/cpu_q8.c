@@ -29,10 +29,11 @@
  *     q8_perm_elem);
  *   acc_i = fma(fl(s_{b,i} * dx_b), (float)p, acc_i) for b ascending (one 8-lane accumulator,
  *     s_{b,i} the scale of the sub-block holding lane i);
- *   y = hsum(acc) with the tree ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7));
- *   formats with a bias m per block of 32: y = y + hsum(bacc), bacc_{b % 8} = fma(m_b, xs_b,
- *     bacc_{b % 8}) for b ascending, xs_b = fl(dx_b * sum of the block's qx);
- *   then + the Linear's bias.
+ *   formats with a bias m per block of 32, a second accumulator: bacc_i = fma(m_b, xs_{b,i},
+ *     bacc_i) for b ascending, xs_{b,i} = fl(dx_b * the lane's sum of qx), and acc_i = acc_i +
+ *     bacc_i at the end;
+ *   y = hsum(acc) with the tree ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), then + the Linear's
+ *   bias.
  * The integer sums are exact on every path (AVX2: maddubs of |c| with qx signed by c, then
  * madd by ones: no int16 saturation for |qx| <= 127; VNNI: vpdpbusd of c + 128 with qx, started
  * from -128 * (the lane's sum of qx)), and everything after them is the same float operations
@@ -71,7 +72,7 @@ typedef struct {
     float *out;           /* (n_rows, N) */
     const int8_t *qx;     /* (n_rows, K) quantized activations */
     const float *dx;      /* (n_rows, nb) their scales */
-    const float *xs;      /* (n_rows, nb) dx * sum of the block's qx */
+    const float *xs;      /* (n_rows, nb, 8) dx * the lane's sum of qx */
     const int32_t *corr;  /* (n_rows, nb, 8) -128 * the lane's sum of qx */
     int64_t n_rows, K, N, nb;
     int64_t otile, n_otiles, rt;
@@ -127,18 +128,18 @@ void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int8_t *qx, fl
         }
         float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
         int8_t *q = qx + 32 * b;
-        int sum = 0;
         for (int j = 0; j < 32; j++) {
             float t = (xb[perm ? q8_perm_elem(j) : j] * id + magic) - magic;
             t = t >= -127.0f ? t : -127.0f;   /* (a NaN becomes -127: never an undefined cast) */
             t = t <= 127.0f ? t : 127.0f;
             q[j] = (int8_t)t;
-            sum += q[j];
         }
-        for (int i = 0; i < 8; i++)
-            corr[8 * b + i] = -128 * (q[4 * i] + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3]);
+        for (int i = 0; i < 8; i++) {
+            int ls = q[4 * i] + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3];
+            corr[8 * b + i] = -128 * ls;
+            xs[8 * b + i] = d * (float)ls;
+        }
         dx[b] = d;
-        xs[b] = d * (float)sum;
     }
 }
 
@@ -176,18 +177,7 @@ static inline float q8_wscale(const q8_ctx *c, int64_t o, int64_t b, int i) {
     return sq_qblock_param(f, q8_params(c, c->w->absmax_d, o), s);
 }
 
-/* The bias part: bacc_{b % 8} = fma(m_b, xs_b, bacc) — one C function for every path. */
-static float q8_bias_dot(const q8_ctx *c, int64_t o, int64_t r) {
-    const sq_qblock_format *f = &c->w->qf;
-    const void *m = q8_params(c, c->w->bias_d, o);
-    const float *xs = c->xs + r * c->nb;
-    float a[8] = {0};
-    for (int64_t b = 0; b < c->nb; b++) a[b & 7] = fmaf(sq_qblock_param(f, m, b), xs[b], a[b & 7]);
-    return q8_hsum8(a);
-}
-
 static inline void q8_finish(const q8_ctx *c, int64_t o, int64_t r, float y) {
-    if (c->kind != K_LUT && c->w->qf.has_bias) y = y + q8_bias_dot(c, o, r);
     c->out[r * c->N + o] = y + q8_bias_of(c, o);
 }
 
@@ -207,14 +197,19 @@ static void q8_rows_portable(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0
         const uint8_t *row = q8_codes(c, o);
         for (int64_t r = r0; r < r1; r++) {
             const int8_t *qx = c->qx + r * c->K;
-            const float *dx = c->dx + r * c->nb;
-            float acc[8] = {0};
+            const float *dx = c->dx + r * c->nb, *xs = c->xs + r * c->nb * 8;
+            const bool bias = c->kind != K_LUT && c->w->qf.has_bias;
+            const void *m = bias ? q8_params(c, c->w->bias_d, o) : NULL;
+            float acc[8] = {0}, bacc[8] = {0};
             for (int64_t b = 0; b < c->nb; b++)
                 for (int i = 0; i < 8; i++) {
                     int32_t p = 0;
                     for (int t = 0; t < 4; t++) p += q8_code(c, row, b, 4 * i + t) * qx[32 * b + 4 * i + t];
                     acc[i] = fmaf(q8_wscale(c, o, b, i) * dx[b], (float)p, acc[i]);
+                    if (bias) bacc[i] = fmaf(sq_qblock_param(&c->w->qf, m, b), xs[8 * b + i], bacc[i]);
                 }
+            if (bias)
+                for (int i = 0; i < 8; i++) acc[i] = acc[i] + bacc[i];
             q8_finish(c, o, r, q8_hsum8(acc));
         }
     }
@@ -235,47 +230,14 @@ TGT INLINE float q8_hsum_##SFX(__m256 v) {                                      
     __m128 u = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));                                         \
     return _mm_cvtss_f32(u);                                                                   \
 }                                                                                              \
-/* q8_bias_dot's order, 8 blocks per vector (lane j: blocks b = j mod 8), the tail by lanes */  \
-TGT INLINE float q8_bdot_##SFX(const q8_ctx *c, int64_t o, int64_t r) {                        \
-    const sq_qblock_format *f = &c->w->qf;                                                     \
-    const void *m = q8_params(c, c->w->bias_d, o);                                             \
-    const float *xs = c->xs + r * c->nb;                                                       \
-    const int64_t nb = c->nb, n8 = nb & ~(int64_t)7;                                           \
-    __m256 a = _mm256_setzero_ps();                                                            \
-    for (int64_t b = 0; b < n8; b += 8) {                                                      \
-        __m256 mv = f->scale_bits == 16                                                        \
-                        ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)m + b))) \
-                        : _mm256_loadu_ps((const float *)m + b);                               \
-        a = _mm256_fmadd_ps(mv, _mm256_loadu_ps(xs + b), a);                                   \
-    }                                                                                          \
-    if (n8 < nb) {                                                                             \
-        float l[8];                                                                            \
-        _mm256_storeu_ps(l, a);                                                                \
-        for (int64_t b = n8; b < nb; b++) {                                                    \
-            float mb = f->scale_bits == 16                                                     \
-                           ? _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(((const uint16_t *)m)[b]))) \
-                           : ((const float *)m)[b];                                            \
-            l[b & 7] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(mb), _mm_set_ss(xs[b]),           \
-                                                  _mm_set_ss(l[b & 7])));                      \
-        }                                                                                      \
-        a = _mm256_loadu_ps(l);                                                                \
-    }                                                                                          \
-    return q8_hsum_##SFX(a);                                                                   \
-}                                                                                              \
-TGT INLINE void q8_fin_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256 acc) {              \
-    float y = q8_hsum_##SFX(acc);                                                              \
-    if (c->kind != K_LUT && c->w->qf.has_bias) y = y + q8_bdot_##SFX(c, o, r);                 \
-    c->out[r * c->N + o] = y + q8_bias_of(c, o);                                               \
-}                                                                                              \
-/* The 32 codes of block b of a row: signed (sgn) and, for V, offset by 128 (u). */            \
-TGT INLINE __m256i q8_wcodes_##SFX(const q8_ctx *c, const uint8_t *row, int64_t b,             \
-                                   __m256i lut, const int KIND) {                              \
+/* The 32 codes of block b of a row: 4-bit nibbles (the zero is applied by q8_dot), int8     \
+ * codes, or the int8 table's values. */                                                       \
+TGT INLINE __m256i q8_wcodes_##SFX(const uint8_t *row, int64_t b, __m256i lut, const int KIND) { \
     const __m256i m4 = _mm256_set1_epi8(15);                                                   \
     if (KIND == K_Q4) {                                                                        \
         __m128i v = _mm_loadu_si128((const __m128i *)(row + b * 16));                          \
-        __m256i n = _mm256_and_si256(                                                          \
+        return _mm256_and_si256(                                                               \
             _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), m4);  \
-        return n;   /* nibbles; the zero is applied by the caller */                           \
     }                                                                                          \
     if (KIND == K_I8) return _mm256_loadu_si256((const __m256i *)(row + b * 32));              \
     __m256i v = _mm256_loadu_si256((const __m256i *)(row + (b >> 1) * 32));                    \
@@ -296,6 +258,11 @@ TGT INLINE __m256i q8_dot_##SFX(__m256i w, __m256i qx, const int32_t *corr, __m2
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(s, s),                      \
                                                   _mm256_sign_epi8(qx, s)), ones);             \
 }                                                                                              \
+/* parameter b (scale or bias) of a row, broadcast */                                          \
+TGT INLINE __m256 q8_par_##SFX(const void *p, int64_t b, const int H16) {                      \
+    if (H16) return _mm256_cvtph_ps(_mm_set1_epi16((short)((const uint16_t *)p)[b]));          \
+    return _mm256_broadcast_ss((const float *)p + b);                                          \
+}                                                                                              \
 /* the weight scale of block b, per lane */                                                    \
 TGT INLINE __m256 q8_ws_##SFX(const q8_ctx *c, const void *sp, int64_t o, int64_t b,           \
                               const int KIND, const int H16, const int B16) {                  \
@@ -309,112 +276,118 @@ TGT INLINE __m256 q8_ws_##SFX(const q8_ctx *c, const void *sp, int64_t o, int64_
         return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(s[0])),                 \
                                     _mm_set1_ps(s[1]), 1);                                     \
     }                                                                                          \
-    if (H16) return _mm256_cvtph_ps(_mm_set1_epi16((short)((const uint16_t *)sp)[b]));         \
-    return _mm256_broadcast_ss((const float *)sp + b);                                         \
+    return q8_par_##SFX(sp, b, H16);                                                           \
 }                                                                                              \
 TGT INLINE __m256i q8_zero_##SFX(const q8_ctx *c, const int KIND) {                            \
     if (KIND == K_Q4) return _mm256_set1_epi8((char)(V ? 128 - c->w->qf.code_zero              \
                                                        : c->w->qf.code_zero));                 \
     return _mm256_set1_epi8((char)0x80);                                                       \
 }                                                                                              \
+/* One output's state: codes, scales, biases, accumulators. */                                 \
+typedef struct {                                                                               \
+    const uint8_t *w;                                                                          \
+    const void *s, *m;                                                                         \
+} q8_row_##SFX;                                                                                \
+TGT INLINE q8_row_##SFX q8_row_of_##SFX(const q8_ctx *c, int64_t o, const int KIND,            \
+                                        const int BIAS) {                                      \
+    q8_row_##SFX R = {q8_codes(c, o), KIND == K_LUT ? NULL : q8_params(c, c->w->absmax_d, o),  \
+                      BIAS ? q8_params(c, c->w->bias_d, o) : NULL};                            \
+    return R;                                                                                  \
+}                                                                                              \
+/* acc + fl(ws * dx) * p for one (output, row, block) */                                     \
+TGT INLINE __m256 q8_step_##SFX(__m256i w, __m256 ws, __m256i q, __m256 d, const int32_t *cr,  \
+                                __m256i zero, __m256 acc, const int KIND, const int UNS) {     \
+    __m256i p = q8_dot_##SFX(w, q, cr, zero, KIND, UNS);                                       \
+    return _mm256_fmadd_ps(_mm256_mul_ps(ws, d), _mm256_cvtepi32_ps(p), acc);                  \
+}                                                                                              \
+TGT INLINE void q8_fin_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256 acc, __m256 bacc,   \
+                             const int BIAS) {                                                 \
+    if (BIAS) acc = _mm256_add_ps(acc, bacc);                                                  \
+    q8_finish(c, o, r, q8_hsum_##SFX(acc));                                                    \
+}                                                                                              \
 /* GEMV: NO (4 or 1) outputs from o, row r */                                                  \
 TGT INLINE void q8_few_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut, const int NO, \
-                             const int KIND, const int UNS, const int H16, const int B16) {    \
+                             const int KIND, const int UNS, const int H16, const int B16,      \
+                             const int BIAS) {                                                 \
     const int8_t *qx = c->qx + r * c->K;                                                       \
-    const float *dx = c->dx + r * c->nb;                                                       \
+    const float *dx = c->dx + r * c->nb, *xs = c->xs + r * c->nb * 8;                          \
     const int32_t *corr = c->corr + r * c->nb * 8;                                             \
     const __m256i zero = q8_zero_##SFX(c, KIND);                                               \
     const int64_t gb = KIND == K_Q4 ? 16 : 32;                                                 \
-    const uint8_t *w0 = q8_codes(c, o), *w1 = NO > 1 ? q8_codes(c, o + 1) : w0;                \
-    const uint8_t *w2 = NO > 1 ? q8_codes(c, o + 2) : w0, *w3 = NO > 1 ? q8_codes(c, o + 3) : w0; \
-    const void *s0 = KIND == K_LUT ? NULL : q8_params(c, c->w->absmax_d, o);                   \
-    const void *s1 = KIND == K_LUT || NO == 1 ? s0 : q8_params(c, c->w->absmax_d, o + 1);      \
-    const void *s2 = KIND == K_LUT || NO == 1 ? s0 : q8_params(c, c->w->absmax_d, o + 2);      \
-    const void *s3 = KIND == K_LUT || NO == 1 ? s0 : q8_params(c, c->w->absmax_d, o + 3);      \
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                \
+    q8_row_##SFX R[4];                                                                         \
+    __m256 a[4], ba[4];                                                                        \
+    _Pragma("GCC unroll 4") for (int i = 0; i < NO; i++) {                                     \
+        R[i] = q8_row_of_##SFX(c, o + i, KIND, BIAS);                                          \
+        a[i] = ba[i] = _mm256_setzero_ps();                                                    \
+    }                                                                                          \
     for (int64_t b = 0; b < c->nb; b++) {                                                      \
         const __m256i q = _mm256_loadu_si256((const __m256i *)(qx + 32 * b));                  \
         const __m256 d = _mm256_broadcast_ss(dx + b);                                          \
         const int64_t pf = (KIND == K_LUT ? (b >> 1) * 32 : b * gb) + Q8_PREFETCH;             \
-        _mm_prefetch((const char *)(w0 + pf), _MM_HINT_T0);                                    \
-        __m256i p = q8_dot_##SFX(q8_wcodes_##SFX(c, w0, b, lut, KIND), q, corr + 8 * b, zero,  \
-                                 KIND, UNS);                                                   \
-        a0 = _mm256_fmadd_ps(_mm256_mul_ps(q8_ws_##SFX(c, s0, o, b, KIND, H16, B16), d),       \
-                             _mm256_cvtepi32_ps(p), a0);                                       \
-        if (NO > 1) {                                                                          \
-            _mm_prefetch((const char *)(w1 + pf), _MM_HINT_T0);                                \
-            _mm_prefetch((const char *)(w2 + pf), _MM_HINT_T0);                                \
-            _mm_prefetch((const char *)(w3 + pf), _MM_HINT_T0);                                \
-            p = q8_dot_##SFX(q8_wcodes_##SFX(c, w1, b, lut, KIND), q, corr + 8 * b, zero,      \
-                             KIND, UNS);                                                       \
-            a1 = _mm256_fmadd_ps(_mm256_mul_ps(q8_ws_##SFX(c, s1, o + 1, b, KIND, H16, B16), d), \
-                                 _mm256_cvtepi32_ps(p), a1);                                   \
-            p = q8_dot_##SFX(q8_wcodes_##SFX(c, w2, b, lut, KIND), q, corr + 8 * b, zero,      \
-                             KIND, UNS);                                                       \
-            a2 = _mm256_fmadd_ps(_mm256_mul_ps(q8_ws_##SFX(c, s2, o + 2, b, KIND, H16, B16), d), \
-                                 _mm256_cvtepi32_ps(p), a2);                                   \
-            p = q8_dot_##SFX(q8_wcodes_##SFX(c, w3, b, lut, KIND), q, corr + 8 * b, zero,      \
-                             KIND, UNS);                                                       \
-            a3 = _mm256_fmadd_ps(_mm256_mul_ps(q8_ws_##SFX(c, s3, o + 3, b, KIND, H16, B16), d), \
-                                 _mm256_cvtepi32_ps(p), a3);                                   \
+        _Pragma("GCC unroll 4") for (int i = 0; i < NO; i++) {                                 \
+            _mm_prefetch((const char *)(R[i].w + pf), _MM_HINT_T0);                            \
+            a[i] = q8_step_##SFX(q8_wcodes_##SFX(R[i].w, b, lut, KIND),                        \
+                                 q8_ws_##SFX(c, R[i].s, o + i, b, KIND, H16, B16), q, d,       \
+                                 corr + 8 * b, zero, a[i], KIND, UNS);                         \
+            if (BIAS)                                                                          \
+                ba[i] = _mm256_fmadd_ps(q8_par_##SFX(R[i].m, b, H16),                          \
+                                        _mm256_loadu_ps(xs + 8 * b), ba[i]);                   \
         }                                                                                      \
     }                                                                                          \
-    q8_fin_##SFX(c, o, r, a0);                                                                 \
-    if (NO > 1) {                                                                              \
-        q8_fin_##SFX(c, o + 1, r, a1);                                                         \
-        q8_fin_##SFX(c, o + 2, r, a2);                                                         \
-        q8_fin_##SFX(c, o + 3, r, a3);                                                         \
-    }                                                                                          \
+    _Pragma("GCC unroll 4") for (int i = 0; i < NO; i++) q8_fin_##SFX(c, o + i, r, a[i], ba[i], BIAS); \
 }                                                                                              \
-/* GEMM: 2 outputs (o, o + 1; TWO = 0: o only) x NR (1 .. 4) rows from r; each weight block    \
- * is decoded once for the NR rows. */                                                         \
-TGT INLINE void q8_2xn_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut, const int TWO, \
+/* GEMM: NO (1 or 2) outputs from o x NR (1 .. 4) rows from r; each weight block is decoded    \
+ * once for the NR rows. */                                                                    \
+TGT INLINE void q8_2xn_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut, const int NO, \
                              const int NR, const int KIND, const int UNS, const int H16,       \
-                             const int B16) {                                                  \
+                             const int B16, const int BIAS) {                                  \
     const __m256i zero = q8_zero_##SFX(c, KIND);                                               \
-    const uint8_t *w0 = q8_codes(c, o), *w1 = TWO ? q8_codes(c, o + 1) : w0;                   \
-    const void *s0 = KIND == K_LUT ? NULL : q8_params(c, c->w->absmax_d, o);                   \
-    const void *s1 = KIND == K_LUT || !TWO ? s0 : q8_params(c, c->w->absmax_d, o + 1);         \
-    const int8_t *qx = c->qx + r * c->K;                                                       \
-    const float *dx = c->dx + r * c->nb;                                                       \
-    const int32_t *corr = c->corr + r * c->nb * 8;                                             \
     const int64_t K = c->K, nb = c->nb;                                                        \
-    __m256 a[2][4];                                                                            \
-    for (int j = 0; j < 4; j++) a[0][j] = a[1][j] = _mm256_setzero_ps();                       \
+    const int8_t *qx = c->qx + r * K;                                                          \
+    const float *dx = c->dx + r * nb, *xs = c->xs + r * nb * 8;                                \
+    const int32_t *corr = c->corr + r * nb * 8;                                                \
+    q8_row_##SFX R[2];                                                                         \
+    __m256 a[2][4], ba[2][4];                                                                  \
+    _Pragma("GCC unroll 2") for (int i = 0; i < NO; i++) {                                     \
+        R[i] = q8_row_of_##SFX(c, o + i, KIND, BIAS);                                          \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                                   \
+            a[i][j] = ba[i][j] = _mm256_setzero_ps();                                          \
+    }                                                                                          \
     for (int64_t b = 0; b < nb; b++) {                                                         \
-        const __m256i c0 = q8_wcodes_##SFX(c, w0, b, lut, KIND);                               \
-        const __m256i c1 = TWO ? q8_wcodes_##SFX(c, w1, b, lut, KIND) : c0;                    \
-        const __m256 ws0 = q8_ws_##SFX(c, s0, o, b, KIND, H16, B16);                           \
-        const __m256 ws1 = TWO ? q8_ws_##SFX(c, s1, o + 1, b, KIND, H16, B16) : ws0;           \
+        __m256i wc[2];                                                                         \
+        __m256 ws[2], mb[2];                                                                   \
+        _Pragma("GCC unroll 2") for (int i = 0; i < NO; i++) {                                 \
+            wc[i] = q8_wcodes_##SFX(R[i].w, b, lut, KIND);                                     \
+            ws[i] = q8_ws_##SFX(c, R[i].s, o + i, b, KIND, H16, B16);                          \
+            mb[i] = BIAS ? q8_par_##SFX(R[i].m, b, H16) : ws[i];                               \
+        }                                                                                      \
         _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
             const __m256i q = _mm256_loadu_si256((const __m256i *)(qx + j * K + 32 * b));      \
             const __m256 d = _mm256_broadcast_ss(dx + j * nb + b);                             \
-            const int32_t *cr = corr + (j * nb + b) * 8;                                       \
-            __m256i p = q8_dot_##SFX(c0, q, cr, zero, KIND, UNS);                              \
-            a[0][j] = _mm256_fmadd_ps(_mm256_mul_ps(ws0, d), _mm256_cvtepi32_ps(p), a[0][j]);  \
-            if (TWO) {                                                                         \
-                p = q8_dot_##SFX(c1, q, cr, zero, KIND, UNS);                                  \
-                a[1][j] = _mm256_fmadd_ps(_mm256_mul_ps(ws1, d), _mm256_cvtepi32_ps(p), a[1][j]); \
+            _Pragma("GCC unroll 2") for (int i = 0; i < NO; i++) {                             \
+                a[i][j] = q8_step_##SFX(wc[i], ws[i], q, d, corr + (j * nb + b) * 8, zero,     \
+                                        a[i][j], KIND, UNS);                                   \
+                if (BIAS)                                                                      \
+                    ba[i][j] = _mm256_fmadd_ps(mb[i], _mm256_loadu_ps(xs + (j * nb + b) * 8),  \
+                                               ba[i][j]);                                      \
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
-    for (int j = 0; j < NR; j++) {                                                             \
-        q8_fin_##SFX(c, o, r + j, a[0][j]);                                                    \
-        if (TWO) q8_fin_##SFX(c, o + 1, r + j, a[1][j]);                                       \
-    }                                                                                          \
+    _Pragma("GCC unroll 2") for (int i = 0; i < NO; i++)                                       \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                                   \
+            q8_fin_##SFX(c, o + i, r + j, a[i][j], ba[i][j], BIAS);                            \
 }                                                                                              \
 TGT INLINE void q8_tile_t_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0,           \
                                 int64_t r1, const int KIND, const int UNS, const int H16,      \
-                                const int B16) {                                               \
+                                const int B16, const int BIAS) {                               \
     __m256i lut = _mm256_setzero_si256();                                                      \
-    if (KIND == K_LUT) {                                                                       \
+    if (KIND == K_LUT)                                                                         \
         lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c->lut));           \
-    }                                                                                          \
     if (r1 - r0 <= Q8_FEW_ROWS) {                                                              \
         for (int64_t r = r0; r < r1; r++) {                                                    \
             int64_t o = o0;                                                                    \
-            for (; o + 4 <= o1; o += 4) q8_few_##SFX(c, o, r, lut, 4, KIND, UNS, H16, B16);    \
-            for (; o < o1; o++) q8_few_##SFX(c, o, r, lut, 1, KIND, UNS, H16, B16);            \
+            for (; o + 4 <= o1; o += 4) q8_few_##SFX(c, o, r, lut, 4, KIND, UNS, H16, B16, BIAS); \
+            for (; o < o1; o++) q8_few_##SFX(c, o, r, lut, 1, KIND, UNS, H16, B16, BIAS);      \
         }                                                                                      \
         return;                                                                                \
     }                                                                                          \
@@ -422,37 +395,36 @@ TGT INLINE void q8_tile_t_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t
         const int two = o + 1 < o1;                                                            \
         int64_t r = r0;                                                                        \
         for (; r + 4 <= r1; r += 4) {                                                          \
-            if (two) q8_2xn_##SFX(c, o, r, lut, 1, 4, KIND, UNS, H16, B16);                    \
-            else q8_2xn_##SFX(c, o, r, lut, 0, 4, KIND, UNS, H16, B16);                        \
+            if (two) q8_2xn_##SFX(c, o, r, lut, 2, 4, KIND, UNS, H16, B16, BIAS);              \
+            else q8_2xn_##SFX(c, o, r, lut, 1, 4, KIND, UNS, H16, B16, BIAS);                  \
         }                                                                                      \
         for (; r < r1; r++) {                                                                  \
-            if (two) q8_2xn_##SFX(c, o, r, lut, 1, 1, KIND, UNS, H16, B16);                    \
-            else q8_2xn_##SFX(c, o, r, lut, 0, 1, KIND, UNS, H16, B16);                        \
+            if (two) q8_2xn_##SFX(c, o, r, lut, 2, 1, KIND, UNS, H16, B16, BIAS);              \
+            else q8_2xn_##SFX(c, o, r, lut, 1, 1, KIND, UNS, H16, B16, BIAS);                  \
         }                                                                                      \
     }                                                                                          \
+}                                                                                              \
+/* one instantiation per (half scales, bias) for a kind */                                     \
+TGT INLINE void q8_disp_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1, \
+                              const int KIND, const int UNS, const int B16) {                  \
+    const sq_qblock_format *f = &c->w->qf;                                                     \
+    const int h16 = f->scale_bits == 16, bias = KIND != K_LUT && f->has_bias;                  \
+    if (h16 && bias) q8_tile_t_##SFX(c, o0, o1, r0, r1, KIND, UNS, 1, B16, 1);                 \
+    else if (h16) q8_tile_t_##SFX(c, o0, o1, r0, r1, KIND, UNS, 1, B16, 0);                    \
+    else if (bias) q8_tile_t_##SFX(c, o0, o1, r0, r1, KIND, UNS, 0, B16, 1);                   \
+    else q8_tile_t_##SFX(c, o0, o1, r0, r1, KIND, UNS, 0, B16, 0);                             \
 }                                                                                              \
 TGT static void q8_tile_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1) { \
     const sq_qblock_format *f = &c->w->qf;                                                     \
     switch (c->kind) {                                                                         \
-    case K_LUT: q8_tile_t_##SFX(c, o0, o1, r0, r1, K_LUT, 0, 0, 0); break;                     \
+    case K_LUT: q8_tile_t_##SFX(c, o0, o1, r0, r1, K_LUT, 0, 0, 0, 0); break;                  \
     case K_Q4:                                                                                 \
-        if (f->code_zero == 0) {                                                               \
-            if (f->scale_bits == 16) q8_tile_t_##SFX(c, o0, o1, r0, r1, K_Q4, 1, 1, 0);        \
-            else q8_tile_t_##SFX(c, o0, o1, r0, r1, K_Q4, 1, 0, 0);                            \
-        } else {                                                                               \
-            if (f->scale_bits == 16) q8_tile_t_##SFX(c, o0, o1, r0, r1, K_Q4, 0, 1, 0);        \
-            else q8_tile_t_##SFX(c, o0, o1, r0, r1, K_Q4, 0, 0, 0);                            \
-        }                                                                                      \
+        if (f->code_zero == 0) q8_disp_##SFX(c, o0, o1, r0, r1, K_Q4, 1, 0);                   \
+        else q8_disp_##SFX(c, o0, o1, r0, r1, K_Q4, 0, 0);                                     \
         break;                                                                                 \
     default:                                                                                   \
-        if (f->block_elems == 16) {                                                            \
-            if (f->scale_bits == 16) q8_tile_t_##SFX(c, o0, o1, r0, r1, K_I8, 0, 1, 1);        \
-            else q8_tile_t_##SFX(c, o0, o1, r0, r1, K_I8, 0, 0, 1);                            \
-        } else if (f->scale_bits == 16) {                                                      \
-            q8_tile_t_##SFX(c, o0, o1, r0, r1, K_I8, 0, 1, 0);                                 \
-        } else {                                                                               \
-            q8_tile_t_##SFX(c, o0, o1, r0, r1, K_I8, 0, 0, 0);                                 \
-        }                                                                                      \
+        if (f->block_elems == 16) q8_disp_##SFX(c, o0, o1, r0, r1, K_I8, 0, 1);                \
+        else q8_disp_##SFX(c, o0, o1, r0, r1, K_I8, 0, 0);                                     \
         break;                                                                                 \
     }                                                                                          \
 }
@@ -491,7 +463,7 @@ static void quant_task(void *ctx_, int64_t r, int thread) {
     const quant_ctx *q = ctx_;
     const int64_t nb = q->K / 32;
     sq_cpu_q8_quantize_row(q->x + r * q->K, q->K, q->perm, q->qx + r * q->K, q->dx + r * nb,
-                           q->xs + r * nb, q->corr + r * nb * 8);
+                           q->xs + r * nb * 8, q->corr + r * nb * 8);
 }
 
 sq_status sq_cpu_reserve_q8(sq_cpu *cpu, int64_t max_rows, int64_t max_width, sq_error *err) {
@@ -503,10 +475,10 @@ sq_status sq_cpu_reserve_q8(sq_cpu *cpu, int64_t max_rows, int64_t max_width, sq
                             "backend reserve: int8 activation scratch for %lld x %lld is too large",
                             (long long)max_rows, (long long)max_width);
     if (n <= cpu->q8_cap) return SQ_OK;
-    /* per element: 1 byte of qx; per block of 32: dx, xs and 8 lane corrections */
+    /* per element: 1 byte of qx; per block of 32: dx, 8 lane sums xs and 8 corrections */
     uint64_t nb = n / 32;
     void *p = NULL;
-    if (posix_memalign(&p, 64, n + nb * (4 + 4 + 32) + 64) != 0)
+    if (posix_memalign(&p, 64, n + nb * (4 + 32 + 32) + 64) != 0)
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
                             "backend reserve: out of memory for the int8 activation scratch");
     free(cpu->q8_buf);
@@ -541,7 +513,7 @@ sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, cons
     const uint64_t cap_nb = cpu->q8_cap / 32;
     int8_t *qx = cpu->q8_buf;
     float *dx = (float *)(cpu->q8_buf + cpu->q8_cap), *xs = dx + cap_nb;
-    int32_t *corr = (int32_t *)(xs + cap_nb);
+    int32_t *corr = (int32_t *)(xs + cap_nb * 8);
     for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
         const int64_t nr = n_rows - r0 < chunk ? n_rows - r0 : chunk;
         quant_ctx qc = {(const float *)x_d + r0 * K, K, c.kind == K_LUT, qx, dx, xs, corr};
