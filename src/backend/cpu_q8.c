@@ -60,6 +60,7 @@ enum {
     Q8_FEW_ROWS = 2,    /* up to this many rows: the GEMV kernel */
     Q8_M_OTILE = 16,    /* outputs per task with many rows */
     Q8_M_RTILE = 32,    /* rows per task with many rows */
+    Q8_KP = 8,          /* blocks of 32 per panel of the many-row path (its activations: L1) */
     Q8_PREFETCH = 512   /* bytes ahead in a code row that the GEMV prefetches */
 };
 
@@ -336,11 +337,14 @@ TGT INLINE void q8_few_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut,
     }                                                                                          \
     _Pragma("GCC unroll 4") for (int i = 0; i < NO; i++) q8_fin_##SFX(c, o + i, r, a[i], ba[i], BIAS); \
 }                                                                                              \
-/* GEMM: NO (1 or 2) outputs from o x NR (1 .. 4) rows from r; each weight block is decoded    \
- * once for the NR rows. */                                                                    \
-TGT INLINE void q8_2xn_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut, const int NO, \
-                             const int NR, const int KIND, const int UNS, const int H16,       \
-                             const int B16, const int BIAS) {                                  \
+/* GEMM: NO (1 or 2) outputs from o x NR (1 .. 4) rows from r over blocks [b0, b1); each      \
+ * weight block is decoded once for the NR rows.  The accumulators come from and go back to    \
+ * acc / bac (rows RS apart; exact float32 vectors: the chain and its bits are unchanged); LAST: \
+ * finish the outputs instead. */                                                              \
+TGT INLINE void q8_2xn_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut, int64_t b0,   \
+                             int64_t b1, __m256 *acc, __m256 *bac, const int LAST,             \
+                             const int NO, const int NR, const int KIND, const int UNS,         \
+                             const int H16, const int B16, const int BIAS) {                   \
     const __m256i zero = q8_zero_##SFX(c, KIND);                                               \
     const int64_t K = c->K, nb = c->nb;                                                        \
     const int8_t *qx = c->qx + r * K;                                                          \
@@ -350,10 +354,12 @@ TGT INLINE void q8_2xn_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut,
     __m256 a[2][4], ba[2][4];                                                                  \
     _Pragma("GCC unroll 2") for (int i = 0; i < NO; i++) {                                     \
         R[i] = q8_row_of_##SFX(c, o + i, KIND, BIAS);                                          \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                                   \
-            a[i][j] = ba[i][j] = _mm256_setzero_ps();                                          \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
+            a[i][j] = acc[i * Q8_M_RTILE + j];                                                 \
+            ba[i][j] = BIAS ? bac[i * Q8_M_RTILE + j] : a[i][j];                               \
+        }                                                                                      \
     }                                                                                          \
-    for (int64_t b = 0; b < nb; b++) {                                                         \
+    for (int64_t b = b0; b < b1; b++) {                                                        \
         __m256i wc[2];                                                                         \
         __m256 ws[2], mb[2];                                                                   \
         _Pragma("GCC unroll 2") for (int i = 0; i < NO; i++) {                                 \
@@ -374,8 +380,22 @@ TGT INLINE void q8_2xn_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut,
         }                                                                                      \
     }                                                                                          \
     _Pragma("GCC unroll 2") for (int i = 0; i < NO; i++)                                       \
-        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                                   \
-            q8_fin_##SFX(c, o + i, r + j, a[i][j], ba[i][j], BIAS);                            \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
+            if (LAST) {                                                                        \
+                q8_fin_##SFX(c, o + i, r + j, a[i][j], ba[i][j], BIAS);                        \
+            } else {                                                                           \
+                acc[i * Q8_M_RTILE + j] = a[i][j];                                             \
+                if (BIAS) bac[i * Q8_M_RTILE + j] = ba[i][j];                                  \
+            }                                                                                  \
+        }                                                                                      \
+}                                                                                              \
+/* 2 x NR from (o, r), LAST or not, over blocks [b0, b1) */                                    \
+TGT INLINE void q8_2xn_l_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut, int64_t b0, \
+                               int64_t b1, __m256 *acc, __m256 *bac, int last, const int NO,   \
+                               const int NR, const int KIND, const int UNS, const int H16,     \
+                               const int B16, const int BIAS) {                                \
+    if (last) q8_2xn_##SFX(c, o, r, lut, b0, b1, acc, bac, 1, NO, NR, KIND, UNS, H16, B16, BIAS); \
+    else q8_2xn_##SFX(c, o, r, lut, b0, b1, acc, bac, 0, NO, NR, KIND, UNS, H16, B16, BIAS);   \
 }                                                                                              \
 TGT INLINE void q8_tile_t_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0,           \
                                 int64_t r1, const int KIND, const int UNS, const int H16,      \
@@ -391,16 +411,32 @@ TGT INLINE void q8_tile_t_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t
         }                                                                                      \
         return;                                                                                \
     }                                                                                          \
-    for (int64_t o = o0; o < o1; o += 2) {                                                     \
-        const int two = o + 1 < o1;                                                            \
-        int64_t r = r0;                                                                        \
-        for (; r + 4 <= r1; r += 4) {                                                          \
-            if (two) q8_2xn_##SFX(c, o, r, lut, 2, 4, KIND, UNS, H16, B16, BIAS);              \
-            else q8_2xn_##SFX(c, o, r, lut, 1, 4, KIND, UNS, H16, B16, BIAS);                  \
-        }                                                                                      \
-        for (; r < r1; r++) {                                                                  \
-            if (two) q8_2xn_##SFX(c, o, r, lut, 2, 1, KIND, UNS, H16, B16, BIAS);              \
-            else q8_2xn_##SFX(c, o, r, lut, 1, 1, KIND, UNS, H16, B16, BIAS);                  \
+    /* panels of Q8_KP blocks: the tile's activations of a panel stay in L1 while every output \
+     * pair of the tile passes over them */                                                    \
+    __m256 acc[Q8_M_OTILE * Q8_M_RTILE], bac[BIAS ? Q8_M_OTILE * Q8_M_RTILE : 1];              \
+    for (int64_t i = 0; i < (o1 - o0) * Q8_M_RTILE; i++) {                                     \
+        acc[i] = _mm256_setzero_ps();                                                          \
+        if (BIAS) bac[i] = acc[i];                                                             \
+    }                                                                                          \
+    for (int64_t b0 = 0; b0 < c->nb; b0 += Q8_KP) {                                            \
+        const int64_t b1 = b0 + Q8_KP < c->nb ? b0 + Q8_KP : c->nb;                            \
+        const int last = b1 == c->nb;                                                          \
+        for (int64_t o = o0; o < o1; o += 2) {                                                 \
+            const int two = o + 1 < o1;                                                        \
+            __m256 *ao = acc + (o - o0) * Q8_M_RTILE, *bo = BIAS ? bac + (o - o0) * Q8_M_RTILE : bac; \
+            int64_t r = r0;                                                                    \
+            for (; r + 4 <= r1; r += 4) {                                                      \
+                if (two) q8_2xn_l_##SFX(c, o, r, lut, b0, b1, ao + (r - r0), BIAS ? bo + (r - r0) : bo, \
+                                        last, 2, 4, KIND, UNS, H16, B16, BIAS);                \
+                else q8_2xn_l_##SFX(c, o, r, lut, b0, b1, ao + (r - r0), BIAS ? bo + (r - r0) : bo, \
+                                    last, 1, 4, KIND, UNS, H16, B16, BIAS);                    \
+            }                                                                                  \
+            for (; r < r1; r++) {                                                              \
+                if (two) q8_2xn_l_##SFX(c, o, r, lut, b0, b1, ao + (r - r0), BIAS ? bo + (r - r0) : bo, \
+                                        last, 2, 1, KIND, UNS, H16, B16, BIAS);                \
+                else q8_2xn_l_##SFX(c, o, r, lut, b0, b1, ao + (r - r0), BIAS ? bo + (r - r0) : bo, \
+                                    last, 1, 1, KIND, UNS, H16, B16, BIAS);                    \
+            }                                                                                  \
         }                                                                                      \
     }                                                                                          \
 }                                                                                              \
