@@ -4,13 +4,16 @@
 # vendor/llama.cpp.  Cached under build/llamacpp/ (nothing is rebuilt when the tools are there).
 # A benchmark helper: the test suite never builds a peer.
 #   usage: bench/build_llamacpp.sh [VERSION]      (default: the newest llama-cpp-python on PyPI)
+#   env: LLAMACPP_SERVER=1 also builds llama-server (for bench/serve_bench.sh)
 # Prints the folder holding the binaries on stdout.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$repo/build/llamacpp"
 bin="$dest/build/bin"
-if [ -x "$bin/llama-perplexity" ] && [ -x "$bin/llama-bench" ] && [ -x "$bin/llama-quantize" ] &&
-   [ -f "$dest/build/.shardq-isa-v2" ]; then
+targets=(llama-perplexity llama-bench llama-quantize)
+[ "${LLAMACPP_SERVER:-0}" = 1 ] && targets+=(llama-server)
+have_all() { for t in "${targets[@]}"; do [ -x "$bin/$t" ] || return 1; done; }
+if have_all && [ -f "$dest/build/.shardq-isa-v2" ]; then
   echo "$bin"; exit 0
 fi
 mkdir -p "$dest"
@@ -51,7 +54,8 @@ if has avx512f && has avx512bw && has avx512vl; then
 fi
 echo "build_llamacpp: ${isa[*]}" >&2
 cmake -S "$dest/src" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF "${isa[@]}" \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-cmake --build "$dest/build" -j "$(nproc)" --target llama-perplexity llama-bench llama-quantize >&2
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+      -DLLAMA_BUILD_SERVER="$([ "${LLAMACPP_SERVER:-0}" = 1 ] && echo ON || echo OFF)" >&2
+cmake --build "$dest/build" -j "$(nproc)" --target "${targets[@]}" >&2
 touch "$dest/build/.shardq-isa-v2"
 echo "$bin"

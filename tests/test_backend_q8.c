@@ -1,5 +1,6 @@
 /* test_backend_q8: the CPU backend's dynamic int8 activations (src/backend/cpu_q8.c).
- * Every quantized weight format (each ggml type, NF4, FP4): bit-identical results across the
+ * Every quantized weight format (each ggml type, NF4, FP4, int8 and zero-point int8 in the
+ * block-scaled form): bit-identical results across the
  * portable, AVX2 and AVX-512 VNNI paths, thread counts 1 / 2 / 3 and row counts 1 / 2 / 5 / 41
  * (the GEMV and the GEMM kernels); every value within a derived bound of a float64 dot product of
  * the dequantized weight with the float32 x; one row's quantization exact; the mode switch
@@ -29,12 +30,15 @@ static float rng_f(float lo, float hi) {
 /* the quantized ggml types, then NF4 and FP4 (as negative tags) */
 #define W_NF4 (-1)
 #define W_FP4 (-2)
+#define W_I8 (-3)     /* int8 weights in the block-scaled form: 8-bit codes, float32 scales */
+#define W_I8ZP (-4)   /* the same with a bias (zero-point int8) */
 static const int k_kinds[] = {SQ_GGML_Q8_0, SQ_GGML_Q4_0, SQ_GGML_Q4_1, SQ_GGML_Q5_0,
                               SQ_GGML_Q5_1, SQ_GGML_Q4_K, SQ_GGML_Q5_K, SQ_GGML_Q6_K,
-                              W_NF4,        W_FP4};
+                              W_NF4,        W_FP4,        W_I8,         W_I8ZP};
 #define N_KINDS ((int)(sizeof k_kinds / sizeof k_kinds[0]))
 static const char *kind_name(int k) {
-    return k == W_NF4 ? "NF4" : k == W_FP4 ? "FP4" : sq_ggml_type_name(k);
+    return k == W_NF4 ? "NF4" : k == W_FP4 ? "FP4" : k == W_I8 ? "int8" : k == W_I8ZP ? "int8-zp"
+                                                                           : sq_ggml_type_name(k);
 }
 
 /* isa: NULL (the best the CPU has), "avx2" or "portable" */
@@ -59,11 +63,31 @@ typedef struct {
     uint64_t rb;
     sq_qtensor q;
     float *deq;
+    sq_qblock_format f;   /* W_I8 / W_I8ZP */
+    float *scales, *biases;
 } src_w;
 
 static void mk_src(int k, int64_t N, int64_t K, src_w *s) {
     memset(s, 0, sizeof *s);
     s->deq = malloc((size_t)(N * K) * 4);
+    if (k == W_I8 || k == W_I8ZP) {
+        s->f = (sq_qblock_format){.code_bits = 8, .code_zero = 0, .block_elems = 32,
+                                  .has_bias = k == W_I8ZP, .scale_bits = 32};
+        s->raw = malloc((size_t)(N * K));
+        s->scales = malloc((size_t)(N * K / 32) * 4);
+        s->biases = malloc((size_t)(N * K / 32) * 4);
+        for (int64_t i = 0; i < N * K; i++) s->raw[i] = (uint8_t)(rng_u64() >> 24);
+        for (int64_t o = 0; o < N; o++) {   /* one scale (and bias) per row, as bnb's int8 */
+            float sc = rng_f(0.001f, 0.01f), bi = rng_f(-0.2f, 0.2f);
+            for (int64_t b = 0; b < K / 32; b++) {
+                s->scales[o * (K / 32) + b] = sc;
+                s->biases[o * (K / 32) + b] = bi;
+            }
+            sq_qblock_dequantize_row(&s->f, s->raw + o * K, s->scales + o * (K / 32),
+                                     s->f.has_bias ? s->biases + o * (K / 32) : NULL, K, s->deq + o * K);
+        }
+        return;
+    }
     if (k < 0) {
         float *v = malloc((size_t)(N * K) * 4);
         for (int64_t i = 0; i < N * K; i++) v[i] = rng_f(-1, 1) * rng_f(0, 1);
@@ -93,6 +117,8 @@ static void mk_src(int k, int64_t N, int64_t K, src_w *s) {
 
 static void free_src(src_w *s) {
     free(s->raw);
+    free(s->scales);
+    free(s->biases);
     free(s->deq);
     if (s->q.packed) sq_qtensor_free(&s->q);
 }
@@ -101,9 +127,14 @@ static sq_weight *mk_w(sq_backend *be, int k, const src_w *s, int64_t N, int64_t
     sq_weight *w = NULL;
     sq_error err;
     sq_error_init(&err, -1);
-    sq_status st = k < 0 ? sq_backend_weight_4bit(be, "blk.0.ffn_up.weight", &s->q, &w, &err)
-                         : sq_backend_weight_ggml(be, "blk.0.ffn_up.weight", (sq_ggml_type)k,
-                                                  s->raw, N, K, &w, &err);
+    sq_status st;
+    if (k == W_I8 || k == W_I8ZP)
+        st = sq_backend_weight_qblock(be, "blk.0.ffn_up.weight", &s->f, N, K, s->raw, s->scales,
+                                      s->f.has_bias ? s->biases : NULL, &w, &err);
+    else if (k < 0)
+        st = sq_backend_weight_4bit(be, "blk.0.ffn_up.weight", &s->q, &w, &err);
+    else
+        st = sq_backend_weight_ggml(be, "blk.0.ffn_up.weight", (sq_ggml_type)k, s->raw, N, K, &w, &err);
     ck_assert_msg(st == SQ_OK, "weight %s: %s", kind_name(k), err.msg);
     return w;
 }
@@ -187,18 +218,19 @@ START_TEST(test_paths_identical_and_bounded) {
         for (int64_t o = 0; o < N; o++) {
             const float *wr = s.deq + o * K;
             float amax_hi = 0.0f;
-            if (k < 0)
+            const bool table = k == W_NF4 || k == W_FP4;
+            if (table)
                 for (int64_t e = 0; e < K; e++) amax_hi = fmaxf(amax_hi, fabsf(wr[e]));
             /* a block's absmax is at least its largest |w|; the code table maps 1 to it: use
              * the largest absmax of the row's blocks */
-            if (k < 0)
+            if (table)
                 for (int64_t b = o * K / 64; b < (o + 1) * K / 64; b++)
                     amax_hi = fmaxf(amax_hi, s.q.absmax[b]);
             for (int64_t r = 0; r < NR; r++) {
                 double ref = bias[o];
                 for (int64_t e = 0; e < K; e++) ref += (double)wr[e] * (double)x[r * K + e];
                 double err = fabs((double)all[0][r * N + o] - ref);
-                double bd = q8_bound(wr, x + r * K, K, k < 0, amax_hi);
+                double bd = q8_bound(wr, x + r * K, K, table, amax_hi);
                 ck_assert_msg(err <= bd, "%s: out (%lld, %lld) = %.9g, float64 %.9g, error %.3g > bound %.3g",
                               kind_name(k), (long long)r, (long long)o, all[0][r * N + o], ref, err, bd);
                 if (bd > 0 && err / bd > worst) worst = err / bd;

@@ -154,6 +154,14 @@ START_TEST(bnb_prequantized) {
     ck_assert_str_eq(c.bnb_quant_type, "fp4");
     ck_assert(!c.bnb_double_quant);
     ck_assert_str_eq(c.bnb_compute_dtype, "float32");
+    ck_assert(!c.bnb_8bit);
+    free(s);
+    /* bitsandbytes 8-bit (transformers' BitsAndBytesConfig(load_in_8bit=True).to_dict()) */
+    s = llama_with(", \"quantization_config\": {\"_load_in_4bit\": false, \"_load_in_8bit\": true, "
+                   "\"llm_int8_threshold\": 6.0, \"load_in_4bit\": false, \"load_in_8bit\": true, "
+                   "\"quant_method\": \"bitsandbytes\"}");
+    ck_assert_int_eq(parse(s, &c, &err), SQ_OK);
+    ck_assert(c.bnb_8bit && !c.bnb_4bit);
     free(s);
 }
 END_TEST
@@ -248,7 +256,9 @@ static const struct {
     {", \"attention_bias\": true", SQ_ERR_UNSUPPORTED, "attention_bias", NULL},
     {", \"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4}", SQ_ERR_UNSUPPORTED,
      "gptq", NULL},
-    {", \"quantization_config\": {\"load_in_8bit\": true}", SQ_ERR_UNSUPPORTED, "8-bit", NULL},
+    {", \"quantization_config\": {\"load_in_8bit\": true, \"load_in_4bit\": true}", SQ_ERR_FORMAT,
+     "both true", NULL},
+    {", \"quantization_config\": {\"load_in_4bit\": false}", SQ_ERR_UNSUPPORTED, "neither", NULL},
     {", \"quantization_config\": {\"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"int4\"}",
      SQ_ERR_UNSUPPORTED, "int4", NULL},
     {"[1, 2]", SQ_ERR_FORMAT, "not a JSON object", NULL},
@@ -333,6 +343,7 @@ static void assert_config_eq(const sq_model_config *a, const sq_model_config *b)
     for (int i = 0; i < a->n_eos; i++) ck_assert_int_eq(a->eos_token_ids[i], b->eos_token_ids[i]);
     ck_assert_int_eq(a->sliding_window, b->sliding_window);
     ck_assert_int_eq(a->bnb_4bit, b->bnb_4bit);
+    ck_assert_int_eq(a->bnb_8bit, b->bnb_8bit);
     ck_assert_str_eq(a->bnb_quant_type, b->bnb_quant_type);
     ck_assert_int_eq(a->bnb_double_quant, b->bnb_double_quant);
     ck_assert_str_eq(a->bnb_compute_dtype, b->bnb_compute_dtype);

@@ -69,12 +69,14 @@ static const char *str(const cJSON *j, const char *key) {
  * params (256 bytes bf16, dense in every scheme) per layer. */
 static const struct {
     const char *family, *arch;
-    uint64_t params, tensors, bf16, nf4, nf4_dq, fp4;
+    uint64_t params, tensors, bf16, nf4, nf4_dq, fp4, int8, int8_zp;
 } k_fam[] = {
-    {"llama", "LlamaForCausalLM", 222784, 39, 445568, 186816, 207104, 186816},
-    {"mistral", "MistralForCausalLM", 222784, 39, 445568, 186816, 207104, 186816},
+    /* int8: 83,072 dense bytes + 181,248 codes + 4 x 2,400 rows (SCB); int8_zp + 2,400 zero points */
+    {"llama", "LlamaForCausalLM", 222784, 39, 445568, 186816, 207104, 186816, 273920, 276320},
+    {"mistral", "MistralForCausalLM", 222784, 39, 445568, 186816, 207104, 186816, 273920, 276320},
     {"qwen2", "Qwen2ForCausalLM", 202816, 50, 405632, 186816 - 40960 + 4 * 256,
-     207104 - 40960 + 4 * 256, 186816 - 40960 + 4 * 256},
+     207104 - 40960 + 4 * 256, 186816 - 40960 + 4 * 256, 273920 - 40960 + 4 * 256,
+     276320 - 40960 + 4 * 256},
 };
 
 START_TEST(inspect_json_three_families) {
@@ -101,6 +103,8 @@ START_TEST(inspect_json_three_families) {
         ck_assert_uint_eq((uint64_t)num(b, "nf4"), k_fam[f].nf4);
         ck_assert_uint_eq((uint64_t)num(b, "nf4_dq"), k_fam[f].nf4_dq);
         ck_assert_uint_eq((uint64_t)num(b, "fp4"), k_fam[f].fp4);
+        ck_assert_uint_eq((uint64_t)num(b, "int8"), k_fam[f].int8);
+        ck_assert_uint_eq((uint64_t)num(b, "int8_zp"), k_fam[f].int8_zp);
         ck_assert_uint_eq((uint64_t)num(j, "checkpoint_bytes"), k_fam[f].bf16);
         const cJSON *files = cJSON_GetObjectItemCaseSensitive(j, "files");
         ck_assert_int_eq(cJSON_GetArraySize(files), sharded ? 3 : 1);

@@ -129,6 +129,13 @@ static void check_equal_q(const sq_qtensor *a, const sq_qtensor *b, const char *
                       a->double_quant == b->double_quant && a->dtype == b->dtype &&
                       a->shape[0] == b->shape[0] && a->shape[1] == b->shape[1],
                   "%s: header differs", name);
+    if (sq_quant_type_is_int8(a->type)) {   /* whole rows: codes, scales, zero points */
+        ck_assert_msg(!memcmp(a->codes, b->codes, a->n_elements), "%s: int8 codes", name);
+        ck_assert_msg(!memcmp(a->row_scale, b->row_scale, (size_t)a->shape[0] * 4), "%s: scales", name);
+        ck_assert(!a->row_zp == !b->row_zp);
+        ck_assert_msg(!a->row_zp || !memcmp(a->row_zp, b->row_zp, (size_t)a->shape[0]), "%s: zp", name);
+        return;
+    }
     ck_assert_msg(!memcmp(a->packed, b->packed, (a->n_elements + 1) / 2), "%s: packed", name);
     if (a->double_quant) {
         ck_assert_msg(!memcmp(a->absmax_q, b->absmax_q, a->n_blocks), "%s: absmax codes", name);
@@ -179,9 +186,13 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
         }
         n_q++;
         sq_qtensor ref;
-        ck_assert_int_eq(sq_quant_4bit_from(SQ_DTYPE_BF16, src, it->spec->shape[0],
-                                            it->spec->shape[1], &o.scheme, NULL, &ref, &err),
-                         SQ_OK);
+        if (sq_quant_type_is_int8(type))
+            ck_assert_int_eq(sq_quant_int8_from(type, SQ_DTYPE_BF16, src, it->spec->shape[0],
+                                                it->spec->shape[1], NULL, &ref, &err), SQ_OK);
+        else
+            ck_assert_int_eq(sq_quant_4bit_from(SQ_DTYPE_BF16, src, it->spec->shape[0],
+                                                it->spec->shape[1], &o.scheme, NULL, &ref, &err),
+                             SQ_OK);
         check_equal_q(&it->q, &ref, it->spec->name);
         sq_qtensor_free(&ref);
     }
@@ -193,6 +204,11 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
 }
 
 START_TEST(test_equal_nf4_small_pieces) { run_equal(SQ_QUANT_NF4, false, 64, 1000); }
+END_TEST
+/* int8: whole rows per piece (400 bytes: three 64-element BF16 rows, one 172-element row) */
+START_TEST(test_equal_int8_pieces) { run_equal(SQ_QUANT_INT8, false, 64, 400); }
+END_TEST
+START_TEST(test_equal_int8_zp_default_staging) { run_equal(SQ_QUANT_INT8_ZP, false, 64, 0); }
 END_TEST
 START_TEST(test_equal_nf4_dq_pieces) { run_equal(SQ_QUANT_NF4, true, 64, 4096); }
 END_TEST
@@ -696,6 +712,8 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_stage_tensors);
     tcase_add_test(tc, test_equal_nf4_small_pieces);
+    tcase_add_test(tc, test_equal_int8_pieces);
+    tcase_add_test(tc, test_equal_int8_zp_default_staging);
     tcase_add_test(tc, test_equal_nf4_dq_pieces);
     tcase_add_test(tc, test_equal_fp4_dq_b32);
     tcase_add_test(tc, test_equal_fp4_b128_default_staging);

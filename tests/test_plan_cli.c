@@ -215,11 +215,13 @@ START_TEST(test_bad_inputs) {
         snprintf(args, sizeof args, "%s --blocksize 100", cmds[c]);
         one_line_failure(args, 2, "--blocksize must be a power of two in 32..4096, not '100'");
         snprintf(args, sizeof args, "%s --quant nf5", cmds[c]);
-        one_line_failure(args, 2, c == 1 ? "--quant must be nf4 or fp4, not 'nf5'"
-                                         : "--quant must be nf4, fp4 or none, not 'nf5'");
+        one_line_failure(args, 2, c == 1 ? "--quant must be nf4, fp4, int8 or int8-zp, not 'nf5'"
+                                         : "--quant must be nf4, fp4, int8, int8-zp or none, not 'nf5'");
         snprintf(args, sizeof args, "%s --quant none --double-quant", cmds[c]);
-        one_line_failure(args, 2, c == 1 ? "--quant must be nf4 or fp4, not 'none'"
+        one_line_failure(args, 2, c == 1 ? "--quant must be nf4, fp4, int8 or int8-zp, not 'none'"
                                          : "--double-quant quantizes the 4-bit absmax: it needs --quant nf4 or fp4");
+        snprintf(args, sizeof args, "%s --quant int8 --double-quant", cmds[c]);
+        one_line_failure(args, 2, "--double-quant quantizes the 4-bit absmax: int8 has one float32 scale per row");
     }
     one_line_failure("plan --config " CFG "llama-3.1-405b.json --cluster " CLU "rtx4090-4x-pcie.json",
                      1, "does not fit: 126 layers on 4 devices fall short by ");

@@ -73,10 +73,10 @@ static int shardq_lines(const char *out) {
 /* ---- results do not depend on the number of ranks -------------------------------------------- */
 
 static const char *const k_models[2] = {g_llama, g_qwen};
-static const char *const k_quants[2] = {"none", "nf4"};
+static const char *const k_quants[3] = {"none", "nf4", "int8"};
 
 START_TEST(same_tokens_and_logits_on_1_to_4_ranks) {
-    const char *model = k_models[_i / 2], *quant = k_quants[_i % 2];
+    const char *model = k_models[_i / 3], *quant = k_quants[_i % 3];
     char *ref_tokens = NULL, *ref_dump = NULL;
     size_t ref_n = 0;
     for (int np = 1; np <= 4; np++) {
@@ -444,7 +444,7 @@ int main(void) {
     Suite *s = suite_create("run");
     TCase *tc = tcase_create("run");
     tcase_set_timeout(tc, 240);
-    tcase_add_loop_test(tc, same_tokens_and_logits_on_1_to_4_ranks, 0, 4);
+    tcase_add_loop_test(tc, same_tokens_and_logits_on_1_to_4_ranks, 0, 6);
     tcase_add_test(tc, prequantized_equals_on_the_fly);
     tcase_add_test(tc, bad_input_one_line);
     tcase_add_test(tc, dead_rank_ends_the_job_named);

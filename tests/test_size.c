@@ -156,6 +156,41 @@ START_TEST(schemes) {
 }
 END_TEST
 
+/* int8: codes + float32 SCB per row (+ an int8 zero point per row for int8-zp); the scheme's
+ * blocksize and double quant do not apply */
+START_TEST(int8_sizes) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_uint_eq(sq_size_int8_bytes(4096, 4096, SQ_QUANT_INT8), 16777216ull + 16384ull);
+    ck_assert_uint_eq(sq_size_int8_bytes(4096, 4096, SQ_QUANT_INT8_ZP), 16777216ull + 16384ull + 4096ull);
+    ck_assert_uint_eq(sq_size_int8_bytes(7, 33, SQ_QUANT_INT8), 7 * 33 + 28);
+    ck_assert_uint_eq(sq_size_int8_bytes(UINT64_MAX / 2, 4, SQ_QUANT_INT8), UINT64_MAX);   /* saturates */
+    sq_quant_scheme s = sq_quant_scheme_default();
+    s.type = SQ_QUANT_INT8;
+    s.blocksize = 7;   /* ignored */
+    ck_assert_int_eq(sq_quant_scheme_check(&s, &err), SQ_OK);
+    ck_assert_uint_eq(sq_size_weight_bytes(576, 1536, &s), 576ull * 1536 + 576 * 4);
+    s.double_quant = true;
+    ck_assert_int_eq(sq_quant_scheme_check(&s, &err), SQ_ERR_INVALID);
+    ck_assert(strstr(err.msg, "double quant") != NULL);
+    s.double_quant = false;
+    sq_quant_scheme nf4 = sq_quant_scheme_default();
+    ck_assert_uint_eq(sq_size_weight_bytes(4096, 4096, &nf4), 9437248ull);
+    nf4.type = SQ_QUANT_NONE;
+    ck_assert_uint_eq(sq_size_weight_bytes(3, 5, &nf4), 30);
+    sq_quant_scheme s2 = s;
+    s2.blocksize = 128;
+    ck_assert(sq_quant_scheme_equal(&s, &s2));   /* one scale per row either way */
+    s2.type = SQ_QUANT_INT8_ZP;
+    ck_assert(!sq_quant_scheme_equal(&s, &s2));
+    sq_quant_type t;
+    ck_assert(sq_quant_type_from_name("int8", &t) && t == SQ_QUANT_INT8);
+    ck_assert(sq_quant_type_from_name("int8-zp", &t) && t == SQ_QUANT_INT8_ZP);
+    ck_assert_str_eq(sq_quant_type_name(SQ_QUANT_INT8_ZP), "int8-zp");
+    ck_assert(sq_quant_type_is_int8(SQ_QUANT_INT8) && !sq_quant_type_is_int8(SQ_QUANT_NF4));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("size");
     TCase *tc = tcase_create("size");
@@ -164,6 +199,7 @@ int main(void) {
     tcase_add_test(tc, edges);
     tcase_add_test(tc, dense_and_kv);
     tcase_add_test(tc, schemes);
+    tcase_add_test(tc, int8_sizes);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -121,7 +121,11 @@ sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src
 /* A 4-bit NF4 / FP4 weight (bitsandbytes layout, shape [out, in], any in >= 1: rows may start
  * mid-byte and blocks may cross rows).  Both backends keep one float32 absmax per block
  * (double-quant absmax is expanded once, exactly as bnb reconstructs it).  q is not kept: the
- * caller may free it afterwards. */
+ * caller may free it afterwards.
+ * An int8 q (INT8 / INT8_ZP, quant.h) becomes a block-scaled weight (sq_backend_weight_qblock:
+ * code_bits 8, block_elems 32, float32 scales = the row's scale once per 32 elements, and for
+ * INT8_ZP biases = the row's bias): every element's value is sq_dequant_int8_row's, float32.
+ * With in not a multiple of 32 it is held dense float32 with those same values. */
 sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
                                  sq_weight **out, sq_error *err);
 /* A GGUF tensor kept as stored: data is rows x row_bytes (sq_ggml_row_bytes(type, cols)), the
@@ -137,10 +141,21 @@ sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qten
 sq_status sq_backend_weight_ggml(sq_backend *be, const char *name, sq_ggml_type type,
                                  const void *data, int64_t rows, int64_t cols, sq_weight **out,
                                  sq_error *err);
+/* A weight [rows, cols] already in the block-scaled integer form of ggml_quant.h, format f:
+ * codes (rows x sq_qblock_code_bytes(f, cols)), scales (rows x cols / f->block_elems params,
+ * f->scale_bits wide) and biases (the same; only with f->has_bias, else NULL), row after row, in
+ * host memory; copied, the caller keeps them.  cols must be a multiple of 32 (SQ_ERR_INVALID).
+ * Linear and embed take it as they take a GGUF weight (value = scale * code (+ bias), float32);
+ * sq_weight_ggml_type is -1.  *out NULL on failure. */
+sq_status sq_backend_weight_qblock(sq_backend *be, const char *name, const sq_qblock_format *f,
+                                   int64_t rows, int64_t cols, const uint8_t *codes,
+                                   const void *scales, const void *biases, sq_weight **out,
+                                   sq_error *err);
 void sq_backend_weight_free(sq_backend *be, sq_weight *w);  /* takes NULL */
 int64_t sq_weight_rows(const sq_weight *w);
 int64_t sq_weight_cols(const sq_weight *w);
-sq_quant_type sq_weight_qtype(const sq_weight *w);        /* SQ_QUANT_NONE for dense and ggml */
+sq_quant_type sq_weight_qtype(const sq_weight *w);        /* SQ_QUANT_NONE for dense and ggml;
+                                                              INT8 / INT8_ZP for int8 ones */
 uint64_t sq_weight_bytes(const sq_weight *w);              /* backend memory it holds */
 int sq_weight_ggml_type(const sq_weight *w);   /* its sq_ggml_type, or -1 if not made from GGUF */
 

@@ -70,6 +70,7 @@ typedef struct sq_model_config {
                                    (recorded, not used) */
     /* pre-quantized bitsandbytes checkpoints (quantization_config) */
     bool bnb_4bit;
+    bool bnb_8bit;              /* load_in_8bit: LLM.int8 weights (weight int8 + SCB) */
     char bnb_quant_type[8];     /* "nf4" / "fp4" */
     bool bnb_double_quant;
     char bnb_compute_dtype[16]; /* "bfloat16" … */

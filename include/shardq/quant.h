@@ -36,6 +36,12 @@ typedef struct sq_qtensor {
     float *nested_absmax;      /* (ceil(n_blocks / nested_blocksize)) */
     int64_t nested_blocksize;  /* 256 */
     float nested_offset;       /* mean of the float absmax */
+    /* int8 (type INT8 / INT8_ZP): blocksize = shape[1] and n_blocks = shape[0] (one scale per
+     * row); packed, absmax and the double-quant fields stay NULL */
+    int8_t *codes;             /* (rows, cols) int8 */
+    float *row_scale;          /* (rows) INT8: bitsandbytes' SCB (the row's absmax after the
+                                  float16 rounding; the scale is SCB / 127); INT8_ZP: the scale */
+    int8_t *row_zp;            /* (rows) INT8_ZP: the zero point; NULL for INT8 */
 } sq_qtensor;
 
 /* The 16-entry code table ("quant_map" as bnb stores it) and the 256-entry dynamic map. */
@@ -101,6 +107,46 @@ float sq_quant_torch_mean(const float *x, uint64_t n, int torch_threads);
  * n values x in blocks of `blocksize`, codes (n) and block absmax (ceil(n/blocksize)). */
 void sq_quant_8bit_dynamic(const float *x, uint64_t n, int64_t blocksize, uint8_t *codes,
                            float *absmax);
+
+/* ---- int8 weights, one scale per row (quant_int8.c) -------------------------------------------
+ * INT8 (absmax, bitsandbytes LLM.int8: Int8Params._quantize on the CPU, bit for bit), row r:
+ *   a_j    = float16(x_j)                     (RNE; a float16 source as it is)
+ *   SCB    = float32(max_j |a_j|)
+ *   s      = fl(fl(1 / SCB) * 127)            (torch evaluates 127.0 / t as reciprocal * 127)
+ *   code_j = int8(round_half_even(fl(float32(a_j) * s)))      (SCB = 0: every code 0)
+ *   value  = fl(code * fl(SCB / 127))         the float32 a backend multiplies by
+ * INT8_ZP (asymmetric, shardq's own; zero always exactly representable), row r, x in float32:
+ *   lo = min(0, min_j x_j), hi = max(0, max_j x_j)
+ *   scale  = float32((hi - lo) / 255)         (in double, then rounded once)
+ *   zp     = clamp(-128 - round_half_even(lo / scale), -128, 127)       (float32 division)
+ *   code_j = clamp(round_half_even(fl(x_j / scale)) + zp, -128, 127)
+ *   value  = fl(fl(scale * code) + bias), bias = fl(-zp * scale)
+ *   (scale 0, i.e. a row of zeros or of values too small to scale: codes 0, zp 0, value 0)
+ * A value that is NaN or Inf, or (INT8) overflows float16, fails with SQ_ERR_FORMAT naming the
+ * row: bitsandbytes would store SCB = inf / NaN and silently zero the row. */
+
+/* Quantizes a [rows, cols] weight held in src_dtype (F32 / F16 / BF16, no alignment needed) to
+ * type (INT8 or INT8_ZP) into *out (arrays malloc'd, freed by sq_qtensor_free).  pool may be
+ * NULL.  On failure *out is zeroed. */
+sq_status sq_quant_int8_from(sq_quant_type type, sq_dtype src_dtype, const void *src,
+                             int64_t rows, int64_t cols, sq_pool *pool, sq_qtensor *out,
+                             sq_error *err);
+/* Allocates an int8 q for [rows, cols] (codes, row_scale, and row_zp for INT8_ZP), values unset.
+ * On failure *q is zeroed. */
+sq_status sq_qtensor_init_int8(sq_qtensor *q, sq_quant_type type, int64_t rows, int64_t cols,
+                               sq_dtype orig_dtype, sq_error *err);
+/* Quantizes rows [row0, row0 + n_rows) of q (from sq_qtensor_init_int8) from src, n_rows rows of
+ * q->shape[1] elements in src_dtype: what sq_quant_int8_from does for the whole tensor, for a
+ * loader that reads a weight piece by piece (same bytes).  Errors name the row of q; the rows
+ * of this call are then partly written (q stays the caller's to free). */
+sq_status sq_quant_int8_rows(sq_qtensor *q, int64_t row0, sq_dtype src_dtype, const void *src,
+                             int64_t n_rows, sq_pool *pool, sq_error *err);
+/* The float32 scale and bias of row r as the backends use them (value = fl(fl(scale * code) +
+ * bias); INT8: bias 0 and scale fl(SCB / 127)). */
+float sq_int8_row_scale(const sq_qtensor *q, int64_t r);
+float sq_int8_row_bias(const sq_qtensor *q, int64_t r);
+/* Row r dequantized to float32 (cols values): the values above. */
+void sq_dequant_int8_row(const sq_qtensor *q, int64_t r, float *out);
 
 #ifdef __cplusplus
 }

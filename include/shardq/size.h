@@ -26,7 +26,18 @@
 extern "C" {
 #endif
 
-typedef enum sq_quant_type { SQ_QUANT_NONE = 0, SQ_QUANT_NF4, SQ_QUANT_FP4 } sq_quant_type;
+/* NF4 / FP4: bitsandbytes 4-bit, blockwise.  INT8: row-wise absmax int8 (bitsandbytes LLM.int8,
+ * Int8Params: int8 codes + a float32 SCB per row).  INT8_ZP: row-wise asymmetric int8 (a float32
+ * scale and an int8 zero point per row; shardq's own, docs/QUANT.md).  The int8 types ignore
+ * blocksize and double_quant (one scale per row). */
+typedef enum sq_quant_type {
+    SQ_QUANT_NONE = 0, SQ_QUANT_NF4, SQ_QUANT_FP4, SQ_QUANT_INT8, SQ_QUANT_INT8_ZP
+} sq_quant_type;
+
+/* True for INT8 and INT8_ZP. */
+static inline bool sq_quant_type_is_int8(sq_quant_type t) {
+    return t == SQ_QUANT_INT8 || t == SQ_QUANT_INT8_ZP;
+}
 
 typedef struct sq_quant_scheme {
     sq_quant_type type;   /* NONE: weights stay in `dense_dtype` */
@@ -39,10 +50,10 @@ typedef struct sq_quant_scheme {
 sq_quant_scheme sq_quant_scheme_default(void);
 /* Checks blocksize range and power of two. */
 sq_status sq_quant_scheme_check(const sq_quant_scheme *s, sq_error *err);
-/* True when a and b store 4-bit weights alike (type, double quant, blocksize; dense dtype not
- * compared). */
+/* True when a and b store weights alike (type, and for 4-bit double quant and blocksize; dense
+ * dtype not compared). */
 bool sq_quant_scheme_equal(const sq_quant_scheme *a, const sq_quant_scheme *b);
-const char *sq_quant_type_name(sq_quant_type t);   /* "none", "nf4", "fp4" */
+const char *sq_quant_type_name(sq_quant_type t);   /* "none", "nf4", "fp4", "int8", "int8-zp" */
 /* Inverse of sq_quant_type_name; false for an unknown name. */
 bool sq_quant_type_from_name(const char *name, sq_quant_type *out);
 
@@ -62,12 +73,22 @@ typedef struct sq_4bit_parts {
 sq_4bit_parts sq_size_4bit_parts(uint64_t n_elements, const sq_quant_scheme *s);
 /* Bytes of one 4-bit quantized weight of n elements, as stored on disk and in memory
  * (packed + absmax + maps + nested; the JSON blob excluded).  With s->type NONE: the dense
- * bytes in s->dense_dtype. */
+ * bytes in s->dense_dtype.  Not for the int8 types (they need the row count: a bug, asserts). */
 uint64_t sq_size_4bit_bytes(uint64_t n_elements, const sq_quant_scheme *s);
 /* Bytes of the packed nibbles only: ceil(n/2). */
 uint64_t sq_size_4bit_packed_bytes(uint64_t n_elements);
 /* Number of absmax blocks: ceil(n / blocksize) (blocksize > 0, else a bug). */
 uint64_t sq_size_4bit_n_blocks(uint64_t n_elements, int64_t blocksize);
+/* Bytes of one int8 weight [rows, cols] (saturating):
+ *   INT8     rows * cols (int8 codes) + 4 * rows (float32 SCB)
+ *   INT8_ZP  rows * cols (int8 codes) + 4 * rows (float32 scale) + rows (int8 zero point)
+ * This is the checkpoint storage (bnb's `weight` + `SCB`), the figure plans and inspect use; a
+ * backend holds the row's scale once per 32 elements (sq_qblock_format), 1/8 byte per element
+ * more (1/4 with INT8_ZP's bias). */
+uint64_t sq_size_int8_bytes(uint64_t rows, uint64_t cols, sq_quant_type t);
+/* Bytes of a quantizable weight [rows, cols] under s, whatever its type: NONE dense in
+ * s->dense_dtype, NF4 / FP4 sq_size_4bit_bytes, INT8 / INT8_ZP sq_size_int8_bytes. */
+uint64_t sq_size_weight_bytes(uint64_t rows, uint64_t cols, const sq_quant_scheme *s);
 /* Dense bytes: n * dtype size (saturating at UINT64_MAX). */
 uint64_t sq_size_dense_bytes(uint64_t n_elements, sq_dtype d);
 

@@ -86,7 +86,7 @@ sq_status sq_backend_sync(sq_backend *be, sq_error *err) {
 
 /* ---- weights ------------------------------------------------------------------------------ */
 
-static sq_weight *weight_new(const char *name, int64_t rows, int64_t cols) {
+sq_weight *sq_backend_weight_new(const char *name, int64_t rows, int64_t cols) {
     sq_weight *w = calloc(1, sizeof *w);
     if (!w) return NULL;
     snprintf(w->name, sizeof w->name, "%s", name ? name : "");
@@ -109,7 +109,7 @@ sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src
     if (rows <= 0 || cols <= 0 || rows > (INT64_C(1) << 31) || cols > (INT64_C(1) << 31))
         return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "dense weight shape [%lld, %lld]",
                             (long long)rows, (long long)cols);
-    sq_weight *w = weight_new(name, rows, cols);
+    sq_weight *w = sq_backend_weight_new(name, rows, cols);
     if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
     w->qtype = SQ_QUANT_NONE;
     sq_status st = be->ops->weight_dense(be, w, src_dtype, src, err);
@@ -122,6 +122,7 @@ sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qten
                                  sq_weight **out, sq_error *err) {
     if (out) *out = NULL;
     CHECK_BE(be);
+    if (q && sq_quant_type_is_int8(q->type)) return sq_backend_weight_int8(be, name, q, out, err);
     if (!out || !q || !q->packed) return bad(err, "weight_4bit", "NULL pointer");
     if (q->type != SQ_QUANT_NF4 && q->type != SQ_QUANT_FP4)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "4-bit weight of quant type %d",
@@ -143,7 +144,7 @@ sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qten
     if (q->double_quant ? (!q->absmax_q || !q->nested_absmax || q->nested_blocksize <= 0)
                         : !q->absmax)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "4-bit weight without its absmax");
-    sq_weight *w = weight_new(name, q->shape[0], q->shape[1]);
+    sq_weight *w = sq_backend_weight_new(name, q->shape[0], q->shape[1]);
     if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
     w->qtype = q->type;
     w->blocksize = q->blocksize;
@@ -187,7 +188,7 @@ sq_status sq_backend_weight_ggml(sq_backend *be, const char *name, sq_ggml_type 
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, name,
                             "backend %s cannot hold ggml type %s", be->ops->name(be),
                             sq_ggml_type_name((int)type));
-    sq_weight *w = weight_new(name, rows, cols);
+    sq_weight *w = sq_backend_weight_new(name, rows, cols);
     if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
     w->qtype = SQ_QUANT_NONE;
     w->store = SQ_WSTORE_QBLOCK;

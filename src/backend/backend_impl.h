@@ -25,6 +25,10 @@ typedef struct sq_backend_ops {
     /* a quantized ggml type (w->qf set); NULL: the backend has none (refused) */
     sq_status (*weight_ggml)(sq_backend *be, sq_weight *w, sq_ggml_type type, const void *data,
                              sq_error *err);
+    /* a weight in the block-scaled form from host arrays (w->qf, code_row_bytes set); NULL:
+     * qblock.c copies them with alloc + upload (the CPU backend) */
+    sq_status (*weight_qblock)(sq_backend *be, sq_weight *w, const uint8_t *codes,
+                               const void *scales, const void *biases, sq_error *err);
     void (*weight_release)(sq_backend *be, sq_weight *w);
     sq_status (*embed)(sq_backend *be, const sq_weight *t, const void *ids_d, int64_t n_rows,
                        void *out_d, sq_error *err);
@@ -79,6 +83,16 @@ struct sq_weight {
     int64_t code_row_bytes;
     void *bias_d;
 };
+
+/* A zeroed weight with its name and shape (ggml_type -1); NULL when out of memory. */
+sq_weight *sq_backend_weight_new(const char *name, int64_t rows, int64_t cols);
+/* qblock.c: an int8 sq_qtensor as a block-scaled (or, cols not a multiple of 32, dense F32)
+ * weight; sq_backend_weight_4bit hands int8 types here. */
+sq_status sq_backend_weight_int8(sq_backend *be, const char *name, const sq_qtensor *q,
+                                 sq_weight **out, sq_error *err);
+/* The CUDA backend's block-scaled weight from host arrays (cuda_qblock.c, CUDA builds only). */
+sq_status sq_cuda_weight_qblock_upload(sq_weight *w, const uint8_t *codes, const void *scales,
+                                       const void *biases, void *stream, sq_error *err);
 
 /* The CUDA backend's ggml weights (cuda_ggml.c, built with CUDA only; stream: a cudaStream_t):
  * upload into the block-scaled form, the few-row GEMV (n_rows <= 16), a band of rows as float32

@@ -366,6 +366,13 @@ static sq_status cuda_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type typ
     return st == SQ_OK ? ensure_band(cuda_of(be), w, err) : st;
 }
 
+/* a weight already in the block-scaled form (int8 weights): cuda_qblock.c copies it up */
+static sq_status cuda_weight_qblock(sq_backend *be, sq_weight *w, const uint8_t *codes,
+                                    const void *scales, const void *biases, sq_error *err) {
+    sq_status st = sq_cuda_weight_qblock_upload(w, codes, scales, biases, cuda_of(be)->stream, err);
+    return st == SQ_OK ? ensure_band(cuda_of(be), w, err) : st;
+}
+
 static void cuda_weight_release(sq_backend *be, sq_weight *w) {
     cudaFree(w->data_d);
     cudaFree(w->absmax_d);
@@ -580,7 +587,7 @@ static const sq_backend_ops cuda_ops = {
     .free = cuda_free, .upload = cuda_upload, .download = cuda_download, .copy = cuda_copy,
     .memset = cuda_memset, .sync = cuda_sync, .weight_dense = cuda_weight_dense,
     .weight_4bit = cuda_weight_4bit, .weight_ggml = cuda_weight_ggml,
-    .weight_release = cuda_weight_release, .embed = cuda_embed,
+    .weight_qblock = cuda_weight_qblock, .weight_release = cuda_weight_release, .embed = cuda_embed,
     .rmsnorm = cuda_rmsnorm, .rope = cuda_rope, .attention = cuda_attention,
     .linear = cuda_linear, .add = cuda_add, .swiglu = cuda_swiglu, .sample = cuda_sample,
 };

@@ -29,7 +29,7 @@
 static void usage(FILE *f) {
     fprintf(f,
         "usage: [mpirun -np N] shardq bench (MODEL_DIR | --preset-model tiny|small)\n"
-        "          [--quant nf4|fp4|none] [--double-quant] [--blocksize N] [--batch B]\n"
+        "          [--quant nf4|fp4|int8|int8-zp|none] [--double-quant] [--blocksize N] [--batch B]\n"
         "          [--prompt-len L] [--new-tokens N] [--micro-batches M[,M...]] [--seed S]\n"
         "          [--backend auto|cpu|cuda] [--transport auto|mpi|nccl] [--device N]\n"
         "          [--threads N] [--activations int8|f32] [--timeout S] [--json]\n\n"
@@ -40,7 +40,7 @@ static void usage(FILE *f) {
         "  MODEL_DIR           a Hugging Face folder (config.json + *.safetensors)\n"
         "  --preset-model P    no folder: make-model's preset P (tiny or small) in a temporary\n"
         "                      folder under $TMPDIR (removed afterwards)\n"
-        "  --quant Q           nf4 (default), fp4 or none;  --double-quant;  --blocksize N\n"
+        "  --quant Q           nf4 (default), fp4, int8, int8-zp or none;  --double-quant;  --blocksize N\n"
         "  --batch B           sequences per run, 1..%d (default 4)\n"
         "  --prompt-len L      prompt tokens per sequence, 1..%d (default 32)\n"
         "  --new-tokens N      generated tokens per sequence, 1..%d (default 16)\n"

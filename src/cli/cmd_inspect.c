@@ -37,7 +37,8 @@ typedef struct scheme_row {
     sq_quant_scheme s;
 } scheme_row;
 
-static void schemes(scheme_row rows[4]) {
+#define N_SCHEMES 6
+static void schemes(scheme_row rows[N_SCHEMES]) {
     sq_quant_scheme base = sq_quant_scheme_default();   /* NF4, blocksize 64, dense BF16 */
     rows[0] = (scheme_row){"bf16", base};
     rows[0].s.type = SQ_QUANT_NONE;
@@ -46,6 +47,10 @@ static void schemes(scheme_row rows[4]) {
     rows[2].s.double_quant = true;
     rows[3] = (scheme_row){"fp4", base};
     rows[3].s.type = SQ_QUANT_FP4;
+    rows[4] = (scheme_row){"int8", base};   /* codes + float32 SCB per row */
+    rows[4].s.type = SQ_QUANT_INT8;
+    rows[5] = (scheme_row){"int8_zp", base};   /* + an int8 zero point per row */
+    rows[5].s.type = SQ_QUANT_INT8_ZP;
 }
 
 /* 1234567 -> "1,234,567" */
@@ -94,8 +99,9 @@ static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
             ggml[t->stored_ggml]++;   /* a GGUF block format, kept as stored */
         } else if (t->stored_quant != SQ_QUANT_NONE) {
             pre++;
-            pre_kind = t->stored_quant == SQ_QUANT_NF4 ? (t->stored_double_quant ? "nf4 dq" : "nf4")
-                                                      : (t->stored_double_quant ? "fp4 dq" : "fp4");
+            pre_kind = t->stored_quant == SQ_QUANT_INT8 ? "int8"
+                       : t->stored_quant == SQ_QUANT_NF4 ? (t->stored_double_quant ? "nf4 dq" : "nf4")
+                                                         : (t->stored_double_quant ? "fp4 dq" : "fp4");
         } else {
             count[t->dtype]++;
         }
@@ -116,14 +122,14 @@ static void dtype_summary(const sq_meta *m, char *buf, size_t n) {
             used += (size_t)snprintf(buf + used, n - used, "%s%s x%d", used ? ", " : "",
                                      sq_ggml_type_name(g) ? sq_ggml_type_name(g) : "?", ggml[g]);
     if (pre && used < n)
-        snprintf(buf + used, n - used, "%sU8 (pre-quantized bnb %s) x%d", used ? ", " : "",
-                 pre_kind, pre);
+        snprintf(buf + used, n - used, "%s%s (pre-quantized bnb %s) x%d", used ? ", " : "",
+                 strcmp(pre_kind, "int8") ? "U8" : "I8", pre_kind, pre);
 }
 
 static void print_json(const char *dir, const sq_meta *m, const sq_ckpt *st, int n_ranks,
                        bool verbose) {
     const sq_model_config *c = sq_meta_config(m);
-    scheme_row rows[4];
+    scheme_row rows[N_SCHEMES];
     schemes(rows);
     int n_q = 0;
     for (int i = 0; i < sq_meta_n_tensors(m); i++) n_q += sq_meta_tensor(m, i)->quantizable;
@@ -143,7 +149,7 @@ static void print_json(const char *dir, const sq_meta *m, const sq_ckpt *st, int
            c->tie_word_embeddings ? "true" : "false", c->attention_bias ? "true" : "false",
            (long long)rows[1].s.blocksize);
     printf("\"bytes\": {");
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < N_SCHEMES; k++)
         printf("%s\"%s\": %" PRIu64, k ? ", " : "", rows[k].name, sq_meta_total_bytes(m, &rows[k].s));
     printf("}, \"checkpoint_bytes\": %" PRIu64 ", \"files\": [", sq_ckpt_data_bytes(st));
     for (size_t f = 0; f < sq_ckpt_n_files(st); f++) {
@@ -158,7 +164,7 @@ static void print_json(const char *dir, const sq_meta *m, const sq_ckpt *st, int
             printf("%s{\"name\": \"%s\", \"layer\": %lld, \"n_tensors\": %d, \"n_params\": %" PRIu64
                    ", \"bytes\": {",
                    i ? ", " : "", md->name, (long long)md->layer, md->n_tensors, module_params(m, i));
-            for (int k = 0; k < 4; k++)
+            for (int k = 0; k < N_SCHEMES; k++)
                 printf("%s\"%s\": %" PRIu64, k ? ", " : "", rows[k].name,
                        sq_meta_module_bytes(m, i, &rows[k].s));
             printf("}}");
@@ -171,7 +177,7 @@ static void print_json(const char *dir, const sq_meta *m, const sq_ckpt *st, int
 static void print_text(const char *dir, const sq_meta *m, const sq_ckpt *st, int n_ranks,
                        bool verbose) {
     const sq_model_config *c = sq_meta_config(m);
-    scheme_row rows[4];
+    scheme_row rows[N_SCHEMES];
     schemes(rows);
     char a[32], b[32], dt[256];
     int n_q = 0;
@@ -209,24 +215,26 @@ static void print_text(const char *dir, const sq_meta *m, const sq_ckpt *st, int
     printf("skeleton      %d modules, hash %016" PRIx64 ", identical on %d rank%s\n",
            sq_meta_n_modules(m), sq_meta_hash(m), n_ranks, n_ranks == 1 ? "" : "s");
 
-    printf("\n# storage by scheme (bitsandbytes layout, blocksize %lld; quant_state JSON not counted)\n",
+    printf("\n# storage by scheme (bitsandbytes layout, 4-bit blocksize %lld, int8 one scale per row; "
+           "quant_state JSON not counted)\n",
            (long long)rows[1].s.blocksize);
     printf("# %-8s %16s %12s %12s\n", "scheme", "bytes", "MiB", "bits/param");
     const double n_params = (double)sq_meta_n_params(m);
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < N_SCHEMES; k++) {
         uint64_t bytes = sq_meta_total_bytes(m, &rows[k].s);
         printf("  %-8s %16s %12.2f %12.2f\n", rows[k].name, commas(bytes, a, sizeof a),
                (double)bytes / 1048576.0, n_params > 0 ? 8.0 * (double)bytes / n_params : 0.0);
     }
     if (!verbose) return;
-    printf("\n# per module (bytes)\n# %-22s %7s %13s %14s %14s %14s %14s\n", "module", "tensors",
-           "params", "bf16", "nf4", "nf4_dq", "fp4");
+    printf("\n# per module (bytes)\n# %-22s %7s %13s %14s %14s %14s %14s %14s %14s\n", "module",
+           "tensors", "params", "bf16", "nf4", "nf4_dq", "fp4", "int8", "int8_zp");
     for (int i = 0; i < sq_meta_n_modules(m); i++) {
         const sq_module_spec *md = sq_meta_module(m, i);
-        char p[32], col[4][32];
-        for (int k = 0; k < 4; k++) commas(sq_meta_module_bytes(m, i, &rows[k].s), col[k], sizeof col[k]);
-        printf("  %-22s %7d %13s %14s %14s %14s %14s\n", md->name, md->n_tensors,
-               commas(module_params(m, i), p, sizeof p), col[0], col[1], col[2], col[3]);
+        char p[32], col[N_SCHEMES][32];
+        for (int k = 0; k < N_SCHEMES; k++) commas(sq_meta_module_bytes(m, i, &rows[k].s), col[k], sizeof col[k]);
+        printf("  %-22s %7d %13s %14s %14s %14s %14s %14s %14s\n", md->name, md->n_tensors,
+               commas(module_params(m, i), p, sizeof p), col[0], col[1], col[2], col[3], col[4],
+               col[5]);
     }
 }
 

@@ -21,7 +21,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: [mpirun -np N] shardq perplexity MODEL --text-file F [--ctx N] [--chunks K]\n"
-            "                      [--micro-batches M] [--quant none|nf4|fp4] [--json] [--quiet]\n"
+            "                      [--micro-batches M] [--quant none|nf4|fp4|int8|int8-zp] [--json] [--quiet]\n"
             "                      [--backend …] [--transport …] [--threads T] [--activations int8|f32] [--timeout S]\n\n"
             "Perplexity of a text, llama.cpp's way (llama-perplexity): the text is tokenized once,\n"
             "cut into chunks of --ctx tokens, and the second half of every chunk is scored (each\n"

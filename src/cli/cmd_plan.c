@@ -19,7 +19,7 @@
 static void usage(FILE *f) {
     fprintf(f,
         "usage: [mpirun -np N] shardq plan (MODEL_DIR | --config config.json) (--cluster FILE | --discover)\n"
-        "         [--quant nf4|fp4|none] [--double-quant] [--blocksize N] [--max-seq N] [--batch N]\n"
+        "         [--quant nf4|fp4|int8|int8-zp|none] [--double-quant] [--blocksize N] [--max-seq N] [--batch N]\n"
         "         [--max-memory SPEC] [--reserve-gib G] [--compare accelerate] [--json]\n"
         "         [--out plan.json] [--hf-device-map FILE] [--svg FILE]\n\n"
         "Splits the decoder layers into contiguous stages, one per rank (embed_tokens on the first,\n"
@@ -33,7 +33,7 @@ static void usage(FILE *f) {
         "  --discover           this machine (hwloc), or under mpirun the ranks started: one\n"
         "                       rank per GPU by local rank; without GPUs each rank is a CPU device\n"
         "                       with host memory / ranks on its node\n"
-        "  --quant Q            nf4 (default), fp4 or none (the checkpoint's dtype)\n"
+        "  --quant Q            nf4 (default), fp4, int8, int8-zp or none (the checkpoint's dtype)\n"
         "  --double-quant       quantize the absmax too (bnb_4bit_use_double_quant)\n"
         "  --blocksize N        4-bit block size, 32..4096, power of two (default 64)\n"
         "  --max-seq N          tokens per sequence the KV cache holds (default min(4096, max pos))\n"
@@ -79,9 +79,12 @@ static void model_label(const char *path, char *out, size_t n) {
 }
 
 static void print_table(const sq_plan *p, const sq_cluster *c, const char *title) {
-    printf("# %s: %s (%d layers), %s%s blocksize %lld, max_seq %lld x batch %lld, cluster %s (%d device%s)\n",
+    char bs[32] = " (one scale per row)";   /* int8 */
+    if (!sq_quant_type_is_int8(p->scheme.type))
+        snprintf(bs, sizeof bs, " blocksize %lld", (long long)p->scheme.blocksize);
+    printf("# %s: %s (%d layers), %s%s%s, max_seq %lld x batch %lld, cluster %s (%d device%s)\n",
            title, p->model_name, p->n_layers, sq_quant_type_name(p->scheme.type),
-           p->scheme.double_quant ? "+double-quant" : "", (long long)p->scheme.blocksize,
+           p->scheme.double_quant ? "+double-quant" : "", bs,
            (long long)p->max_seq, (long long)p->batch, c->name, c->n_devices,
            c->n_devices == 1 ? "" : "s");
     printf("# %4s  %-12s %-18s %-16s %10s %8s %9s %11s %11s %9s\n", "rank", "node", "device",

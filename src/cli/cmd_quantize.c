@@ -13,7 +13,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: [mpirun -np N] shardq quantize MODEL_DIR --out DIR [--plan plan.json]\n"
-            "                      [--quant nf4|fp4] [--double-quant] [--blocksize N]\n"
+            "                      [--quant nf4|fp4|int8] [--double-quant] [--blocksize N]\n"
             "                      [--compute-dtype bf16|fp16] [--threads N] [--staging-mib N]\n"
             "                      [--device auto|cpu|N] [--quiet] [--json] [--force]\n\n"
             "Writes a bitsandbytes 4-bit checkpoint that transformers loads with\n"
@@ -26,7 +26,7 @@ static void usage(FILE *f) {
             "  --plan           use this plan file's layer split (it must have N stages); without\n"
             "                   it the ranks started are planned for (host memory as capacity on\n"
             "                   machines without GPUs)\n"
-            "  --quant          nf4 (default) or fp4\n"
+            "  --quant          nf4 (default), fp4 or int8 (bitsandbytes LLM.int8: weight int8 + SCB)\n"
             "  --double-quant   quantize the absmax too (bnb_4bit_use_double_quant)\n"
             "  --blocksize      elements per absmax block: 32..4096, a power of two (default 64)\n"
             "  --compute-dtype  bnb_4bit_compute_dtype written to config.json (default bf16)\n"
@@ -124,6 +124,8 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
     if (!o.model_dir) return sq_cli_usage_error(ctx, "quantize", "no MODEL_DIR given");
     if (!o.out_dir) return sq_cli_usage_error(ctx, "quantize", "no --out DIR given");
     o.scheme_given = quant_given;
+    int urc = sq_cli_scheme_check(ctx, "quantize", &o.scheme);
+    if (urc) return urc;
     o.staging_bytes = (uint64_t)staging_mib << 20;
     o.n_threads = (int)threads;
     o.log = ctx->log;
@@ -155,9 +157,12 @@ int sq_cli_quantize(int argc, char **argv, sq_cli_ctx *ctx) {
                (unsigned long long)r.max_rss_bytes, qt, r.scheme.double_quant ? "true" : "false",
                (long long)r.scheme.blocksize, r.prequantized ? "true" : "false", on, r.cuda_ranks);
     } else {
-        printf("wrote %s: %d tensors, %.3f MB in %d shard%s (%s%s, blocksize %lld%s)\n", o.out_dir,
+        char bs[48] = ", one scale per row";   /* int8 */
+        if (!sq_quant_type_is_int8(r.scheme.type))
+            snprintf(bs, sizeof bs, ", blocksize %lld", (long long)r.scheme.blocksize);
+        printf("wrote %s: %d tensors, %.3f MB in %d shard%s (%s%s%s%s)\n", o.out_dir,
                r.n_tensors, (double)r.total_size / 1e6, r.n_ranks, r.n_ranks == 1 ? "" : "s", qt,
-               r.scheme.double_quant ? " + double quant" : "", (long long)r.scheme.blocksize,
+               r.scheme.double_quant ? " + double quant" : "", bs,
                r.prequantized ? ", copied as stored" : "");
         printf("read + quantized %.3f GB in %.3f s (%.3f GB/s); with writing %.3f s (%.3f GB/s); "
                "max RSS per rank %.1f MiB\n", (double)r.bytes_read / 1e9, r.load_seconds,

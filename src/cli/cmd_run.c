@@ -22,7 +22,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-        "usage: [mpirun -np N] shardq run MODEL_DIR [--plan plan.json] [--quant nf4|fp4|none]\n"
+        "usage: [mpirun -np N] shardq run MODEL_DIR [--plan plan.json] [--quant nf4|fp4|int8|int8-zp|none]\n"
         "          [--double-quant] [--blocksize N] (--prompt-ids \"1,2,3;4,5\" | --prompt TEXT ...\n"
         "          | --prompt-file FILE ...) [--chat] [--system TEXT] [--max-new-tokens N]\n"
         "          [--max-seq N] [--micro-batches M] [--temperature T] [--top-k K] [--top-p P]\n"
@@ -35,7 +35,8 @@ static void usage(FILE *f) {
         "  --plan FILE         a plan from 'shardq plan ... --out FILE' for this model and this\n"
         "                      many ranks; without it the ranks started are planned for (as\n"
         "                      'shardq plan --discover': host memory on machines without GPUs)\n"
-        "  --quant Q           nf4 (default), fp4, or none (the checkpoint's dtype).  A folder\n"
+        "  --quant Q           nf4 (default), fp4, int8 (row-wise absmax, bitsandbytes LLM.int8),\n"
+        "                      int8-zp (row-wise zero-point) or none (the checkpoint's dtype).  A folder\n"
         "                      written by 'shardq quantize' runs as stored: --quant and friends\n"
         "                      may be left out or must match it; --quant none dequantizes it\n"
         "  --double-quant      quantize the absmax too;  --blocksize N: 32..4096 (default 64)\n"

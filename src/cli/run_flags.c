@@ -15,7 +15,8 @@ bool sq_cli_scheme_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char *
         sq_quant_type t = SQ_QUANT_NF4;
         if (!*missing && (!sq_quant_type_from_name(v, &t) || (!allow_none && t == SQ_QUANT_NONE)))
             *usage_rc = sq_cli_usage_error(ctx, cmd, "--quant must be %s, not '%s'",
-                                           allow_none ? "nf4, fp4 or none" : "nf4 or fp4", v);
+                                           allow_none ? "nf4, fp4, int8, int8-zp or none"
+                                                      : "nf4, fp4, int8 or int8-zp", v);
         else if (!*missing)
             s->type = t;
     } else if (!strcmp(argv[*i], "--double-quant")) {
@@ -35,6 +36,9 @@ bool sq_cli_scheme_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char *
 int sq_cli_scheme_check(const sq_cli_ctx *ctx, const char *cmd, const sq_quant_scheme *s) {
     if (s->type == SQ_QUANT_NONE && s->double_quant)
         return sq_cli_usage_error(ctx, cmd, "--double-quant quantizes the 4-bit absmax: it needs --quant nf4 or fp4");
+    if (sq_quant_type_is_int8(s->type) && s->double_quant)
+        return sq_cli_usage_error(ctx, cmd, "--double-quant quantizes the 4-bit absmax: %s has one float32 scale per row",
+                                  sq_quant_type_name(s->type));
     return 0;
 }
 

@@ -131,6 +131,9 @@ const char *sq_cli_scheme_text(const sq_run_result *r, char *buf, size_t n) {
         snprintf(buf, n, "GGUF weights as stored");
     else if (r->scheme.type == SQ_QUANT_NONE)
         snprintf(buf, n, "none");
+    else if (sq_quant_type_is_int8(r->scheme.type))
+        snprintf(buf, n, "%s (one scale per row)%s", sq_quant_type_name(r->scheme.type),
+                 r->prequantized ? " (as stored)" : "");
     else
         snprintf(buf, n, "%s%s blocksize %lld%s", sq_quant_type_name(r->scheme.type),
                  r->scheme.double_quant ? "+double-quant" : "", (long long)r->scheme.blocksize,

@@ -346,10 +346,17 @@ static sq_status parse_quant(const cJSON *root, const char *path, sq_model_confi
     TRY(opt_bool(q, "load_in_4bit", false, path, &in4, err));
     TRY(opt_bool(q, "_load_in_4bit", false, path, &in4_old, err));
     TRY(opt_bool(q, "load_in_8bit", false, path, &in8, err));
-    if (in8 || !(in4 || in4_old))
+    if (in8 && (in4 || in4_old))
+        return sq_error_set(err, SQ_ERR_FORMAT, path, NULL,
+                            "quantization_config: load_in_8bit and load_in_4bit both true");
+    if (in8) {   /* LLM.int8: nothing else to read (the threshold is for bnb's outlier path) */
+        c->bnb_8bit = true;
+        return SQ_OK;
+    }
+    if (!(in4 || in4_old))
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, path, NULL,
-                            "quantization_config: only bitsandbytes load_in_4bit checkpoints "
-                            "are supported (this one is %s)", in8 ? "8-bit" : "not 4-bit");
+                            "quantization_config: only bitsandbytes load_in_4bit and load_in_8bit "
+                            "checkpoints are supported (this one is neither)");
     c->bnb_4bit = true;
     /* BitsAndBytesConfig defaults: fp4, no double quant, compute float32 */
     TRY(opt_str(q, "bnb_4bit_quant_type", "fp4", c->bnb_quant_type, sizeof c->bnb_quant_type,
@@ -665,6 +672,14 @@ sq_status sq_config_to_json(const sq_model_config *c, char **json, sq_error *err
             ADD(cJSON_AddBoolToObject(q, "bnb_4bit_use_double_quant", c->bnb_double_quant));
             ADD(cJSON_AddBoolToObject(q, "load_in_4bit", true));
             ADD(cJSON_AddBoolToObject(q, "load_in_8bit", false));
+            ADD(cJSON_AddStringToObject(q, "quant_method", "bitsandbytes"));
+        }
+    } else if (c->bnb_8bit) {
+        cJSON *q = cJSON_AddObjectToObject(o, "quantization_config");
+        ok = ok && q;
+        if (ok) {
+            ADD(cJSON_AddBoolToObject(q, "load_in_4bit", false));
+            ADD(cJSON_AddBoolToObject(q, "load_in_8bit", true));
             ADD(cJSON_AddStringToObject(q, "quant_method", "bitsandbytes"));
         }
     }

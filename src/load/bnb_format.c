@@ -1,6 +1,7 @@
-/* Owns bitsandbytes' / transformers' serialization details that are text: Python's repr of a
- * float, the quant_state JSON blob, config.json's quantization_config and the shard index.
- * Must never touch tensor bytes or files, print, or keep state. */
+/* Owns bitsandbytes' / transformers' serialization details: Python's repr of a
+ * float, the quant_state JSON blob, config.json's quantization_config (4-bit and 8-bit), the
+ * shard index, and the names / dtypes / shapes of an 8-bit Linear's parts.
+ * Must never touch tensor bytes (it only points at them) or files, print, or keep state. */
 #include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -109,7 +110,21 @@ sq_status bnb_config_json(const char *text, size_t len, const char *path,
     cJSON *q = cJSON_AddObjectToObject(root, "quantization_config");
     bool ok = q != NULL;
 #define ADD(x) ok = ok && (x) != NULL
-    if (ok) {   /* BitsAndBytesConfig.to_dict(), key for key (bnb-nf4-format.md §4.3) */
+    if (ok && s->type == SQ_QUANT_INT8) {   /* BitsAndBytesConfig(load_in_8bit=True).to_dict() */
+        ADD(cJSON_AddBoolToObject(q, "_load_in_4bit", false));
+        ADD(cJSON_AddBoolToObject(q, "_load_in_8bit", true));
+        ADD(cJSON_AddStringToObject(q, "bnb_4bit_compute_dtype", "float32"));
+        ADD(cJSON_AddStringToObject(q, "bnb_4bit_quant_storage", "uint8"));
+        ADD(cJSON_AddStringToObject(q, "bnb_4bit_quant_type", "fp4"));
+        ADD(cJSON_AddBoolToObject(q, "bnb_4bit_use_double_quant", false));
+        ADD(cJSON_AddBoolToObject(q, "llm_int8_enable_fp32_cpu_offload", false));
+        ADD(cJSON_AddBoolToObject(q, "llm_int8_has_fp16_weight", false));
+        ADD(cJSON_AddNullToObject(q, "llm_int8_skip_modules"));
+        ADD(cJSON_AddRawToObject(q, "llm_int8_threshold", "6.0"));
+        ADD(cJSON_AddBoolToObject(q, "load_in_4bit", false));
+        ADD(cJSON_AddBoolToObject(q, "load_in_8bit", true));
+        ADD(cJSON_AddStringToObject(q, "quant_method", "bitsandbytes"));
+    } else if (ok) {   /* BitsAndBytesConfig.to_dict(), key for key (bnb-nf4-format.md §4.3) */
         ADD(cJSON_AddBoolToObject(q, "_load_in_4bit", true));
         ADD(cJSON_AddBoolToObject(q, "_load_in_8bit", false));
         ADD(cJSON_AddStringToObject(q, "bnb_4bit_compute_dtype", compute_dtype));
@@ -191,4 +206,34 @@ sq_status bnb_index_json(index_entry *e, size_t n, uint64_t total_size, char **o
     k += (size_t)sprintf(buf + k, "\n  }\n}\n");
     *out = buf;
     return SQ_OK;
+}
+
+sq_status bnb_int8_parts(const char *name, const sq_qtensor *q, char *base, size_t base_bytes,
+                         bnb_part parts[BNB_INT8_PARTS], sq_error *err) {
+    static const uint8_t row_format = 0;   /* LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING["row"] */
+    size_t n = strlen(name);
+    if (q->type != SQ_QUANT_INT8 || !q->codes || !q->row_scale)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
+                            "bitsandbytes' 8-bit format holds int8 absmax weights, not %s",
+                            sq_quant_type_name(q->type));
+    if (n < 6 || strcmp(name + n - 6, "weight") != 0 || n - 6 >= base_bytes)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
+                            "an 8-bit weight's name must end in 'weight'");
+    memcpy(base, name, n - 6);
+    base[n - 6] = '\0';
+    const int64_t rows = q->shape[0], cols = q->shape[1];
+    parts[0] = (bnb_part){"weight", SQ_DTYPE_I8, 2, {rows, cols}, q->codes, (uint64_t)(rows * cols)};
+    parts[1] = (bnb_part){"SCB", SQ_DTYPE_F32, 1, {rows, 0}, q->row_scale, (uint64_t)rows * 4};
+    parts[2] = (bnb_part){"weight_format", SQ_DTYPE_U8, 0, {0, 0}, &row_format, 1};
+    return SQ_OK;
+}
+
+bool bnb_config_is_8bit(const char *text, size_t len) {
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+    const cJSON *l8 = cJSON_GetObjectItemCaseSensitive(q, "load_in_8bit");
+    bool yes = cJSON_IsString(m) && !strcmp(m->valuestring, "bitsandbytes") && cJSON_IsTrue(l8);
+    cJSON_Delete(root);
+    return yes;
 }

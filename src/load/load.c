@@ -152,6 +152,7 @@ static uint64_t spec_src_bytes(const sq_ckpt *st, const sq_tensor_spec *t) {
     const sq_ckpt_tensor *w = sq_ckpt_find(st, t->name);
     if (!w) return 0;
     if (t->stored_quant == SQ_QUANT_NONE) return w->n_bytes;
+    if (t->stored_quant == SQ_QUANT_INT8) return load_int8_src_bytes(st, t);
     for (size_t k = 0; k < sizeof k_parts / sizeof k_parts[0]; k++) {
         const sq_ckpt_tensor *c = companion(st, t->name, k_parts[k]);
         if (c) total += c->n_bytes;
@@ -187,9 +188,16 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
         if (quantize_now(t, &s) && w->ggml_type >= 0 &&
             (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)) {
             /* re-quantized whole: the stored bytes + their float32 values + the 4-bit result */
-            ob = sq_size_4bit_bytes(t->n_elements, &s);
+            ob = sq_size_weight_bytes((uint64_t)t->shape[0], (uint64_t)t->shape[1], &s);
             uint64_t tr = w->n_bytes + t->n_elements * 4;
             if (tr > out->transient_bytes) out->transient_bytes = tr;
+        } else if (quantize_now(t, &s) && sq_quant_type_is_int8(s.type)) {
+            /* int8: whole rows through the staging buffer (load_int8.c) */
+            ob = sq_size_weight_bytes((uint64_t)t->shape[0], (uint64_t)t->shape[1], &s);
+            size_t es = sq_dtype_size(w->dtype);
+            uint64_t pr = load_int8_piece_rows(budget, es, t->shape[0], t->shape[1]);
+            uint64_t stg = pr * (uint64_t)t->shape[1] * es;
+            if (stg > out->staging_bytes) out->staging_bytes = stg;
         } else if (quantize_now(t, &s)) {
             ob = sq_size_4bit_bytes(t->n_elements, &s);
             size_t es = sq_dtype_size(w->dtype);
@@ -201,12 +209,14 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
             if (s.double_quant) tr += sq_size_4bit_n_blocks(t->n_elements, s.blocksize) * 4;
             if (tr > out->transient_bytes) out->transient_bytes = tr;
         } else if (t->stored_quant != SQ_QUANT_NONE) {
-            if (s.type == SQ_QUANT_NONE) {
-                ob = sq_size_dense_bytes(t->n_elements, sq_meta_config(m)->torch_dtype);
+            if (s.type == SQ_QUANT_NONE) {   /* int8 comes out float32 (load_int8.c) */
+                ob = t->stored_quant == SQ_QUANT_INT8
+                         ? t->n_elements * 4
+                         : sq_size_dense_bytes(t->n_elements, sq_meta_config(m)->torch_dtype);
             } else {
                 sq_quant_scheme ss = {.type = t->stored_quant, .double_quant = t->stored_double_quant,
                                       .blocksize = t->stored_blocksize};
-                ob = sq_size_4bit_bytes(t->n_elements, &ss);
+                ob = sq_size_weight_bytes((uint64_t)t->shape[0], (uint64_t)t->shape[1], &ss);
             }
         } else {
             ob = t->stored_ggml >= 0 && t->dtype == SQ_DTYPE_U8 && o->ggml_dense
@@ -345,6 +355,14 @@ static sq_status load_quantize_whole(loader *L, const sq_tensor_spec *t, const s
     }
     item->is_4bit = true;
     item->src_bytes = w->n_bytes;
+    if (sq_quant_type_is_int8(s->type)) {   /* int8: the rows of the exact float32 values */
+        if (rc == SQ_OK)
+            rc = sq_quant_int8_from(s->type, src_dtype, src, t->shape[0], t->shape[1], L->o->pool,
+                                    &item->q, err);
+        free(raw);
+        free(f32);
+        return rc == SQ_OK ? rc : with_tensor(err, rc, t->name);
+    }
     sq_quant_scheme whole = *s;
     whole.double_quant = false;   /* done by sq_qtensor_compress, as on the piece path */
     if (rc == SQ_OK)
@@ -436,6 +454,11 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
     const uint64_t n = t->n_elements, B = (uint64_t)s->blocksize;
     item->is_4bit = true;
     item->src_bytes = w->n_bytes;
+    if (sq_quant_type_is_int8(s->type)) {   /* on the CPU, whole rows at a time (load_int8.c) */
+        gpu_read_ctx c = {.L = L, .w = w, .name = t->name};
+        return load_int8_quantize(s->type, w->dtype, t->shape[0], t->shape[1], gpu_read, &c,
+                                  L->staging, L->staging_cap, L->o->pool, &item->q, t->name, err);
+    }
     sq_qtensor *q = &item->q;
     sq_status rc = sq_qtensor_init(q, s, t->shape[0], t->shape[1], w->dtype, err);
     if (rc != SQ_OK) return with_tensor(err, rc, t->name);
@@ -608,6 +631,11 @@ static sq_status load_prequant(loader *L, const sq_tensor_spec *t, const sq_quan
     return rc;
 }
 
+/* load_int8.c's reader: one whole checkpoint tensor */
+static sq_status part_read(void *ctx, const sq_ckpt_tensor *c, void *dst, sq_error *err) {
+    return read_range(ctx, c, 0, c->n_bytes, dst, c->name, err);
+}
+
 static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) {
     const sq_tensor_spec *t = sq_meta_tensor(L->m, ti);
     memset(item, 0, sizeof *item);
@@ -618,6 +646,8 @@ static sq_status load_one(loader *L, int ti, sq_load_item *item, sq_error *err) 
     const sq_ckpt_tensor *w = sq_ckpt_find(L->st, t->name);
     if (!w) return sq_error_set(err, SQ_ERR_FORMAT, NULL, t->name, "not in the checkpoint");
     const sq_quant_scheme s = effective_scheme(L->o);
+    if (t->stored_quant == SQ_QUANT_INT8)
+        return load_int8_prequant(L->st, t, s.type == SQ_QUANT_NONE, part_read, L, item, err);
     if (t->stored_quant != SQ_QUANT_NONE) return load_prequant(L, t, &s, item, err);
     if (quantize_now(t, &s))
         return w->ggml_type >= 0 && (w->dtype == SQ_DTYPE_U8 || w->rope_heads > 0)
@@ -658,7 +688,8 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     if (rc == SQ_OK) rc = sq_load_stage_tensors(m, stage, o->tied_head_copy, &idx, &n, err);
     /* the GPU ring is made before the collective start, so a missing device or a build without
      * CUDA fails before any byte is read */
-    const bool use_gpu = rc == SQ_OK && o->quant_device >= 0 && o->scheme.type != SQ_QUANT_NONE;
+    const bool use_gpu = rc == SQ_OK && o->quant_device >= 0 && o->scheme.type != SQ_QUANT_NONE &&
+                         !sq_quant_type_is_int8(o->scheme.type);   /* int8: on the CPU */
     if (rc == SQ_OK && o->quant_device >= 0) {
         const sq_quant_scheme es = effective_scheme(o);
         const uint64_t budget = o->staging_bytes ? o->staging_bytes : SQ_LOAD_DEFAULT_STAGING_BYTES;
@@ -686,11 +717,12 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
         sq_load_item item;
         rc = load_one(&L, idx[i], &item, err);
         if (rc == SQ_OK) {
-            uint64_t out = item.is_4bit ? sq_size_4bit_bytes(item.q.n_elements,
-                                                             &(sq_quant_scheme){
-                                                                 .type = item.q.type,
-                                                                 .double_quant = item.q.double_quant,
-                                                                 .blocksize = item.q.blocksize})
+            uint64_t out = item.is_4bit ? sq_size_weight_bytes((uint64_t)item.q.shape[0],
+                                                               (uint64_t)item.q.shape[1],
+                                                               &(sq_quant_scheme){
+                                                                   .type = item.q.type,
+                                                                   .double_quant = item.q.double_quant,
+                                                                   .blocksize = item.q.blocksize})
                                         : item.n_bytes;
             uint64_t src = item.src_bytes;
             rc = consumer(user, &item, err);

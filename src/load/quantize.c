@@ -183,6 +183,15 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
     if (!it->is_4bit)
         return add(c, name, "", it->dtype, it->n_dims, it->shape, it->data, it->n_bytes, err);
     const sq_qtensor *q = &it->q;
+    if (sq_quant_type_is_int8(q->type)) {   /* bnb 8-bit: weight int8 + SCB + weight_format */
+        bnb_part p[BNB_INT8_PARTS];
+        char base[256];
+        sq_status rc = bnb_int8_parts(name, q, base, sizeof base, p, err);
+        for (int i = 0; rc == SQ_OK && i < BNB_INT8_PARTS; i++)
+            rc = add(c, base, p[i].suffix, p[i].dtype, p[i].n_dims, p[i].shape, p[i].data,
+                     p[i].n_bytes, err);
+        return rc;
+    }
     const uint64_t packed = sq_size_4bit_packed_bytes(q->n_elements);
     const int64_t wshape[2] = {(int64_t)packed, 1}, nb[1] = {(int64_t)q->n_blocks};
     const int64_t qm[1] = {16}, nm[1] = {256};
@@ -417,9 +426,10 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     if (prequant) {
         if (o->scheme_given && !sq_quant_scheme_equal(&stored, &scheme))
             rc = sq_error_set(err, SQ_ERR_INVALID, o->model_dir, NULL,
-                              "already a bitsandbytes 4-bit checkpoint (%s, blocksize %lld%s): its "
+                              "already a bitsandbytes %s checkpoint (%s, blocksize %lld%s): its "
                               "weights are copied as stored; leave out --quant / --blocksize / "
                               "--double-quant or give the same values",
+                              stored.type == SQ_QUANT_INT8 ? "8-bit" : "4-bit",
                               sq_quant_type_name(stored.type), (long long)stored.blocksize,
                               stored.double_quant ? ", double quant" : "");
         scheme = stored;
@@ -434,8 +444,9 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
 
     rc = make_plan(comm, size, o, meta, &scheme, prequant, &plan, log, err);
     if (rc == SQ_OK && !prequant) {
-        if (scheme.type != SQ_QUANT_NF4 && scheme.type != SQ_QUANT_FP4)
-            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "quantize writes nf4 or fp4, not %s",
+        if (scheme.type != SQ_QUANT_NF4 && scheme.type != SQ_QUANT_FP4 && scheme.type != SQ_QUANT_INT8)
+            rc = sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                              "quantize writes nf4, fp4 or int8 (bitsandbytes' formats), not %s",
                               sq_quant_type_name(scheme.type));
         else
             rc = sq_quant_scheme_check(&scheme, err);
@@ -473,6 +484,7 @@ sq_status sq_quantize_run(MPI_Comm comm, const sq_quantize_options *o, sq_quanti
     lo.progress_user = o->progress_user;
     lo.progress_interval_s = o->progress_interval_s;
     lo.log = log;
+    if (sq_quant_type_is_int8(scheme.type)) qdev = -1;   /* int8 is quantized on the CPU */
     lo.quant_device = qdev;
     lo.ggml_dense = true;   /* a safetensors folder holds no ggml blocks: their exact values */
     sq_load_stage_desc stage = sq_load_stage_from_plan(&plan->stages[rank]);

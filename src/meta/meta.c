@@ -196,7 +196,8 @@ uint64_t sq_meta_n_params(const sq_meta *m) {
 uint64_t sq_meta_tensor_bytes(const sq_meta *m, int tensor, const sq_quant_scheme *s) {
     SQ_ASSERT(tensor >= 0 && tensor < m->n_tensors && s);
     const sq_tensor_spec *t = &m->tensors[tensor];
-    if (t->quantizable && s->type != SQ_QUANT_NONE) return sq_size_4bit_bytes(t->n_elements, s);
+    if (t->quantizable && s->type != SQ_QUANT_NONE)
+        return sq_size_weight_bytes((uint64_t)t->shape[0], (uint64_t)t->shape[1], s);
     if (t->stored_ggml >= 0) return t->stored_bytes;
     return sq_size_dense_bytes(t->n_elements, s->dense_dtype);
 }

@@ -84,6 +84,7 @@ static void put_config(writer *w, const sq_model_config *c) {
     for (int i = 0; i < SQ_MAX_EOS_IDS; i++) put_i64(w, c->eos_token_ids[i]);
     put_i64(w, c->sliding_window);
     put_u8(w, c->bnb_4bit);
+    put_u8(w, c->bnb_8bit);
     put(w, c->bnb_quant_type, sizeof c->bnb_quant_type);
     put_u8(w, c->bnb_double_quant);
     put(w, c->bnb_compute_dtype, sizeof c->bnb_compute_dtype);
@@ -235,6 +236,7 @@ static void get_config(reader *r, sq_model_config *c) {
     for (int i = 0; i < SQ_MAX_EOS_IDS; i++) c->eos_token_ids[i] = get_i64(r);
     c->sliding_window = get_i64(r);
     c->bnb_4bit = get_bool(r);
+    c->bnb_8bit = get_bool(r);
     get(r, c->bnb_quant_type, sizeof c->bnb_quant_type);
     c->bnb_double_quant = get_bool(r);
     get(r, c->bnb_compute_dtype, sizeof c->bnb_compute_dtype);
@@ -324,8 +326,11 @@ sq_status sq_meta_deserialize(const uint8_t *buf, size_t buf_bytes, sq_meta **ou
         if (sq == SQ_QUANT_NONE)
             stored_ok = !sdq && sbs == 0;
         else
-            stored_ok = sq <= SQ_QUANT_FP4 && quantizable && dtype == SQ_DTYPE_U8 && sbs >= 32 &&
-                        sbs <= 4096 && (sbs & (sbs - 1)) == 0;
+            stored_ok = sq == SQ_QUANT_INT8
+                            ? quantizable && dtype == SQ_DTYPE_I8 && !sdq && n_dims == 2 &&
+                                  sbs == t->shape[1]
+                            : sq <= SQ_QUANT_FP4 && quantizable && dtype == SQ_DTYPE_U8 &&
+                                  sbs >= 32 && sbs <= 4096 && (sbs & (sbs - 1)) == 0;
         if (sgg < 0) stored_ok = stored_ok && sgg == -1 && sgb == 0;
         else stored_ok = stored_ok && sq == SQ_QUANT_NONE && sgg < 64 && sgb > 0 &&
                          sgb <= t->n_elements * 4 &&

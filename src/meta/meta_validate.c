@@ -168,6 +168,54 @@ static bool check_prequant(const sq_ckpt *st, const sq_tensor_spec *t,
     return true;
 }
 
+/* A weight stored as bitsandbytes 8-bit (transformers' save_pretrained after load_in_8bit):
+ * "<base>weight" I8 [out, in], "<base>SCB" F32 [out], optional "<base>weight_format" U8 scalar
+ * (0: "row"; its value is checked by the loader). */
+static bool check_prequant_int8(const sq_ckpt *st, const sq_tensor_spec *t,
+                                const sq_ckpt_tensor *w, char *why, size_t why_n) {
+    size_t n = strlen(t->name);
+    char base[256];
+    if (n < 6 || n - 6 >= sizeof base || strcmp(t->name + n - 6, "weight") != 0) {
+        snprintf(why, why_n, " I8, but the name does not end in 'weight'");
+        return false;
+    }
+    memcpy(base, t->name, n - 6);
+    base[n - 6] = '\0';
+    if (!shape_is(w, 2, t->shape[0], t->shape[1])) {
+        char s[64];
+        shape_str(s, sizeof s, w->n_dims, w->shape);
+        snprintf(why, why_n, " I8 %s, want [%lld,%lld]", s, (long long)t->shape[0],
+                 (long long)t->shape[1]);
+        return false;
+    }
+    const sq_ckpt_tensor *scb = find_suffixed(st, base, "SCB");
+    if (!scb || scb->dtype != SQ_DTYPE_F32 || !shape_is(scb, 1, t->shape[0], 0)) {
+        snprintf(why, why_n, " (I8 8-bit weight needs %.150sSCB F32 [%lld])", base, (long long)t->shape[0]);
+        return false;
+    }
+    const sq_ckpt_tensor *fmt = find_suffixed(st, base, "weight_format");
+    if (fmt && (fmt->dtype != SQ_DTYPE_U8 || fmt->n_bytes != 1)) {
+        snprintf(why, why_n, " (%.150sweight_format must be one U8)", base);
+        return false;
+    }
+    return true;
+}
+
+/* the 8-bit companions: "<base>SCB" / "<base>weight_format" of the weight "<base>weight" */
+static bool int8_companion(const sq_meta *m, const sq_tensor_spec *next, const char *name) {
+    static const char *const sfx[] = {"SCB", "weight_format"};
+    for (size_t k = 0; k < 2; k++) {
+        size_t n = strlen(name), ks = strlen(sfx[k]);
+        if (n <= ks || n - ks + 6 >= 256 || strcmp(name + n - ks, sfx[k]) != 0) continue;
+        char w[256];
+        memcpy(w, name, n - ks);
+        memcpy(w + n - ks, "weight", 7);
+        int ti = sq_meta_find(m, w);
+        if (ti >= 0 && next[ti].stored_quant == SQ_QUANT_INT8) return true;
+    }
+    return false;
+}
+
 static const char *const k_companions[] = {
     ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
     ".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4",
@@ -202,6 +250,18 @@ sq_status sq_meta_validate(sq_meta *m, const sq_ckpt *st, sq_error *err) {
         const sq_ckpt_tensor *info = sq_ckpt_find(st, t->name);
         if (!info) {
             note(&missing, t->name, NULL, NULL);
+            continue;
+        }
+        if (t->quantizable && info->dtype == SQ_DTYPE_I8 && info->ggml_type < 0) {
+            char why[256] = "";
+            if (!check_prequant_int8(st, t, info, why, sizeof why)) {
+                note(&bad, t->name, info, "%s", why);
+                continue;
+            }
+            t->dtype = SQ_DTYPE_I8;
+            t->stored_quant = SQ_QUANT_INT8;
+            t->stored_double_quant = false;
+            t->stored_blocksize = t->shape[1];   /* one scale per row */
             continue;
         }
         if (t->quantizable && info->dtype == SQ_DTYPE_U8 && info->ggml_type < 0) {
@@ -278,6 +338,7 @@ sq_status sq_meta_validate(sq_meta *m, const sq_ckpt *st, sq_error *err) {
             int ti = sq_meta_find(m, base);
             companion = ti >= 0 && next[ti].stored_quant != SQ_QUANT_NONE;
         }
+        if (!companion) companion = int8_companion(m, next, name);
         if (!companion) note(&unexpected, name, info, NULL);
     }
 

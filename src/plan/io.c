@@ -253,10 +253,8 @@ static sq_status plan_from_json(const cJSON *o, rd *r, sq_plan **out) {
     rstr(r, sc, "scheme.", "dense_dtype", dense, sizeof dense);
     if (r->st == SQ_OK) {
         p->scheme = sq_quant_scheme_default();
-        if (!strcmp(quant, "nf4")) p->scheme.type = SQ_QUANT_NF4;
-        else if (!strcmp(quant, "fp4")) p->scheme.type = SQ_QUANT_FP4;
-        else if (!strcmp(quant, "none")) p->scheme.type = SQ_QUANT_NONE;
-        else r->st = sq_error_set(r->err, SQ_ERR_FORMAT, r->path, NULL, "scheme.quant: unknown '%s'", quant);
+        if (!sq_quant_type_from_name(quant, &p->scheme.type))
+            r->st = sq_error_set(r->err, SQ_ERR_FORMAT, r->path, NULL, "scheme.quant: unknown '%s'", quant);
         if (r->st == SQ_OK && !sq_dtype_from_name(dense, &p->scheme.dense_dtype))
             r->st = sq_error_set(r->err, SQ_ERR_FORMAT, r->path, NULL, "scheme.dense_dtype: unknown '%s'", dense);
     }

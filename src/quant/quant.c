@@ -57,6 +57,9 @@ void sq_qtensor_free(sq_qtensor *q) {
     free(q->absmax);
     free(q->absmax_q);
     free(q->nested_absmax);
+    free(q->codes);
+    free(q->row_scale);
+    free(q->row_zp);
     memset(q, 0, sizeof *q);
 }
 

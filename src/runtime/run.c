@@ -465,9 +465,10 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
         bool dequant = o->scheme_given && o->scheme.type == SQ_QUANT_NONE;
         if (o->scheme_given && !dequant && !sq_quant_scheme_equal(&stored, &o->scheme))
             rc = sq_error_set(err, SQ_ERR_INVALID, o->model_dir, NULL,
-                              "a bitsandbytes 4-bit checkpoint (%s, blocksize %lld%s): its weights "
+                              "a bitsandbytes %s checkpoint (%s, blocksize %lld%s): its weights "
                               "run as stored; leave out --quant / --blocksize / --double-quant, "
                               "give the same values, or --quant none to dequantize",
+                              stored.type == SQ_QUANT_INT8 ? "8-bit" : "4-bit",
                               sq_quant_type_name(stored.type), (long long)stored.blocksize,
                               stored.double_quant ? ", double quant" : "");
         if (!dequant) scheme = stored;

@@ -29,5 +29,10 @@ case "$name" in
     mkdir -p "$bin/reference-trained"
     "$py" "$src/tests/reference/trained_small_cosine.py" "$exe" --work "$bin/reference-trained" \
         --min-cosine 0.9999 ;;
+  int8_roundtrip)
+    # shardq's bnb 8-bit output, loaded by transformers: the bytes of bnb's own quantization
+    "$exe" make-model --out "$work/src" --preset tiny --family llama --dtype bf16 --seed 5 >/dev/null &&
+    "$exe" quantize "$work/src" --out "$work/int8" --quant int8 --quiet &&
+    "$py" "$src/tests/reference/check_int8_roundtrip.py" check "$work/int8" "$work/src" ;;
   *) echo "run_check.sh: unknown check '$name'"; exit 2 ;;
 esac
