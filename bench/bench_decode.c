@@ -1,12 +1,16 @@
 /* bench_decode: CPU backend figures.
- *   1. memory: memcpy GB/s (read + written bytes) and a float32 read-sum GB/s, 1 thread and
- *      all threads, over buffers far larger than the last-level cache;
- *   2. NF4 Linear (dequantize-on-the-fly GEMV / GEMM) on 4096x4096, 4096x14336, 14336x4096 at
- *      batch 1 and 8: GB/s of weight bytes read (packed nibbles + float32 absmax) and GFLOP/s,
- *      rotating over enough copies of the weight that they come from DRAM;
+ *   1. memory: memcpy GB/s (read + written bytes) and a read GB/s (32-byte loads folded by
+ *      XOR: the read ceiling), 1 thread and all threads, over buffers far larger than the
+ *      last-level cache;
+ *   2. Linear on NF4 and on GGUF Q4_0 / Q4_1 / Q8_0 weights as stored, with float32 and with
+ *      int8 activations (--activations), on 4096x4096, 4096x14336, 14336x4096 at batch 1, 8
+ *      and 64 (--quick: 4096x14336 at 1 and 8): ms, GB/s of the weight bytes the backend holds
+ *      and that as a % of the all-thread read bandwidth of 1., and GFLOP/s, rotating over
+ *      enough copies of the weight that they come from DRAM;
  *   3. decode tokens/s of a random NF4 model of the `small` preset shape (hidden 256, 6 layers,
  *      8 heads, 2 kv heads, intermediate 704, vocab 2048), batch 1 and 8.
- * Usage: bench_decode [--threads N] [--reps N] [--quick]
+ * Usage: bench_decode [--threads N] [--reps N] [--quick] [--activations f32|int8|both]
+ *        [--gemv-only]
  * Prints a table (#-prefixed header with units) and an OK / FAILED footer. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,16 +50,36 @@ static void copy_task(void *c_, int64_t t, int th) {
     size_t off = (size_t)t * c->chunk, n = off + c->chunk > c->n ? c->n - off : c->chunk;
     memcpy(c->dst + off, c->src + off, n);
 }
+/* The read ceiling: 32-byte loads folded with XOR into four independent accumulators (AVX2
+ * when the CPU has it, chosen at run time; 8-byte words otherwise), so the loop is bound by
+ * memory, not by the adds of a float sum. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static uint64_t read_avx2(const char *p, size_t n) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 128 <= n; i += 128) {
+        a0 = _mm256_xor_si256(a0, _mm256_load_si256((const __m256i *)(p + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_load_si256((const __m256i *)(p + i + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_load_si256((const __m256i *)(p + i + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_load_si256((const __m256i *)(p + i + 96)));
+    }
+    __m256i x = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    return (uint64_t)_mm256_extract_epi64(x, 0) ^ (uint64_t)_mm256_extract_epi64(x, 3);
+}
+#endif
 static void read_task(void *c_, int64_t t, int th) {
     mem_ctx *c = c_;
     size_t off = (size_t)t * c->chunk, n = off + c->chunk > c->n ? c->n - off : c->chunk;
-    const float *f = (const float *)(c->src + off);
-    float a[16] = {0};
-    for (size_t i = 0; i + 16 <= n / 4; i += 16)
-        for (int j = 0; j < 16; j++) a[j] += f[i + j];
-    double s = 0;
-    for (int j = 0; j < 16; j++) s += a[j];
-    c->sums[t % 64] += s;
+    uint64_t x = 0;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        c->sums[t % 64] += (double)(read_avx2(c->src + off, n) & 1);
+        return;
+    }
+#endif
+    const uint64_t *w = (const uint64_t *)(c->src + off);
+    for (size_t i = 0; i < n / 8; i++) x ^= w[i];
+    c->sums[t % 64] += (double)(x & 1);
 }
 
 static void bench_memory(int n_threads, int reps, double *copy_gbs, double *read_gbs) {
@@ -106,52 +130,92 @@ static void rand_q(int64_t M, int64_t K, sq_qtensor *q) {
     for (uint64_t b = 0; b < q->n_blocks; b++) q->absmax[b] = 0.01f + 0.001f * (float)(b % 7);
 }
 
-static int bench_gemv(sq_backend *be, int reps) {
-    static const int64_t shapes[3][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
-    static const int batches[2] = {1, 8};
-    int ok = 1;
-    for (int s = 0; s < 3; s++) {
-        int64_t M = shapes[s][0], K = shapes[s][1];
-        sq_qtensor q;
-        rand_q(M, K, &q);
-        uint64_t wbytes = q.n_elements / 2 + q.n_blocks * 4;
-        int n_copies = (int)((uint64_t)(160u << 20) / wbytes) + 1;   /* > 160 MB: past the LLC */
-        sq_weight *w[32];
-        sq_error err;
-        sq_error_init(&err, -1);
-        if (n_copies > 32) n_copies = 32;
-        for (int i = 0; i < n_copies; i++)
-            if (sq_backend_weight_4bit(be, "bench", &q, &w[i], &err) != SQ_OK) {
-                fprintf(stderr, "bench_decode: %s\n", err.msg);
-                return 0;
-            }
-        sq_qtensor_free(&q);
-        void *x_d = NULL, *y_d = NULL;
-        sq_backend_alloc(be, (uint64_t)(8 * K * 4), &x_d, &err);
-        sq_backend_alloc(be, (uint64_t)(8 * M * 4), &y_d, &err);
-        float *x = malloc((size_t)(8 * K) * 4);
-        for (int64_t i = 0; i < 8 * K; i++) x[i] = rndf(1.0f);
-        sq_backend_upload(be, x_d, x, (uint64_t)(8 * K * 4), &err);
-        free(x);
-        for (int bi = 0; bi < 2; bi++) {
-            int B = batches[bi];
-            double t[64];
-            int n_runs = reps * n_copies < 64 ? reps * n_copies : 64;
-            for (int r = -n_copies; r < n_runs; r++) {   /* one warm-up round over the copies */
-                int c = (r + n_copies) % n_copies;
-                double t0 = sq_now_s();
-                if (sq_backend_linear(be, x_d, B, w[c], NULL, y_d, &err) != SQ_OK) ok = 0;
-                if (r >= 0) t[r] = sq_now_s() - t0;
-            }
-            double med = median(t, n_runs);
-            printf("  %-8s %6lld x %-6lld %5d %12.3f %10.2f %10.2f\n", "nf4", (long long)M,
-                   (long long)K, B, med * 1e3, (double)wbytes / med / 1e9,
-                   2.0 * (double)M * (double)K * B / med / 1e9);
-        }
-        for (int i = 0; i < n_copies; i++) sq_backend_weight_free(be, w[i]);
-        sq_backend_free(be, x_d);
-        sq_backend_free(be, y_d);
+/* random GGUF blocks of type t (random codes, a sane half scale d and bias m) */
+static uint8_t *rand_gguf(int t, int64_t M, int64_t K, uint64_t *bytes) {
+    uint64_t rb = 0;
+    sq_ggml_row_bytes(t, K, &rb, NULL);
+    *bytes = rb * (uint64_t)M;
+    uint8_t *p = malloc(*bytes);
+    for (uint64_t i = 0; i + 8 <= *bytes; i += 8) {
+        uint64_t v = rnd();
+        memcpy(p + i, &v, 8);
     }
+    int64_t bb = sq_ggml_block_bytes(t), nb = (int64_t)(*bytes / (uint64_t)bb);
+    for (int64_t b = 0; b < nb; b++) {
+        uint16_t d = 0x2000, m = 0xa000;
+        memcpy(p + b * bb, &d, 2);
+        if (t == SQ_GGML_Q4_1) memcpy(p + b * bb + 2, &m, 2);
+    }
+    return p;
+}
+
+/* Linear on NF4 and on GGUF Q4_0 / Q4_1 / Q8_0 as stored, f32 and int8 activations
+ * (act: 1 f32, 2 int8, 3 both), each shape at batch 1, 8 and 64: ms, GB/s of the weight bytes
+ * the backend holds, that as a share of the all-thread read bandwidth rd_gbs, and GFLOP/s. */
+static int bench_gemv(sq_backend *be, int reps, int act, double rd_gbs, int quick) {
+    static const int64_t shapes[3][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
+    static const int batches[3] = {1, 8, 64};
+    static const int fmts[4] = {-1, SQ_GGML_Q4_0, SQ_GGML_Q4_1, SQ_GGML_Q8_0};
+    int ok = 1;
+    for (int s = quick ? 1 : 0; s < (quick ? 2 : 3); s++)
+        for (int fi = 0; fi < 4; fi++) {
+            int64_t M = shapes[s][0], K = shapes[s][1];
+            sq_qtensor q;
+            uint8_t *raw = NULL;
+            uint64_t rawb = 0;
+            if (fmts[fi] < 0) rand_q(M, K, &q);
+            else raw = rand_gguf(fmts[fi], M, K, &rawb);
+            sq_weight *w[32];
+            sq_error err;
+            sq_error_init(&err, -1);
+            int n_copies = 1;
+            for (int i = 0; i < n_copies; i++) {
+                sq_status st = fmts[fi] < 0 ? sq_backend_weight_4bit(be, "bench", &q, &w[i], &err)
+                                            : sq_backend_weight_ggml(be, "bench", (sq_ggml_type)fmts[fi],
+                                                                     raw, M, K, &w[i], &err);
+                if (st != SQ_OK) {
+                    fprintf(stderr, "bench_decode: %s\n", err.msg);
+                    return 0;
+                }
+                if (i == 0) {   /* > 160 MB of copies: past the LLC */
+                    n_copies = (int)((uint64_t)(160u << 20) / sq_weight_bytes(w[0])) + 1;
+                    if (n_copies > 32) n_copies = 32;
+                }
+            }
+            uint64_t wbytes = sq_weight_bytes(w[0]);
+            if (fmts[fi] < 0) sq_qtensor_free(&q);
+            free(raw);
+            void *x_d = NULL, *y_d = NULL;
+            sq_backend_alloc(be, (uint64_t)(64 * K * 4), &x_d, &err);
+            sq_backend_alloc(be, (uint64_t)(64 * M * 4), &y_d, &err);
+            float *x = malloc((size_t)(64 * K) * 4);
+            for (int64_t i = 0; i < 64 * K; i++) x[i] = rndf(1.0f);
+            sq_backend_upload(be, x_d, x, (uint64_t)(64 * K * 4), &err);
+            free(x);
+            const char *name = fmts[fi] < 0 ? "nf4" : sq_ggml_type_name(fmts[fi]);
+            for (int bi = 0; bi < (quick ? 2 : 3); bi++)
+                for (int a = 1; a <= 2; a++) {
+                    if (!(act & a)) continue;
+                    sq_backend_cpu_set_activations(be, a == 1 ? SQ_CPU_ACT_F32 : SQ_CPU_ACT_INT8, NULL);
+                    int B = batches[bi];
+                    double t[64];
+                    int n_runs = reps * n_copies < 64 ? reps * n_copies : 64;
+                    if (B == 64 && n_runs > reps) n_runs = reps;
+                    for (int r = -n_copies; r < n_runs; r++) {   /* one warm-up round */
+                        int c = (r + n_copies) % n_copies;
+                        double t0 = sq_now_s();
+                        if (sq_backend_linear(be, x_d, B, w[c], NULL, y_d, &err) != SQ_OK) ok = 0;
+                        if (r >= 0) t[r] = sq_now_s() - t0;
+                    }
+                    double med = median(t, n_runs), gbs = (double)wbytes / med / 1e9;
+                    printf("  %-6s %-4s %6lld x %-6lld %5d %10.3f %8.2f %6.0f%% %9.2f\n", name,
+                           a == 1 ? "f32" : "int8", (long long)M, (long long)K, B, med * 1e3, gbs,
+                           100.0 * gbs / rd_gbs, 2.0 * (double)M * (double)K * B / med / 1e9);
+                }
+            for (int i = 0; i < n_copies; i++) sq_backend_weight_free(be, w[i]);
+            sq_backend_free(be, x_d);
+            sq_backend_free(be, y_d);
+        }
     return ok;
 }
 
@@ -250,13 +314,22 @@ fail:
 }
 
 int main(int argc, char **argv) {
-    int n_threads = 0, reps = 7, quick = 0;
+    int n_threads = 0, reps = 7, quick = 0, act = 3, gemv_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) n_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--activations") && i + 1 < argc) {
+            const char *v = argv[++i];
+            act = !strcmp(v, "f32") ? 1 : !strcmp(v, "int8") ? 2 : !strcmp(v, "both") ? 3 : 0;
+            if (!act) {
+                fprintf(stderr, "bench_decode: --activations must be f32, int8 or both\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--gemv-only")) gemv_only = 1;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else {
-            fprintf(stderr, "usage: bench_decode [--threads N] [--reps N] [--quick]\n");
+            fprintf(stderr, "usage: bench_decode [--threads N] [--reps N] [--quick] "
+                            "[--activations f32|int8|both] [--gemv-only]\n");
             return 2;
         }
     }
@@ -277,10 +350,15 @@ int main(int argc, char **argv) {
     bench_memory(nt, reps, &cn, &rn);
     printf("# %-30s %10s %10s\n", "memory", "1 thr GB/s", "all GB/s");
     printf("  %-30s %10.2f %10.2f\n", "memcpy 512 MiB (read+write)", c1, cn);
-    printf("  %-30s %10.2f %10.2f\n", "f32 read-sum 512 MiB", r1, rn);
-    if (!quick) {
-        printf("# %-8s %15s %5s %12s %10s %10s\n", "linear", "out x in", "batch", "ms", "GB/s", "GFLOP/s");
-        ok &= bench_gemv(be, reps);
+    printf("  %-30s %10.2f %10.2f\n", "read (xor-fold) 512 MiB", r1, rn);
+    printf("# %-11s %15s %5s %10s %8s %7s %9s\n", "linear", "out x in", "batch", "ms",
+           "GB/s", "% read", "GFLOP/s");
+    ok &= bench_gemv(be, reps, act, rn, quick);
+    sq_backend_cpu_set_activations(be, act == 2 ? SQ_CPU_ACT_INT8 : SQ_CPU_ACT_F32, NULL);
+    if (gemv_only) {
+        printf("# %s\n", ok ? "OK" : "FAILED");
+        sq_backend_destroy(be);
+        return ok ? 0 : 1;
     }
     double t1 = 0, t8 = 0;
     ok &= bench_model(be, quick ? 32 : 128, &t1, &t8);

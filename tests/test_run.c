@@ -274,6 +274,41 @@ START_TEST(bad_input_one_line) {
 }
 END_TEST
 
+/* --activations: int8 logits the same bytes on 1 and 2 ranks and not f32's (the int8 path ran);
+ * f32 is the default's bytes; a bad value is a usage error. */
+START_TEST(int8_activations) {
+    char *dumps[4] = {NULL};
+    size_t sizes[4] = {0};
+    static const char *const acts[4] = {"--activations int8", "--activations int8",
+                                        "--activations f32", ""};
+    static const int nps[4] = {1, 2, 1, 1};
+    for (int i = 0; i < 4; i++) {
+        char args[4096], dump[1200];
+        snprintf(dump, sizeof dump, "%s/dump-act-%d.bin", g_root, i);
+        snprintf(args, sizeof args,
+                 "'%s' --quant nf4 --prompt-ids '3,7,11,5;9,4' --max-new-tokens 4 --ignore-eos "
+                 "--json --dump-logits '%s' %s", g_llama, dump, acts[i]);
+        int rc = 0;
+        char *out = run_np(nps[i], &rc, args);
+        ck_assert_msg(rc == 0, "%s: rc %d: %s", args, rc, out);
+        ck_assert_msg((strstr(out, "int8 activations") != NULL) == (i < 2), "%s: %s", args, out);
+        free(out);
+        dumps[i] = sq_test_read_file(dump, &sizes[i]);
+        ck_assert_ptr_nonnull(dumps[i]);
+    }
+    ck_assert(sizes[0] == sizes[1] && memcmp(dumps[0], dumps[1], sizes[0]) == 0);
+    ck_assert(sizes[2] == sizes[3] && memcmp(dumps[2], dumps[3], sizes[2]) == 0);
+    ck_assert(sizes[0] == sizes[2] && memcmp(dumps[0], dumps[2], sizes[0]) != 0);
+    for (int i = 0; i < 4; i++) free(dumps[i]);
+    int rc = 0;
+    char args[1200];
+    snprintf(args, sizeof args, "'%s' --prompt-ids 1 --activations int4", g_llama);
+    char *o = run_np(0, &rc, args);
+    ck_assert_msg(rc == 2 && strstr(o, "--activations must be int8 or f32, not 'int4'"), "%s", o);
+    free(o);
+}
+END_TEST
+
 /* ---- a rank that dies ------------------------------------------------------------------------- */
 
 static char *run_die(const char *mode, int rank, int *rc, double *dt) {
@@ -415,6 +450,7 @@ int main(void) {
     tcase_add_test(tc, dead_rank_ends_the_job_named);
     tcase_add_test(tc, text_prompts);
     tcase_add_test(tc, human_table);
+    tcase_add_test(tc, int8_activations);
     suite_add_tcase(s, tc);
     /* its own case, so CK_RUN_CASE=sampling runs it alone (tests/mutate.sh) */
     TCase *ts = tcase_create("sampling");

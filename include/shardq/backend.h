@@ -54,6 +54,24 @@ typedef struct sq_weight sq_weight;
 /* CPU backend with a pool of n_threads (<= 0: one per online core).  Uses AVX2 + FMA when the
  * CPU has them, a portable path otherwise.  On failure *out is NULL. */
 sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err);
+/* How the CPU backend's Linear treats activations.  F32: float32 x against the dequantized
+ * weight value (the bit-exact reference, e.g. against transformers).  INT8: each row of x is
+ * quantized to int8 at run time (absmax per block of 32) and quantized weights (ggml block
+ * formats, int8, NF4 / FP4 through an int8 code table) are multiplied with integer dot
+ * products (src/backend/cpu_q8.c: the order and why per block); dense weights, NF4 / FP4 rows
+ * whose in_features is not a multiple of 64, and calls made before sq_backend_reserve sized the
+ * scratch stay float32.  Results stay bit-identical across thread counts, row counts and ISA
+ * paths in either mode.  DEFAULT: the build's default (SQ_CPU_ACT_INT8_DEFAULT). */
+typedef enum sq_cpu_activations {
+    SQ_CPU_ACT_DEFAULT = 0,
+    SQ_CPU_ACT_F32 = 1,
+    SQ_CPU_ACT_INT8 = 2
+} sq_cpu_activations;
+#define SQ_CPU_ACT_INT8_DEFAULT false
+/* SQ_ERR_UNSUPPORTED on a backend other than the CPU's. */
+sq_status sq_backend_cpu_set_activations(sq_backend *be, sq_cpu_activations a, sq_error *err);
+/* True when be is a CPU backend whose Linear takes int8 activations. */
+bool sq_backend_cpu_activations_int8(const sq_backend *be);
 /* CUDA backend on `device` (< 0: the calling thread's current device), built only when
  * SHARDQ_HAVE_CUDA (src/backend/cuda.c): one stream, one cuBLAS handle, kernels in kernels/.
  * It makes `device` the calling thread's current device; ops must be called from threads whose

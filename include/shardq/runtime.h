@@ -207,6 +207,9 @@ typedef struct sq_run_options {
                                        rank mod device count */
     int n_threads;                  /* backend + quantization threads per rank; <= 0: the
                                        node's cores / the ranks started on the node */
+    sq_cpu_activations activations; /* cpu backend: Linear on float32 or int8 activations
+                                       (backend.h); DEFAULT: the backend's default; INT8 with
+                                       the cuda backend is refused */
     double timeout_s;               /* peer silence during generation; <= 0: 30 s */
     sq_load_progress_fn progress;   /* rank 0; may be NULL */
     void *progress_user;

@@ -11,11 +11,15 @@
 
 /* ---- life cycle and memory ---------------------------------------------------------------- */
 
+/* the kernels in use; ", int8 activations" when Linear quantizes them (cpu_q8.c) */
 static const char *cpu_name(const sq_backend *be) {
-    switch (((const sq_cpu *)be)->isa) {
-    case SQ_CPU_AVX512: return "cpu-avx512vl";
-    case SQ_CPU_AVX2: return "cpu-avx2";
-    default: return "cpu-portable";
+    const sq_cpu *c = (const sq_cpu *)be;
+    switch (c->isa) {
+    case SQ_CPU_AVX512:
+        if (c->act_int8) return c->vnni ? "cpu-avx512vl, int8 activations (vnni)" : "cpu-avx512vl, int8 activations";
+        return "cpu-avx512vl";
+    case SQ_CPU_AVX2: return c->act_int8 ? "cpu-avx2, int8 activations" : "cpu-avx2";
+    default: return c->act_int8 ? "cpu-portable, int8 activations" : "cpu-portable";
     }
 }
 
@@ -24,11 +28,14 @@ static void cpu_destroy(sq_backend *be) {
     sq_pool_destroy(c->pool);
     free(c->sample_idx);
     free(c->sample_p);
+    free(c->q8_buf);
     free(c);
 }
 
 static sq_status cpu_reserve(sq_backend *be, const sq_backend_limits *lim, sq_error *err) {
     sq_cpu *c = sq_cpu_of(be);
+    sq_status st = sq_cpu_reserve_q8(c, lim->max_rows, lim->max_width, err);
+    if (st != SQ_OK) return st;
     if (lim->max_vocab > 0 && (lim->max_rows > c->sample_cap_rows ||
                                lim->max_vocab > c->sample_cap_vocab)) {
         uint64_t n = 0;
@@ -222,6 +229,21 @@ static const sq_backend_ops cpu_ops = {
     .linear = sq_cpu_linear, .add = cpu_add, .swiglu = cpu_swiglu, .sample = sq_cpu_sample,
 };
 
+sq_status sq_backend_cpu_set_activations(sq_backend *be, sq_cpu_activations a, sq_error *err) {
+    if (!be || be->ops != &cpu_ops)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "--activations int8|f32 is a cpu backend setting; this backend is %s",
+                            be ? sq_backend_name(be) : "none");
+    if (a != SQ_CPU_ACT_F32 && a != SQ_CPU_ACT_INT8 && a != SQ_CPU_ACT_DEFAULT)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "activations: unknown mode %d", (int)a);
+    sq_cpu_of(be)->act_int8 = a == SQ_CPU_ACT_DEFAULT ? SQ_CPU_ACT_INT8_DEFAULT : a == SQ_CPU_ACT_INT8;
+    return SQ_OK;
+}
+
+bool sq_backend_cpu_activations_int8(const sq_backend *be) {
+    return be && be->ops == &cpu_ops && ((const sq_cpu *)be)->act_int8;
+}
+
 sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err) {
     if (!out) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "backend: NULL output");
     *out = NULL;
@@ -242,10 +264,13 @@ sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err) 
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
             c->isa = SQ_CPU_AVX512;
     }
+    c->vnni = c->isa == SQ_CPU_AVX512 && __builtin_cpu_supports("avx512vnni");
     /* SHARDQ_CPU_ISA=portable|avx2 caps the kernels (tests compare paths; benches) */
     const char *cap = getenv("SHARDQ_CPU_ISA");
     if (cap && strcmp(cap, "portable") == 0) c->isa = SQ_CPU_PORTABLE;
     else if (cap && strcmp(cap, "avx2") == 0 && c->isa > SQ_CPU_AVX2) c->isa = SQ_CPU_AVX2;
+    if (c->isa != SQ_CPU_AVX512) c->vnni = false;
+    c->act_int8 = SQ_CPU_ACT_INT8_DEFAULT;
     *out = &c->base;
     return SQ_OK;
 }

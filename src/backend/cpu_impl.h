@@ -14,6 +14,11 @@ typedef struct sq_cpu {
     sq_backend base;            /* first: a sq_backend * is a sq_cpu * */
     sq_pool *pool;
     sq_cpu_isa isa;
+    bool vnni;                  /* AVX-512 VNNI (256-bit vpdpbusd) on the int8 path */
+    bool act_int8;              /* Linear quantizes activations to int8 (cpu_q8.c) */
+    int8_t *q8_buf;             /* int8 activation scratch: q8_cap codes, then per 32 of them
+                                   dx, 8 lane sums xs (float), 8 int32 corrections */
+    uint64_t q8_cap;
     /* sampling scratch (sized by reserve): per row of a call, vocab entries */
     int64_t sample_cap_rows, sample_cap_vocab;
     int32_t *sample_idx;        /* (max_rows, max_vocab) */
@@ -67,6 +72,15 @@ sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, co
 sq_status sq_cpu_linear_ggml(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                              const sq_weight *bias, void *out_d, sq_error *err);
 void sq_cpu_ggml_row(const sq_weight *w, int64_t r, float *out);
+
+/* Dynamic int8 activations (cpu_q8.c): whether w can take them, the Linear, the scratch it
+ * needs (max_rows x max_width codes; grows only), and one row's quantization (tests). */
+bool sq_cpu_q8_supported(const sq_weight *w);
+sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
+                           const sq_weight *bias, void *out_d, sq_error *err);
+sq_status sq_cpu_reserve_q8(sq_cpu *cpu, int64_t max_rows, int64_t max_width, sq_error *err);
+void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int8_t *qx, float *dx,
+                            float *xs, int32_t *corr);
 
 /* Dot product with the backend's fixed order: one 8-lane accumulator, fused multiply-adds
  * over k = 0, 8, 16, …, a fixed horizontal sum, then the tail fused one by one. */

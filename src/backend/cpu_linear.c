@@ -568,8 +568,10 @@ static void lin_task(void *ctx_, int64_t t, int thread) {
 
 sq_status sq_cpu_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                         const sq_weight *bias, void *out_d, sq_error *err) {
-    if (w->store == SQ_WSTORE_QBLOCK) return sq_cpu_linear_ggml(be, x_d, n_rows, w, bias, out_d, err);
     sq_cpu *cpu = sq_cpu_of(be);
+    if (cpu->act_int8 && cpu->q8_cap >= (uint64_t)w->cols && sq_cpu_q8_supported(w))
+        return sq_cpu_linear_q8(be, x_d, n_rows, w, bias, out_d, err);
+    if (w->store == SQ_WSTORE_QBLOCK) return sq_cpu_linear_ggml(be, x_d, n_rows, w, bias, out_d, err);
     lin_task_ctx tc = {.isa = cpu->isa};
     lin_ctx *c = &tc.lc;
     c->w = w;

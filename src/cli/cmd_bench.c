@@ -32,7 +32,11 @@ static void usage(FILE *f) {
         "          [--quant nf4|fp4|int8|int8-zp|none] [--double-quant] [--blocksize N] [--batch B]\n"
         "          [--prompt-len L] [--new-tokens N] [--micro-batches M[,M...]] [--seed S]\n"
         "          [--backend auto|cpu|cuda] [--transport auto|mpi|nccl] [--device N]\n"
-        "          [--threads N] [--timeout S] [--json] [--load-only] [--trace FILE]\n\n"
+        "          [--threads N] [--activations int8|f32] [--timeout S] [--json] [--load-only]
+"
+        "          [--trace FILE]
+
+"
         "Measures pipelined 4-bit generation over the ranks started: for each micro-batch count\n"
         "M, B synthetic prompts of L token ids (deterministic from --seed, never an EOS id) are\n"
         "prefilled and decoded for N new tokens each (EOS ignored), exactly as 'shardq run' does;\n"
@@ -47,7 +51,7 @@ static void usage(FILE *f) {
         "  --micro-batches M   comma-separated and/or repeated, each 1..B (default: 1, 2, 4, ...\n"
         "                      up to B)\n"
         "  --seed S            prompt ids seed (default 0)\n"
-        "  --backend, --transport, --device, --threads, --timeout: as for 'shardq run'\n"
+        "  --backend, --transport, --device, --threads, --activations, --timeout: as for 'shardq run'\n"
         "  --json              one JSON object with the same facts\n"
         "  --load-only         only load: per rank the GB read, load seconds (read + convert +\n"
         "                      quantize + place), GB/s and peak RSS (one 1-token run)\n"

@@ -22,7 +22,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: [mpirun -np N] shardq perplexity MODEL --text-file F [--ctx N] [--chunks K]\n"
             "                      [--micro-batches M] [--quant none|nf4|fp4|int8|int8-zp] [--json] [--quiet]\n"
-            "                      [--backend …] [--transport …] [--threads T] [--timeout S]\n\n"
+            "                      [--backend …] [--transport …] [--threads T] [--activations int8|f32] [--timeout S]\n\n"
             "Perplexity of a text, llama.cpp's way (llama-perplexity): the text is tokenized once,\n"
             "cut into chunks of --ctx tokens, and the second half of every chunk is scored (each\n"
             "position predicts the next token).  The chunks are the sequences of one pipelined run\n"
@@ -34,7 +34,7 @@ static void usage(FILE *f) {
             "  --chunks K           score at most the first K chunks (default: all)\n"
             "  --micro-batches M    chunks are split into M micro-batches (default: one per chunk)\n"
             "  --quant …, --double-quant, --blocksize, --backend, --transport, --device,\n"
-            "  --threads as for `shardq run`; --timeout S: a peer silent for S seconds counts\n"
+            "  --threads, --activations as for `shardq run`; --timeout S: a peer silent for S seconds counts\n"
             "                       as dead (default 300: a stage computes a whole chunk between\n"
             "                       two messages)\n"
             "  --json               one JSON object: perplexity, uncertainty, n_tokens, n_chunks,\n"

@@ -66,6 +66,11 @@ bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **ar
             *usage_rc = sq_cli_usage_error(ctx, cmd, "--threads must be 1..4096, not '%s'", v);
         else if (!*missing)
             o->n_threads = (int)v64;
+    } else if (sq_cli_flag_value(argc, argv, i, "--activations", &v, missing)) {
+        if (!*missing && strcmp(v, "int8") != 0 && strcmp(v, "f32") != 0)
+            *usage_rc = sq_cli_usage_error(ctx, cmd, "--activations must be int8 or f32, not '%s'", v);
+        else if (!*missing)
+            o->activations = strcmp(v, "int8") == 0 ? SQ_CPU_ACT_INT8 : SQ_CPU_ACT_F32;
     } else if (sq_cli_flag_value(argc, argv, i, "--timeout", &v, missing)) {
         if (!*missing && (!sq_cli_parse_f64(v, 0, 1e6, &vd) || vd <= 0))
             *usage_rc = sq_cli_usage_error(ctx, cmd, "--timeout must be a positive number of seconds, not '%s'", v);

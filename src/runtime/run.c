@@ -565,7 +565,10 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     sp.quant_on_device = ex.cuda;   /* the cuda backend: 4-bit weights quantized on its GPU */
     sp.quant_device = ex.device;
     sp.trace = o->trace;
-    if (ex.cuda) {
+    if (ex.cuda && o->activations == SQ_CPU_ACT_INT8) {
+        rc = sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                          "--activations int8 is for the cpu backend (this run uses cuda)");
+    } else if (ex.cuda) {
 #ifdef SHARDQ_HAVE_CUDA
         rc = sq_backend_create_cuda(ex.device, &be, err);
 #else
@@ -573,6 +576,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
 #endif
     } else {
         rc = sq_backend_create_cpu(n_threads, &be, err);
+        if (rc == SQ_OK) rc = sq_backend_cpu_set_activations(be, o->activations, err);
     }
     if (rc == SQ_OK) rc = sq_runtime_create_stage(be, meta, &sp, &stage, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;

@@ -1,0 +1,320 @@
+/* test_backend_q8: the CPU backend's dynamic int8 activations (src/backend/cpu_q8.c).
+ * Every quantized weight format (each ggml type, NF4, FP4, int8 and zero-point int8 in the
+ * block-scaled form): bit-identical results across the
+ * portable, AVX2 and AVX-512 VNNI paths, thread counts 1 / 2 / 3 and row counts 1 / 2 / 5 / 41
+ * (the GEMV and the GEMM kernels); every value within a derived bound of a float64 dot product of
+ * the dequantized weight with the float32 x; one row's quantization exact; the mode switch
+ * refused on a non-CPU call and f32 mode unchanged. */
+#include <check.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shardq/backend.h"
+#include "shardq/ggml_quant.h"
+#include "shardq/quant.h"
+#include "shardq/size.h"
+
+static uint64_t rng_state = 0x51ed2701;
+static uint64_t rng_u64(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float rng_f(float lo, float hi) {
+    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
+}
+
+/* the quantized ggml types, then NF4 and FP4 (as negative tags) */
+#define W_NF4 (-1)
+#define W_FP4 (-2)
+#define W_I8 (-3)     /* int8 weights in the block-scaled form: 8-bit codes, float32 scales */
+#define W_I8ZP (-4)   /* the same with a bias (zero-point int8) */
+static const int k_kinds[] = {SQ_GGML_Q8_0, SQ_GGML_Q4_0, SQ_GGML_Q4_1, SQ_GGML_Q5_0,
+                              SQ_GGML_Q5_1, SQ_GGML_Q4_K, SQ_GGML_Q5_K, SQ_GGML_Q6_K,
+                              W_NF4,        W_FP4,        W_I8,         W_I8ZP};
+#define N_KINDS ((int)(sizeof k_kinds / sizeof k_kinds[0]))
+static const char *kind_name(int k) {
+    return k == W_NF4 ? "NF4" : k == W_FP4 ? "FP4" : k == W_I8 ? "int8" : k == W_I8ZP ? "int8-zp"
+                                                                           : sq_ggml_type_name(k);
+}
+
+/* isa: NULL (the best the CPU has), "avx2" or "portable" */
+static sq_backend *mk_be(int n_threads, const char *isa, sq_cpu_activations act) {
+    if (isa) setenv("SHARDQ_CPU_ISA", isa, 1);
+    else unsetenv("SHARDQ_CPU_ISA");
+    sq_backend *be = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_create_cpu(n_threads, &be, &err), SQ_OK);
+    unsetenv("SHARDQ_CPU_ISA");
+    sq_backend_limits lim = {.max_rows = 64, .max_width = 1024, .max_vocab = 0, .max_head_dim = 64};
+    ck_assert_int_eq(sq_backend_reserve(be, &lim, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_cpu_set_activations(be, act, &err), SQ_OK);
+    return be;
+}
+
+/* A weight of kind k: ggml raw blocks (random codes, sane scales) or a 4-bit quantization of
+ * random floats; deq gets its dequantized values (N x K). */
+typedef struct {
+    uint8_t *raw;
+    uint64_t rb;
+    sq_qtensor q;
+    float *deq;
+    sq_qblock_format f;   /* W_I8 / W_I8ZP */
+    float *scales, *biases;
+} src_w;
+
+static void mk_src(int k, int64_t N, int64_t K, src_w *s) {
+    memset(s, 0, sizeof *s);
+    s->deq = malloc((size_t)(N * K) * 4);
+    if (k == W_I8 || k == W_I8ZP) {
+        s->f = (sq_qblock_format){.code_bits = 8, .code_zero = 0, .block_elems = 32,
+                                  .has_bias = k == W_I8ZP, .scale_bits = 32};
+        s->raw = malloc((size_t)(N * K));
+        s->scales = malloc((size_t)(N * K / 32) * 4);
+        s->biases = malloc((size_t)(N * K / 32) * 4);
+        for (int64_t i = 0; i < N * K; i++) s->raw[i] = (uint8_t)(rng_u64() >> 24);
+        for (int64_t o = 0; o < N; o++) {   /* one scale (and bias) per row, as bnb's int8 */
+            float sc = rng_f(0.001f, 0.01f), bi = rng_f(-0.2f, 0.2f);
+            for (int64_t b = 0; b < K / 32; b++) {
+                s->scales[o * (K / 32) + b] = sc;
+                s->biases[o * (K / 32) + b] = bi;
+            }
+            sq_qblock_dequantize_row(&s->f, s->raw + o * K, s->scales + o * (K / 32),
+                                     s->f.has_bias ? s->biases + o * (K / 32) : NULL, K, s->deq + o * K);
+        }
+        return;
+    }
+    if (k < 0) {
+        float *v = malloc((size_t)(N * K) * 4);
+        for (int64_t i = 0; i < N * K; i++) v[i] = rng_f(-1, 1) * rng_f(0, 1);
+        sq_quant_scheme sc = sq_quant_scheme_default();
+        sc.type = k == W_NF4 ? SQ_QUANT_NF4 : SQ_QUANT_FP4;
+        sc.blocksize = 64;
+        ck_assert_int_eq(sq_quant_4bit(v, N, K, SQ_DTYPE_F32, &sc, NULL, &s->q, NULL), SQ_OK);
+        sq_dequant_4bit_f32(&s->q, 0, (uint64_t)(N * K), s->deq);
+        free(v);
+        return;
+    }
+    ck_assert_int_eq(sq_ggml_row_bytes(k, K, &s->rb, NULL), SQ_OK);
+    uint64_t nb = s->rb * (uint64_t)N;
+    s->raw = malloc(nb);
+    for (uint64_t i = 0; i < nb; i++) s->raw[i] = (uint8_t)(rng_u64() >> 24);
+    int64_t bb = sq_ggml_block_bytes(k), be = sq_ggml_block_elems(k);
+    int d_off = k == SQ_GGML_Q6_K ? 208 : 0;
+    int m_off = (k == SQ_GGML_Q4_1 || k == SQ_GGML_Q5_1 || k == SQ_GGML_Q4_K || k == SQ_GGML_Q5_K) ? 2 : -1;
+    for (int64_t b = 0; b < N * K / be; b++) {
+        uint16_t d = (uint16_t)(0x1800 + (rng_u64() % 0x2400)), m = (uint16_t)(d ^ 0x8000);
+        memcpy(s->raw + b * bb + d_off, &d, 2);
+        if (m_off >= 0) memcpy(s->raw + b * bb + m_off, &m, 2);
+    }
+    for (int64_t o = 0; o < N; o++)
+        sq_ggml_dequantize_row((sq_ggml_type)k, s->raw + o * s->rb, s->deq + o * K, K);
+}
+
+static void free_src(src_w *s) {
+    free(s->raw);
+    free(s->scales);
+    free(s->biases);
+    free(s->deq);
+    if (s->q.packed) sq_qtensor_free(&s->q);
+}
+
+static sq_weight *mk_w(sq_backend *be, int k, const src_w *s, int64_t N, int64_t K) {
+    sq_weight *w = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_status st;
+    if (k == W_I8 || k == W_I8ZP)
+        st = sq_backend_weight_qblock(be, "blk.0.ffn_up.weight", &s->f, N, K, s->raw, s->scales,
+                                      s->f.has_bias ? s->biases : NULL, &w, &err);
+    else if (k < 0)
+        st = sq_backend_weight_4bit(be, "blk.0.ffn_up.weight", &s->q, &w, &err);
+    else
+        st = sq_backend_weight_ggml(be, "blk.0.ffn_up.weight", (sq_ggml_type)k, s->raw, N, K, &w, &err);
+    ck_assert_msg(st == SQ_OK, "weight %s: %s", kind_name(k), err.msg);
+    return w;
+}
+
+static float *run_linear(sq_backend *be, const sq_weight *w, const float *x, int64_t n,
+                         const sq_weight *bias) {
+    int64_t K = sq_weight_cols(w), N = sq_weight_rows(w);
+    void *x_d = NULL, *o_d = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(n * K * 4), &x_d, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(n * N * 4), &o_d, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_upload(be, x_d, x, (uint64_t)(n * K * 4), &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_linear(be, x_d, n, w, bias, o_d, &err), SQ_OK);
+    float *out = malloc((size_t)(n * N * 4));
+    ck_assert_int_eq(sq_backend_download(be, out, o_d, (uint64_t)(n * N * 4), &err), SQ_OK);
+    sq_backend_free(be, x_d);
+    sq_backend_free(be, o_d);
+    return out;
+}
+
+/* |y - sum w x| over one output: the activation rounding (|x - dx q| <= dx / 2 per element,
+ * dx = amax / 127 of its block of 32), for NF4 / FP4 the int8 code table's rounding
+ * (|code - c / 127| <= 1 / 254 of the block's absmax), and float32 accumulation (generously
+ * 64 eps of sum |w x| plus the bias). */
+static double q8_bound(const float *w, const float *x, int64_t K, bool table, float absmax_hi) {
+    double b = 0.0, mag = 0.0;
+    for (int64_t blk = 0; blk < K / 32; blk++) {
+        double amax = 0.0, sw = 0.0, sx = 0.0;
+        for (int e = 0; e < 32; e++) {
+            amax = fmax(amax, fabs(x[32 * blk + e]));
+            sw += fabs(w[32 * blk + e]);
+            sx += fabs(x[32 * blk + e]);
+            mag += fabs((double)w[32 * blk + e] * x[32 * blk + e]);
+        }
+        b += amax / 127.0 / 2.0 * sw * 1.0001;
+        if (table) b += sx * (double)absmax_hi / 254.0 * 1.0001;
+    }
+    return b + 64.0 * FLT_EPSILON * (mag + 4.0);
+}
+
+START_TEST(test_paths_identical_and_bounded) {
+    const int64_t N = 70, K = 768, NR = 41;
+    sq_backend *bv = mk_be(3, NULL, SQ_CPU_ACT_INT8), *b2 = mk_be(1, "avx2", SQ_CPU_ACT_INT8);
+    sq_backend *bp = mk_be(2, "portable", SQ_CPU_ACT_INT8), *bf = mk_be(2, NULL, SQ_CPU_ACT_F32);
+    float *x = malloc((size_t)(NR * K * 4)), *bias = malloc((size_t)N * 4);
+    for (int64_t j = 0; j < NR * K; j++) x[j] = rng_f(-2, 2) * (j % 97 == 0 ? 20.0f : 1.0f);
+    for (int64_t j = 0; j < N; j++) bias[j] = rng_f(-1, 1);
+    for (int t = 0; t < N_KINDS; t++) {
+        const int k = k_kinds[t];
+        src_w s;
+        mk_src(k, N, K, &s);
+        sq_backend *bes[4] = {bv, b2, bp, bf};
+        sq_weight *w[4], *bs[4];
+        float *all[4];
+        for (int i = 0; i < 4; i++) {
+            w[i] = mk_w(bes[i], k, &s, N, K);
+            ck_assert_int_eq(sq_backend_weight_dense(bes[i], "bias", SQ_DTYPE_F32, bias, 1, N, &bs[i], NULL), SQ_OK);
+            all[i] = run_linear(bes[i], w[i], x, NR, bs[i]);
+        }
+        ck_assert_msg(memcmp(all[0], all[1], (size_t)(NR * N * 4)) == 0, "%s: %s vs avx2",
+                      kind_name(k), sq_backend_name(bv));
+        ck_assert_msg(memcmp(all[0], all[2], (size_t)(NR * N * 4)) == 0, "%s: %s vs portable",
+                      kind_name(k), sq_backend_name(bv));
+        /* the int8 path ran: it differs from the float32 activations somewhere */
+        ck_assert_msg(memcmp(all[0], all[3], (size_t)(NR * N * 4)) != 0, "%s: int8 == f32",
+                      kind_name(k));
+        /* rows alone and in calls of 2 and 5, on every path */
+        static const int64_t counts[] = {1, 2, 5};
+        for (int i = 0; i < 3; i++)
+            for (int ci = 0; ci < 3; ci++)
+                for (int64_t r = 0; r + counts[ci] <= NR; r += 17) {
+                    float *part = run_linear(bes[i], w[i], x + r * K, counts[ci], bs[i]);
+                    ck_assert_msg(memcmp(part, all[0] + r * N, (size_t)(counts[ci] * N * 4)) == 0,
+                                  "%s: path %d rows %lld.. in a call of %lld", kind_name(k), i,
+                                  (long long)r, (long long)counts[ci]);
+                    free(part);
+                }
+        /* every value within the bound of a float64 reference */
+        double worst = 0.0;
+        for (int64_t o = 0; o < N; o++) {
+            const float *wr = s.deq + o * K;
+            float amax_hi = 0.0f;
+            const bool table = k == W_NF4 || k == W_FP4;
+            if (table)
+                for (int64_t e = 0; e < K; e++) amax_hi = fmaxf(amax_hi, fabsf(wr[e]));
+            /* a block's absmax is at least its largest |w|; the code table maps 1 to it: use
+             * the largest absmax of the row's blocks */
+            if (table)
+                for (int64_t b = o * K / 64; b < (o + 1) * K / 64; b++)
+                    amax_hi = fmaxf(amax_hi, s.q.absmax[b]);
+            for (int64_t r = 0; r < NR; r++) {
+                double ref = bias[o];
+                for (int64_t e = 0; e < K; e++) ref += (double)wr[e] * (double)x[r * K + e];
+                double err = fabs((double)all[0][r * N + o] - ref);
+                double bd = q8_bound(wr, x + r * K, K, table, amax_hi);
+                ck_assert_msg(err <= bd, "%s: out (%lld, %lld) = %.9g, float64 %.9g, error %.3g > bound %.3g",
+                              kind_name(k), (long long)r, (long long)o, all[0][r * N + o], ref, err, bd);
+                if (bd > 0 && err / bd > worst) worst = err / bd;
+            }
+        }
+        /* the bound is not vacuous: the worst error uses a visible part of it */
+        ck_assert_msg(worst > 0.01, "%s: worst error / bound %.4f", kind_name(k), worst);
+        for (int i = 0; i < 4; i++) {
+            free(all[i]);
+            sq_backend_weight_free(bes[i], w[i]);
+            sq_backend_weight_free(bes[i], bs[i]);
+        }
+        free_src(&s);
+    }
+    free(x);
+    free(bias);
+    for (int i = 0; i < 4; i++) sq_backend_destroy(i == 0 ? bv : i == 1 ? b2 : i == 2 ? bp : bf);
+}
+END_TEST
+
+/* f32 mode (and int8 mode on weights it does not take) keep the float32 results exactly. */
+START_TEST(test_f32_mode_unchanged) {
+    const int64_t N = 40, K = 96, NR = 5;
+    sq_backend *b8 = mk_be(2, NULL, SQ_CPU_ACT_INT8), *bf = mk_be(2, NULL, SQ_CPU_ACT_F32);
+    ck_assert(sq_backend_cpu_activations_int8(b8));
+    ck_assert(!sq_backend_cpu_activations_int8(bf));
+    float *x = malloc((size_t)(NR * K * 4)), *wv = malloc((size_t)(N * K * 4));
+    for (int64_t j = 0; j < NR * K; j++) x[j] = rng_f(-2, 2);
+    for (int64_t j = 0; j < N * K; j++) wv[j] = rng_f(-1, 1);
+    /* dense weights stay float32 in int8 mode */
+    sq_weight *d8 = NULL, *df = NULL;
+    ck_assert_int_eq(sq_backend_weight_dense(b8, "w", SQ_DTYPE_F32, wv, N, K, &d8, NULL), SQ_OK);
+    ck_assert_int_eq(sq_backend_weight_dense(bf, "w", SQ_DTYPE_F32, wv, N, K, &df, NULL), SQ_OK);
+    float *y8 = run_linear(b8, d8, x, NR, NULL), *yf = run_linear(bf, df, x, NR, NULL);
+    ck_assert(memcmp(y8, yf, (size_t)(NR * N * 4)) == 0);
+    free(y8);
+    free(yf);
+    /* NF4 with in_features 96 (not a multiple of 64) stays float32 too */
+    sq_quant_scheme sc = sq_quant_scheme_default();
+    sq_qtensor q;
+    ck_assert_int_eq(sq_quant_4bit(wv, N, K, SQ_DTYPE_F32, &sc, NULL, &q, NULL), SQ_OK);
+    sq_weight *q8 = NULL, *qf = NULL;
+    ck_assert_int_eq(sq_backend_weight_4bit(b8, "q", &q, &q8, NULL), SQ_OK);
+    ck_assert_int_eq(sq_backend_weight_4bit(bf, "q", &q, &qf, NULL), SQ_OK);
+    y8 = run_linear(b8, q8, x, NR, NULL);
+    yf = run_linear(bf, qf, x, NR, NULL);
+    ck_assert(memcmp(y8, yf, (size_t)(NR * N * 4)) == 0);
+    free(y8);
+    free(yf);
+    sq_qtensor_free(&q);
+    sq_backend_weight_free(b8, d8); sq_backend_weight_free(bf, df);
+    sq_backend_weight_free(b8, q8); sq_backend_weight_free(bf, qf);
+    free(x);
+    free(wv);
+    sq_backend_destroy(b8);
+    sq_backend_destroy(bf);
+}
+END_TEST
+
+START_TEST(test_refusals) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_cpu_set_activations(NULL, SQ_CPU_ACT_INT8, &err), SQ_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(err.msg, "cpu backend"));
+    sq_backend *be = mk_be(1, NULL, SQ_CPU_ACT_F32);
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_cpu_set_activations(be, (sq_cpu_activations)7, &err), SQ_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "unknown mode 7"));
+    ck_assert(!sq_backend_cpu_activations_int8(NULL));
+    sq_backend_destroy(be);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("backend_q8");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 100);
+    tcase_add_test(tc, test_paths_identical_and_bounded);
+    tcase_add_test(tc, test_f32_mode_unchanged);
+    tcase_add_test(tc, test_refusals);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
