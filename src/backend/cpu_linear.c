@@ -86,12 +86,30 @@ static void repack_task(void *ctx_, int64_t t, int thread) {
         if (!(f & 1)) {
             for (; k + 64 <= K; k += 64, f += 64) {
                 const uint8_t *s = c->src + (f >> 1);
+                uint8_t *g = d + (k >> 6) * 32;
+#ifdef SQ_HAVE_X86
+                /* SSE2: nibbles of bytes 0..15 (elements 0..31) and 16..31 (32..63) in element
+                 * order, C[e] = n[e] | n[e + 32] << 4, then pos(): dwords 0 2 4 6 | 1 3 5 7 */
+                const __m128i m15 = _mm_set1_epi8(15);
+                __m128i s0 = _mm_loadu_si128((const __m128i *)s);
+                __m128i s1 = _mm_loadu_si128((const __m128i *)(s + 16));
+                __m128i h0 = _mm_and_si128(_mm_srli_epi16(s0, 4), m15), l0 = _mm_and_si128(s0, m15);
+                __m128i h1 = _mm_and_si128(_mm_srli_epi16(s1, 4), m15), l1 = _mm_and_si128(s1, m15);
+                __m128i c0 = _mm_or_si128(_mm_unpacklo_epi8(h0, l0),
+                                          _mm_slli_epi16(_mm_unpacklo_epi8(h1, l1), 4));
+                __m128i c1 = _mm_or_si128(_mm_unpackhi_epi8(h0, l0),
+                                          _mm_slli_epi16(_mm_unpackhi_epi8(h1, l1), 4));
+                __m128 f0 = _mm_castsi128_ps(c0), f1 = _mm_castsi128_ps(c1);
+                _mm_storeu_si128((__m128i *)g, _mm_castps_si128(_mm_shuffle_ps(f0, f1, _MM_SHUFFLE(2, 0, 2, 0))));
+                _mm_storeu_si128((__m128i *)(g + 16),
+                                 _mm_castps_si128(_mm_shuffle_ps(f0, f1, _MM_SHUFFLE(3, 1, 3, 1))));
+                continue;
+#endif
                 uint8_t n[64];
                 for (int b = 0; b < 32; b++) {
                     n[2 * b] = (uint8_t)(s[b] >> 4);
                     n[2 * b + 1] = (uint8_t)(s[b] & 15);
                 }
-                uint8_t *g = d + (k >> 6) * 32;
                 for (int e = 0; e < 32; e++) g[k_q4_pos32[e]] = (uint8_t)(n[e] | (n[e + 32] << 4));
             }
         }

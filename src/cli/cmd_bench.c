@@ -32,11 +32,8 @@ static void usage(FILE *f) {
         "          [--quant nf4|fp4|int8|int8-zp|none] [--double-quant] [--blocksize N] [--batch B]\n"
         "          [--prompt-len L] [--new-tokens N] [--micro-batches M[,M...]] [--seed S]\n"
         "          [--backend auto|cpu|cuda] [--transport auto|mpi|nccl] [--device N]\n"
-        "          [--threads N] [--activations int8|f32] [--timeout S] [--json] [--load-only]
-"
-        "          [--trace FILE]
-
-"
+        "          [--threads N] [--activations int8|f32] [--timeout S] [--json] [--load-only]\n"
+        "          [--trace FILE]\n\n"
         "Measures pipelined 4-bit generation over the ranks started: for each micro-batch count\n"
         "M, B synthetic prompts of L token ids (deterministic from --seed, never an EOS id) are\n"
         "prefilled and decoded for N new tokens each (EOS ignored), exactly as 'shardq run' does;\n"
