@@ -29,8 +29,9 @@ static void usage(FILE *f) {
         "usage: [mpirun -np N] shardq serve MODEL [--host 127.0.0.1] [--port 8080] [--api-key KEY]\n"
         "          [--max-seqs S] [--max-seq-len L] [--max-queue Q] [--prefill-chunk C]\n"
         "          [--max-step-tokens T] [--max-body BYTES] [--drain-timeout S] [--model-name NAME]\n"
-        "          [--plan plan.json] [--quant nf4|fp4|none] [--double-quant] [--blocksize N]\n"
-        "          [--threads N] [--timeout S] [--backend auto|cpu|cuda] [--transport auto|mpi|nccl]\n\n"
+        "          [--plan plan.json] [--quant nf4|fp4|int8|int8-zp|none] [--double-quant]\n"
+        "          [--blocksize N] [--threads N] [--activations int8|f32] [--timeout S]\n"
+        "          [--backend auto|cpu|cuda] [--transport auto|mpi|nccl] [--device N]\n\n"
         "Loads MODEL across the ranks started (as 'shardq run' does) and keeps it loaded; rank 0\n"
         "serves an OpenAI-compatible HTTP API: POST /v1/completions, POST /v1/chat/completions\n"
         "(stream true: server-sent events), GET /v1/models, GET /health (200 once every rank has\n"
@@ -50,6 +51,8 @@ static void usage(FILE *f) {
         "  --drain-timeout S   on SIGTERM / SIGINT, running requests may finish for S seconds (30)\n"
         "  --model-name NAME   the model id of /v1/models (default: MODEL's file or folder name)\n"
         "  --timeout S         seconds of silence after which a peer counts as dead (default 30)\n"
+        "  --quant, --double-quant, --blocksize, --threads, --activations, --backend, --transport,\n"
+        "  --device: as for 'shardq run'\n"
         "Sampling per request: temperature (default 1), top_p, top_k, seed; temperature 0 is greedy.\n"
         "A request's tokens equal 'shardq run' on its prompt alone with the same settings.\n");
 }
