@@ -6,7 +6,8 @@
 # one process with THREADS threads, next to it.
 #   bench/serve_bench.sh MODEL.gguf [NP (2)] [MAX_TOKENS (64)] [REQUESTS per level (32)]
 # env: SHARDQ (default build/src/cli/shardq), LLAMA_SERVER, THREADS (2), PYTHON (python3),
-#      MPIRUN_FLAGS (extra mpirun flags), CONCURRENCY ("1 4 16").
+#      MPIRUN_FLAGS (extra mpirun flags), CONCURRENCY ("1 4 16"), SERVE_ARGS (extra
+#      `shardq serve` flags, e.g. "--activations int8").
 # Output: a table (# header with units), one row per server and concurrency.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -45,7 +46,7 @@ printf "# %-10s %5s %5s %4s %8s %10s %9s %9s %9s %9s\n" "" "" "" "" "1/s" "tok/s
 # shardq serve on NP ranks
 log="$tmp/shardq.log"
 mpirun --allow-run-as-root --oversubscribe --bind-to none ${MPIRUN_FLAGS:-} -np "$np" "$shardq" serve "$model" \
-       --port 0 --max-seqs 16 --max-seq-len 512 >"$log" 2>&1 &
+       --port 0 --max-seqs 16 --max-seq-len 512 ${SERVE_ARGS:-} >"$log" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 300); do grep -q "listening on" "$log" && break; sleep 0.1; done
 port="$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$log" | grep -o '[0-9]*$')"
