@@ -83,7 +83,7 @@ START_TEST(test_threads_and_json) {
     ck_assert_int_eq(st.n_pids, 1);
     ck_assert_int_eq(st.max_pid, g_rank);
     ck_assert_str_eq(st.names, "|quantize|step|");
-    ck_assert_msg(strstr(json, "\"detail\":\"layer \\\"0\\\"\\u000a\",\"bytes\":4096"), "%.400s", json);
+    ck_assert_msg(strstr(json, "\"detail\":\"layer \\\"0\\\"\\n\",\"bytes\":4096"), "%.400s", json);
     ck_assert_msg(strstr(json, "\"name\":\"reader \\\"io\\\"\""), "track name not escaped");
     ck_assert(st.dropped == 0);
     free(json);

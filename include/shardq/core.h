@@ -78,6 +78,20 @@ static inline uint64_t sq_ceil_div_u64(uint64_t a, uint64_t b) { return a / b + 
 /* Monotonic wall clock in seconds. */
 double sq_now_s(void);
 
+/* A growing string buffer (always NUL-terminated once written to).  Zero-initialize it; free(p)
+ * when done.  A failed allocation sets oom and makes later appends no-ops. */
+typedef struct sq_buf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sq_buf;
+void sq_buf_add(sq_buf *b, const char *s, size_t n);
+void sq_buf_addf(sq_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* s[0..n) as a JSON string: quoted; quotes, backslashes and control bytes escaped. */
+void sq_buf_json_str(sq_buf *b, const char *s, size_t n);
+/* A string literal, its length counted by the compiler. */
+#define SQ_BUF_LIT(b, lit) sq_buf_add((b), (lit), sizeof(lit) - 1)
+
 /* A fixed pool of worker threads.  sq_pool_run() runs fn(ctx, task, thread) for every task in
  * [0, n_tasks) across the pool (the calling thread works too) and returns when all are done.
  * thread is in [0, sq_pool_n_threads()).  Not re-entrant: one run at a time per pool. */

@@ -41,58 +41,6 @@ struct sq_st_writer {
     bool tmp_exists;
 };
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->n + n + 1 > cap) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    char tmp[64];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0) sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-/* A JSON string: quotes, backslashes and control bytes escaped; other bytes (UTF-8) as is. */
-static void sb_json_str(sbuf *b, const char *s) {
-    sb_put(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            char e[2] = {'\\', (char)*p};
-            sb_put(b, e, 2);
-        } else if (*p < 0x20) {
-            sb_printf(b, "\\u%04x", *p);
-        } else {
-            sb_put(b, (const char *)p, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
 static char *dup_str(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
@@ -288,34 +236,34 @@ static void sync_parent(const char *path) {
     free(copy);
 }
 
-static sq_status build_header(const sq_st_writer *w, sbuf *b, sq_error *err) {
-    sb_puts(b, "{");
+static sq_status build_header(const sq_st_writer *w, sq_buf *b, sq_error *err) {
+    SQ_BUF_LIT(b, "{");
     if (w->n_meta) {
-        sb_puts(b, "\"__metadata__\":{");
+        SQ_BUF_LIT(b, "\"__metadata__\":{");
         for (size_t i = 0; i < w->n_meta; i++) {
-            if (i) sb_puts(b, ",");
-            sb_json_str(b, w->meta[2 * i]);
-            sb_puts(b, ":");
-            sb_json_str(b, w->meta[2 * i + 1]);
+            if (i) SQ_BUF_LIT(b, ",");
+            sq_buf_json_str(b, w->meta[2 * i], strlen(w->meta[2 * i]));
+            SQ_BUF_LIT(b, ":");
+            sq_buf_json_str(b, w->meta[2 * i + 1], strlen(w->meta[2 * i + 1]));
         }
-        sb_puts(b, "}");
+        SQ_BUF_LIT(b, "}");
     }
     uint64_t at = 0;
     for (size_t i = 0; i < w->n; i++) {
         const w_tensor *t = &w->t[i];
-        if (i || w->n_meta) sb_puts(b, ",");
-        sb_json_str(b, t->name);
-        sb_printf(b, ":{\"dtype\":\"%s\",\"shape\":[", sq_dtype_name(t->dtype));
-        for (int d = 0; d < t->n_dims; d++) sb_printf(b, "%s%" PRId64, d ? "," : "", t->shape[d]);
+        if (i || w->n_meta) SQ_BUF_LIT(b, ",");
+        sq_buf_json_str(b, t->name, strlen(t->name));
+        sq_buf_addf(b, ":{\"dtype\":\"%s\",\"shape\":[", sq_dtype_name(t->dtype));
+        for (int d = 0; d < t->n_dims; d++) sq_buf_addf(b, "%s%" PRId64, d ? "," : "", t->shape[d]);
         uint64_t end;
         if (!sq_add_u64(at, t->n_bytes, &end) || (double)end > ST_MAX_JSON_INT)
             return sq_error_set(err, SQ_ERR_INVALID, w->path, t->name,
                                 "data offsets pass 2^53 bytes");
-        sb_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", at, end);
+        sq_buf_addf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", at, end);
         at = end;
     }
-    sb_puts(b, "}");
-    while (b->n % 8) sb_puts(b, " ");
+    SQ_BUF_LIT(b, "}");
+    while (b->n % 8) SQ_BUF_LIT(b, " ");
     if (b->oom) return sq_error_set(err, SQ_ERR_NOMEM, w->path, NULL, "out of memory for the header");
     if (b->n > SQ_ST_MAX_HEADER_BYTES)
         return sq_error_set(err, SQ_ERR_INVALID, w->path, NULL,
@@ -327,7 +275,7 @@ sq_status sq_st_writer_finish(sq_st_writer *w, bool rename_now, sq_error *err) {
     if (!w) return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL, "sq_st_writer_finish: NULL writer");
     if (w->state != W_OPEN)
         return sq_error_set(err, SQ_ERR_INVALID, w->path, NULL, "writer is already finished");
-    sbuf b = {0};
+    sq_buf b = {0};
     sq_status st = build_header(w, &b, err);
     int fd = -1;
     if (st != SQ_OK) goto fail;

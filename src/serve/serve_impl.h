@@ -45,16 +45,6 @@ void sq_api_req_free(sq_api_req *r);
 bool sq_api_render_chat(const sq_api_req *r, int family, const char *default_system, char **out,
                         size_t *out_n, char *msg, size_t msg_n);
 
-/* Appends s as a JSON string (quoted, escaped) to a growing buffer. */
-typedef struct sq_buf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sq_buf;
-void sq_buf_add(sq_buf *b, const char *s, size_t n);
-void sq_buf_addf(sq_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void sq_buf_json_str(sq_buf *b, const char *s, size_t n);
-/* A string literal, its length counted by the compiler. */
-#define SQ_BUF_LIT(b, lit) sq_buf_add((b), (lit), sizeof(lit) - 1)
+/* sq_buf (the JSON string builder) is core's (shardq/core.h). */
 
 #endif

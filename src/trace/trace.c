@@ -112,56 +112,6 @@ uint64_t sq_trace_n_dropped(const sq_trace *t) { return t ? t->dropped : 0; }
 
 /* ---- JSON ------------------------------------------------------------------------------------ */
 
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (b->n + n + 1 > cap) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0) sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-static void sb_str(sbuf *b, const char *s) {
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            sb_put(b, e, 2);
-        } else if (c < 0x20) {
-            sb_printf(b, "\\u%04x", c);
-        } else {
-            sb_put(b, (const char *)&c, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
 static double num(double x) { return isfinite(x) ? x : 0; }
 
 /* Earliest event start, +inf when there is none. */
@@ -176,49 +126,49 @@ static double min_ts(const sq_trace *t) {
 
 /* This rank's events (and its process / track names) with ts shifted by -origin, each
  * followed by ",\n". */
-static void fragment(const sq_trace *t, double origin, sbuf *b) {
+static void fragment(const sq_trace *t, double origin, sq_buf *b) {
     if (!t) return;
-    sb_printf(b, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,"
+    sq_buf_addf(b, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,"
                  "\"args\":{\"name\":\"rank %d\"}},\n", t->rank, t->rank);
-    sb_printf(b, "{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,"
+    sq_buf_addf(b, "{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,"
                  "\"args\":{\"sort_index\":%d}},\n", t->rank, t->rank);
     for (int k = 0; k < SQ_TRACE_MAX_TRACKS; k++) {
         if (!t->tracks[k][0]) continue;
-        sb_printf(b, "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{\"name\":",
+        sq_buf_addf(b, "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{\"name\":",
                   t->rank, k);
-        sb_str(b, t->tracks[k]);
-        sb_put(b, "}},\n", 4);
+        sq_buf_json_str(b, t->tracks[k], strlen(t->tracks[k]));
+        sq_buf_add(b, "}},\n", 4);
     }
     for (uint32_t i = 0; i < t->n; i++) {
         const ev *e = &t->chunks[i / CHUNK_EVENTS][i % CHUNK_EVENTS];
-        sb_put(b, "{\"name\":", 8);
-        sb_str(b, e->name);
-        sb_printf(b, ",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f", t->rank,
+        sq_buf_add(b, "{\"name\":", 8);
+        sq_buf_json_str(b, e->name, strlen(e->name));
+        sq_buf_addf(b, ",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f", t->rank,
                   (int)e->tid, num(e->ts - origin), num(e->dur));
         if (e->detail[0] || e->bytes >= 0) {
-            sb_put(b, ",\"args\":{", 9);
+            sq_buf_add(b, ",\"args\":{", 9);
             if (e->detail[0]) {
-                sb_put(b, "\"detail\":", 9);
-                sb_str(b, e->detail);
+                sq_buf_add(b, "\"detail\":", 9);
+                sq_buf_json_str(b, e->detail, strlen(e->detail));
             }
-            if (e->bytes >= 0) sb_printf(b, "%s\"bytes\":%lld", e->detail[0] ? "," : "",
+            if (e->bytes >= 0) sq_buf_addf(b, "%s\"bytes\":%lld", e->detail[0] ? "," : "",
                                          (long long)e->bytes);
-            sb_put(b, "}", 1);
+            sq_buf_add(b, "}", 1);
         }
-        sb_put(b, "},\n", 3);
+        sq_buf_add(b, "},\n", 3);
     }
 }
 
 /* Wraps the concatenated fragments (each event followed by ",\n") into the JSON object. */
 static sq_status wrap(const char *events, size_t n, uint64_t dropped, int n_ranks, char **out,
                       size_t *len, sq_error *err) {
-    sbuf b = {0};
-    sb_printf(&b, "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"producer\":\"shardq\","
+    sq_buf b = {0};
+    sq_buf_addf(&b, "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"producer\":\"shardq\","
                   "\"ranks\":%d,\"dropped_events\":%llu},\n\"traceEvents\":[\n", n_ranks,
               (unsigned long long)dropped);
     /* the last ",\n" of the events goes */
-    if (n >= 2) sb_put(&b, events, n - 2);
-    sb_put(&b, "\n]}\n", 4);
+    if (n >= 2) sq_buf_add(&b, events, n - 2);
+    sq_buf_add(&b, "\n]}\n", 4);
     if (b.oom) {
         free(b.p);
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory writing a trace");
@@ -231,7 +181,7 @@ static sq_status wrap(const char *events, size_t n, uint64_t dropped, int n_rank
 sq_status sq_trace_to_json(const sq_trace *t, char **out, size_t *len, sq_error *err) {
     *out = NULL;
     *len = 0;
-    sbuf b = {0};
+    sq_buf b = {0};
     double m = min_ts(t);
     fragment(t, isfinite(m) ? m : 0, &b);
     if (b.oom) {
@@ -325,7 +275,7 @@ sq_status sq_trace_write(sq_trace *t, MPI_Comm comm, const char *path, sq_error 
         MPI_Reduce(&drop, &drop_all, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, 0, comm) != MPI_SUCCESS)
         return sq_error_set(err, SQ_ERR_MPI, path, NULL, "trace: MPI_Allreduce failed");
     if (gmin >= 1e300) gmin = 0;
-    sbuf b = {0};
+    sq_buf b = {0};
     fragment(t, gmin - shift, &b);
     int my_len = b.oom || b.n > (1u << 30) ? -1 : (int)b.n;
     int *lens = rank == 0 ? calloc((size_t)size, sizeof *lens) : NULL;
