@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_testutil.h"
 #include "shardq/backend.h"
 #include "shardq/ggml_quant.h"
 #include "ggml_vectors.h"
@@ -51,24 +52,6 @@ static sq_weight *mk_w(sq_backend *be, int type, const void *raw, int64_t rows, 
     return w;
 }
 
-/* out (n, rows) = x (n, cols) · wᵀ through the backend */
-static float *run_linear(sq_backend *be, const sq_weight *w, const float *x, int64_t n,
-                         const sq_weight *bias) {
-    int64_t K = sq_weight_cols(w), N = sq_weight_rows(w);
-    void *x_d = NULL, *o_d = NULL;
-    sq_error err;
-    sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(n * K * 4), &x_d, &err), SQ_OK);
-    ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(n * N * 4), &o_d, &err), SQ_OK);
-    ck_assert_int_eq(sq_backend_upload(be, x_d, x, (uint64_t)(n * K * 4), &err), SQ_OK);
-    ck_assert_int_eq(sq_backend_linear(be, x_d, n, w, bias, o_d, &err), SQ_OK);
-    float *out = malloc((size_t)(n * N * 4));
-    ck_assert_int_eq(sq_backend_download(be, out, o_d, (uint64_t)(n * N * 4), &err), SQ_OK);
-    sq_backend_free(be, x_d);
-    sq_backend_free(be, o_d);
-    return out;
-}
-
 /* The backend's documented order (backend.h, cpu_linear.c) applied to given weight floats. */
 static float fixed_order_dot(const float *w, const float *x, int64_t K, float bias) {
     float acc[8] = {0};
@@ -99,7 +82,7 @@ static void check_all_vectors(const char *isa) {
         for (int64_t j = 0; j < n * K; j++) x[j] = rng_f(-1.0f, 1.0f);
         sq_weight *w = mk_w(be, c->type, c->raw, N, K);
         ck_assert_int_eq(sq_weight_ggml_type(w), c->type);
-        float *out = run_linear(be, w, x, n, NULL);
+        float *out = sq_test_linear(be, w, x, n, NULL);
         for (int64_t r = 0; r < n; r++)
             for (int64_t o = 0; o < N; o++) {
                 float got = out[r * N + o];
@@ -186,8 +169,8 @@ START_TEST(test_invariance) {
         ck_assert_int_eq(sq_backend_weight_dense(b1, "bias", SQ_DTYPE_F32, bias, 1, N, &bs1, NULL), SQ_OK);
         ck_assert_int_eq(sq_backend_weight_dense(b3, "bias", SQ_DTYPE_F32, bias, 1, N, &bs3, NULL), SQ_OK);
         ck_assert_int_eq(sq_backend_weight_dense(bp, "bias", SQ_DTYPE_F32, bias, 1, N, &bsp, NULL), SQ_OK);
-        float *all1 = run_linear(b1, w1, x, NR, bs1), *all3 = run_linear(b3, w3, x, NR, bs3);
-        float *allp = run_linear(bp, wp, x, NR, bsp);
+        float *all1 = sq_test_linear(b1, w1, x, NR, bs1), *all3 = sq_test_linear(b3, w3, x, NR, bs3);
+        float *allp = sq_test_linear(bp, wp, x, NR, bsp);
         ck_assert_msg(memcmp(all1, all3, (size_t)(NR * N * 4)) == 0, "%s: 1 vs 3 threads",
                       sq_ggml_type_name(type));
         ck_assert_msg(memcmp(all1, allp, (size_t)(NR * N * 4)) == 0, "%s: avx2 vs portable",
@@ -196,7 +179,7 @@ START_TEST(test_invariance) {
         static const int64_t counts[] = {1, 2, 5};
         for (int ci = 0; ci < 3; ci++)
             for (int64_t r = 0; r + counts[ci] <= NR; r += 13) {
-                float *part = run_linear(b3, w3, x + r * K, counts[ci], bs3);
+                float *part = sq_test_linear(b3, w3, x + r * K, counts[ci], bs3);
                 ck_assert_msg(memcmp(part, all1 + r * N, (size_t)(counts[ci] * N * 4)) == 0,
                               "%s: rows %lld.. in a call of %lld", sq_ggml_type_name(type),
                               (long long)r, (long long)counts[ci]);

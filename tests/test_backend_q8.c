@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_testutil.h"
 #include "shardq/backend.h"
 #include "shardq/ggml_quant.h"
 #include "shardq/quant.h"
@@ -139,23 +140,6 @@ static sq_weight *mk_w(sq_backend *be, int k, const src_w *s, int64_t N, int64_t
     return w;
 }
 
-static float *run_linear(sq_backend *be, const sq_weight *w, const float *x, int64_t n,
-                         const sq_weight *bias) {
-    int64_t K = sq_weight_cols(w), N = sq_weight_rows(w);
-    void *x_d = NULL, *o_d = NULL;
-    sq_error err;
-    sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(n * K * 4), &x_d, &err), SQ_OK);
-    ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(n * N * 4), &o_d, &err), SQ_OK);
-    ck_assert_int_eq(sq_backend_upload(be, x_d, x, (uint64_t)(n * K * 4), &err), SQ_OK);
-    ck_assert_int_eq(sq_backend_linear(be, x_d, n, w, bias, o_d, &err), SQ_OK);
-    float *out = malloc((size_t)(n * N * 4));
-    ck_assert_int_eq(sq_backend_download(be, out, o_d, (uint64_t)(n * N * 4), &err), SQ_OK);
-    sq_backend_free(be, x_d);
-    sq_backend_free(be, o_d);
-    return out;
-}
-
 /* |y - sum w x| over one output: the activation rounding (|x - dx q| <= dx / 2 per element,
  * dx = amax / 127 of its block of 32), for NF4 / FP4 the int8 code table's rounding
  * (|code - c / 127| <= 1 / 254 of the block's absmax), and float32 accumulation (generously
@@ -193,7 +177,7 @@ START_TEST(test_paths_identical_and_bounded) {
         for (int i = 0; i < 4; i++) {
             w[i] = mk_w(bes[i], k, &s, N, K);
             ck_assert_int_eq(sq_backend_weight_dense(bes[i], "bias", SQ_DTYPE_F32, bias, 1, N, &bs[i], NULL), SQ_OK);
-            all[i] = run_linear(bes[i], w[i], x, NR, bs[i]);
+            all[i] = sq_test_linear(bes[i], w[i], x, NR, bs[i]);
         }
         ck_assert_msg(memcmp(all[0], all[1], (size_t)(NR * N * 4)) == 0, "%s: %s vs avx2",
                       kind_name(k), sq_backend_name(bv));
@@ -207,7 +191,7 @@ START_TEST(test_paths_identical_and_bounded) {
         for (int i = 0; i < 3; i++)
             for (int ci = 0; ci < 3; ci++)
                 for (int64_t r = 0; r + counts[ci] <= NR; r += 17) {
-                    float *part = run_linear(bes[i], w[i], x + r * K, counts[ci], bs[i]);
+                    float *part = sq_test_linear(bes[i], w[i], x + r * K, counts[ci], bs[i]);
                     ck_assert_msg(memcmp(part, all[0] + r * N, (size_t)(counts[ci] * N * 4)) == 0,
                                   "%s: path %d rows %lld.. in a call of %lld", kind_name(k), i,
                                   (long long)r, (long long)counts[ci]);
@@ -264,7 +248,7 @@ START_TEST(test_f32_mode_unchanged) {
     sq_weight *d8 = NULL, *df = NULL;
     ck_assert_int_eq(sq_backend_weight_dense(b8, "w", SQ_DTYPE_F32, wv, N, K, &d8, NULL), SQ_OK);
     ck_assert_int_eq(sq_backend_weight_dense(bf, "w", SQ_DTYPE_F32, wv, N, K, &df, NULL), SQ_OK);
-    float *y8 = run_linear(b8, d8, x, NR, NULL), *yf = run_linear(bf, df, x, NR, NULL);
+    float *y8 = sq_test_linear(b8, d8, x, NR, NULL), *yf = sq_test_linear(bf, df, x, NR, NULL);
     ck_assert(memcmp(y8, yf, (size_t)(NR * N * 4)) == 0);
     free(y8);
     free(yf);
@@ -275,8 +259,8 @@ START_TEST(test_f32_mode_unchanged) {
     sq_weight *q8 = NULL, *qf = NULL;
     ck_assert_int_eq(sq_backend_weight_4bit(b8, "q", &q, &q8, NULL), SQ_OK);
     ck_assert_int_eq(sq_backend_weight_4bit(bf, "q", &q, &qf, NULL), SQ_OK);
-    y8 = run_linear(b8, q8, x, NR, NULL);
-    yf = run_linear(bf, qf, x, NR, NULL);
+    y8 = sq_test_linear(b8, q8, x, NR, NULL);
+    yf = sq_test_linear(bf, qf, x, NR, NULL);
     ck_assert(memcmp(y8, yf, (size_t)(NR * N * 4)) == 0);
     free(y8);
     free(yf);

@@ -16,28 +16,6 @@
 
 /* ---- the vector file ----------------------------------------------------------------------- */
 typedef struct {
-    const uint8_t *p, *end;
-    int bad;
-} rd;
-
-static const uint8_t *take(rd *r, size_t n) {
-    if (r->bad || (size_t)(r->end - r->p) < n) { r->bad = 1; return NULL; }
-    const uint8_t *q = r->p;
-    r->p += n;
-    return q;
-}
-static uint32_t u32(rd *r) {
-    const uint8_t *q = take(r, 4);
-    uint32_t v = 0;
-    if (q) memcpy(&v, q, 4);
-    return v;
-}
-static uint8_t u8(rd *r) {
-    const uint8_t *q = take(r, 1);
-    return q ? *q : 0;
-}
-
-typedef struct {
     char name[256];
     int quant, dq, dtype;
     uint32_t blocksize, rows, cols;
@@ -51,40 +29,40 @@ static sq_dtype dt_enum(int dt) {
     return dt == 0 ? SQ_DTYPE_F32 : (dt == 1 ? SQ_DTYPE_F16 : SQ_DTYPE_BF16);
 }
 
-static int read_case(rd *r, vcase *c) {
+static int read_case(sq_test_rd *r, vcase *c) {
     memset(c, 0, sizeof *c);
-    uint8_t nl = u8(r);
-    const uint8_t *nm = take(r, nl);
+    uint8_t nl = sq_test_u8(r);
+    const uint8_t *nm = sq_test_take(r, nl);
     if (!nm) return 0;
     memcpy(c->name, nm, nl);
-    c->quant = u8(r);
-    c->dq = u8(r);
-    c->dtype = u8(r);
-    (void)u8(r);
-    c->blocksize = u32(r);
-    c->rows = u32(r);
-    c->cols = u32(r);
+    c->quant = sq_test_u8(r);
+    c->dq = sq_test_u8(r);
+    c->dtype = sq_test_u8(r);
+    (void)sq_test_u8(r);
+    c->blocksize = sq_test_u32(r);
+    c->rows = sq_test_u32(r);
+    c->cols = sq_test_u32(r);
     c->n = (uint64_t)c->rows * c->cols;
-    c->input = take(r, c->n * dt_size(c->dtype));
-    c->packed = take(r, (c->n + 1) / 2);
-    c->n_blocks = u32(r);
+    c->input = sq_test_take(r, c->n * dt_size(c->dtype));
+    c->packed = sq_test_take(r, (c->n + 1) / 2);
+    c->n_blocks = sq_test_u32(r);
     if (!c->dq) {
-        c->absmax = take(r, (size_t)c->n_blocks * 4);
+        c->absmax = sq_test_take(r, (size_t)c->n_blocks * 4);
     } else {
-        c->absmax_q = take(r, c->n_blocks);
-        c->n_nested = u32(r);
-        c->nested = take(r, (size_t)c->n_nested * 4);
-        c->offset = take(r, 4);
-        c->absmax_deq = take(r, (size_t)c->n_blocks * 4);
+        c->absmax_q = sq_test_take(r, c->n_blocks);
+        c->n_nested = sq_test_u32(r);
+        c->nested = sq_test_take(r, (size_t)c->n_nested * 4);
+        c->offset = sq_test_take(r, 4);
+        c->absmax_deq = sq_test_take(r, (size_t)c->n_blocks * 4);
     }
-    c->deq = take(r, c->n * dt_size(c->dtype));
+    c->deq = sq_test_take(r, c->n * dt_size(c->dtype));
     return !r->bad;
 }
 
 typedef struct {
     uint8_t *buf;
     size_t n;
-    rd r;
+    sq_test_rd r;
     uint32_t n_cases, n_means;
     const uint8_t *nf4_map, *fp4_map, *dyn_map, *means;
 } vfile;
@@ -95,15 +73,15 @@ static void open_vectors(vfile *v) {
     ck_assert_msg(v->buf != NULL, "cannot read %s", VEC_PATH);
     v->r.p = v->buf;
     v->r.end = v->buf + v->n;
-    const uint8_t *magic = take(&v->r, 4);
+    const uint8_t *magic = sq_test_take(&v->r, 4);
     ck_assert(magic && memcmp(magic, "SQQV", 4) == 0);
-    ck_assert_uint_eq(u32(&v->r), 1);
-    v->n_cases = u32(&v->r);
-    v->n_means = u32(&v->r);
-    v->nf4_map = take(&v->r, 64);
-    v->fp4_map = take(&v->r, 64);
-    v->dyn_map = take(&v->r, 1024);
-    v->means = take(&v->r, (size_t)v->n_means * 20);
+    ck_assert_uint_eq(sq_test_u32(&v->r), 1);
+    v->n_cases = sq_test_u32(&v->r);
+    v->n_means = sq_test_u32(&v->r);
+    v->nf4_map = sq_test_take(&v->r, 64);
+    v->fp4_map = sq_test_take(&v->r, 64);
+    v->dyn_map = sq_test_take(&v->r, 1024);
+    v->means = sq_test_take(&v->r, (size_t)v->n_means * 20);
     ck_assert(!v->r.bad);
 }
 

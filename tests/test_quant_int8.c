@@ -15,24 +15,6 @@
 
 #define VEC_PATH SQ_SOURCE_DIR "/tests/reference/quant/int8_vectors.bin"
 
-typedef struct {
-    const uint8_t *p, *end;
-    int bad;
-} rd;
-
-static const uint8_t *take(rd *r, size_t n) {
-    if (r->bad || (size_t)(r->end - r->p) < n) { r->bad = 1; return NULL; }
-    const uint8_t *q = r->p;
-    r->p += n;
-    return q;
-}
-static uint32_t u32(rd *r) {
-    const uint8_t *q = take(r, 4);
-    uint32_t v = 0;
-    if (q) memcpy(&v, q, 4);
-    return v;
-}
-
 static sq_dtype dt_enum(int dt) {
     return dt == 0 ? SQ_DTYPE_F32 : (dt == 1 ? SQ_DTYPE_F16 : SQ_DTYPE_BF16);
 }
@@ -41,30 +23,30 @@ static void check_vectors(sq_pool *pool) {
     size_t n_buf = 0;
     uint8_t *buf = sq_test_read_file(VEC_PATH, &n_buf);
     ck_assert_msg(buf != NULL, "cannot read %s", VEC_PATH);
-    rd r = {buf, buf + n_buf, 0};
-    const uint8_t *magic = take(&r, 4);
+    sq_test_rd r = {buf, buf + n_buf, 0};
+    const uint8_t *magic = sq_test_take(&r, 4);
     ck_assert(magic && memcmp(magic, "SQI8", 4) == 0);
-    ck_assert_uint_eq(u32(&r), 1);
-    uint32_t n_cases = u32(&r);
+    ck_assert_uint_eq(sq_test_u32(&r), 1);
+    uint32_t n_cases = sq_test_u32(&r);
     ck_assert_uint_ge(n_cases, 10);
     uint64_t n_codes = 0, n_deq_exact = 0;
     int saw_zero_row = 0, saw_f16 = 0, saw_bf16 = 0, saw_odd = 0;
     for (uint32_t c = 0; c < n_cases; c++) {
-        const uint8_t *nl = take(&r, 1);
+        const uint8_t *nl = sq_test_take(&r, 1);
         ck_assert(nl);
         char name[256] = {0};
-        const uint8_t *nm = take(&r, *nl);
+        const uint8_t *nm = sq_test_take(&r, *nl);
         ck_assert(nm);
         memcpy(name, nm, *nl);
-        const uint8_t *hd = take(&r, 4);
+        const uint8_t *hd = sq_test_take(&r, 4);
         ck_assert(hd);
         int dt = hd[0];
-        uint32_t rows = u32(&r), cols = u32(&r);
+        uint32_t rows = sq_test_u32(&r), cols = sq_test_u32(&r);
         uint64_t n = (uint64_t)rows * cols;
-        const uint8_t *in = take(&r, n * (dt == 0 ? 4 : 2));
-        const uint8_t *cb = take(&r, n);
-        const uint8_t *scb = take(&r, (size_t)rows * 4);
-        const uint8_t *deq = take(&r, n * 4);
+        const uint8_t *in = sq_test_take(&r, n * (dt == 0 ? 4 : 2));
+        const uint8_t *cb = sq_test_take(&r, n);
+        const uint8_t *scb = sq_test_take(&r, (size_t)rows * 4);
+        const uint8_t *deq = sq_test_take(&r, n * 4);
         ck_assert_msg(!r.bad, "vector file truncated at case %u", c);
         saw_f16 |= dt == 1;
         saw_bf16 |= dt == 2;

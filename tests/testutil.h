@@ -4,10 +4,12 @@
  *   sq_test_run(cmd, &out, &rc) -> runs `cmd` through /bin/sh, captures stdout+stderr
  *                                  (malloc'd, NUL-terminated); rc = exit status, or 128+signal
  *   sq_test_write_file(path, data, n) / sq_test_read_file(path, &n)
+ *   sq_test_rd + sq_test_take / sq_test_u32 / sq_test_u8: reading committed vector files
  *   SQ_SHARDQ_EXE, SQ_MPIEXEC, SQ_SOURCE_DIR, SQ_BINARY_DIR come from CMake. */
 #ifndef SHARDQ_TESTUTIL_H
 #define SHARDQ_TESTUTIL_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,4 +102,26 @@ static inline int sq_test_count_lines(const char *s) {
     for (; *s; s++) n += *s == '\n';
     return n;
 }
+/* Reading a committed little-endian vector file: take n bytes (NULL and bad set when short). */
+typedef struct sq_test_rd {
+    const uint8_t *p, *end;
+    int bad;
+} sq_test_rd;
+static inline const uint8_t *sq_test_take(sq_test_rd *r, size_t n) {
+    if (r->bad || (size_t)(r->end - r->p) < n) { r->bad = 1; return NULL; }
+    const uint8_t *q = r->p;
+    r->p += n;
+    return q;
+}
+static inline uint32_t sq_test_u32(sq_test_rd *r) {
+    const uint8_t *q = sq_test_take(r, 4);
+    uint32_t v = 0;
+    if (q) memcpy(&v, q, 4);
+    return v;
+}
+static inline uint8_t sq_test_u8(sq_test_rd *r) {
+    const uint8_t *q = sq_test_take(r, 1);
+    return q ? *q : 0;
+}
+
 #endif
