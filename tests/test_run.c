@@ -341,6 +341,47 @@ START_TEST(dead_rank_ends_the_job_named) {
 }
 END_TEST
 
+/* ---- a rank stuck in bring-up or teardown ------------------------------------------------------ */
+
+/* A rank that stops inside a collective step (as a rank stuck in a device call would) ends the
+ * job within the stall limit, with one line naming a rank and the step; without the watchdog
+ * (--stall-timeout 0) the same job would hang until `timeout` kills it. */
+static char *run_stall(const char *phase, int rank, double *dt, int *rc) {
+    double t0 = sq_now_s();
+    char *out = sh(rc, "SHARDQ_TEST_STALL_RANK=%d SHARDQ_TEST_STALL_PHASE='%s' "
+                   "timeout -s KILL 60 '%s' " SQ_MPIRUN_TEST_FLAGS " -x SHARDQ_TEST_STALL_RANK "
+                   "-x SHARDQ_TEST_STALL_PHASE -np 2 '%s' run '%s' --prompt-ids '1,2;3' "
+                   "--max-new-tokens 2 --quiet --stall-timeout 1.5",
+                   rank, phase, SQ_MPIEXEC, SQ_SHARDQ_EXE, g_llama);
+    *dt = sq_now_s() - t0;
+    return out;
+}
+
+START_TEST(stuck_rank_ends_the_job_named) {
+    static const char *const phases[] = {"planning", "bringing up the transport", "tearing down"};
+    for (int i = 0; i < 3; i++) {
+        int rc = 0;
+        double dt = 0;
+        char *out = run_stall(phases[i], i % 2, &dt, &rc);
+        char want[128];
+        snprintf(want, sizeof want, ": no progress for 1.5 s while %s: ending the job", phases[i]);
+        ck_assert_msg(rc != 0 && rc != 137 && dt < 30, "%s: rc %d, %.1f s: %s", phases[i], rc, dt, out);
+        ck_assert_msg(strstr(out, want) && strstr(out, "shardq: rank "), "%s: %s", phases[i], out);
+        free(out);
+    }
+}
+END_TEST
+
+START_TEST(stall_timeout_flag_checked) {
+    int rc = 0;
+    char args[1200];
+    snprintf(args, sizeof args, "'%s' --prompt-ids 1 --stall-timeout -3", g_llama);
+    char *o = run_np(0, &rc, args);
+    ck_assert_msg(rc == 2 && strstr(o, "--stall-timeout must be a number of seconds (0: off), not '-3'"), "%s", o);
+    free(o);
+}
+END_TEST
+
 /* ---- text in, text out ------------------------------------------------------------------------- */
 
 START_TEST(text_prompts) {
@@ -448,6 +489,8 @@ int main(void) {
     tcase_add_test(tc, prequantized_equals_on_the_fly);
     tcase_add_test(tc, bad_input_one_line);
     tcase_add_test(tc, dead_rank_ends_the_job_named);
+    tcase_add_test(tc, stuck_rank_ends_the_job_named);
+    tcase_add_test(tc, stall_timeout_flag_checked);
     tcase_add_test(tc, text_prompts);
     tcase_add_test(tc, human_table);
     tcase_add_test(tc, int8_activations);

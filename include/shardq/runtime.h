@@ -112,6 +112,12 @@ sq_status sq_runtime_open_model(const char *model_dir, sq_ckpt **st, sq_meta **m
  * is the id's place in its sequence's output (0-based). */
 typedef void (*sq_run_token_fn)(void *user, int32_t seq, int32_t token_index, int32_t id);
 
+/* Called on every rank as sq_run enters each phase of its bring-up and teardown: phase is a
+ * static string ("planning", "loading the weights", ...); watched is false for the phases that
+ * report progress of their own (loading) or find silent peers themselves (generating, serving),
+ * true for the others, which should end in seconds.  The CLI's stall watchdog uses it. */
+typedef void (*sq_run_phase_fn)(void *user, const char *phase, bool watched);
+
 typedef struct sq_runtime_compute_params {
     sq_sample_params sample;
     int32_t n_seqs;             /* sequence i uses KV slot i */
@@ -211,6 +217,10 @@ typedef struct sq_run_options {
                                        (backend.h); DEFAULT: the backend's default; INT8 with
                                        the cuda backend is refused */
     double timeout_s;               /* peer silence during generation; <= 0: 30 s */
+    sq_run_phase_fn on_phase;       /* every rank; may be NULL */
+    void *phase_user;
+    double stall_timeout_s;         /* for the caller's watchdog (the CLI's --stall-timeout):
+                                       how long a watched phase may last; sq_run ignores it */
     sq_load_progress_fn progress;   /* rank 0; may be NULL */
     void *progress_user;
     double progress_interval_s;

@@ -13,11 +13,14 @@
 #include "shardq/core.h"
 #include "shardq/runtime.h"
 
+typedef struct sq_cli_watchdog sq_cli_watchdog;
+
 typedef struct sq_cli_ctx {
     int rank, n_ranks;      /* MPI_COMM_WORLD; 0 and 1 outside mpirun */
     MPI_Comm comm;          /* a duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN */
     sq_log log;             /* to stderr on rank 0, prefixed "shardq: " */
     const char *prog;       /* "shardq" */
+    sq_cli_watchdog *watchdog;   /* started by sq_cli_watch; main stops it after MPI_Finalize */
 } sq_cli_ctx;
 
 /* A subcommand: argv[0] is the subcommand's name.  Returns the process exit code
@@ -57,8 +60,18 @@ bool sq_cli_scheme_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char *
  * with --quant none). */
 int sq_cli_scheme_check(const sq_cli_ctx *ctx, const char *cmd, const sq_quant_scheme *s);
 
+/* The stall watchdog (watchdog.c): a thread that ends the process with one line on stderr
+ * ("rank R: no progress for S s while PHASE") when a watched phase lasts longer than limit_s.
+ * start returns NULL when limit_s <= 0 or no thread could be made (the run goes on unwatched). */
+sq_cli_watchdog *sq_cli_watchdog_start(int rank, double limit_s);
+void sq_cli_watchdog_phase(void *user, const char *phase, bool watched);   /* sq_run_phase_fn */
+void sq_cli_watchdog_stop(sq_cli_watchdog *w);
+/* Before sq_run: starts ctx's watchdog with o->stall_timeout_s (once per process) and points
+ * o->on_phase at it. */
+void sq_cli_watch(sq_cli_ctx *ctx, sq_run_options *o);
+
 /* The flags run and bench share: the scheme flags above (into o->scheme) and --backend,
- * --transport, --device, --threads, --timeout; the same contract. */
+ * --transport, --device, --threads, --timeout, --stall-timeout; the same contract. */
 bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **argv, int *i,
                      sq_run_options *o, bool *quant_given, bool *missing, int *usage_rc);
 

@@ -48,7 +48,8 @@ static void usage(FILE *f) {
         "  --micro-batches M   comma-separated and/or repeated, each 1..B (default: 1, 2, 4, ...\n"
         "                      up to B)\n"
         "  --seed S            prompt ids seed (default 0)\n"
-        "  --backend, --transport, --device, --threads, --activations, --timeout: as for 'shardq run'\n"
+        "  --backend, --transport, --device, --threads, --activations, --timeout, --stall-timeout:\n"
+        "                      as for 'shardq run'\n"
         "  --json              one JSON object with the same facts\n"
         "  --load-only         only load: per rank the GB read, load seconds (read + convert +\n"
         "                      quantize + place), GB/s and peak RSS (one 1-token run)\n"
@@ -458,6 +459,7 @@ int sq_cli_bench(int argc, char **argv, sq_cli_ctx *ctx) {
         ro.n_micro_batches = o.m[k];
         sq_run_result *r = NULL;
         bool must_abort = false;
+        sq_cli_watch(ctx, &ro);
         st = sq_run(ctx->comm, &ro, &r, &must_abort, &err);
         if (st != SQ_OK && must_abort) {
             if (ctx->rank == 0) remove_tree(tmp);

@@ -34,9 +34,9 @@ static void usage(FILE *f) {
             "  --chunks K           score at most the first K chunks (default: all)\n"
             "  --micro-batches M    chunks are split into M micro-batches (default: one per chunk)\n"
             "  --quant …, --double-quant, --blocksize, --backend, --transport, --device,\n"
-            "  --threads, --activations as for `shardq run`; --timeout S: a peer silent for S seconds counts\n"
-            "                       as dead (default 300: a stage computes a whole chunk between\n"
-            "                       two messages)\n"
+            "  --threads, --activations, --stall-timeout as for `shardq run`\n"
+            "  --timeout S          a peer silent for S seconds counts as dead (default 300: a stage\n"
+            "                       computes a whole chunk between two messages)\n"
             "  --json               one JSON object: perplexity, uncertainty, n_tokens, n_chunks,\n"
             "                       scored, ctx, per-chunk running estimates, the run's figures\n"
             "  --quiet              no load progress\n"
@@ -193,6 +193,7 @@ static int perplexity_cmd(int argc, char **argv, sq_cli_ctx *ctx) {
     sq_run_result *r = NULL;
     bool must_abort = false;
     double t0 = sq_now_s();
+    sq_cli_watch(ctx, &o);
     st = sq_run(ctx->comm, &o, &r, &must_abort, &err);
     double wall = sq_now_s() - t0;
     if (st != SQ_OK && must_abort) sq_cli_abort_after_peer_failure(ctx, &err);

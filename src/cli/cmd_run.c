@@ -26,7 +26,7 @@ static void usage(FILE *f) {
         "          [--double-quant] [--blocksize N] (--prompt-ids \"1,2,3;4,5\" | --prompt TEXT ...\n"
         "          | --prompt-file FILE ...) [--chat] [--system TEXT] [--max-new-tokens N]\n"
         "          [--max-seq N] [--micro-batches M] [--temperature T] [--top-k K] [--top-p P]\n"
-        "          [--seed S] [--ignore-eos] [--threads N] [--activations int8|f32] [--timeout S] [--quiet] [--json]\n"
+        "          [--seed S] [--ignore-eos] [--threads N] [--activations int8|f32] [--timeout S] [--stall-timeout S] [--quiet] [--json]\n"
         "          [--dump-logits FILE] [--backend auto|cpu|cuda] [--transport auto|mpi|nccl]\n"
         "          [--device N] [--trace FILE]\n\n"
         "Runs the model as a pipeline over the ranks started: each rank loads only its own\n"
@@ -71,6 +71,9 @@ static void usage(FILE *f) {
         "                      pinned memory, so ranks may share a GPU), or nccl\n"
         "  --device N          the CUDA device of every rank (default: local rank mod GPUs)\n"
         "  --timeout S         seconds of silence after which a peer counts as dead (default 30)\n"
+        "  --stall-timeout S   seconds a rank may spend in one step of bring-up or teardown (agreeing,\n"
+        "                      planning, creating the backend, the transport, MPI_Finalize) before\n"
+        "                      the job ends naming the rank and step (default 120, 0: off)\n"
         "  --quiet             no progress and no summary table: only the generated output\n"
         "  --json              one JSON object on stdout: tokens, text, figures\n"
         "  --dump-logits FILE  rank 0 writes the logits each token was sampled from, float32\n"
@@ -522,6 +525,7 @@ static int run_cmd(int argc, char **argv, sq_cli_ctx *ctx, text_src *srcs) {
     sq_run_result *r = NULL;
     bool must_abort = false;
     o.trace = sq_cli_trace_open(ctx, trace_path);
+    sq_cli_watch(ctx, &o);
     st = sq_run(ctx->comm, &o, &r, &must_abort, &err);
     if (st != SQ_OK && must_abort) sq_cli_abort_after_peer_failure(ctx, &err);
     /* every rank agrees on st: the trace is written (collectively) after a success only */

@@ -51,6 +51,7 @@ static void usage(FILE *f) {
         "  --drain-timeout S   on SIGTERM / SIGINT, running requests may finish for S seconds (30)\n"
         "  --model-name NAME   the model id of /v1/models (default: MODEL's file or folder name)\n"
         "  --timeout S         seconds of silence after which a peer counts as dead (default 30)\n"
+        "  --stall-timeout S   as for 'shardq run': the limit on one step of bring-up or teardown\n"
         "  --quant, --double-quant, --blocksize, --threads, --activations, --backend, --transport,\n"
         "  --device: as for 'shardq run'\n"
         "Sampling per request: temperature (default 1), top_p, top_k, seed; temperature 0 is greedy.\n"
@@ -274,6 +275,7 @@ int sq_cli_serve(int argc, char **argv, sq_cli_ctx *ctx) {
     o.serve_user = &S;
     sq_run_result *r = NULL;
     bool must_abort = false;
+    sq_cli_watch(ctx, &o);
     st = sq_run(ctx->comm, &o, &r, &must_abort, &err);
     sq_run_result_destroy(r);
     free(one);

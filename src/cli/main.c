@@ -109,7 +109,9 @@ int main(int argc, char **argv) {
     int rc = cmd->fn(argc - 1, argv + 1, &ctx);
     fflush(stdout);
     fflush(stderr);
+    sq_cli_watchdog_phase(ctx.watchdog, "finalizing MPI", true);
     MPI_Comm_free(&ctx.comm);
     MPI_Finalize();
+    sq_cli_watchdog_stop(ctx.watchdog);
     return rc;
 }

@@ -76,6 +76,11 @@ bool sq_cli_run_flag(const sq_cli_ctx *ctx, const char *cmd, int argc, char **ar
             *usage_rc = sq_cli_usage_error(ctx, cmd, "--timeout must be a positive number of seconds, not '%s'", v);
         else if (!*missing)
             o->timeout_s = vd;
+    } else if (sq_cli_flag_value(argc, argv, i, "--stall-timeout", &v, missing)) {
+        if (!*missing && (!sq_cli_parse_f64(v, 0, 1e6, &vd) || vd < 0))
+            *usage_rc = sq_cli_usage_error(ctx, cmd, "--stall-timeout must be a number of seconds (0: off), not '%s'", v);
+        else if (!*missing)
+            o->stall_timeout_s = vd;
     } else {
         return false;
     }

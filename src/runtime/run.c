@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shardq/plan.h"
@@ -48,8 +49,24 @@ sq_run_options sq_run_options_default(void) {
     o.max_new_tokens = 16;
     o.sample = (sq_sample_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 0};
     o.timeout_s = 30.0;
+    o.stall_timeout_s = 120.0;
     o.device = -1;
     return o;
+}
+
+/* Reports a phase to o->on_phase.  Test hook: SHARDQ_TEST_STALL_PHASE=NAME (with
+ * SHARDQ_TEST_STALL_RANK=R, else every rank) stops the rank for good on entering phase NAME, as a
+ * rank stuck in a device call or a collective would be. */
+static void phase(const sq_run_options *o, int rank, const char *name, bool watched) {
+    if (o && o->on_phase) o->on_phase(o->phase_user, name, watched);
+    const char *stall = getenv("SHARDQ_TEST_STALL_PHASE");
+    if (!stall || strcmp(stall, name) != 0) return;
+    const char *r = getenv("SHARDQ_TEST_STALL_RANK");
+    if (r && *r && atoi(r) != rank) return;
+    for (;;) {
+        struct timespec ts = {1, 0};
+        nanosleep(&ts, NULL);
+    }
 }
 
 void sq_run_result_destroy(sq_run_result *r) {
@@ -439,9 +456,11 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
     /* 0. backend, device and transport: agreed before any file is read */
     exec_choice ex;
+    phase(o, rank, "agreeing on the backend and transport", true);
     if ((rc = choose_exec(comm, rank, size, o, &ex, err)) != SQ_OK) goto out;
     /* 1. the skeleton: every rank opens the files (its loader reads through them); rank 0
      * reads config.json and checks the headers; every rank gets the same skeleton */
+    phase(o, rank, "reading the model's skeleton", true);
     if (rc == SQ_OK) rc = sq_ckpt_open(o->model_dir, &st, err);
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
     rc = sq_meta_read_bcast(comm, 0, st, &meta, err);
@@ -532,6 +551,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     }
 
     /* 5. no plan file: plan for the ranks started */
+    phase(o, rank, "planning", true);
     if (!plan) {
         rc = make_plan(comm, size, meta, &scheme, sh.max_seq, sh.n_seqs, &ex, o->device, &plan, err);
         if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
@@ -543,6 +563,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     }
 
     /* 6. this rank's stage: backend, run state (allocated before any weight) */
+    phase(o, rank, "creating the backend and the run state", true);
     int n_threads = o->n_threads > 0 ? o->n_threads : default_threads(comm);
     sq_runtime_stage_params sp;
     memset(&sp, 0, sizeof sp);
@@ -582,6 +603,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
     /* 7. every rank loads its own stage */
+    phase(o, rank, "loading the weights", false);
     sq_load_stats ls;
     memset(&ls, 0, sizeof ls);
     double t0 = sq_now_s();
@@ -592,6 +614,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     st = NULL;
 
     /* 8. the adapter (+ kept logits), the receive buffer for them, then the transport */
+    phase(o, rank, "bringing up the transport", true);
     sq_runtime_compute_params cp = {.sample = o->sample, .n_seqs = (int32_t)sh.n_seqs,
                                     .max_new_tokens = (int32_t)sh.max_new,
                                     .keep_logits = o->keep_logits,
@@ -639,6 +662,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     if ((rc = agree(comm, rank, size, rc, err)) != SQ_OK) goto out;
 
     /* 9. serving: the hook takes over the loaded stages (src/runtime/serve_hook.c) */
+    phase(o, rank, o->serve ? "serving" : "generating", false);
     if (o->serve) {
         rc = sq_run_call_serve(comm, o, tr, stage, cfg, infos, be, ex.nccl, load_s, sh.n_seqs, sh.max_seq,
                                sp.max_tokens, sh.eos, (int32_t)sh.n_eos, err);
@@ -782,6 +806,7 @@ sq_status sq_run(MPI_Comm comm, const sq_run_options *o, sq_run_result **out, bo
     }
 
 out:
+    phase(o, rank, "tearing down", true);
     sq_transport_destroy(tr);
     sq_pipeline_result_destroy(pres);
     sq_runtime_compute_destroy(rcomp);
