@@ -30,7 +30,7 @@ hcase() {   # NAME NP ENV-ASSIGNMENTS... -- SHARDQ-ARGS...
     shift
     local t0=$SECONDS
     env "${envs[@]}" setsid mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" \
-        "$SQ" run "$M" --prompt-ids "$IDS" --max-new-tokens 8 --ignore-eos --timeout 10 "$@" \
+        "$SQ" run "$M" --prompt-ids "$IDS" --max-new-tokens 8 --ignore-eos --timeout 10 --stall-timeout 0 "$@" \
         > "$OUT/hang-$name.out" 2>&1 &
     local pid=$!
     while kill -0 "$pid" 2>/dev/null && [ $((SECONDS - t0)) -lt "$LIMIT" ]; do sleep 1; done

@@ -109,7 +109,7 @@ else
         shift 2
         local log="$OUT/pipe-$name.json"
         if (set -x; timeout 300 "${MPIRUN[@]}" -np "$np" "$SQ" run "$M" --prompt-ids "$IDS" \
-                --max-new-tokens "$NEW" --ignore-eos --json "$@") > "$log" 2> "$OUT/pipe-$name.err"; then
+                --max-new-tokens "$NEW" --ignore-eos --json --stall-timeout 30 "$@") > "$log" 2> "$OUT/pipe-$name.err"; then
             pipe_rows+=("$(printf '  %-22s %3d %-9s %-5s %12s %12s' "$name" "$np" \
                 "$(grep -o '"backend_kind": "[a-z]*"' "$log" | sed 's/.*: "//; s/"//')" \
                 "$(grep -o '"transport": "[a-z]*"' "$log" | sed 's/.*: "//; s/"//')" \
