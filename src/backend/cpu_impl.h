@@ -79,8 +79,8 @@ bool sq_cpu_q8_supported(const sq_weight *w);
 sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                            const sq_weight *bias, void *out_d, sq_error *err);
 sq_status sq_cpu_reserve_q8(sq_cpu *cpu, int64_t max_rows, int64_t max_width, sq_error *err);
-void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int8_t *qx, float *dx,
-                            float *xs, int32_t *corr);
+void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int32_t corr_zero, int8_t *qx,
+                            float *dx, float *xs, int32_t *corr);
 
 /* Dot product with the backend's fixed order: one 8-lane accumulator, fused multiply-adds
  * over k = 0, 8, 16, …, a fixed horizontal sum, then the tail fused one by one. */
