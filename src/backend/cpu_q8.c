@@ -537,6 +537,52 @@ TGT static void q8_tile_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r
 
 Q8_BODY(TGT_AVX2, avx2, 0)
 Q8_BODY(TGT_VNNI, vnni, 1)
+
+/* sq_cpu_q8_quantize_row with AVX2, the same float operations per element (amax by max, which
+ * like the scalar loop skips NaNs; the product, the rounding trick, the clamps by max / min,
+ * which like the scalar comparisons send NaN to -127), so the same bytes and scales. */
+TGT_AVX2 static void q8_quantize_row_avx2(const float *x, int64_t K, bool perm, int32_t corr_zero,
+                                          int8_t *qx, float *dx, float *xs, int32_t *corr) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 magic = _mm256_set1_ps(12582912.0f), lo = _mm256_set1_ps(-127.0f),
+                 hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i cz = _mm256_set1_epi32(-corr_zero);
+    for (int64_t b = 0; b < K / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v[4];
+        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xb + 8 * i);
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) m = _mm256_max_ps(_mm256_and_ps(v[i], absm), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float amax = _mm_cvtss_f32(m4);
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        if (perm) {   /* q8_perm_elem: bytes 0..15 take x 0-3, 8-11, 16-19, 24-27 */
+            __m256 p0 = _mm256_permute2f128_ps(v[0], v[1], 0x20), p1 = _mm256_permute2f128_ps(v[2], v[3], 0x20);
+            __m256 p2 = _mm256_permute2f128_ps(v[0], v[1], 0x31), p3 = _mm256_permute2f128_ps(v[2], v[3], 0x31);
+            v[0] = p0;
+            v[1] = p1;
+            v[2] = p2;
+            v[3] = p3;
+        }
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) {
+            __m256 t = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], idv), magic), magic);
+            t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+            q[i] = _mm256_cvtps_epi32(t);   /* integral already: exact */
+        }
+        __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(qx + 32 * b), _mm256_permutevar8x32_epi32(bytes, order));
+        __m256i ls = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
+        ls = _mm256_permutevar8x32_epi32(ls, order);
+        _mm256_storeu_si256((__m256i *)(corr + 8 * b), _mm256_mullo_epi32(ls, cz));
+        _mm256_storeu_ps(xs + 8 * b, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(ls)));
+        dx[b] = d;
+    }
+}
 #endif /* SQ_HAVE_X86 */
 
 /* ---- driver ---------------------------------------------------------------------------------- */
@@ -561,6 +607,7 @@ typedef struct {
     int64_t K;
     bool perm;
     int32_t corr_zero;
+    sq_cpu_isa isa;
     int8_t *qx;
     float *dx, *xs;
     int32_t *corr;
@@ -569,6 +616,13 @@ typedef struct {
 static void quant_task(void *ctx_, int64_t r, int thread) {
     const quant_ctx *q = ctx_;
     const int64_t nb = q->K / 32;
+#ifdef SQ_HAVE_X86
+    if (q->isa != SQ_CPU_PORTABLE) {
+        q8_quantize_row_avx2(q->x + r * q->K, q->K, q->perm, q->corr_zero, q->qx + r * q->K,
+                             q->dx + r * nb, q->xs + r * nb * 8, q->corr + r * nb * 8);
+        return;
+    }
+#endif
     sq_cpu_q8_quantize_row(q->x + r * q->K, q->K, q->perm, q->corr_zero, q->qx + r * q->K, q->dx + r * nb,
                            q->xs + r * nb * 8, q->corr + r * nb * 8);
 }
@@ -624,7 +678,7 @@ sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, cons
     for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
         const int64_t nr = n_rows - r0 < chunk ? n_rows - r0 : chunk;
         quant_ctx qc = {(const float *)x_d + r0 * K, K, c.kind == K_LUT,
-                        c.kind == K_Q4 ? w->qf.code_zero : 128, qx, dx, xs, corr};
+                        c.kind == K_Q4 ? w->qf.code_zero : 128, cpu->isa, qx, dx, xs, corr};
         sq_pool_run((uint64_t)nr * (uint64_t)K < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, nr,
                     quant_task, &qc);
         c.qx = qx;
