@@ -238,10 +238,10 @@ TGT INLINE float q8_hsum_##SFX(__m256 v) {                                      
  * codes, or the int8 table's values. */                                                       \
 TGT INLINE __m256i q8_wcodes_##SFX(const uint8_t *row, int64_t b, __m256i lut, const int KIND) { \
     const __m256i m4 = _mm256_set1_epi8(15);                                                   \
-    if (KIND == K_Q4) {                                                                        \
-        __m128i v = _mm_loadu_si128((const __m128i *)(row + b * 16));                          \
-        return _mm256_and_si256(                                                               \
-            _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), m4);  \
+    if (KIND == K_Q4) { /* the 16 bytes in both halves, the upper half shifted by 4: no      \
+                         * lane-crossing shuffle */                                            \
+        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(row + b * 16))); \
+        return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), m4); \
     }                                                                                          \
     if (KIND == K_I8) return _mm256_loadu_si256((const __m256i *)(row + b * 32));              \
     __m256i v = _mm256_loadu_si256((const __m256i *)(row + (b >> 1) * 32));                    \
@@ -331,12 +331,6 @@ TGT INLINE __m256 q8_ws8_##SFX(const q8_ctx *c, const void *sp, int64_t o, int64
     if (H16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)sp + b))); \
     return _mm256_loadu_ps((const float *)sp + b);                                             \
 }                                                                                              \
-/* The 32 nibbles of 4-bit block b without a lane-crossing shuffle: the 16 bytes broadcast to  \
- * both halves, the upper half shifted by 4. */                                                \
-TGT INLINE __m256i q8_wq4_##SFX(const uint8_t *row, int64_t b, __m256i sh) {                   \
-    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(row + b * 16))); \
-    return _mm256_and_si256(_mm256_srlv_epi32(v, sh), _mm256_set1_epi8(15));                   \
-}                                                                                              \
 /* GEMV: NO (4 or 1) outputs from o, row r.  In chunks of 8 blocks the 8 products             \
  * fl(ws * dx) (and the biases) of an output are formed at once and read back one per block   \
  * as a broadcast load: the same values as q8_step forms, in the same order. */               \
@@ -356,7 +350,6 @@ TGT INLINE void q8_few_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut,
     }                                                                                          \
     int64_t b8 = 0;                                                                            \
     if (!B16) {                                                                                \
-        const __m256i sh = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);                          \
         _Alignas(32) float dt[4][8], mt[4][8];                                                 \
         for (; b8 + 8 <= c->nb; b8 += 8) {                                                     \
             const __m256 dx8 = _mm256_loadu_ps(dx + b8);                                       \
@@ -377,8 +370,7 @@ TGT INLINE void q8_few_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut,
                 const int64_t b = b8 + k;                                                      \
                 const __m256i q = _mm256_loadu_si256((const __m256i *)(qx + 32 * b));          \
                 _Pragma("GCC unroll 4") for (int i = 0; i < NO; i++) {                         \
-                    const __m256i wv = KIND == K_Q4 ? q8_wq4_##SFX(R[i].w, b, sh)              \
-                                                    : q8_wcodes_##SFX(R[i].w, b, lut, KIND);   \
+                    const __m256i wv = q8_wcodes_##SFX(R[i].w, b, lut, KIND);                  \
                     const __m256i p = q8_dot_##SFX(wv, q, corr + 8 * b, zero, KIND, UNS);      \
                     a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dt[i][k]), _mm256_cvtepi32_ps(p), \
                                            a[i]);                                              \
