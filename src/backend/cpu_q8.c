@@ -37,8 +37,10 @@
  *   bias.
  * The integer sums are exact on every path (AVX2: maddubs of |c| with qx signed by c, then
  * madd by ones: no int16 saturation for |qx| <= 127; VNNI: vpdpbusd of c + 128 with qx, started
- * from -128 * (the lane's sum of qx)), and everything after them is the same float operations
- * in the same order.
+ * from -128 * (the lane's sum of qx), or for 4-bit codes of the raw nibble, started from
+ * -zero * (the lane's sum)), and everything after them is the same float operations in the same
+ * order.  The GEMV forms the products fl(s * dx) of 8 blocks at once and reads them back per
+ * block: the same values, so the same bits.
  * Supported: the block-scaled form with code_bits 4 (blocks of 32) or 8 (blocks of 16 or 32,
  * a bias only with blocks of 32); NF4 / FP4 with in_features % 64 == 0 and blocks >= 64.
  * Anything else (dense weights, ragged 4-bit rows) takes the float32 path of cpu_linear.c.
