@@ -68,7 +68,7 @@ typedef struct {
     float *scales, *biases;
 } src_w;
 
-static void mk_src(int k, int64_t N, int64_t K, src_w *s) {
+static void mk_src(int k, int64_t N, int64_t K, int blocksize, src_w *s) {
     memset(s, 0, sizeof *s);
     s->deq = malloc((size_t)(N * K) * 4);
     if (k == W_I8 || k == W_I8ZP) {
@@ -94,7 +94,7 @@ static void mk_src(int k, int64_t N, int64_t K, src_w *s) {
         for (int64_t i = 0; i < N * K; i++) v[i] = rng_f(-1, 1) * rng_f(0, 1);
         sq_quant_scheme sc = sq_quant_scheme_default();
         sc.type = k == W_NF4 ? SQ_QUANT_NF4 : SQ_QUANT_FP4;
-        sc.blocksize = 64;
+        sc.blocksize = blocksize;
         ck_assert_int_eq(sq_quant_4bit(v, N, K, SQ_DTYPE_F32, &sc, NULL, &s->q, NULL), SQ_OK);
         sq_dequant_4bit_f32(&s->q, 0, (uint64_t)(N * K), s->deq);
         free(v);
@@ -160,8 +160,12 @@ static double q8_bound(const float *w, const float *x, int64_t K, bool table, fl
     return b + 64.0 * FLT_EPSILON * (mag + 4.0);
 }
 
+/* _i: 0: in_features 768 (whole chunks of 8 blocks of 32), NF4 / FP4 absmax blocks of 64;
+ * 1: 832 (a tail of 2 blocks after the chunks), NF4 / FP4 blocks of 128 that cross rows
+ * (kinds with blocks of 256 skip it) */
 START_TEST(test_paths_identical_and_bounded) {
-    const int64_t N = 70, K = 768, NR = 41;
+    const int64_t N = 70, K = _i == 0 ? 768 : 832, NR = 41;
+    const int qbs = _i == 0 ? 64 : 128;
     sq_backend *bv = mk_be(3, NULL, SQ_CPU_ACT_INT8), *b2 = mk_be(1, "avx2", SQ_CPU_ACT_INT8);
     sq_backend *bp = mk_be(2, "portable", SQ_CPU_ACT_INT8), *bf = mk_be(2, NULL, SQ_CPU_ACT_F32);
     float *x = malloc((size_t)(NR * K * 4)), *bias = malloc((size_t)N * 4);
@@ -169,8 +173,9 @@ START_TEST(test_paths_identical_and_bounded) {
     for (int64_t j = 0; j < N; j++) bias[j] = rng_f(-1, 1);
     for (int t = 0; t < N_KINDS; t++) {
         const int k = k_kinds[t];
+        if (k >= 0 && K % sq_ggml_block_elems(k) != 0) continue;
         src_w s;
-        mk_src(k, N, K, &s);
+        mk_src(k, N, K, qbs, &s);
         sq_backend *bes[4] = {bv, b2, bp, bf};
         sq_weight *w[4], *bs[4];
         float *all[4];
@@ -208,7 +213,7 @@ START_TEST(test_paths_identical_and_bounded) {
             /* a block's absmax is at least its largest |w|; the code table maps 1 to it: use
              * the largest absmax of the row's blocks */
             if (table)
-                for (int64_t b = o * K / 64; b < (o + 1) * K / 64; b++)
+                for (int64_t b = o * K / qbs; b <= ((o + 1) * K - 1) / qbs; b++)
                     amax_hi = fmaxf(amax_hi, s.q.absmax[b]);
             for (int64_t r = 0; r < NR; r++) {
                 double ref = bias[o];
@@ -292,7 +297,7 @@ int main(void) {
     Suite *s = suite_create("backend_q8");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 100);
-    tcase_add_test(tc, test_paths_identical_and_bounded);
+    tcase_add_loop_test(tc, test_paths_identical_and_bounded, 0, 2);
     tcase_add_test(tc, test_f32_mode_unchanged);
     tcase_add_test(tc, test_refusals);
     suite_add_tcase(s, tc);

@@ -37,8 +37,10 @@
  *   bias.
  * The integer sums are exact on every path (AVX2: maddubs of |c| with qx signed by c, then
  * madd by ones: no int16 saturation for |qx| <= 127; VNNI: vpdpbusd of c + 128 with qx, started
- * from -128 * (the lane's sum of qx)), and everything after them is the same float operations
- * in the same order.
+ * from -128 * (the lane's sum of qx), or for 4-bit codes of the raw nibble, started from
+ * -zero * (the lane's sum)), and everything after them is the same float operations in the same
+ * order.  The GEMV forms the products fl(s * dx) of 8 blocks at once and reads them back per
+ * block: the same values, so the same bits.
  * Supported: the block-scaled form with code_bits 4 (blocks of 32) or 8 (blocks of 16 or 32,
  * a bias only with blocks of 32); NF4 / FP4 with in_features % 64 == 0 and blocks >= 64.
  * Anything else (dense weights, ragged 4-bit rows) takes the float32 path of cpu_linear.c.
@@ -75,7 +77,8 @@ typedef struct {
     const int8_t *qx;     /* (n_rows, K) quantized activations */
     const float *dx;      /* (n_rows, nb) their scales */
     const float *xs;      /* (n_rows, nb, 8) dx * the lane's sum of qx */
-    const int32_t *corr;  /* (n_rows, nb, 8) -128 * the lane's sum of qx */
+    const int32_t *corr;  /* (n_rows, nb, 8) -z * the lane's sum of qx: z = the 4-bit code zero
+                           * for K_Q4, 128 otherwise (VNNI's unsigned operand: see q8_dot) */
     int64_t n_rows, K, N, nb;
     int64_t otile, n_otiles, rt;
     q8_kind kind;
@@ -115,9 +118,10 @@ static inline int q8_perm_elem(int j) {
     return j < 16 ? 8 * (j >> 2) + (j & 3) : 8 * ((j - 16) >> 2) + 4 + (j & 3);
 }
 
-/* Row x (K elements) into qx / dx / xs / corr; perm: in the repacked 4-bit byte order. */
-void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int8_t *qx, float *dx,
-                            float *xs, int32_t *corr) {
+/* Row x (K elements) into qx / dx / xs / corr (corr = -corr_zero * the lane's sum of qx);
+ * perm: in the repacked 4-bit byte order. */
+void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int32_t corr_zero, int8_t *qx,
+                            float *dx, float *xs, int32_t *corr) {
     /* round to nearest even by the 1.5 * 2^23 trick (|x * id| <= 127 + rounding): the same
      * float operations on every machine, no libm call */
     const float magic = 12582912.0f;
@@ -138,7 +142,7 @@ void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int8_t *qx, fl
         }
         for (int i = 0; i < 8; i++) {
             int ls = q[4 * i] + q[4 * i + 1] + q[4 * i + 2] + q[4 * i + 3];
-            corr[8 * b + i] = -128 * ls;
+            corr[8 * b + i] = -corr_zero * ls;
             xs[8 * b + i] = d * (float)ls;
         }
         dx[b] = d;
@@ -236,10 +240,10 @@ TGT INLINE float q8_hsum_##SFX(__m256 v) {                                      
  * codes, or the int8 table's values. */                                                       \
 TGT INLINE __m256i q8_wcodes_##SFX(const uint8_t *row, int64_t b, __m256i lut, const int KIND) { \
     const __m256i m4 = _mm256_set1_epi8(15);                                                   \
-    if (KIND == K_Q4) {                                                                        \
-        __m128i v = _mm_loadu_si128((const __m128i *)(row + b * 16));                          \
-        return _mm256_and_si256(                                                               \
-            _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), m4);  \
+    if (KIND == K_Q4) { /* the 16 bytes in both halves, the upper half shifted by 4: no      \
+                         * lane-crossing shuffle */                                            \
+        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(row + b * 16))); \
+        return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), m4); \
     }                                                                                          \
     if (KIND == K_I8) return _mm256_loadu_si256((const __m256i *)(row + b * 32));              \
     __m256i v = _mm256_loadu_si256((const __m256i *)(row + (b >> 1) * 32));                    \
@@ -250,8 +254,10 @@ TGT INLINE __m256i q8_wcodes_##SFX(const uint8_t *row, int64_t b, __m256i lut, c
 TGT INLINE __m256i q8_dot_##SFX(__m256i w, __m256i qx, const int32_t *corr, __m256i zero,      \
                                 const int KIND, const int UNSIGNED) {                          \
     if (V) {                                                                                   \
+        /* unsigned operand: the nibble (corr = -zero * lane sum), the table's value + 128     \
+         * (the table is stored so), int8 code + 128 (corr = -128 * lane sum) */               \
         if (UNSIGNED) return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, qx);               \
-        __m256i u = KIND == K_Q4 ? _mm256_add_epi8(w, zero) : _mm256_xor_si256(w, zero);       \
+        __m256i u = KIND == K_I8 ? _mm256_xor_si256(w, zero) : w;                              \
         return _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)corr), u, qx);          \
     }                                                                                          \
     const __m256i ones = _mm256_set1_epi16(1);                                                 \
@@ -281,8 +287,7 @@ TGT INLINE __m256 q8_ws_##SFX(const q8_ctx *c, const void *sp, int64_t o, int64_
     return q8_par_##SFX(sp, b, H16);                                                           \
 }                                                                                              \
 TGT INLINE __m256i q8_zero_##SFX(const q8_ctx *c, const int KIND) {                            \
-    if (KIND == K_Q4) return _mm256_set1_epi8((char)(V ? 128 - c->w->qf.code_zero              \
-                                                       : c->w->qf.code_zero));                 \
+    if (KIND == K_Q4) return _mm256_set1_epi8((char)c->w->qf.code_zero);                       \
     return _mm256_set1_epi8((char)0x80);                                                       \
 }                                                                                              \
 /* One output's state: codes, scales, biases, accumulators. */                                 \
@@ -307,7 +312,30 @@ TGT INLINE void q8_fin_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256 acc, 
     if (BIAS) acc = _mm256_add_ps(acc, bacc);                                                  \
     q8_finish(c, o, r, q8_hsum_##SFX(acc));                                                    \
 }                                                                                              \
-/* GEMV: NO (4 or 1) outputs from o, row r */                                                  \
+/* The weight scales of blocks b .. b + 7 (not B16), as q8_ws forms each of them. */           \
+TGT INLINE __m256 q8_ws8_##SFX(const q8_ctx *c, const void *sp, int64_t o, int64_t b,          \
+                               const int KIND, const int H16) {                                \
+    if (KIND == K_LUT) {                                                                       \
+        const float *am = c->w->absmax_d;                                                      \
+        __m256 a;                                                                              \
+        if (c->lbs == 6) { /* K % 64 == 0: blocks 2 j and 2 j + 1 share absmax j of the row */ \
+            __m128 v = _mm_loadu_ps(am + (((uint64_t)o * (uint64_t)c->K) >> 6) + (b >> 1));   \
+            a = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v),                            \
+                                         _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));           \
+        } else {                                                                               \
+            _Alignas(32) float t[8];                                                           \
+            for (int k = 0; k < 8; k++)                                                        \
+                t[k] = am[((uint64_t)o * (uint64_t)c->K + (uint64_t)(32 * (b + k))) >> c->lbs]; \
+            a = _mm256_load_ps(t);                                                             \
+        }                                                                                      \
+        return _mm256_mul_ps(a, _mm256_set1_ps(1.0f / 127.0f));                                \
+    }                                                                                          \
+    if (H16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)sp + b))); \
+    return _mm256_loadu_ps((const float *)sp + b);                                             \
+}                                                                                              \
+/* GEMV: NO (4 or 1) outputs from o, row r.  In chunks of 8 blocks the 8 products             \
+ * fl(ws * dx) (and the biases) of an output are formed at once and read back one per block   \
+ * as a broadcast load: the same values as q8_step forms, in the same order. */               \
 TGT INLINE void q8_few_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut, const int NO, \
                              const int KIND, const int UNS, const int H16, const int B16,      \
                              const int BIAS) {                                                 \
@@ -322,7 +350,40 @@ TGT INLINE void q8_few_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut,
         R[i] = q8_row_of_##SFX(c, o + i, KIND, BIAS);                                          \
         a[i] = ba[i] = _mm256_setzero_ps();                                                    \
     }                                                                                          \
-    for (int64_t b = 0; b < c->nb; b++) {                                                      \
+    int64_t b8 = 0;                                                                            \
+    if (!B16) {                                                                                \
+        _Alignas(32) float dt[4][8], mt[4][8];                                                 \
+        for (; b8 + 8 <= c->nb; b8 += 8) {                                                     \
+            const __m256 dx8 = _mm256_loadu_ps(dx + b8);                                       \
+            _Pragma("GCC unroll 4") for (int i = 0; i < NO; i++) {                             \
+                _mm256_store_ps(dt[i], _mm256_mul_ps(q8_ws8_##SFX(c, R[i].s, o + i, b8, KIND, H16), \
+                                                     dx8));                                    \
+                if (BIAS) _mm256_store_ps(mt[i], q8_ws8_##SFX(c, R[i].m, o + i, b8, K_I8, H16)); \
+                const char *pf = (const char *)R[i].w + Q8_PREFETCH +                          \
+                                 (KIND == K_LUT ? (b8 >> 1) * 32 : b8 * gb);                   \
+                _mm_prefetch(pf, _MM_HINT_T0);                                                 \
+                _mm_prefetch(pf + 64, _MM_HINT_T0);                                            \
+                if (KIND == K_I8) {                                                            \
+                    _mm_prefetch(pf + 128, _MM_HINT_T0);                                       \
+                    _mm_prefetch(pf + 192, _MM_HINT_T0);                                       \
+                }                                                                              \
+            }                                                                                  \
+            _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {                              \
+                const int64_t b = b8 + k;                                                      \
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(qx + 32 * b));          \
+                _Pragma("GCC unroll 4") for (int i = 0; i < NO; i++) {                         \
+                    const __m256i wv = q8_wcodes_##SFX(R[i].w, b, lut, KIND);                  \
+                    const __m256i p = q8_dot_##SFX(wv, q, corr + 8 * b, zero, KIND, UNS);      \
+                    a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dt[i][k]), _mm256_cvtepi32_ps(p), \
+                                           a[i]);                                              \
+                    if (BIAS)                                                                  \
+                        ba[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&mt[i][k]),                \
+                                                _mm256_loadu_ps(xs + 8 * b), ba[i]);           \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    for (int64_t b = b8; b < c->nb; b++) {                                                     \
         const __m256i q = _mm256_loadu_si256((const __m256i *)(qx + 32 * b));                  \
         const __m256 d = _mm256_broadcast_ss(dx + b);                                          \
         const int64_t pf = (KIND == K_LUT ? (b >> 1) * 32 : b * gb) + Q8_PREFETCH;             \
@@ -402,8 +463,10 @@ TGT INLINE void q8_tile_t_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t
                                 int64_t r1, const int KIND, const int UNS, const int H16,      \
                                 const int B16, const int BIAS) {                               \
     __m256i lut = _mm256_setzero_si256();                                                      \
-    if (KIND == K_LUT)                                                                         \
+    if (KIND == K_LUT) { /* VNNI: the table's values + 128, its unsigned operand */            \
         lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c->lut));           \
+        if (V) lut = _mm256_xor_si256(lut, _mm256_set1_epi8((char)0x80));                      \
+    }                                                                                          \
     if (r1 - r0 <= Q8_FEW_ROWS) {                                                              \
         for (int64_t r = r0; r < r1; r++) {                                                    \
             int64_t o = o0;                                                                    \
@@ -468,6 +531,52 @@ TGT static void q8_tile_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r
 
 Q8_BODY(TGT_AVX2, avx2, 0)
 Q8_BODY(TGT_VNNI, vnni, 1)
+
+/* sq_cpu_q8_quantize_row with AVX2, the same float operations per element (amax by max, which
+ * like the scalar loop skips NaNs; the product, the rounding trick, the clamps by max / min,
+ * which like the scalar comparisons send NaN to -127), so the same bytes and scales. */
+TGT_AVX2 static void q8_quantize_row_avx2(const float *x, int64_t K, bool perm, int32_t corr_zero,
+                                          int8_t *qx, float *dx, float *xs, int32_t *corr) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 magic = _mm256_set1_ps(12582912.0f), lo = _mm256_set1_ps(-127.0f),
+                 hi = _mm256_set1_ps(127.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i cz = _mm256_set1_epi32(-corr_zero);
+    for (int64_t b = 0; b < K / 32; b++) {
+        const float *xb = x + 32 * b;
+        __m256 v[4];
+        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xb + 8 * i);
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) m = _mm256_max_ps(_mm256_and_ps(v[i], absm), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float amax = _mm_cvtss_f32(m4);
+        const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        if (perm) {   /* q8_perm_elem: bytes 0..15 take x 0-3, 8-11, 16-19, 24-27 */
+            __m256 p0 = _mm256_permute2f128_ps(v[0], v[1], 0x20), p1 = _mm256_permute2f128_ps(v[2], v[3], 0x20);
+            __m256 p2 = _mm256_permute2f128_ps(v[0], v[1], 0x31), p3 = _mm256_permute2f128_ps(v[2], v[3], 0x31);
+            v[0] = p0;
+            v[1] = p1;
+            v[2] = p2;
+            v[3] = p3;
+        }
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) {
+            __m256 t = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[i], idv), magic), magic);
+            t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+            q[i] = _mm256_cvtps_epi32(t);   /* integral already: exact */
+        }
+        __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(qx + 32 * b), _mm256_permutevar8x32_epi32(bytes, order));
+        __m256i ls = _mm256_hadd_epi32(_mm256_hadd_epi32(q[0], q[1]), _mm256_hadd_epi32(q[2], q[3]));
+        ls = _mm256_permutevar8x32_epi32(ls, order);
+        _mm256_storeu_si256((__m256i *)(corr + 8 * b), _mm256_mullo_epi32(ls, cz));
+        _mm256_storeu_ps(xs + 8 * b, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(ls)));
+        dx[b] = d;
+    }
+}
 #endif /* SQ_HAVE_X86 */
 
 /* ---- driver ---------------------------------------------------------------------------------- */
@@ -491,6 +600,8 @@ typedef struct {
     const float *x;
     int64_t K;
     bool perm;
+    int32_t corr_zero;
+    sq_cpu_isa isa;
     int8_t *qx;
     float *dx, *xs;
     int32_t *corr;
@@ -499,7 +610,14 @@ typedef struct {
 static void quant_task(void *ctx_, int64_t r, int thread) {
     const quant_ctx *q = ctx_;
     const int64_t nb = q->K / 32;
-    sq_cpu_q8_quantize_row(q->x + r * q->K, q->K, q->perm, q->qx + r * q->K, q->dx + r * nb,
+#ifdef SQ_HAVE_X86
+    if (q->isa != SQ_CPU_PORTABLE) {
+        q8_quantize_row_avx2(q->x + r * q->K, q->K, q->perm, q->corr_zero, q->qx + r * q->K,
+                             q->dx + r * nb, q->xs + r * nb * 8, q->corr + r * nb * 8);
+        return;
+    }
+#endif
+    sq_cpu_q8_quantize_row(q->x + r * q->K, q->K, q->perm, q->corr_zero, q->qx + r * q->K, q->dx + r * nb,
                            q->xs + r * nb * 8, q->corr + r * nb * 8);
 }
 
@@ -553,7 +671,8 @@ sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, cons
     int32_t *corr = (int32_t *)(xs + cap_nb * 8);
     for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
         const int64_t nr = n_rows - r0 < chunk ? n_rows - r0 : chunk;
-        quant_ctx qc = {(const float *)x_d + r0 * K, K, c.kind == K_LUT, qx, dx, xs, corr};
+        quant_ctx qc = {(const float *)x_d + r0 * K, K, c.kind == K_LUT,
+                        c.kind == K_Q4 ? w->qf.code_zero : 128, cpu->isa, qx, dx, xs, corr};
         sq_pool_run((uint64_t)nr * (uint64_t)K < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, nr,
                     quant_task, &qc);
         c.qx = qx;
