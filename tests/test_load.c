@@ -147,7 +147,8 @@ static void check_equal_q(const sq_qtensor *a, const sq_qtensor *b, const char *
     }
 }
 
-static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging) {
+static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging,
+                           bool read_copy) {
     fixture fx;
     fixture_make(&fx, "tiny", false);
     sq_error err;
@@ -159,6 +160,7 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
                                  .dense_dtype = SQ_DTYPE_BF16};
     o.staging_bytes = staging;
     o.pool = pool;
+    o.read_copy = read_copy;
     collected *c = calloc(1, sizeof *c);
     sq_load_stage_desc all = whole(&fx.cfg);
     sq_load_stats stats;
@@ -203,7 +205,17 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
     fixture_free(&fx);
 }
 
+/* pieces read in place through mapped windows (the default) */
+static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging) {
+    run_equal_read(type, dq, blocksize, staging, false);
+}
+
 START_TEST(test_equal_nf4_small_pieces) { run_equal(SQ_QUANT_NF4, false, 64, 1000); }
+END_TEST
+/* the pread() copy into the staging slots gives the same bytes */
+START_TEST(test_equal_nf4_read_copy) { run_equal_read(SQ_QUANT_NF4, false, 64, 1000, true); }
+END_TEST
+START_TEST(test_equal_fp4_dq_read_copy) { run_equal_read(SQ_QUANT_FP4, true, 32, 0, true); }
 END_TEST
 /* int8: whole rows per piece (400 bytes: three 64-element BF16 rows, one 172-element row) */
 START_TEST(test_equal_int8_pieces) { run_equal(SQ_QUANT_INT8, false, 64, 400); }
@@ -712,6 +724,8 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_stage_tensors);
     tcase_add_test(tc, test_equal_nf4_small_pieces);
+    tcase_add_test(tc, test_equal_nf4_read_copy);
+    tcase_add_test(tc, test_equal_fp4_dq_read_copy);
     tcase_add_test(tc, test_equal_int8_pieces);
     tcase_add_test(tc, test_equal_int8_zp_default_staging);
     tcase_add_test(tc, test_equal_nf4_dq_pieces);

@@ -4,18 +4,21 @@
  * sq_load_stage() walks ONE stage's tensors (from the plan: embed_tokens on the first stage,
  * decoder layers [first_layer, first_layer + n_layers), model.norm + lm_head on the last;
  * with tied embeddings the embedding table again on the last stage when asked), in skeleton
- * order, and for each one: reads its bytes with pread() from file descriptors of its own
- * (never another stage's tensor, never through the safetensors mapping, so nothing but the
- * bounded buffers below becomes resident), quantizes the decoder Linear weights to 4 bits
+ * order, and for each one: reads its bytes from file descriptors of its own (never another
+ * stage's tensor, never through the safetensors mapping, so nothing but the bounded buffers
+ * and windows below becomes resident), quantizes the decoder Linear weights to 4 bits
  * (bitsandbytes NF4 / FP4, bit-exact with sq_quant_4bit_from on the whole tensor) or keeps
  * them dense (scheme NONE), and hands the result to a consumer callback.  Weights already
  * stored in bitsandbytes' 4-bit layout (a pre-quantized checkpoint: sq_tensor_spec.stored_quant)
  * are read as they are — packed nibbles, absmax, nested absmax and offset — and never
  * re-quantized; their quant_map / nested_quant_map must be bitsandbytes' own tables.
  *
- * The pipeline: a read-ahead thread (one per call, pread, sequential + WILLNEED advice on the
- * next read) walks the stage's pieces and dense tensors in load order into a ring of up to 4
- * staging slots that share the budget B, while the calling thread quantizes the piece read
+ * The pipeline: a read-ahead thread (one per call, sequential + WILLNEED advice on the next
+ * reads) walks the stage's pieces and dense tensors in load order into a ring of up to 4
+ * staging slots that share the budget B — a piece is a read-only mapped window of the file
+ * that the thread populates (MADV_POPULATE_READ) and unmaps when the slot is reused, so the
+ * quantizer reads the page cache in place; with read_copy, or where mapping fails, a pread()
+ * copy into the slot's buffer; dense tensors are pread() into buffers of their own — while the calling thread quantizes the piece read
  * before (straight from BF16 / F16 / F32, no float32 copy; the pool splits its blocks) and
  * calls the consumer: reading, quantizing and the consumer's work (a backend's repack or
  * upload, quantize's file write) overlap.  Pre-quantized parts, GGUF blocks and rows to
@@ -34,7 +37,8 @@
  *          that the reader may have read ahead into its own buffer (at most one; it is part
  *          of the share for a consumer that keeps it).  With dense_pieces no dense tensor is
  *          ever whole in memory: T is the largest 4-bit weight.
- * Page cache is not counted: pread copies out of it.
+ * Page cache is not counted beyond S: a mapped window counts while its slot holds it (at most
+ * the slot's bytes + a page), and pread copies out of it.
  *
  * GPU quantization (sq_load_options.quant_device >= 0, CUDA builds): each 4-bit weight is read
  * chunk by chunk (whole blocks) with pread() straight into a ring of 3 pinned buffers that
@@ -154,6 +158,8 @@ typedef struct sq_load_options {
     bool dense_pieces;             /* dense tensors read as they are stored come in pieces of at
                                       most one staging slot (see sq_load_item): a consumer that
                                       writes them out never holds a whole one */
+    bool read_copy;                /* pieces are pread() into the staging slots instead of
+                                      read in place through a mapped window (see above) */
 } sq_load_options;
 
 sq_load_options sq_load_options_default(void);

@@ -688,7 +688,7 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     if (rc == SQ_OK) rc = make_units(&L, idx, n, budget, &slot_bytes, err);
     if (rc == SQ_OK)
         rc = load_reader_start(st, L.units, L.n_units, load_n_slots(budget, load_effective_scheme(o).blocksize),
-                               slot_bytes, L.trace, &L.rd, err);
+                               slot_bytes, !o->read_copy, L.trace, &L.rd, err);
     if (L.trace) {
         sq_trace_set_track_name(L.trace, LOAD_TRACK_COMPUTE, "compute");
         sq_trace_set_track_name(L.trace, LOAD_TRACK_READER, "reader");

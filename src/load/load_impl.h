@@ -135,12 +135,13 @@ typedef struct load_unit {
 typedef struct load_reader load_reader;
 /* Starts the reader on units[0, n_units) (borrowed, must outlive the reader) with n_slots
  * buffers of slot_bytes.  At most n_slots units are read ahead of the caller, and at most one
- * dense unit larger than slot_bytes.  On failure *out is NULL. */
+ * dense unit larger than slot_bytes.  map: pieces are mapped windows of the file instead of
+ * pread() copies (falls back to pread by itself).  On failure *out is NULL. */
 sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_units,
-                            int n_slots, uint64_t slot_bytes, sq_trace *trace, load_reader **out,
-                            sq_error *err);
-/* Waits for unit u (units are taken in order) and gives its bytes: *buf the slot (valid until
- * load_reader_release(u)), and for a dense unit *dense, a malloc'd buffer the caller now owns.
+                            int n_slots, uint64_t slot_bytes, bool map, sq_trace *trace,
+                            load_reader **out, sq_error *err);
+/* Waits for unit u (units are taken in order) and gives its bytes: *buf the slot's bytes
+ * (read-only when mapped; valid until load_reader_release(u)), and for a dense unit *dense, a malloc'd buffer the caller now owns.
  * A read error of that unit comes back here (err->rank kept). */
 sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense, sq_error *err);
 void load_reader_release(load_reader *r, size_t u);

@@ -1,15 +1,21 @@
 /* Owns the loader's read-ahead thread: it walks a fixed list of read units (pieces of weights
- * to quantize, whole dense tensors) in order with pread() on file descriptors of its own, into
- * a ring of n_slots staging buffers (pieces) or freshly malloc'd buffers (dense tensors),
- * while the loading thread converts and quantizes the units already read.  Must never hold
- * more than n_slots units read ahead, more than one dense tensor larger than a slot, or let
- * either thread wait for the other after a stop. */
+ * to quantize, whole dense tensors) in order on file descriptors of its own, into a ring of
+ * n_slots staging slots (pieces) or freshly malloc'd buffers (dense tensors), while the loading
+ * thread converts and quantizes the units already read.  A piece is mapped (a read-only
+ * window of its own, populated by this thread with MADV_POPULATE_READ, unmapped when its slot
+ * is reused): the quantizer then reads the page cache in place instead of a pread() copy of
+ * it, which cost as much CPU as quantizing when the file is cached.  Where mapping is off or
+ * fails (a file system without mmap, a kernel without MADV_POPULATE_READ, a file shorter than
+ * its header says) the piece is pread() into the slot's buffer as before, which also gives the
+ * truncation error.  Must never hold more than n_slots units read ahead or mapped, more than
+ * one dense tensor larger than a slot, or let either thread wait for the other after a stop. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,10 +23,17 @@
 
 typedef enum { SLOT_FREE = 0, SLOT_FILLED } slot_state;
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22   /* Linux 5.14 */
+#endif
+
 typedef struct slot {
     slot_state state;
     size_t unit;           /* the unit it holds when FILLED */
-    uint8_t *buf;          /* (slot_bytes) */
+    uint8_t *buf;          /* (slot_bytes) the pread() buffer */
+    uint8_t *data;         /* the unit's bytes when FILLED: buf, or into map */
+    void *map;             /* the unit's mapped window (map_len bytes), NULL when read */
+    size_t map_len;
     void *dense;           /* a dense unit's own buffer, handed to the caller */
     sq_status rc;
     sq_error err;
@@ -43,6 +56,9 @@ struct load_reader {
     bool stop;
     int big_in_flight;     /* dense units larger than a slot read but not yet taken */
     size_t advised;        /* units [0, advised) have had their WILLNEED advice */
+    bool use_map;          /* pieces are mapped (turned off for good by the first failure) */
+    uint64_t page;
+    uint64_t *file_size;   /* (n_files) at open, 0 before */
 };
 
 sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
@@ -91,12 +107,40 @@ sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_ind
     return SQ_OK;
 }
 
-/* Reads unit u into s (its slot buffer, or a new dense buffer). */
+static void unmap_slot(slot *s) {
+    if (s->map) munmap(s->map, s->map_len);
+    s->map = NULL;
+    s->map_len = 0;
+}
+
+/* Maps piece un of file fd (size file_size) into s and populates it: true when s->data holds
+ * its bytes.  False (nothing left mapped) when the piece runs past the end of the file or the
+ * mapping or its population fails: the caller reads it instead. */
+static bool map_unit(load_reader *r, const load_unit *un, int fd, uint64_t file_size, slot *s) {
+    if (un->n == 0 || un->pos + un->n > file_size) return false;
+    const uint64_t start = un->pos - un->pos % r->page;
+    const size_t len = (size_t)(un->pos + un->n - start);
+    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    if (p == MAP_FAILED) return false;
+    if (madvise(p, len, MADV_POPULATE_READ) != 0) {
+        /* EINVAL: a kernel without it; EFAULT / EIO: the file shrank or cannot be read */
+        munmap(p, len);
+        return false;
+    }
+    s->map = p;
+    s->map_len = len;
+    s->data = (uint8_t *)p + (un->pos - start);
+    return true;
+}
+
+/* Reads unit u into s (mapped, its slot buffer, or a new dense buffer). */
 static void read_unit(load_reader *r, size_t u, slot *s) {
     const load_unit *un = &r->units[u];
     sq_error_init(&s->err, -1);
     s->dense = NULL;
+    unmap_slot(s);   /* the window of the unit this slot held before */
     void *dst = s->buf;
+    s->data = s->buf;
     if (un->dense) {
         s->dense = malloc(un->n ? (size_t)un->n : 1);
         if (!s->dense) {
@@ -121,6 +165,18 @@ static void read_unit(load_reader *r, size_t u, slot *s) {
         r->advised = v + 1;
     }
     double t0 = sq_trace_begin(r->trace);
+    if (!un->dense && r->use_map) {
+        if (!r->file_size[un->file_index]) {
+            struct stat sb;
+            r->file_size[un->file_index] = fstat(fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+        }
+        if (map_unit(r, un, fd, r->file_size[un->file_index], s)) {
+            s->rc = SQ_OK;
+            sq_trace_end_ex(r->trace, LOAD_TRACK_READER, "read", t0, un->name, (int64_t)un->n);
+            return;
+        }
+        if (un->pos + un->n <= r->file_size[un->file_index]) r->use_map = false;
+    }
     s->rc = load_pread(fd, sq_ckpt_file_path(r->st, (size_t)un->file_index), un->name, un->pos,
                        un->n, un->data_end, dst, &s->err);
     sq_trace_end_ex(r->trace, LOAD_TRACK_READER, "read", t0, un->name, (int64_t)un->n);
@@ -151,8 +207,8 @@ static void *reader_main(void *arg) {
 }
 
 sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_units,
-                            int n_slots, uint64_t slot_bytes, sq_trace *trace, load_reader **out,
-                            sq_error *err) {
+                            int n_slots, uint64_t slot_bytes, bool map, sq_trace *trace,
+                            load_reader **out, sq_error *err) {
     *out = NULL;
     load_reader *r = calloc(1, sizeof *r);
     if (!r) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for the reader");
@@ -163,9 +219,13 @@ sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_
     r->slot_bytes = slot_bytes;
     r->trace = trace;
     r->n_files = sq_ckpt_n_files(st);
+    r->use_map = map;
+    long page = sysconf(_SC_PAGESIZE);
+    r->page = page > 0 ? (uint64_t)page : 4096;
     r->slots = calloc((size_t)r->n_slots, sizeof *r->slots);
     r->fds = malloc((r->n_files ? r->n_files : 1) * sizeof *r->fds);
-    bool ok = r->slots && r->fds;
+    r->file_size = calloc(r->n_files ? r->n_files : 1, sizeof *r->file_size);
+    bool ok = r->slots && r->fds && r->file_size;
     for (size_t i = 0; ok && i < r->n_files; i++) r->fds[i] = -1;
     for (int i = 0; ok && slot_bytes && i < r->n_slots; i++)
         ok = (r->slots[i].buf = malloc((size_t)slot_bytes)) != NULL;
@@ -208,7 +268,7 @@ sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense,
         }
         return s->rc;
     }
-    *buf = s->buf;
+    *buf = s->data;
     if (s->dense) {
         *dense = s->dense;
         s->dense = NULL;
@@ -240,9 +300,11 @@ void load_reader_stop(load_reader *r) {
         pthread_join(r->thread, NULL);
     }
     for (int i = 0; r->slots && i < r->n_slots; i++) {
+        unmap_slot(&r->slots[i]);
         free(r->slots[i].buf);
         free(r->slots[i].dense);
     }
+    free(r->file_size);
     for (size_t i = 0; r->fds && i < r->n_files; i++)
         if (r->fds[i] >= 0) close(r->fds[i]);
     free(r->fds);
