@@ -148,7 +148,7 @@ static void check_equal_q(const sq_qtensor *a, const sq_qtensor *b, const char *
 }
 
 static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging,
-                           bool read_copy) {
+                           bool read_copy, sq_q4_layout layout) {
     fixture fx;
     fixture_make(&fx, "tiny", false);
     sq_error err;
@@ -161,6 +161,7 @@ static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint6
     o.staging_bytes = staging;
     o.pool = pool;
     o.read_copy = read_copy;
+    o.q4_layout = layout;
     collected *c = calloc(1, sizeof *c);
     sq_load_stage_desc all = whole(&fx.cfg);
     sq_load_stats stats;
@@ -173,9 +174,9 @@ static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint6
     ck_assert_uint_eq(lb.out_bytes, stats.out_bytes);
     ck_assert_uint_eq(lb.src_bytes, stats.bytes_read);
     ck_assert_uint_le(lb.staging_bytes, staging ? staging : SQ_LOAD_DEFAULT_STAGING_BYTES);
-    int n_q = 0;
+    int n_q = 0, n_g64 = 0;
     for (int i = 0; i < c->n; i++) {
-        const sq_load_item *it = &c->items[i];
+        sq_load_item *it = &c->items[i];
         const sq_ckpt_tensor *info = sq_ckpt_find(fx.st, it->spec->name);
         const void *src = sq_ckpt_data(fx.st, info);
         ck_assert_int_eq(it->is_4bit, it->spec->quantizable);
@@ -195,10 +196,21 @@ static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint6
             ck_assert_int_eq(sq_quant_4bit_from(SQ_DTYPE_BF16, src, it->spec->shape[0],
                                                 it->spec->shape[1], &o.scheme, NULL, &ref, &err),
                              SQ_OK);
+        /* the layout asked for wherever the width allows it, BNB elsewhere */
+        const bool g64 = !sq_quant_type_is_int8(type) && layout == SQ_Q4_LAYOUT_G64 &&
+                         sq_q4_layout_fits(layout, it->spec->shape[1], blocksize);
+        ck_assert_int_eq(it->q.layout, g64 ? SQ_Q4_LAYOUT_G64 : SQ_Q4_LAYOUT_BNB);
+        if (g64) {
+            n_g64++;
+            sq_q4_convert_groups(it->q.packed, it->q.packed, it->q.n_elements / 64, false);
+            it->q.layout = SQ_Q4_LAYOUT_BNB;
+        }
         check_equal_q(&it->q, &ref, it->spec->name);
         sq_qtensor_free(&ref);
     }
     ck_assert_int_eq(n_q, 4 * 7);
+    /* tiny: hidden 64 (q, k, v, o, gate, up: in_features 64), intermediate 172 (down) */
+    ck_assert_int_eq(n_g64, layout == SQ_Q4_LAYOUT_G64 && blocksize >= 64 ? 4 * 6 : 0);
     collected_free(c);
     free(c);
     sq_pool_destroy(pool);
@@ -207,15 +219,30 @@ static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint6
 
 /* pieces read in place through mapped windows (the default) */
 static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging) {
-    run_equal_read(type, dq, blocksize, staging, false);
+    run_equal_read(type, dq, blocksize, staging, false, SQ_Q4_LAYOUT_BNB);
 }
 
 START_TEST(test_equal_nf4_small_pieces) { run_equal(SQ_QUANT_NF4, false, 64, 1000); }
 END_TEST
 /* the pread() copy into the staging slots gives the same bytes */
-START_TEST(test_equal_nf4_read_copy) { run_equal_read(SQ_QUANT_NF4, false, 64, 1000, true); }
+START_TEST(test_equal_nf4_read_copy) {
+    run_equal_read(SQ_QUANT_NF4, false, 64, 1000, true, SQ_Q4_LAYOUT_BNB);
+}
 END_TEST
-START_TEST(test_equal_fp4_dq_read_copy) { run_equal_read(SQ_QUANT_FP4, true, 32, 0, true); }
+START_TEST(test_equal_fp4_dq_read_copy) {
+    run_equal_read(SQ_QUANT_FP4, true, 32, 0, true, SQ_Q4_LAYOUT_BNB);
+}
+END_TEST
+/* the CPU backend's layout (G64) where the width allows it: the same bytes regrouped */
+START_TEST(test_equal_nf4_g64) { run_equal_read(SQ_QUANT_NF4, false, 64, 1000, false, SQ_Q4_LAYOUT_G64); }
+END_TEST
+START_TEST(test_equal_fp4_dq_g64_b128) {
+    run_equal_read(SQ_QUANT_FP4, true, 128, 0, false, SQ_Q4_LAYOUT_G64);
+}
+END_TEST
+START_TEST(test_equal_nf4_g64_b32_stays_bnb) {
+    run_equal_read(SQ_QUANT_NF4, false, 32, 4096, false, SQ_Q4_LAYOUT_G64);
+}
 END_TEST
 /* int8: whole rows per piece (400 bytes: three 64-element BF16 rows, one 172-element row) */
 START_TEST(test_equal_int8_pieces) { run_equal(SQ_QUANT_INT8, false, 64, 400); }
@@ -726,6 +753,9 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_equal_nf4_small_pieces);
     tcase_add_test(tc, test_equal_nf4_read_copy);
     tcase_add_test(tc, test_equal_fp4_dq_read_copy);
+    tcase_add_test(tc, test_equal_nf4_g64);
+    tcase_add_test(tc, test_equal_fp4_dq_g64_b128);
+    tcase_add_test(tc, test_equal_nf4_g64_b32_stays_bnb);
     tcase_add_test(tc, test_equal_int8_pieces);
     tcase_add_test(tc, test_equal_int8_zp_default_staging);
     tcase_add_test(tc, test_equal_nf4_dq_pieces);

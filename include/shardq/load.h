@@ -30,8 +30,9 @@
  *          output bytes, sq_load_stage_bytes().out_bytes = 4-bit parts + dense tensors);
  *   S:     the staging ring, sq_load_stage_bytes().staging_bytes = slots x the largest
  *          piece (whole absmax blocks; <= B unless B holds less than 4 blocks of float32);
- *          plus, while a tensor is quantized piece by piece, one piece's output and its
- *          tensor's float32 absmax before double quant — transient_bytes;
+ *          plus, while a tensor is quantized piece by piece (each piece straight into its
+ *          place in the tensor's arrays), its float32 absmax before double quant —
+ *          transient_bytes;
  *   T:     the tensor being handed over, when the consumer copies instead of taking it
  *          (<= sq_load_stage_bytes().max_out_bytes), and a dense tensor larger than a slot
  *          that the reader may have read ahead into its own buffer (at most one; it is part
@@ -160,6 +161,9 @@ typedef struct sq_load_options {
                                       writes them out never holds a whole one */
     bool read_copy;                /* pieces are pread() into the staging slots instead of
                                       read in place through a mapped window (see above) */
+    sq_q4_layout q4_layout;        /* 4-bit weights quantized here come in this layout where
+                                      sq_q4_layout_fits (BNB, the default, otherwise): G64 for
+                                      a consumer that keeps the CPU backend's layout */
 } sq_load_options;
 
 sq_load_options sq_load_options_default(void);

@@ -75,6 +75,10 @@ sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, co
  * (repacked) and may be freed afterwards. */
 sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
                             const sq_qtensor *q, sq_error *err);
+/* The same for a q the caller gives up: the backend may keep its arrays instead of copying
+ * them (sq_backend_weight_4bit_take); what is left in q stays the caller's to free. */
+sq_status sq_stage_set_4bit_take(sq_stage *s, sq_tensor_role role, int64_t layer,
+                                 const char *name, sq_qtensor *q, sq_error *err);
 /* Sets a matrix (embeddings, lm_head or a decoder Linear weight) kept in a ggml block format:
  * data is the [rows, cols] weight's rows exactly as a GGUF stores them (n_bytes = rows *
  * sq_ggml_row_bytes(type, cols)), copied by the backend (sq_backend_weight_ggml). */

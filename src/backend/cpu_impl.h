@@ -64,6 +64,9 @@ int64_t sq_cpu_q4_row_bytes(int64_t K);
 /* bnb's packed nibbles of a [rows, K] weight (flat element i in byte i / 2, even i in the high
  * nibble) into the layout above, rows in parallel on pool (NULL: the calling thread). */
 void sq_cpu_q4_repack(sq_pool *pool, const uint8_t *src, uint8_t *dst, int64_t rows, int64_t K);
+/* A 4-bit weight in layout G64 (cpu_repack.c: kept as it is, taken over with take). */
+sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bool take,
+                                 sq_error *err);
 
 /* ggml weights in the block-scaled integer form (cpu_ggml.c): upload, Linear (the same fixed
  * order as every other Linear), and one row dequantized (embedding). */

@@ -286,7 +286,7 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
                             "cannot quantize dtype %s", sq_dtype_name(w->dtype));
     const size_t es = sq_dtype_size(w->dtype);
-    const uint64_t n = t->n_elements, B = (uint64_t)s->blocksize;
+    const uint64_t n = t->n_elements;
     item->is_4bit = true;
     item->src_bytes = w->n_bytes;
     if (sq_quant_type_is_int8(s->type)) {   /* on the CPU: the reader's pieces are whole rows */
@@ -325,9 +325,11 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return rc == SQ_OK || rc == SQ_ERR_FORMAT || rc == SQ_ERR_CUDA || rc == SQ_ERR_IO
                    ? rc : with_tensor(err, rc, t->name);
     }
-    sq_quant_scheme piece_s = *s;
-    piece_s.double_quant = false;   /* the offset is the mean over the whole tensor: later */
-    /* the pieces, in order, as the reader thread read them (their sizes: make_units) */
+    /* the consumer's layout where the shape allows (pieces are whole blocks of >= 64) */
+    if (sq_q4_layout_fits(L->o->q4_layout, t->shape[1], s->blocksize)) q->layout = L->o->q4_layout;
+    /* the pieces, in order, as the reader thread read them (their sizes: make_units), each
+     * quantized straight into its place in q (whole blocks; double quant later: its offset is
+     * the mean over the whole tensor) */
     for (uint64_t first = 0; first < n;) {
         const size_t u = L->next_unit++;
         uint8_t *buf = NULL;
@@ -336,16 +338,11 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         if (rc != SQ_OK) return rc;
         const uint64_t m = L->units[u].n / es;
         double t0 = sq_trace_begin(L->trace);
-        sq_qtensor piece;
-        rc = sq_quant_4bit_from(w->dtype, buf, 1, (int64_t)m, &piece_s, L->o->pool, &piece, err);
+        rc = sq_quant_4bit_part(q, first, w->dtype, buf, m, L->o->pool, err);
         sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "quantize", t0, t->name, (int64_t)(m * es));
         load_reader_release(L->rd, u);
         if (rc != SQ_OK) return with_tensor(err, rc, t->name);
         load_prog_add(&L->prog, m * es);
-        /* first is a multiple of B (even): whole bytes and whole blocks */
-        memcpy(q->packed + first / 2, piece.packed, (size_t)((m + 1) / 2));
-        memcpy(q->absmax + first / B, piece.absmax, (size_t)piece.n_blocks * sizeof(float));
-        sq_qtensor_free(&piece);
         first += m;
     }
     rc = check_absmax(L, t, w, q, err);
