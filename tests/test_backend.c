@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/quant_math.cuh"
 #include "../kernels/rope_math.cuh"
 #include "shardq/backend.h"
 #include "testutil.h"
@@ -545,6 +546,53 @@ START_TEST(test_linear_4bit_g64) {
 }
 END_TEST
 
+/* A dense weight given up (sq_backend_weight_dense_take): F32 and BF16 are kept as they are
+ * (the caller's pointer set NULL, the same Linear bits and bytes as a copied weight), F16 is
+ * converted and stays the caller's. */
+START_TEST(test_weight_dense_take) {
+    rng_seed(78);
+    sq_backend *be = mk_be(2, NULL);
+    sq_error err;
+    sq_error_init(&err, -1);
+    const int64_t N = 19, K = 40;
+    float *wf = rand_vec(N * K, -1, 1), *x = rand_vec(5 * K, -1, 1);
+    const sq_dtype dts[3] = {SQ_DTYPE_F32, SQ_DTYPE_BF16, SQ_DTYPE_F16};
+    for (int d = 0; d < 3; d++) {
+        const size_t es = dts[d] == SQ_DTYPE_F32 ? 4 : 2, bytes = (size_t)(N * K) * es;
+        void *src = malloc((bytes + 63) & ~(size_t)63);
+        if (dts[d] == SQ_DTYPE_F32) memcpy(src, wf, bytes);
+        else if (dts[d] == SQ_DTYPE_BF16) sq_f32_to_bf16(wf, src, (size_t)(N * K));
+        else for (int64_t i = 0; i < N * K; i++) ((uint16_t *)src)[i] = sq_qm_f32_to_f16(wf[i]);
+        sq_weight *w0 = NULL, *w1 = NULL;
+        ck_assert_int_eq(sq_backend_weight_dense(be, "w", dts[d], src, N, K, &w0, &err), SQ_OK);
+        void *give = src;
+        ck_assert_int_eq(sq_backend_weight_dense_take(be, "w", dts[d], &give, N, K, &w1, &err), SQ_OK);
+        if (dts[d] == SQ_DTYPE_F16) {
+            ck_assert_ptr_eq(give, src);   /* converted: still the caller's */
+            free(src);
+        } else {
+            ck_assert_ptr_null(give);      /* kept: the backend frees it */
+        }
+        ck_assert_uint_eq(sq_weight_bytes(w1), sq_weight_bytes(w0));
+        float *y0 = run_linear(be, w0, NULL, x, 5), *y1 = run_linear(be, w1, NULL, x, 5);
+        ck_assert_msg(!memcmp(y0, y1, (size_t)(5 * N * 4)), "dtype %d: taken != copied", (int)dts[d]);
+        free(y0);
+        free(y1);
+        sq_backend_weight_free(be, w0);
+        sq_backend_weight_free(be, w1);
+    }
+    void *none = NULL;
+    sq_weight *w = NULL;
+    ck_assert_int_eq(sq_backend_weight_dense_take(be, "w", SQ_DTYPE_F32, NULL, N, K, &w, &err),
+                     SQ_ERR_INVALID);
+    ck_assert_int_eq(sq_backend_weight_dense_take(be, "w", SQ_DTYPE_F32, &none, N, K, &w, &err),
+                     SQ_ERR_INVALID);
+    free(wf);
+    free(x);
+    sq_backend_destroy(be);
+}
+END_TEST
+
 /* Big enough for the thread pool and the many-row tiles (several panels, odd output count):
  * 1, 2, 3, 8 and 40 rows on 1 and 2 threads, AVX2 and portable, all bit-identical per row. */
 START_TEST(test_linear_4bit_tiles) {
@@ -814,6 +862,7 @@ int main(void) {
     tcase_add_test(tc, test_linear_4bit);
     tcase_add_test(tc, test_linear_4bit_any_width);
     tcase_add_test(tc, test_linear_4bit_g64);
+    tcase_add_test(tc, test_weight_dense_take);
     tcase_add_test(tc, test_linear_4bit_tiles);
     tcase_add_test(tc, test_linear_dense);
     tcase_add_test(tc, test_embed_elementwise);

@@ -319,6 +319,45 @@ START_TEST(test_other_stage_file_truncated) {
 }
 END_TEST
 
+/* A file cut short in the middle of a weight read through a mapped window (a 4-bit piece) and
+ * of a dense tensor larger than a slot (read by the pool in chunks): both fail with the
+ * truncation error naming that tensor, never a SIGBUS. */
+static void truncated_at(const char *name, uint64_t keep, bool lm_head_small_slots) {
+    fixture fx;
+    fixture_make(&fx, "tiny", false);
+    const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, name);
+    ck_assert_int_eq(t->file_index, 1);
+    const char *path2 = sq_ckpt_file_path(fx.st, 1);
+    ck_assert_int_eq(truncate(path2, (off_t)(t->offset + keep)), 0);
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_pool *pool = NULL;
+    ck_assert_int_eq(sq_pool_create(2, &pool, &err), SQ_OK);
+    sq_load_options o = sq_load_options_default();
+    o.pool = pool;
+    o.staging_bytes = lm_head_small_slots ? 4096 : 0;   /* slots of 1 KiB: lm_head deferred */
+    sq_load_stage_desc s1 = {.first_layer = 2, .n_layers = 2, .has_head = true};
+    collected *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(sq_load_stage(fx.st, fx.meta, &s1, &o, collect, c, NULL, &err), SQ_ERR_IO);
+    ck_assert_str_eq(err.file, path2);
+    ck_assert_str_eq(err.tensor, name);
+    ck_assert_msg(strstr(err.msg, "truncated or replaced after its header was read"), "%s", err.msg);
+    collected_free(c);
+    free(c);
+    sq_pool_destroy(pool);
+    fixture_free(&fx);
+}
+
+START_TEST(test_truncated_in_mapped_piece) {
+    truncated_at("model.layers.3.mlp.up_proj.weight", 1000, false);
+}
+END_TEST
+START_TEST(test_truncated_in_deferred_dense) {
+    /* lm_head [320 x 64] bf16 = 40 KiB in chunks of 4 KiB over the pool: cut in the third */
+    truncated_at("lm_head.weight", 9 << 10, true);
+}
+END_TEST
+
 START_TEST(test_other_stage_file_replaced_by_folder) {
     fixture fx;
     fixture_make(&fx, "tiny", false);
@@ -763,6 +802,8 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_equal_fp4_b128_default_staging);
     tcase_add_test(tc, test_quant_none_dense);
     tcase_add_test(tc, test_other_stage_file_truncated);
+    tcase_add_test(tc, test_truncated_in_mapped_piece);
+    tcase_add_test(tc, test_truncated_in_deferred_dense);
     tcase_add_test(tc, test_other_stage_file_replaced_by_folder);
     tcase_add_test(tc, test_nan_refused);
     tcase_add_test(tc, test_inf_refused);

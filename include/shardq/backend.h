@@ -118,6 +118,13 @@ sq_status sq_backend_sync(sq_backend *be, sq_error *err);
 sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
                                   const void *src, int64_t rows, int64_t cols, sq_weight **out,
                                   sq_error *err);
+/* The same for a buffer the caller gives up (*src: malloc'd, room for rows * cols elements
+ * rounded up to 64 bytes): a backend that can keep it as its storage (the CPU backend, F32 and
+ * BF16) takes it instead of copying and sets *src to NULL; otherwise it is copied and stays the
+ * caller's.  Same weight either way. */
+sq_status sq_backend_weight_dense_take(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                       void **src, int64_t rows, int64_t cols, sq_weight **out,
+                                       sq_error *err);
 /* A 4-bit NF4 / FP4 weight (bitsandbytes layout, shape [out, in], any in >= 1: rows may start
  * mid-byte and blocks may cross rows; or layout G64 where sq_q4_layout_fits).  Both backends keep one float32 absmax per block
  * (double-quant absmax is expanded once, exactly as bnb reconstructs it).  q is not kept: the

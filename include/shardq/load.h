@@ -117,7 +117,8 @@ typedef struct sq_load_item {
     sq_dtype dtype;
     int n_dims;
     int64_t shape[2];
-    void *data;                    /* (n_bytes) malloc'd */
+    void *data;                    /* (n_bytes) malloc'd, with room for n_bytes rounded up to
+                                      64 (a CPU backend may keep it: sq_stage_set_dense_take) */
     uint64_t n_bytes;
     /* 4-bit */
     sq_qtensor q;

@@ -123,6 +123,10 @@ bool sq_q4_layout_fits(sq_q4_layout l, int64_t cols, int64_t blocksize);
 /* Rewrites n_groups groups of 64 elements (32 bytes each) from BNB to G64 (to_g64) or back;
  * src and dst may be the same buffer. */
 void sq_q4_convert_groups(const uint8_t *src, uint8_t *dst, uint64_t n_groups, bool to_g64);
+/* The same with packed and absmax from sq_alloc_huge (core.h): for a producer that fills a
+ * large weight once (the loader), far fewer page faults. */
+sq_status sq_qtensor_init_huge(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows,
+                               int64_t cols, sq_dtype orig_dtype, sq_error *err);
 /* With double_quant: computes offset, absmax_q and nested_absmax from the float32 absmax
  * exactly as bnb 0.50.2 on the CPU does, then frees absmax (NULL afterwards).  No-op
  * without double quant. */

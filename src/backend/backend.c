@@ -96,9 +96,9 @@ sq_weight *sq_backend_weight_new(const char *name, int64_t rows, int64_t cols) {
     return w;
 }
 
-sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
-                                  const void *src, int64_t rows, int64_t cols, sq_weight **out,
-                                  sq_error *err) {
+static sq_status weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
+                              const void *src, void **give, int64_t rows, int64_t cols,
+                              sq_weight **out, sq_error *err) {
     if (out) *out = NULL;
     CHECK_BE(be);
     if (!out || !src) return bad(err, "weight_dense", "NULL pointer");
@@ -112,10 +112,29 @@ sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src
     sq_weight *w = sq_backend_weight_new(name, rows, cols);
     if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
     w->qtype = SQ_QUANT_NONE;
+    if (give && be->ops->weight_dense_take && be->ops->weight_dense_take(be, w, src_dtype, *give)) {
+        *give = NULL;
+        *out = w;
+        return SQ_OK;
+    }
     sq_status st = be->ops->weight_dense(be, w, src_dtype, src, err);
     if (st != SQ_OK) { free(w); return st; }
     *out = w;
     return SQ_OK;
+}
+
+sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                  const void *src, int64_t rows, int64_t cols, sq_weight **out,
+                                  sq_error *err) {
+    return weight_dense(be, name, src_dtype, src, NULL, rows, cols, out, err);
+}
+
+sq_status sq_backend_weight_dense_take(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                       void **src, int64_t rows, int64_t cols, sq_weight **out,
+                                       sq_error *err) {
+    if (out) *out = NULL;
+    if (!src) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "weight_dense_take: NULL pointer");
+    return weight_dense(be, name, src_dtype, *src, src, rows, cols, out, err);
 }
 
 /* weight_4bit and weight_4bit_take: q may be given up (take) when give != NULL (then q ==

@@ -223,6 +223,7 @@ static const sq_backend_ops cpu_ops = {
     .name = cpu_name, .destroy = cpu_destroy, .reserve = cpu_reserve, .alloc = cpu_alloc,
     .free = cpu_free, .upload = cpu_upload, .download = cpu_download, .copy = cpu_copy,
     .memset = cpu_memset, .sync = cpu_sync, .weight_dense = cpu_weight_dense,
+    .weight_dense_take = sq_cpu_weight_dense_take,
     .weight_4bit = cpu_weight_4bit, .weight_4bit_g64 = sq_cpu_weight_4bit_g64,
     .weight_ggml = sq_cpu_weight_ggml,
     .weight_release = cpu_weight_release, .embed = cpu_embed,

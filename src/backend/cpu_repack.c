@@ -1,10 +1,13 @@
-/* The CPU backend's 4-bit weights that come already in its layout: a q in layout G64 (quant.h;
+/* Weights the CPU backend keeps in a buffer the caller gives up instead of copying it.
+ * 4-bit: the ones that come already in its layout: a q in layout G64 (quant.h;
  * in_features % 64 == 0) holds exactly the bytes sq_cpu_q4_repack would make of its BNB twin,
  * so it is kept as it is — taken over (no copy at all) when the caller gives q up, copied
  * otherwise — with one float32 absmax per bnb block as cpu_weight_4bit keeps (taken too
  * without double quant; double-quant absmax expanded once).  Saves the loader a repack pass
- * and a second buffer per weight.  Must never change a byte of what the backend holds
- * (test_backend compares it with the repack of the BNB twin). */
+ * and a second buffer per weight.  Dense F32 / BF16: the buffer as it is (the caller's is at
+ * least the weight rounded up to 64 bytes, as the backend's own allocations).  Must never
+ * change a byte of what the backend holds (test_backend compares it with the copied weight
+ * and with the repack of the BNB twin). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,4 +51,13 @@ sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bo
     w->absmax_d = absmax;
     w->n_bytes = packed_bytes + absmax_bytes;
     return SQ_OK;
+}
+
+bool sq_cpu_weight_dense_take(sq_backend *be, sq_weight *w, sq_dtype src_dtype, void *src) {
+    (void)be;
+    if (src_dtype != SQ_DTYPE_BF16 && src_dtype != SQ_DTYPE_F32) return false;   /* F16: converted */
+    w->store = src_dtype == SQ_DTYPE_BF16 ? SQ_WSTORE_BF16 : SQ_WSTORE_F32;
+    w->data_d = src;
+    w->n_bytes = (uint64_t)w->rows * (uint64_t)w->cols * (src_dtype == SQ_DTYPE_BF16 ? 2 : 4);
+    return true;
 }

@@ -116,6 +116,76 @@ static sq_status read_range(loader *L, const sq_ckpt_tensor *t, uint64_t off, ui
     return SQ_OK;
 }
 
+/* ---- a large dense tensor, read by the pool straight into the buffer handed over ---- */
+
+#define PAR_CHUNK_BYTES (8ull << 20)
+
+typedef struct par_read {
+    int fd;
+    uint64_t pos, n;          /* the tensor's bytes in the file */
+    uint64_t chunk;           /* bytes per task: PAR_CHUNK_BYTES, less for a small tensor */
+    uint8_t *dst;
+    unsigned char *failed;    /* (n_tasks) */
+} par_read;
+
+static void par_read_task(void *ctx, int64_t t, int thread) {
+    (void)thread;
+    const par_read *p = ctx;
+    const uint64_t off = (uint64_t)t * p->chunk;
+    const uint64_t m = p->n - off < p->chunk ? p->n - off : p->chunk;
+    for (uint64_t done = 0; done < m;) {
+        ssize_t got = pread(p->fd, p->dst + off + done, (size_t)(m - done), (off_t)(p->pos + off + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            p->failed[t] = 1;
+            return;
+        }
+        done += (uint64_t)got;
+    }
+}
+
+/* The whole of w into *out (load_alloc_dense): chunks of up to PAR_CHUNK_BYTES over the pool, so a
+ * dense tensor larger than a staging slot (embeddings, lm_head) is copied out of the page cache
+ * by every thread at once instead of by the reader alone while the loading thread waits; a
+ * failed chunk is read again on this thread for its error (a short file, an I/O error). */
+static sq_status read_parallel(loader *L, const sq_ckpt_tensor *w, const char *name, void **out,
+                               sq_error *err) {
+    int fd = -1;
+    sq_status rc = get_fd(L, w->file_index, name, &fd, err);
+    if (rc != SQ_OK) return rc;
+    /* at least 16 tasks (of 4 KiB or more) so that every thread gets some */
+    uint64_t chunk = w->n_bytes / 16 < PAR_CHUNK_BYTES ? w->n_bytes / 16 : PAR_CHUNK_BYTES;
+    chunk = chunk < 4096 ? 4096 : chunk - chunk % 4096;
+    const int64_t n_tasks = (int64_t)sq_ceil_div_u64(w->n_bytes, chunk);
+    uint8_t *dst = load_alloc_dense(w->n_bytes);
+    unsigned char *failed = calloc((size_t)(n_tasks ? n_tasks : 1), 1);
+    if (!dst || !failed) {
+        free(dst);
+        free(failed);
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for %llu bytes",
+                            (unsigned long long)w->n_bytes);
+    }
+    double t0 = sq_trace_begin(L->trace);
+    par_read p = {.fd = fd, .pos = w->offset, .n = w->n_bytes, .chunk = chunk, .dst = dst,
+                  .failed = failed};
+    sq_pool_run(n_tasks > 1 ? L->o->pool : NULL, n_tasks, par_read_task, &p);
+    for (int64_t t = 0; rc == SQ_OK && t < n_tasks; t++)
+        if (failed[t]) {
+            const uint64_t off = (uint64_t)t * chunk;
+            const uint64_t m = w->n_bytes - off < chunk ? w->n_bytes - off : chunk;
+            rc = load_pread(fd, sq_ckpt_file_path(L->st, (size_t)w->file_index), name,
+                            w->offset + off, m, w->offset + w->n_bytes, dst + off, err);
+        }
+    sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "read", t0, name, (int64_t)w->n_bytes);
+    free(failed);
+    if (rc != SQ_OK) {
+        free(dst);
+        return rc;
+    }
+    *out = dst;
+    return SQ_OK;
+}
+
 static void prefetch(loader *L, const sq_ckpt_tensor *t, uint64_t off, uint64_t n) {
     if (t->file_index < 0 || (size_t)t->file_index >= L->n_files || L->fds[t->file_index] < 0)
         return;
@@ -132,7 +202,7 @@ static sq_status load_ggml_dequantize(int type, const void *raw, int64_t rows, i
     uint64_t row_bytes = 0, n = 0;
     sq_status rc = sq_ggml_row_bytes(type, cols, &row_bytes, err);
     if (rc != SQ_OK) return with_tensor(err, rc, name);
-    if (!sq_mul_u64((uint64_t)rows, (uint64_t)cols, &n) || !(*out = malloc((size_t)n * sizeof(float))))
+    if (!sq_mul_u64((uint64_t)rows, (uint64_t)cols, &n) || !(*out = load_alloc_dense(n * sizeof(float))))
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for %lld x %lld floats",
                             (long long)rows, (long long)cols);
     for (int64_t r = 0; r < rows; r++)
@@ -144,7 +214,7 @@ static sq_status load_ggml_dequantize(int type, const void *raw, int64_t rows, i
 /* Reads the whole of w (n_bytes, malloc'd into *out) and puts its rows in HF order. */
 static sq_status read_whole(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
                             void **out, sq_error *err) {
-    *out = malloc(w->n_bytes ? (size_t)w->n_bytes : 1);
+    *out = load_alloc_dense(w->n_bytes);
     if (!*out)
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory for %llu bytes",
                             (unsigned long long)w->n_bytes);
@@ -237,10 +307,12 @@ static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_ckpt_te
     item->shape[1] = t->n_dims > 1 ? t->shape[1] : 0;
     item->n_bytes = w->n_bytes;
     item->src_bytes = w->n_bytes;
-    /* read by the reader thread into a buffer of its own, now the item's */
+    /* read by the reader thread into a buffer of its own, now the item's; a deferred one (larger
+     * than a slot) by the pool here */
     const size_t u = L->next_unit++;
     uint8_t *slot = NULL;
     sq_status rc = load_reader_get(L->rd, u, &slot, &item->data, err);
+    if (rc == SQ_OK && L->units[u].deferred) rc = read_parallel(L, w, t->name, &item->data, err);
     if (rc == SQ_OK) load_prog_add(&L->prog, w->n_bytes);
     load_reader_release(L->rd, u);
     return rc;
@@ -264,12 +336,23 @@ static sq_status gpu_read(void *ctx, uint64_t off, uint64_t n, void *dst, sq_err
     return rc;
 }
 
-/* Every absmax finite, else SQ_ERR_FORMAT naming the block (bnb would store a NaN absmax). */
-static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
-                              const sq_qtensor *q, sq_error *err) {
+/* Every absmax of blocks [b0, b1) finite, else SQ_ERR_FORMAT naming the first bad block (bnb
+ * would store a NaN absmax).  The scan is branch-free per 64 blocks (it runs on every piece
+ * while its absmax is still in cache); only a group holding a bad one is looked at closely. */
+static sq_status check_absmax_range(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                                    const sq_qtensor *q, uint64_t b0, uint64_t b1, sq_error *err) {
     const uint64_t n = q->n_elements, B = (uint64_t)q->blocksize;
-    for (uint64_t b = 0; b < q->n_blocks; b++)
-        if (!isfinite(q->absmax[b])) {
+    for (uint64_t g = b0; g < b1; g += 64) {
+        const uint64_t ge = g + 64 < b1 ? g + 64 : b1;
+        uint32_t bad = 0;
+        for (uint64_t b = g; b < ge; b++) {
+            uint32_t bits;
+            memcpy(&bits, &q->absmax[b], 4);
+            bad |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);   /* NaN or Inf */
+        }
+        if (!bad) continue;
+        for (uint64_t b = g; b < ge; b++) {
+            if (isfinite(q->absmax[b])) continue;
             uint64_t e0 = b * B, e1 = e0 + B < n ? e0 + B : n;
             return sq_error_set(err, SQ_ERR_FORMAT, sq_ckpt_file_path(L->st, (size_t)w->file_index),
                                 t->name, "block %llu (elements %llu..%llu, row %llu) holds NaN or "
@@ -277,7 +360,13 @@ static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_
                                 (unsigned long long)e0, (unsigned long long)(e1 - 1),
                                 (unsigned long long)(e0 / (uint64_t)t->shape[1]));
         }
+    }
     return SQ_OK;
+}
+
+static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                              const sq_qtensor *q, sq_error *err) {
+    return check_absmax_range(L, t, w, q, 0, q->n_blocks, err);
 }
 
 static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
@@ -314,7 +403,8 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return rc;
     }
     sq_qtensor *q = &item->q;
-    sq_status rc = sq_qtensor_init(q, s, t->shape[0], t->shape[1], w->dtype, err);
+    /* filled once, front to back: huge pages spare most of the page faults */
+    sq_status rc = sq_qtensor_init_huge(q, s, t->shape[0], t->shape[1], w->dtype, err);
     if (rc != SQ_OK) return with_tensor(err, rc, t->name);
     if (L->gpu) {
         gpu_read_ctx c = {.L = L, .w = w, .name = t->name};
@@ -342,11 +432,13 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "quantize", t0, t->name, (int64_t)(m * es));
         load_reader_release(L->rd, u);
         if (rc != SQ_OK) return with_tensor(err, rc, t->name);
+        /* the piece's absmax while it is in cache (first is a multiple of the blocksize) */
+        const uint64_t B = (uint64_t)q->blocksize;
+        rc = check_absmax_range(L, t, w, q, first / B, sq_ceil_div_u64(first + m, B), err);
+        if (rc != SQ_OK) return rc;
         load_prog_add(&L->prog, m * es);
         first += m;
     }
-    rc = check_absmax(L, t, w, q, err);
-    if (rc != SQ_OK) return rc;
     double t0 = sq_trace_begin(L->trace);
     rc = sq_qtensor_compress(q, err);
     if (s->double_quant) sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "double quant", t0, t->name, -1);
@@ -483,7 +575,7 @@ static sq_status load_prequant(loader *L, const sq_tensor_spec *t, const sq_quan
     item->shape[0] = t->shape[0];
     item->shape[1] = t->shape[1];
     item->n_bytes = t->n_elements * sq_dtype_size(dtype);
-    item->data = malloc((size_t)item->n_bytes);
+    item->data = load_alloc_dense(item->n_bytes);
     if (!item->data) return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory");
     rc = sq_dequant_4bit(q, item->data, dtype, err);
     sq_qtensor_free(q);
@@ -587,7 +679,8 @@ static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
             }
             u[k++] = (load_unit){.name = t->name, .file_index = w->file_index,
                                  .pos = w->offset + off, .n = m,
-                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2 && !pieces};
+                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2 && !pieces,
+                                 .deferred = kind == 2 && !pieces && m > slot_budget};
             if ((kind == 1 || pieces) && m > *slot_bytes) *slot_bytes = m;
             off += m;
             if (m == 0) break;

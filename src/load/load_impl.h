@@ -130,7 +130,16 @@ typedef struct load_unit {
     uint64_t pos, n;       /* file offset, bytes */
     uint64_t data_end;     /* the tensor's last byte + 1 in the file (for the error) */
     bool dense;
+    bool deferred;         /* dense and larger than a slot: the reader only advises it, the
+                              loading thread reads it with its pool straight into the buffer
+                              it hands over (load.c read_parallel) */
 } load_unit;
+
+/* A dense tensor's buffer of n bytes handed to the consumer: sq_alloc_huge of n rounded up to
+ * 64 bytes (a backend may keep it as its own storage, as it keeps its own allocations). */
+static inline void *load_alloc_dense(uint64_t n) {
+    return sq_alloc_huge(((n + 63) & ~UINT64_C(63)) | (n == 0));
+}
 
 typedef struct load_reader load_reader;
 /* Starts the reader on units[0, n_units) (borrowed, must outlive the reader) with n_slots

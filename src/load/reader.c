@@ -1,6 +1,7 @@
 /* Owns the loader's read-ahead thread: it walks a fixed list of read units (pieces of weights
  * to quantize, whole dense tensors) in order on file descriptors of its own, into a ring of
- * n_slots staging slots (pieces) or freshly malloc'd buffers (dense tensors), while the loading
+ * n_slots staging slots (pieces) or freshly malloc'd buffers (dense tensors; one larger than a
+ * slot is deferred: only advised here, read by the loading thread's pool), while the loading
  * thread converts and quantizes the units already read.  A piece is mapped (a read-only
  * window of its own, populated by this thread with MADV_POPULATE_READ, unmapped when its slot
  * is reused): the quantizer then reads the page cache in place instead of a pread() copy of
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -107,6 +109,20 @@ sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_ind
     return SQ_OK;
 }
 
+/* Whether byte pos of fd is in the page cache (a one-byte read that must not wait for the disk).
+ * The read-ahead advice is skipped for a unit whose first, middle and last bytes are: on a warm
+ * load WILLNEED only walks the cache, at a cost that showed in the profile. */
+static bool cached(int fd, uint64_t pos) {
+#ifdef RWF_NOWAIT
+    unsigned char b;
+    struct iovec v = {.iov_base = &b, .iov_len = 1};
+    return preadv2(fd, &v, 1, (off_t)pos, RWF_NOWAIT) == 1;
+#else
+    (void)fd, (void)pos;
+    return false;
+#endif
+}
+
 static void unmap_slot(slot *s) {
     if (s->map) munmap(s->map, s->map_len);
     s->map = NULL;
@@ -141,8 +157,8 @@ static void read_unit(load_reader *r, size_t u, slot *s) {
     unmap_slot(s);   /* the window of the unit this slot held before */
     void *dst = s->buf;
     s->data = s->buf;
-    if (un->dense) {
-        s->dense = malloc(un->n ? (size_t)un->n : 1);
+    if (un->dense && !un->deferred) {
+        s->dense = load_alloc_dense(un->n);
         if (!s->dense) {
             s->rc = sq_error_set(&s->err, SQ_ERR_NOMEM, NULL, un->name,
                                  "out of memory for %llu bytes", (unsigned long long)un->n);
@@ -154,15 +170,21 @@ static void read_unit(load_reader *r, size_t u, slot *s) {
     s->rc = load_open_fd(r->st, r->fds, r->n_files, un->file_index, un->name, &fd, &s->err);
     if (s->rc != SQ_OK) return;
     /* ask the kernel for the units up to a ring's worth ahead: the disk always has that
-     * much queued while this read and the quantizer work */
-    for (size_t v = r->advised > u + 1 ? r->advised : u + 1;
+     * much queued while this read and the quantizer work (a deferred unit: itself too) */
+    const size_t from = u + (un->deferred ? 0 : 1);
+    for (size_t v = r->advised > from ? r->advised : from;
          v < r->n_units && v <= u + (size_t)r->n_slots; v++) {
         const load_unit *nx = &r->units[v];
         int nfd = -1;
         sq_error ignored;
-        if (load_open_fd(r->st, r->fds, r->n_files, nx->file_index, nx->name, &nfd, &ignored) == SQ_OK)
+        if (load_open_fd(r->st, r->fds, r->n_files, nx->file_index, nx->name, &nfd, &ignored) == SQ_OK &&
+            !(cached(nfd, nx->pos) && cached(nfd, nx->pos + nx->n / 2) && cached(nfd, nx->pos + nx->n - 1)))
             posix_fadvise(nfd, (off_t)nx->pos, (off_t)nx->n, POSIX_FADV_WILLNEED);
         r->advised = v + 1;
+    }
+    if (un->deferred) {   /* the loading thread reads it (load.c) */
+        s->rc = SQ_OK;
+        return;
     }
     double t0 = sq_trace_begin(r->trace);
     if (!un->dense && r->use_map) {
@@ -186,7 +208,7 @@ static void *reader_main(void *arg) {
     load_reader *r = arg;
     for (size_t u = 0; u < r->n_units; u++) {
         slot *s = &r->slots[u % (size_t)r->n_slots];
-        const bool big = r->units[u].dense && r->units[u].n > r->slot_bytes;
+        const bool big = r->units[u].dense && !r->units[u].deferred && r->units[u].n > r->slot_bytes;
         pthread_mutex_lock(&r->mu);
         while (!r->stop && (s->state != SLOT_FREE || (big && r->big_in_flight > 0)))
             pthread_cond_wait(&r->cv, &r->mu);
@@ -272,7 +294,7 @@ sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense,
     if (s->dense) {
         *dense = s->dense;
         s->dense = NULL;
-        if (r->units[u].n > r->slot_bytes) {
+        if (r->units[u].n > r->slot_bytes && !r->units[u].deferred) {
             pthread_mutex_lock(&r->mu);
             r->big_in_flight--;
             pthread_cond_broadcast(&r->cv);

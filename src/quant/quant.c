@@ -82,8 +82,8 @@ static sq_status check_args(const sq_quant_scheme *s, int64_t rows, int64_t cols
     return SQ_OK;
 }
 
-sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
-                          sq_dtype orig_dtype, sq_error *err) {
+static sq_status qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
+                             sq_dtype orig_dtype, bool huge, sq_error *err) {
     memset(q, 0, sizeof *q);
     uint64_t n = 0;
     sq_status st = check_args(s, rows, cols, &n, err);
@@ -97,8 +97,9 @@ sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows,
     q->n_blocks = sq_ceil_div_u64(n, (uint64_t)s->blocksize);
     q->double_quant = s->double_quant;
     q->nested_blocksize = SQ_QM_NESTED_BLOCKSIZE;
-    q->packed = malloc((size_t)((n + 1) / 2));
-    q->absmax = malloc((size_t)q->n_blocks * sizeof(float));
+    q->packed = huge ? sq_alloc_huge((n + 1) / 2) : malloc((size_t)((n + 1) / 2));
+    q->absmax = huge ? sq_alloc_huge(q->n_blocks * sizeof(float))
+                     : malloc((size_t)q->n_blocks * sizeof(float));
     if (!q->packed || !q->absmax) goto nomem;
     if (q->double_quant) {
         q->absmax_q = malloc((size_t)q->n_blocks);
@@ -112,6 +113,16 @@ nomem:
     return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
                         "quantize: out of memory for a [%lld, %lld] 4-bit tensor",
                         (long long)rows, (long long)cols);
+}
+
+sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
+                          sq_dtype orig_dtype, sq_error *err) {
+    return qtensor_init(q, s, rows, cols, orig_dtype, false, err);
+}
+
+sq_status sq_qtensor_init_huge(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows,
+                               int64_t cols, sq_dtype orig_dtype, sq_error *err) {
+    return qtensor_init(q, s, rows, cols, orig_dtype, true, err);
 }
 
 typedef struct {

@@ -52,6 +52,9 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
     if (it->ggml_type >= 0)   /* a weight kept in its ggml block format */
         return sq_stage_set_ggml(c->s, t->role, t->layer, t->name, it->ggml_type, it->data,
                                  it->n_bytes, err);
+    if (!it->borrowed)   /* the loader's own buffer (load_alloc_dense): the backend may keep it */
+        return sq_stage_set_dense_take(c->s, t->role, t->layer, t->name, it->dtype, &it->data,
+                                       it->n_dims, it->shape, err);
     return sq_stage_set_dense(c->s, t->role, t->layer, t->name, it->dtype, it->data, it->n_dims,
                               it->shape, err);
 }
