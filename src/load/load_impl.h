@@ -161,6 +161,11 @@ void load_reader_stop(load_reader *r);
  * name and data_end. */
 sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
                      uint64_t data_end, void *dst, sq_error *err);
+/* The whole of checkpoint tensor w (on fd) into *out (load_alloc_dense), in chunks of up to
+ * 8 MiB read by pool's threads at once (a dense tensor larger than a staging slot, the reader's
+ * deferred units); a failed chunk is read again on the calling thread for its error. */
+sq_status load_read_parallel(const sq_ckpt *st, int fd, const sq_ckpt_tensor *w, const char *name,
+                             sq_pool *pool, sq_trace *trace, void **out, sq_error *err);
 /* fds[file_index], opened (O_RDONLY, sequential advice) on first use. */
 sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_index,
                        const char *tensor, int *fd, sq_error *err);

@@ -8,7 +8,8 @@
  * it, which cost as much CPU as quantizing when the file is cached.  Where mapping is off or
  * fails (a file system without mmap, a kernel without MADV_POPULATE_READ, a file shorter than
  * its header says) the piece is pread() into the slot's buffer as before, which also gives the
- * truncation error.  Must never hold more than n_slots units read ahead or mapped, more than
+ * truncation error.  Also owns load_read_parallel, the pool's chunked read of a deferred dense
+ * unit.  Must never hold more than n_slots units read ahead or mapped, more than
  * one dense tensor larger than a slot, or let either thread wait for the other after a stop. */
 #include <errno.h>
 #include <fcntl.h>
@@ -334,4 +335,72 @@ void load_reader_stop(load_reader *r) {
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
+}
+
+/* ---- a large dense tensor, read by the pool straight into the buffer handed over ---- */
+
+#define PAR_CHUNK_BYTES (8ull << 20)
+
+typedef struct par_read {
+    int fd;
+    uint64_t pos, n;          /* the tensor's bytes in the file */
+    uint64_t chunk;           /* bytes per task: PAR_CHUNK_BYTES, less for a small tensor */
+    uint8_t *dst;
+    unsigned char *failed;    /* (n_tasks) */
+} par_read;
+
+static void par_read_task(void *ctx, int64_t t, int thread) {
+    (void)thread;
+    const par_read *p = ctx;
+    const uint64_t off = (uint64_t)t * p->chunk;
+    const uint64_t m = p->n - off < p->chunk ? p->n - off : p->chunk;
+    for (uint64_t done = 0; done < m;) {
+        ssize_t got = pread(p->fd, p->dst + off + done, (size_t)(m - done), (off_t)(p->pos + off + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            p->failed[t] = 1;
+            return;
+        }
+        done += (uint64_t)got;
+    }
+}
+
+/* The whole of w into *out (load_alloc_dense): chunks of up to PAR_CHUNK_BYTES over the pool, so a
+ * dense tensor larger than a staging slot (embeddings, lm_head) is copied out of the page cache
+ * by every thread at once instead of by the reader alone while the loading thread waits; a
+ * failed chunk is read again on this thread for its error (a short file, an I/O error). */
+sq_status load_read_parallel(const sq_ckpt *st, int fd, const sq_ckpt_tensor *w, const char *name,
+                             sq_pool *pool, sq_trace *trace, void **out, sq_error *err) {
+    sq_status rc = SQ_OK;
+    /* at least 16 tasks (of 4 KiB or more) so that every thread gets some */
+    uint64_t chunk = w->n_bytes / 16 < PAR_CHUNK_BYTES ? w->n_bytes / 16 : PAR_CHUNK_BYTES;
+    chunk = chunk < 4096 ? 4096 : chunk - chunk % 4096;
+    const int64_t n_tasks = (int64_t)sq_ceil_div_u64(w->n_bytes, chunk);
+    uint8_t *dst = load_alloc_dense(w->n_bytes);
+    unsigned char *failed = calloc((size_t)(n_tasks ? n_tasks : 1), 1);
+    if (!dst || !failed) {
+        free(dst);
+        free(failed);
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for %llu bytes",
+                            (unsigned long long)w->n_bytes);
+    }
+    double t0 = sq_trace_begin(trace);
+    par_read p = {.fd = fd, .pos = w->offset, .n = w->n_bytes, .chunk = chunk, .dst = dst,
+                  .failed = failed};
+    sq_pool_run(n_tasks > 1 ? pool : NULL, n_tasks, par_read_task, &p);
+    for (int64_t t = 0; rc == SQ_OK && t < n_tasks; t++)
+        if (failed[t]) {
+            const uint64_t off = (uint64_t)t * chunk;
+            const uint64_t m = w->n_bytes - off < chunk ? w->n_bytes - off : chunk;
+            rc = load_pread(fd, sq_ckpt_file_path(st, (size_t)w->file_index), name,
+                            w->offset + off, m, w->offset + w->n_bytes, dst + off, err);
+        }
+    sq_trace_end_ex(trace, LOAD_TRACK_COMPUTE, "read", t0, name, (int64_t)w->n_bytes);
+    free(failed);
+    if (rc != SQ_OK) {
+        free(dst);
+        return rc;
+    }
+    *out = dst;
+    return SQ_OK;
 }
