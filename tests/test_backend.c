@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/quant_math.cuh"
 #include "../kernels/rope_math.cuh"
 #include "shardq/backend.h"
 #include "testutil.h"
@@ -455,6 +456,143 @@ START_TEST(test_linear_4bit_any_width) {
 }
 END_TEST
 
+/* A weight in layout G64 (the loader quantizes straight into it for the CPU backend) is held
+ * exactly as the repack of its BNB twin: every Linear result bit-identical (f32 and int8
+ * activations, AVX2 and portable, 1 / 3 / 40 rows), the same bytes held; taken over without a
+ * copy when given up (q's packed, and absmax without double quant, set NULL); refused where the
+ * width does not allow G64. */
+START_TEST(test_linear_4bit_g64) {
+    rng_seed(77);
+    sq_backend *bes[3] = {mk_be(2, NULL), mk_be(2, "portable"), mk_be(2, NULL)};
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_cpu_set_activations(bes[2], SQ_CPU_ACT_INT8, &err), SQ_OK);
+    ck_assert_int_eq(sq_backend_q4_layout(bes[0]), SQ_Q4_LAYOUT_G64);
+    static const int64_t Ks[] = {64, 128, 448};
+    static const int64_t Rs[] = {1, 3, 40};
+    const int64_t N = 21;
+    int checked = 0;
+    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+        for (int variant = 0; variant < 3; variant++) {
+            const int64_t K = Ks[ki];
+            float *src = rand_vec(N * K, -1, 1), *x = rand_vec(40 * K, -1, 1);
+            sq_quant_scheme sc = {.type = variant == 1 ? SQ_QUANT_FP4 : SQ_QUANT_NF4,
+                                  .blocksize = variant == 2 ? 128 : 64,
+                                  .dense_dtype = SQ_DTYPE_BF16, .double_quant = variant == 2};
+            sq_qtensor q;
+            ck_assert_int_eq(sq_quant_4bit(src, N, K, SQ_DTYPE_BF16, &sc, NULL, &q, &err), SQ_OK);
+            for (int b = 0; b < 3; b++) {
+                sq_backend *be = bes[b];
+                sq_weight *w0 = NULL, *w1 = NULL, *w2 = NULL;
+                ck_assert_int_eq(sq_backend_weight_4bit(be, "q", &q, &w0, &err), SQ_OK);
+                /* G64 twins: one uploaded as a copy, one given up */
+                sq_qtensor g = q, t = q;
+                g.packed = malloc(N * K / 2);
+                t.packed = malloc(N * K / 2);
+                sq_q4_convert_groups(q.packed, g.packed, (uint64_t)(N * K / 64), true);
+                memcpy(t.packed, g.packed, N * K / 2);
+                g.layout = t.layout = SQ_Q4_LAYOUT_G64;
+                float *t_absmax = NULL;
+                if (!q.double_quant) {
+                    t_absmax = t.absmax = malloc(q.n_blocks * 4);
+                    memcpy(t.absmax, q.absmax, q.n_blocks * 4);
+                }
+                ck_assert_int_eq(sq_backend_weight_4bit(be, "g", &g, &w1, &err), SQ_OK);
+                ck_assert_int_eq(sq_backend_weight_4bit_take(be, "t", &t, &w2, &err), SQ_OK);
+                ck_assert_ptr_null(t.packed);   /* taken */
+                ck_assert_ptr_nonnull(g.packed);
+                if (!q.double_quant) ck_assert_ptr_null(t.absmax);
+                else ck_assert_ptr_eq(t.absmax_q, q.absmax_q);   /* left to the caller */
+                ck_assert_uint_eq(sq_weight_bytes(w1), sq_weight_bytes(w0));
+                ck_assert_uint_eq(sq_weight_bytes(w2), sq_weight_bytes(w0));
+                for (size_t ri = 0; ri < sizeof Rs / sizeof *Rs; ri++) {
+                    float *y0 = run_linear(be, w0, NULL, x, Rs[ri]);
+                    float *y1 = run_linear(be, w1, NULL, x, Rs[ri]);
+                    float *y2 = run_linear(be, w2, NULL, x, Rs[ri]);
+                    ck_assert_msg(!memcmp(y0, y1, (size_t)(Rs[ri] * N * 4)) &&
+                                      !memcmp(y0, y2, (size_t)(Rs[ri] * N * 4)),
+                                  "K %lld variant %d backend %d rows %lld: G64 != BNB", (long long)K,
+                                  variant, b, (long long)Rs[ri]);
+                    free(y0);
+                    free(y1);
+                    free(y2);
+                    checked++;
+                }
+                free(g.packed);
+                (void)t_absmax;   /* taken: the backend frees it */
+                sq_backend_weight_free(be, w0);
+                sq_backend_weight_free(be, w1);
+                sq_backend_weight_free(be, w2);
+            }
+            free(src);
+            free(x);
+            sq_qtensor_free(&q);
+        }
+    ck_assert_int_eq(checked, 3 * 3 * 3 * 3);
+    /* a width that is not whole groups of 64 cannot be G64 */
+    sq_qtensor q;
+    sq_quant_scheme sc = {.type = SQ_QUANT_NF4, .blocksize = 64, .dense_dtype = SQ_DTYPE_BF16};
+    float *src = rand_vec(4 * 96, -1, 1);
+    ck_assert_int_eq(sq_quant_4bit(src, 4, 96, SQ_DTYPE_BF16, &sc, NULL, &q, &err), SQ_OK);
+    q.layout = SQ_Q4_LAYOUT_G64;
+    sq_weight *w = NULL;
+    ck_assert_int_eq(sq_backend_weight_4bit_take(bes[0], "bad", &q, &w, &err), SQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "not a layout it can have"), "%s", err.msg);
+    ck_assert_ptr_null(w);
+    ck_assert_ptr_nonnull(q.packed);
+    sq_qtensor_free(&q);
+    free(src);
+    for (int b = 0; b < 3; b++) sq_backend_destroy(bes[b]);
+}
+END_TEST
+
+/* A dense weight given up (sq_backend_weight_dense_take): F32 and BF16 are kept as they are
+ * (the caller's pointer set NULL, the same Linear bits and bytes as a copied weight), F16 is
+ * converted and stays the caller's. */
+START_TEST(test_weight_dense_take) {
+    rng_seed(78);
+    sq_backend *be = mk_be(2, NULL);
+    sq_error err;
+    sq_error_init(&err, -1);
+    const int64_t N = 19, K = 40;
+    float *wf = rand_vec(N * K, -1, 1), *x = rand_vec(5 * K, -1, 1);
+    const sq_dtype dts[3] = {SQ_DTYPE_F32, SQ_DTYPE_BF16, SQ_DTYPE_F16};
+    for (int d = 0; d < 3; d++) {
+        const size_t es = dts[d] == SQ_DTYPE_F32 ? 4 : 2, bytes = (size_t)(N * K) * es;
+        void *src = malloc((bytes + 63) & ~(size_t)63);
+        if (dts[d] == SQ_DTYPE_F32) memcpy(src, wf, bytes);
+        else if (dts[d] == SQ_DTYPE_BF16) sq_f32_to_bf16(wf, src, (size_t)(N * K));
+        else for (int64_t i = 0; i < N * K; i++) ((uint16_t *)src)[i] = sq_qm_f32_to_f16(wf[i]);
+        sq_weight *w0 = NULL, *w1 = NULL;
+        ck_assert_int_eq(sq_backend_weight_dense(be, "w", dts[d], src, N, K, &w0, &err), SQ_OK);
+        void *give = src;
+        ck_assert_int_eq(sq_backend_weight_dense_take(be, "w", dts[d], &give, N, K, &w1, &err), SQ_OK);
+        if (dts[d] == SQ_DTYPE_F16) {
+            ck_assert_ptr_eq(give, src);   /* converted: still the caller's */
+            free(src);
+        } else {
+            ck_assert_ptr_null(give);      /* kept: the backend frees it */
+        }
+        ck_assert_uint_eq(sq_weight_bytes(w1), sq_weight_bytes(w0));
+        float *y0 = run_linear(be, w0, NULL, x, 5), *y1 = run_linear(be, w1, NULL, x, 5);
+        ck_assert_msg(!memcmp(y0, y1, (size_t)(5 * N * 4)), "dtype %d: taken != copied", (int)dts[d]);
+        free(y0);
+        free(y1);
+        sq_backend_weight_free(be, w0);
+        sq_backend_weight_free(be, w1);
+    }
+    void *none = NULL;
+    sq_weight *w = NULL;
+    ck_assert_int_eq(sq_backend_weight_dense_take(be, "w", SQ_DTYPE_F32, NULL, N, K, &w, &err),
+                     SQ_ERR_INVALID);
+    ck_assert_int_eq(sq_backend_weight_dense_take(be, "w", SQ_DTYPE_F32, &none, N, K, &w, &err),
+                     SQ_ERR_INVALID);
+    free(wf);
+    free(x);
+    sq_backend_destroy(be);
+}
+END_TEST
+
 /* Big enough for the thread pool and the many-row tiles (several panels, odd output count):
  * 1, 2, 3, 8 and 40 rows on 1 and 2 threads, AVX2 and portable, all bit-identical per row. */
 START_TEST(test_linear_4bit_tiles) {
@@ -723,6 +861,8 @@ int main(void) {
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_linear_4bit);
     tcase_add_test(tc, test_linear_4bit_any_width);
+    tcase_add_test(tc, test_linear_4bit_g64);
+    tcase_add_test(tc, test_weight_dense_take);
     tcase_add_test(tc, test_linear_4bit_tiles);
     tcase_add_test(tc, test_linear_dense);
     tcase_add_test(tc, test_embed_elementwise);

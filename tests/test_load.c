@@ -147,7 +147,8 @@ static void check_equal_q(const sq_qtensor *a, const sq_qtensor *b, const char *
     }
 }
 
-static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging) {
+static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging,
+                           bool read_copy, sq_q4_layout layout) {
     fixture fx;
     fixture_make(&fx, "tiny", false);
     sq_error err;
@@ -159,6 +160,8 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
                                  .dense_dtype = SQ_DTYPE_BF16};
     o.staging_bytes = staging;
     o.pool = pool;
+    o.read_copy = read_copy;
+    o.q4_layout = layout;
     collected *c = calloc(1, sizeof *c);
     sq_load_stage_desc all = whole(&fx.cfg);
     sq_load_stats stats;
@@ -171,9 +174,9 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
     ck_assert_uint_eq(lb.out_bytes, stats.out_bytes);
     ck_assert_uint_eq(lb.src_bytes, stats.bytes_read);
     ck_assert_uint_le(lb.staging_bytes, staging ? staging : SQ_LOAD_DEFAULT_STAGING_BYTES);
-    int n_q = 0;
+    int n_q = 0, n_g64 = 0;
     for (int i = 0; i < c->n; i++) {
-        const sq_load_item *it = &c->items[i];
+        sq_load_item *it = &c->items[i];
         const sq_ckpt_tensor *info = sq_ckpt_find(fx.st, it->spec->name);
         const void *src = sq_ckpt_data(fx.st, info);
         ck_assert_int_eq(it->is_4bit, it->spec->quantizable);
@@ -193,17 +196,53 @@ static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t s
             ck_assert_int_eq(sq_quant_4bit_from(SQ_DTYPE_BF16, src, it->spec->shape[0],
                                                 it->spec->shape[1], &o.scheme, NULL, &ref, &err),
                              SQ_OK);
+        /* the layout asked for wherever the width allows it, BNB elsewhere */
+        const bool g64 = !sq_quant_type_is_int8(type) && layout == SQ_Q4_LAYOUT_G64 &&
+                         sq_q4_layout_fits(layout, it->spec->shape[1], blocksize);
+        ck_assert_int_eq(it->q.layout, g64 ? SQ_Q4_LAYOUT_G64 : SQ_Q4_LAYOUT_BNB);
+        if (g64) {
+            n_g64++;
+            sq_q4_convert_groups(it->q.packed, it->q.packed, it->q.n_elements / 64, false);
+            it->q.layout = SQ_Q4_LAYOUT_BNB;
+        }
         check_equal_q(&it->q, &ref, it->spec->name);
         sq_qtensor_free(&ref);
     }
     ck_assert_int_eq(n_q, 4 * 7);
+    /* tiny: hidden 64 (q, k, v, o, gate, up: in_features 64), intermediate 172 (down) */
+    ck_assert_int_eq(n_g64, layout == SQ_Q4_LAYOUT_G64 && blocksize >= 64 ? 4 * 6 : 0);
     collected_free(c);
     free(c);
     sq_pool_destroy(pool);
     fixture_free(&fx);
 }
 
+/* pieces read in place through mapped windows (the default) */
+static void run_equal(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging) {
+    run_equal_read(type, dq, blocksize, staging, false, SQ_Q4_LAYOUT_BNB);
+}
+
 START_TEST(test_equal_nf4_small_pieces) { run_equal(SQ_QUANT_NF4, false, 64, 1000); }
+END_TEST
+/* the pread() copy into the staging slots gives the same bytes */
+START_TEST(test_equal_nf4_read_copy) {
+    run_equal_read(SQ_QUANT_NF4, false, 64, 1000, true, SQ_Q4_LAYOUT_BNB);
+}
+END_TEST
+START_TEST(test_equal_fp4_dq_read_copy) {
+    run_equal_read(SQ_QUANT_FP4, true, 32, 0, true, SQ_Q4_LAYOUT_BNB);
+}
+END_TEST
+/* the CPU backend's layout (G64) where the width allows it: the same bytes regrouped */
+START_TEST(test_equal_nf4_g64) { run_equal_read(SQ_QUANT_NF4, false, 64, 1000, false, SQ_Q4_LAYOUT_G64); }
+END_TEST
+START_TEST(test_equal_fp4_dq_g64_b128) {
+    run_equal_read(SQ_QUANT_FP4, true, 128, 0, false, SQ_Q4_LAYOUT_G64);
+}
+END_TEST
+START_TEST(test_equal_nf4_g64_b32_stays_bnb) {
+    run_equal_read(SQ_QUANT_NF4, false, 32, 4096, false, SQ_Q4_LAYOUT_G64);
+}
 END_TEST
 /* int8: whole rows per piece (400 bytes: three 64-element BF16 rows, one 172-element row) */
 START_TEST(test_equal_int8_pieces) { run_equal(SQ_QUANT_INT8, false, 64, 400); }
@@ -277,6 +316,45 @@ START_TEST(test_other_stage_file_truncated) {
     ck_assert_str_eq(err.tensor, "model.layers.2.input_layernorm.weight");
     ck_assert_msg(strstr(err.msg, "truncated or replaced after its header was read"), "%s", err.msg);
     fixture_free(&fx);
+}
+END_TEST
+
+/* A file cut short in the middle of a weight read through a mapped window (a 4-bit piece) and
+ * of a dense tensor larger than a slot (read by the pool in chunks): both fail with the
+ * truncation error naming that tensor, never a SIGBUS. */
+static void truncated_at(const char *name, uint64_t keep, bool lm_head_small_slots) {
+    fixture fx;
+    fixture_make(&fx, "tiny", false);
+    const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, name);
+    ck_assert_int_eq(t->file_index, 1);
+    const char *path2 = sq_ckpt_file_path(fx.st, 1);
+    ck_assert_int_eq(truncate(path2, (off_t)(t->offset + keep)), 0);
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_pool *pool = NULL;
+    ck_assert_int_eq(sq_pool_create(2, &pool, &err), SQ_OK);
+    sq_load_options o = sq_load_options_default();
+    o.pool = pool;
+    o.staging_bytes = lm_head_small_slots ? 4096 : 0;   /* slots of 1 KiB: lm_head deferred */
+    sq_load_stage_desc s1 = {.first_layer = 2, .n_layers = 2, .has_head = true};
+    collected *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(sq_load_stage(fx.st, fx.meta, &s1, &o, collect, c, NULL, &err), SQ_ERR_IO);
+    ck_assert_str_eq(err.file, path2);
+    ck_assert_str_eq(err.tensor, name);
+    ck_assert_msg(strstr(err.msg, "truncated or replaced after its header was read"), "%s", err.msg);
+    collected_free(c);
+    free(c);
+    sq_pool_destroy(pool);
+    fixture_free(&fx);
+}
+
+START_TEST(test_truncated_in_mapped_piece) {
+    truncated_at("model.layers.3.mlp.up_proj.weight", 1000, false);
+}
+END_TEST
+START_TEST(test_truncated_in_deferred_dense) {
+    /* lm_head [320 x 64] bf16 = 40 KiB in chunks of 4 KiB over the pool: cut in the third */
+    truncated_at("lm_head.weight", 9 << 10, true);
 }
 END_TEST
 
@@ -712,6 +790,11 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_stage_tensors);
     tcase_add_test(tc, test_equal_nf4_small_pieces);
+    tcase_add_test(tc, test_equal_nf4_read_copy);
+    tcase_add_test(tc, test_equal_fp4_dq_read_copy);
+    tcase_add_test(tc, test_equal_nf4_g64);
+    tcase_add_test(tc, test_equal_fp4_dq_g64_b128);
+    tcase_add_test(tc, test_equal_nf4_g64_b32_stays_bnb);
     tcase_add_test(tc, test_equal_int8_pieces);
     tcase_add_test(tc, test_equal_int8_zp_default_staging);
     tcase_add_test(tc, test_equal_nf4_dq_pieces);
@@ -719,6 +802,8 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_equal_fp4_b128_default_staging);
     tcase_add_test(tc, test_quant_none_dense);
     tcase_add_test(tc, test_other_stage_file_truncated);
+    tcase_add_test(tc, test_truncated_in_mapped_piece);
+    tcase_add_test(tc, test_truncated_in_deferred_dense);
     tcase_add_test(tc, test_other_stage_file_replaced_by_folder);
     tcase_add_test(tc, test_nan_refused);
     tcase_add_test(tc, test_inf_refused);

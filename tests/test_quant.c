@@ -335,6 +335,100 @@ START_TEST(test_paths_agree) {
 }
 END_TEST
 
+/* sq_quant_4bit_part: a tensor quantized in parts of whole blocks straight into its arrays gives
+ * the whole-tensor bytes (BNB); in layout G64 the same absmax and the BNB bytes regrouped
+ * (sq_q4_convert_groups, both ways), on every code path, partial last blocks and NaN / Inf /
+ * zero blocks included, and the same dequantized values. */
+START_TEST(test_parts_and_g64) {
+    enum { ROWS = 6, COLS = 17 * 64, N = ROWS * COLS };
+    float *f = malloc(N * sizeof *f);
+    uint16_t *h = malloc(N * sizeof *h), *bf = malloc(N * sizeof *bf);
+    lcg_floats(N, 9, f);
+    for (int i = 0; i < N; i++) {
+        f[i] = (f[i] - 2.0f) * ((i / 64) % 7 == 0 ? 1e-3f : 1.0f);
+        if ((i / 64) % 11 == 5) f[i] = 0.0f;
+    }
+    f[700] = NAN;
+    f[2000] = INFINITY;
+    for (int i = 0; i < N; i++) {
+        h[i] = sq_qm_f32_to_f16(f[i]);
+        bf[i] = sq_qm_f32_to_bf16(f[i]);
+    }
+    const void *src[3] = {f, h, bf};
+    const sq_dtype dts[3] = {SQ_DTYPE_F32, SQ_DTYPE_F16, SQ_DTYPE_BF16};
+    const size_t es[3] = {4, 2, 2};
+    sq_pool *pool = NULL;
+    sq_error err;
+    ck_assert_int_eq(sq_pool_create(2, &pool, &err), SQ_OK);
+    const int64_t bss[] = {64, 128, 256, 4096};   /* 256, 4096: a partial last block */
+    const sq_quant_isa isas[2] = {SQ_QUANT_ISA_SCALAR, SQ_QUANT_ISA_AVX2};
+    uint8_t *conv = malloc(N / 2);
+    float *d0 = malloc(N * sizeof *d0), *d1 = malloc(N * sizeof *d1);
+    int checked = 0;
+    for (int d = 0; d < 3; d++)
+        for (int t = 0; t < 2; t++)
+            for (int bi = 0; bi < 4; bi++)
+                for (int ii = 0; ii < 2; ii++)
+                    for (int lay = 0; lay < 2; lay++) {
+                        if (!sq_quant_isa_available(isas[ii])) continue;
+                        sq_quant_scheme s = {.type = t ? SQ_QUANT_FP4 : SQ_QUANT_NF4,
+                                             .blocksize = bss[bi]};
+                        sq_qtensor whole, q;
+                        ck_assert_int_eq(sq_quant_4bit_isa(dts[d], src[d], ROWS, COLS, &s, NULL,
+                                                           SQ_QUANT_ISA_SCALAR, &whole, &err), SQ_OK);
+                        ck_assert_int_eq(sq_qtensor_init(&q, &s, ROWS, COLS, dts[d], &err), SQ_OK);
+                        ck_assert(sq_q4_layout_fits(SQ_Q4_LAYOUT_G64, COLS, s.blocksize));
+                        q.layout = lay ? SQ_Q4_LAYOUT_G64 : SQ_Q4_LAYOUT_BNB;
+                        const uint64_t piece = 3 * (uint64_t)s.blocksize;
+                        for (uint64_t first = 0; first < N; first += piece) {
+                            uint64_t m = N - first < piece ? N - first : piece;
+                            ck_assert_int_eq(sq_quant_4bit_part_isa(&q, first, dts[d],
+                                                                    (const char *)src[d] + first * es[d],
+                                                                    m, ii ? pool : NULL, isas[ii], &err),
+                                             SQ_OK);
+                        }
+                        ck_assert_mem_eq(q.absmax, whole.absmax, whole.n_blocks * sizeof(float));
+                        if (lay) {
+                            sq_q4_convert_groups(whole.packed, conv, N / 64, true);
+                            ck_assert_mem_eq(q.packed, conv, N / 2);
+                            sq_dequant_4bit_f32(&whole, 0, N, d0);
+                            sq_dequant_4bit_f32(&q, 0, N, d1);
+                            ck_assert_mem_eq(d0, d1, N * sizeof(float));
+                            sq_q4_convert_groups(q.packed, q.packed, N / 64, false);   /* in place */
+                        }
+                        ck_assert_mem_eq(q.packed, whole.packed, N / 2);
+                        sq_qtensor_free(&whole);
+                        sq_qtensor_free(&q);
+                        checked++;
+                    }
+    ck_assert_int_ge(checked, 3 * 2 * 4 * 2);
+    /* ranges that are not whole blocks, and G64 where the width does not allow it */
+    sq_quant_scheme s = {.type = SQ_QUANT_NF4, .blocksize = 64};
+    sq_qtensor q;
+    ck_assert_int_eq(sq_qtensor_init(&q, &s, ROWS, COLS, SQ_DTYPE_BF16, &err), SQ_OK);
+    ck_assert_int_eq(sq_quant_4bit_part(&q, 32, SQ_DTYPE_BF16, bf, 64, NULL, &err), SQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "not whole blocks"), "%s", err.msg);
+    ck_assert_int_eq(sq_quant_4bit_part(&q, 0, SQ_DTYPE_BF16, bf, 100, NULL, &err), SQ_ERR_INVALID);
+    ck_assert_int_eq(sq_quant_4bit_part(&q, N - 64, SQ_DTYPE_BF16, bf, 128, NULL, &err), SQ_ERR_INVALID);
+    ck_assert_int_eq(sq_quant_4bit_part(&q, 0, SQ_DTYPE_U8, bf, 64, NULL, &err), SQ_ERR_UNSUPPORTED);
+    sq_qtensor_free(&q);
+    ck_assert_int_eq(sq_qtensor_init(&q, &s, 3, 96, SQ_DTYPE_BF16, &err), SQ_OK);
+    ck_assert(!sq_q4_layout_fits(SQ_Q4_LAYOUT_G64, 96, 64));
+    ck_assert(!sq_q4_layout_fits(SQ_Q4_LAYOUT_G64, 128, 32));
+    q.layout = SQ_Q4_LAYOUT_G64;
+    ck_assert_int_eq(sq_quant_4bit_part(&q, 0, SQ_DTYPE_BF16, bf, 288, NULL, &err), SQ_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "layout g64"), "%s", err.msg);
+    sq_qtensor_free(&q);
+    sq_pool_destroy(pool);
+    free(conv);
+    free(d0);
+    free(d1);
+    free(f);
+    free(h);
+    free(bf);
+}
+END_TEST
+
 /* Dequantized values are within half the widest code gap of the input (times absmax). */
 START_TEST(test_error_bound) {
     enum { N = 64 * 50 + 13 };
@@ -441,6 +535,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_torch_mean);
     tcase_add_test(tc, test_dyn_lut);
     tcase_add_test(tc, test_paths_agree);
+    tcase_add_test(tc, test_parts_and_g64);
     tcase_add_test(tc, test_error_bound);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_f16_convert);

@@ -118,8 +118,15 @@ sq_status sq_backend_sync(sq_backend *be, sq_error *err);
 sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
                                   const void *src, int64_t rows, int64_t cols, sq_weight **out,
                                   sq_error *err);
+/* The same for a buffer the caller gives up (*src: malloc'd, room for rows * cols elements
+ * rounded up to 64 bytes): a backend that can keep it as its storage (the CPU backend, F32 and
+ * BF16) takes it instead of copying and sets *src to NULL; otherwise it is copied and stays the
+ * caller's.  Same weight either way. */
+sq_status sq_backend_weight_dense_take(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                       void **src, int64_t rows, int64_t cols, sq_weight **out,
+                                       sq_error *err);
 /* A 4-bit NF4 / FP4 weight (bitsandbytes layout, shape [out, in], any in >= 1: rows may start
- * mid-byte and blocks may cross rows).  Both backends keep one float32 absmax per block
+ * mid-byte and blocks may cross rows; or layout G64 where sq_q4_layout_fits).  Both backends keep one float32 absmax per block
  * (double-quant absmax is expanded once, exactly as bnb reconstructs it).  q is not kept: the
  * caller may free it afterwards.
  * An int8 q (INT8 / INT8_ZP, quant.h) becomes a block-scaled weight (sq_backend_weight_qblock:
@@ -128,6 +135,15 @@ sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src
  * With in not a multiple of 32 it is held dense float32 with those same values. */
 sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
                                  sq_weight **out, sq_error *err);
+/* The same for a q the caller gives up: a backend that keeps q's arrays as they are (the CPU
+ * backend with q->layout G64: its packed and, without double quant, its absmax) takes them
+ * instead of copying and sets those pointers of q to NULL; whatever is left in q stays the
+ * caller's to free.  Same result bytes as sq_backend_weight_4bit. */
+sq_status sq_backend_weight_4bit_take(sq_backend *be, const char *name, sq_qtensor *q,
+                                      sq_weight **out, sq_error *err);
+/* The 4-bit layout (quant.h) this backend keeps as it is: G64 for the CPU backend (a producer
+ * that quantizes straight into it saves the backend a repack and a copy), BNB otherwise. */
+sq_q4_layout sq_backend_q4_layout(const sq_backend *be);
 /* A GGUF tensor kept as stored: data is rows x row_bytes (sq_ggml_row_bytes(type, cols)), the
  * rows of a ggml tensor whose ne[0] = cols, exactly as the file holds them; the caller may free
  * it afterwards.  F32 / F16 / BF16 become a dense weight (as sq_backend_weight_dense).  The

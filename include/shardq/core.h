@@ -78,6 +78,11 @@ static inline uint64_t sq_ceil_div_u64(uint64_t a, uint64_t b) { return a / b + 
 /* Monotonic wall clock in seconds. */
 double sq_now_s(void);
 
+/* A buffer of n bytes for a large array written once (src/core/alloc.c): from 4 MiB on
+ * 2 MiB-aligned and advised for transparent huge pages (far fewer page faults when it is first
+ * filled), plain malloc below that.  Uninitialised; free() it.  NULL when out of memory. */
+void *sq_alloc_huge(uint64_t n);
+
 /* A growing string buffer (always NUL-terminated once written to).  Zero-initialize it; free(p)
  * when done.  A failed allocation sets oom and makes later appends no-ops. */
 typedef struct sq_buf {

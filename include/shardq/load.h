@@ -4,18 +4,21 @@
  * sq_load_stage() walks ONE stage's tensors (from the plan: embed_tokens on the first stage,
  * decoder layers [first_layer, first_layer + n_layers), model.norm + lm_head on the last;
  * with tied embeddings the embedding table again on the last stage when asked), in skeleton
- * order, and for each one: reads its bytes with pread() from file descriptors of its own
- * (never another stage's tensor, never through the safetensors mapping, so nothing but the
- * bounded buffers below becomes resident), quantizes the decoder Linear weights to 4 bits
+ * order, and for each one: reads its bytes from file descriptors of its own (never another
+ * stage's tensor, never through the safetensors mapping, so nothing but the bounded buffers
+ * and windows below becomes resident), quantizes the decoder Linear weights to 4 bits
  * (bitsandbytes NF4 / FP4, bit-exact with sq_quant_4bit_from on the whole tensor) or keeps
  * them dense (scheme NONE), and hands the result to a consumer callback.  Weights already
  * stored in bitsandbytes' 4-bit layout (a pre-quantized checkpoint: sq_tensor_spec.stored_quant)
  * are read as they are — packed nibbles, absmax, nested absmax and offset — and never
  * re-quantized; their quant_map / nested_quant_map must be bitsandbytes' own tables.
  *
- * The pipeline: a read-ahead thread (one per call, pread, sequential + WILLNEED advice on the
- * next read) walks the stage's pieces and dense tensors in load order into a ring of up to 4
- * staging slots that share the budget B, while the calling thread quantizes the piece read
+ * The pipeline: a read-ahead thread (one per call, sequential + WILLNEED advice on the next
+ * reads) walks the stage's pieces and dense tensors in load order into a ring of up to 4
+ * staging slots that share the budget B — a piece is a read-only mapped window of the file
+ * that the thread populates (MADV_POPULATE_READ) and unmaps when the slot is reused, so the
+ * quantizer reads the page cache in place; with read_copy, or where mapping fails, a pread()
+ * copy into the slot's buffer; dense tensors are pread() into buffers of their own — while the calling thread quantizes the piece read
  * before (straight from BF16 / F16 / F32, no float32 copy; the pool splits its blocks) and
  * calls the consumer: reading, quantizing and the consumer's work (a backend's repack or
  * upload, quantize's file write) overlap.  Pre-quantized parts, GGUF blocks and rows to
@@ -27,14 +30,16 @@
  *          output bytes, sq_load_stage_bytes().out_bytes = 4-bit parts + dense tensors);
  *   S:     the staging ring, sq_load_stage_bytes().staging_bytes = slots x the largest
  *          piece (whole absmax blocks; <= B unless B holds less than 4 blocks of float32);
- *          plus, while a tensor is quantized piece by piece, one piece's output and its
- *          tensor's float32 absmax before double quant — transient_bytes;
+ *          plus, while a tensor is quantized piece by piece (each piece straight into its
+ *          place in the tensor's arrays), its float32 absmax before double quant —
+ *          transient_bytes;
  *   T:     the tensor being handed over, when the consumer copies instead of taking it
  *          (<= sq_load_stage_bytes().max_out_bytes), and a dense tensor larger than a slot
  *          that the reader may have read ahead into its own buffer (at most one; it is part
  *          of the share for a consumer that keeps it).  With dense_pieces no dense tensor is
  *          ever whole in memory: T is the largest 4-bit weight.
- * Page cache is not counted: pread copies out of it.
+ * Page cache is not counted beyond S: a mapped window counts while its slot holds it (at most
+ * the slot's bytes + a page), and pread copies out of it.
  *
  * GPU quantization (sq_load_options.quant_device >= 0, CUDA builds): each 4-bit weight is read
  * chunk by chunk (whole blocks) with pread() straight into a ring of 3 pinned buffers that
@@ -112,7 +117,8 @@ typedef struct sq_load_item {
     sq_dtype dtype;
     int n_dims;
     int64_t shape[2];
-    void *data;                    /* (n_bytes) malloc'd */
+    void *data;                    /* (n_bytes) malloc'd, with room for n_bytes rounded up to
+                                      64 (a CPU backend may keep it: sq_stage_set_dense_take) */
     uint64_t n_bytes;
     /* 4-bit */
     sq_qtensor q;
@@ -154,6 +160,11 @@ typedef struct sq_load_options {
     bool dense_pieces;             /* dense tensors read as they are stored come in pieces of at
                                       most one staging slot (see sq_load_item): a consumer that
                                       writes them out never holds a whole one */
+    bool read_copy;                /* pieces are pread() into the staging slots instead of
+                                      read in place through a mapped window (see above) */
+    sq_q4_layout q4_layout;        /* 4-bit weights quantized here come in this layout where
+                                      sq_q4_layout_fits (BNB, the default, otherwise): G64 for
+                                      a consumer that keeps the CPU backend's layout */
 } sq_load_options;
 
 sq_load_options sq_load_options_default(void);

@@ -71,10 +71,20 @@ bool sq_stage_wants(const sq_stage *s, sq_tensor_role role, int64_t layer);
 sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
                              sq_dtype dtype, const void *data, int n_dims,
                              const int64_t shape[2], sq_error *err);
+/* The same for a buffer the caller gives up (*data: malloc'd, room for the weight rounded up to
+ * 64 bytes): the backend may keep it instead of copying (sq_backend_weight_dense_take; then
+ * *data is set to NULL), else it stays the caller's to free. */
+sq_status sq_stage_set_dense_take(sq_stage *s, sq_tensor_role role, int64_t layer,
+                                  const char *name, sq_dtype dtype, void **data, int n_dims,
+                                  const int64_t shape[2], sq_error *err);
 /* Sets one decoder Linear weight (Q, K, V, O, GATE, UP, DOWN) from a 4-bit tensor; q is copied
  * (repacked) and may be freed afterwards. */
 sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
                             const sq_qtensor *q, sq_error *err);
+/* The same for a q the caller gives up: the backend may keep its arrays instead of copying
+ * them (sq_backend_weight_4bit_take); what is left in q stays the caller's to free. */
+sq_status sq_stage_set_4bit_take(sq_stage *s, sq_tensor_role role, int64_t layer,
+                                 const char *name, sq_qtensor *q, sq_error *err);
 /* Sets a matrix (embeddings, lm_head or a decoder Linear weight) kept in a ggml block format:
  * data is the [rows, cols] weight's rows exactly as a GGUF stores them (n_bytes = rows *
  * sq_ggml_row_bytes(type, cols)), copied by the backend (sq_backend_weight_ggml). */

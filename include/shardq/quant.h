@@ -19,6 +19,18 @@
 extern "C" {
 #endif
 
+/* Where the 4-bit codes of sq_qtensor.packed sit.
+ *   BNB (0, the default): bitsandbytes' layout, flat element i in byte i / 2, the even one in
+ *        the high nibble.  Everything written to or read from files is BNB.
+ *   G64: groups of 64 flat elements, 32 bytes each at byte 32 g (the same bytes per group as
+ *        BNB, so the same size and offsets at group granularity): element 64 g + e sits in byte
+ *        32 g + pos(e % 32), low nibble for e < 32, high for e >= 32, with pos(8 j + i) = 4 j + i
+ *        for i < 4 and 16 + 4 j + (i - 4) for i >= 4.  For a [rows, cols] weight with
+ *        cols % 64 == 0 that is exactly the CPU backend's repacked layout, so the backend can
+ *        keep the buffer as it is; the quantizer writes it as cheaply as BNB.  Only for
+ *        weights that sq_q4_layout_fits. */
+typedef enum sq_q4_layout { SQ_Q4_LAYOUT_BNB = 0, SQ_Q4_LAYOUT_G64 = 1 } sq_q4_layout;
+
 /* One quantized weight, in bitsandbytes' layout (flat row-major index i = row * in + col). */
 typedef struct sq_qtensor {
     sq_quant_type type;        /* NF4 or FP4 */
@@ -26,7 +38,8 @@ typedef struct sq_qtensor {
     uint64_t n_elements;
     int64_t shape[2];          /* [out_features, in_features] */
     sq_dtype dtype;            /* original dtype (dequant output dtype in bnb's JSON) */
-    uint8_t *packed;           /* (ceil(n/2)) element 2j in the high nibble of byte j */
+    uint8_t *packed;           /* (ceil(n/2)) element 2j in the high nibble of byte j (BNB) */
+    sq_q4_layout layout;       /* of packed: BNB unless a producer chose G64 */
     uint64_t n_blocks;         /* ceil(n / blocksize) */
     /* without double quant: */
     float *absmax;             /* (n_blocks) float32; NULL with double quant */
@@ -91,6 +104,29 @@ sq_status sq_quant_4bit_isa(sq_dtype src_dtype, const void *src, int64_t rows, i
  * packed / absmax themselves (the CUDA path).  On failure *q is zeroed. */
 sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
                           sq_dtype orig_dtype, sq_error *err);
+/* Quantizes elements [first, first + n) of q (from sq_qtensor_init, float32 absmax not yet
+ * compressed) from src, n elements of src_dtype (F32 / F16 / BF16, no alignment needed), into
+ * q->packed (in q->layout) and q->absmax: the bytes a whole-tensor sq_quant_4bit_from gives
+ * there, for a loader that quantizes a weight piece by piece without a copy.  first must be a
+ * multiple of q->blocksize, n too unless first + n == q->n_elements (the tensor's last part);
+ * with G64 both are multiples of 64 as well.  pool may be NULL.  Fails with SQ_ERR_INVALID on
+ * a bad range, SQ_ERR_UNSUPPORTED on a bad dtype; q is left as it was on failure. */
+sq_status sq_quant_4bit_part(sq_qtensor *q, uint64_t first, sq_dtype src_dtype, const void *src,
+                             uint64_t n, sq_pool *pool, sq_error *err);
+/* sq_quant_4bit_part with an explicit code path (SQ_ERR_UNSUPPORTED when not available). */
+sq_status sq_quant_4bit_part_isa(sq_qtensor *q, uint64_t first, sq_dtype src_dtype,
+                                 const void *src, uint64_t n, sq_pool *pool, sq_quant_isa isa,
+                                 sq_error *err);
+/* True when a [rows, cols] 4-bit weight with this blocksize may be held in layout l: BNB
+ * always; G64 when cols % 64 == 0 and blocksize >= 64. */
+bool sq_q4_layout_fits(sq_q4_layout l, int64_t cols, int64_t blocksize);
+/* Rewrites n_groups groups of 64 elements (32 bytes each) from BNB to G64 (to_g64) or back;
+ * src and dst may be the same buffer. */
+void sq_q4_convert_groups(const uint8_t *src, uint8_t *dst, uint64_t n_groups, bool to_g64);
+/* The same with packed and absmax from sq_alloc_huge (core.h): for a producer that fills a
+ * large weight once (the loader), far fewer page faults. */
+sq_status sq_qtensor_init_huge(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows,
+                               int64_t cols, sq_dtype orig_dtype, sq_error *err);
 /* With double_quant: computes offset, absmax_q and nested_absmax from the float32 absmax
  * exactly as bnb 0.50.2 on the CPU does, then frees absmax (NULL afterwards).  No-op
  * without double quant. */

@@ -96,9 +96,9 @@ sq_weight *sq_backend_weight_new(const char *name, int64_t rows, int64_t cols) {
     return w;
 }
 
-sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
-                                  const void *src, int64_t rows, int64_t cols, sq_weight **out,
-                                  sq_error *err) {
+static sq_status weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
+                              const void *src, void **give, int64_t rows, int64_t cols,
+                              sq_weight **out, sq_error *err) {
     if (out) *out = NULL;
     CHECK_BE(be);
     if (!out || !src) return bad(err, "weight_dense", "NULL pointer");
@@ -112,14 +112,35 @@ sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src
     sq_weight *w = sq_backend_weight_new(name, rows, cols);
     if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
     w->qtype = SQ_QUANT_NONE;
+    if (give && be->ops->weight_dense_take && be->ops->weight_dense_take(be, w, src_dtype, *give)) {
+        *give = NULL;
+        *out = w;
+        return SQ_OK;
+    }
     sq_status st = be->ops->weight_dense(be, w, src_dtype, src, err);
     if (st != SQ_OK) { free(w); return st; }
     *out = w;
     return SQ_OK;
 }
 
-sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
-                                 sq_weight **out, sq_error *err) {
+sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                  const void *src, int64_t rows, int64_t cols, sq_weight **out,
+                                  sq_error *err) {
+    return weight_dense(be, name, src_dtype, src, NULL, rows, cols, out, err);
+}
+
+sq_status sq_backend_weight_dense_take(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                       void **src, int64_t rows, int64_t cols, sq_weight **out,
+                                       sq_error *err) {
+    if (out) *out = NULL;
+    if (!src) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "weight_dense_take: NULL pointer");
+    return weight_dense(be, name, src_dtype, *src, src, rows, cols, out, err);
+}
+
+/* weight_4bit and weight_4bit_take: q may be given up (take) when give != NULL (then q ==
+ * give). */
+static sq_status weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
+                             sq_qtensor *give, sq_weight **out, sq_error *err) {
     if (out) *out = NULL;
     CHECK_BE(be);
     if (q && sq_quant_type_is_int8(q->type)) return sq_backend_weight_int8(be, name, q, out, err);
@@ -144,15 +165,52 @@ sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qten
     if (q->double_quant ? (!q->absmax_q || !q->nested_absmax || q->nested_blocksize <= 0)
                         : !q->absmax)
         return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "4-bit weight without its absmax");
+    if (q->layout != SQ_Q4_LAYOUT_BNB &&
+        (q->layout != SQ_Q4_LAYOUT_G64 || !sq_q4_layout_fits(q->layout, q->shape[1], q->blocksize)))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
+                            "4-bit weight [%lld, %lld] blocksize %lld in layout %d: not a layout "
+                            "it can have", (long long)q->shape[0], (long long)q->shape[1],
+                            (long long)q->blocksize, (int)q->layout);
     sq_weight *w = sq_backend_weight_new(name, q->shape[0], q->shape[1]);
     if (!w) return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
     w->qtype = q->type;
     w->blocksize = q->blocksize;
     w->store = SQ_WSTORE_Q4;
-    sq_status st = be->ops->weight_4bit(be, w, q, err);
+    sq_status st = SQ_OK;
+    if (q->layout == SQ_Q4_LAYOUT_BNB) {
+        st = be->ops->weight_4bit(be, w, q, err);
+    } else if (be->ops->weight_4bit_g64) {
+        sq_qtensor view = *q;   /* without take the op leaves it alone */
+        st = be->ops->weight_4bit_g64(be, w, give ? give : &view, give != NULL, err);
+    } else {   /* a backend without G64: a BNB copy of the codes */
+        sq_qtensor bnb = *q;
+        bnb.layout = SQ_Q4_LAYOUT_BNB;
+        bnb.packed = malloc((size_t)(n / 2));
+        if (!bnb.packed) {
+            free(w);
+            return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for a weight");
+        }
+        sq_q4_convert_groups(q->packed, bnb.packed, n / 64, false);
+        st = be->ops->weight_4bit(be, w, &bnb, err);
+        free(bnb.packed);
+    }
     if (st != SQ_OK) { free(w); return st; }
     *out = w;
     return SQ_OK;
+}
+
+sq_status sq_backend_weight_4bit(sq_backend *be, const char *name, const sq_qtensor *q,
+                                 sq_weight **out, sq_error *err) {
+    return weight_4bit(be, name, q, NULL, out, err);
+}
+
+sq_status sq_backend_weight_4bit_take(sq_backend *be, const char *name, sq_qtensor *q,
+                                      sq_weight **out, sq_error *err) {
+    return weight_4bit(be, name, q, q, out, err);
+}
+
+sq_q4_layout sq_backend_q4_layout(const sq_backend *be) {
+    return be && be->ops && be->ops->weight_4bit_g64 ? SQ_Q4_LAYOUT_G64 : SQ_Q4_LAYOUT_BNB;
 }
 
 sq_status sq_backend_weight_ggml(sq_backend *be, const char *name, sq_ggml_type type,

@@ -21,7 +21,15 @@ typedef struct sq_backend_ops {
     /* fill w->impl fields; w's common fields are set by the caller */
     sq_status (*weight_dense)(sq_backend *be, sq_weight *w, sq_dtype src_dtype, const void *src,
                               sq_error *err);
+    /* keep src (the caller's, sq_backend_weight_dense_take) as the weight's storage: true when
+     * taken (w->impl fields set), false to have it copied by weight_dense.  NULL: never. */
+    bool (*weight_dense_take)(sq_backend *be, sq_weight *w, sq_dtype src_dtype, void *src);
     sq_status (*weight_4bit)(sq_backend *be, sq_weight *w, const sq_qtensor *q, sq_error *err);
+    /* q->packed in layout G64 (cols % 64 == 0); with take it may keep q's packed / absmax
+     * (setting them NULL in q) instead of copying, without take it leaves q alone.  NULL: the
+     * backend has no use for G64 (backend.c hands weight_4bit a BNB copy). */
+    sq_status (*weight_4bit_g64)(sq_backend *be, sq_weight *w, sq_qtensor *q, bool take,
+                                 sq_error *err);
     /* a quantized ggml type (w->qf set); NULL: the backend has none (refused) */
     sq_status (*weight_ggml)(sq_backend *be, sq_weight *w, sq_ggml_type type, const void *data,
                              sq_error *err);

@@ -67,6 +67,11 @@ int64_t sq_cpu_q4_row_bytes(int64_t K);
 /* bnb's packed nibbles of a [rows, K] weight (flat element i in byte i / 2, even i in the high
  * nibble) into the layout above, rows in parallel on pool (NULL: the calling thread). */
 void sq_cpu_q4_repack(sq_pool *pool, const uint8_t *src, uint8_t *dst, int64_t rows, int64_t K);
+/* A 4-bit weight in layout G64 (cpu_repack.c: kept as it is, taken over with take). */
+sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bool take,
+                                 sq_error *err);
+/* A dense F32 / BF16 weight kept in the caller's buffer (cpu_repack.c); false for F16. */
+bool sq_cpu_weight_dense_take(sq_backend *be, sq_weight *w, sq_dtype src_dtype, void *src);
 
 /* ggml weights in the block-scaled integer form (cpu_ggml.c): upload, Linear (the same fixed
  * order as every other Linear), and one row dequantized (embedding). */

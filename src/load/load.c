@@ -132,7 +132,7 @@ static sq_status load_ggml_dequantize(int type, const void *raw, int64_t rows, i
     uint64_t row_bytes = 0, n = 0;
     sq_status rc = sq_ggml_row_bytes(type, cols, &row_bytes, err);
     if (rc != SQ_OK) return with_tensor(err, rc, name);
-    if (!sq_mul_u64((uint64_t)rows, (uint64_t)cols, &n) || !(*out = malloc((size_t)n * sizeof(float))))
+    if (!sq_mul_u64((uint64_t)rows, (uint64_t)cols, &n) || !(*out = load_alloc_dense(n * sizeof(float))))
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for %lld x %lld floats",
                             (long long)rows, (long long)cols);
     for (int64_t r = 0; r < rows; r++)
@@ -144,7 +144,7 @@ static sq_status load_ggml_dequantize(int type, const void *raw, int64_t rows, i
 /* Reads the whole of w (n_bytes, malloc'd into *out) and puts its rows in HF order. */
 static sq_status read_whole(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
                             void **out, sq_error *err) {
-    *out = malloc(w->n_bytes ? (size_t)w->n_bytes : 1);
+    *out = load_alloc_dense(w->n_bytes);
     if (!*out)
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory for %llu bytes",
                             (unsigned long long)w->n_bytes);
@@ -237,10 +237,17 @@ static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_ckpt_te
     item->shape[1] = t->n_dims > 1 ? t->shape[1] : 0;
     item->n_bytes = w->n_bytes;
     item->src_bytes = w->n_bytes;
-    /* read by the reader thread into a buffer of its own, now the item's */
+    /* read by the reader thread into a buffer of its own, now the item's; a deferred one (larger
+     * than a slot) by the pool here */
     const size_t u = L->next_unit++;
     uint8_t *slot = NULL;
     sq_status rc = load_reader_get(L->rd, u, &slot, &item->data, err);
+    if (rc == SQ_OK && L->units[u].deferred) {
+        int fd = -1;
+        rc = get_fd(L, w->file_index, t->name, &fd, err);
+        if (rc == SQ_OK)
+            rc = load_read_parallel(L->st, fd, w, t->name, L->o->pool, L->trace, &item->data, err);
+    }
     if (rc == SQ_OK) load_prog_add(&L->prog, w->n_bytes);
     load_reader_release(L->rd, u);
     return rc;
@@ -264,12 +271,23 @@ static sq_status gpu_read(void *ctx, uint64_t off, uint64_t n, void *dst, sq_err
     return rc;
 }
 
-/* Every absmax finite, else SQ_ERR_FORMAT naming the block (bnb would store a NaN absmax). */
-static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
-                              const sq_qtensor *q, sq_error *err) {
+/* Every absmax of blocks [b0, b1) finite, else SQ_ERR_FORMAT naming the first bad block (bnb
+ * would store a NaN absmax).  The scan is branch-free per 64 blocks (it runs on every piece
+ * while its absmax is still in cache); only a group holding a bad one is looked at closely. */
+static sq_status check_absmax_range(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                                    const sq_qtensor *q, uint64_t b0, uint64_t b1, sq_error *err) {
     const uint64_t n = q->n_elements, B = (uint64_t)q->blocksize;
-    for (uint64_t b = 0; b < q->n_blocks; b++)
-        if (!isfinite(q->absmax[b])) {
+    for (uint64_t g = b0; g < b1; g += 64) {
+        const uint64_t ge = g + 64 < b1 ? g + 64 : b1;
+        uint32_t bad = 0;
+        for (uint64_t b = g; b < ge; b++) {
+            uint32_t bits;
+            memcpy(&bits, &q->absmax[b], 4);
+            bad |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);   /* NaN or Inf */
+        }
+        if (!bad) continue;
+        for (uint64_t b = g; b < ge; b++) {
+            if (isfinite(q->absmax[b])) continue;
             uint64_t e0 = b * B, e1 = e0 + B < n ? e0 + B : n;
             return sq_error_set(err, SQ_ERR_FORMAT, sq_ckpt_file_path(L->st, (size_t)w->file_index),
                                 t->name, "block %llu (elements %llu..%llu, row %llu) holds NaN or "
@@ -277,7 +295,13 @@ static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_
                                 (unsigned long long)e0, (unsigned long long)(e1 - 1),
                                 (unsigned long long)(e0 / (uint64_t)t->shape[1]));
         }
+    }
     return SQ_OK;
+}
+
+static sq_status check_absmax(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
+                              const sq_qtensor *q, sq_error *err) {
+    return check_absmax_range(L, t, w, q, 0, q->n_blocks, err);
 }
 
 static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt_tensor *w,
@@ -286,7 +310,7 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, t->name,
                             "cannot quantize dtype %s", sq_dtype_name(w->dtype));
     const size_t es = sq_dtype_size(w->dtype);
-    const uint64_t n = t->n_elements, B = (uint64_t)s->blocksize;
+    const uint64_t n = t->n_elements;
     item->is_4bit = true;
     item->src_bytes = w->n_bytes;
     if (sq_quant_type_is_int8(s->type)) {   /* on the CPU: the reader's pieces are whole rows */
@@ -314,7 +338,8 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return rc;
     }
     sq_qtensor *q = &item->q;
-    sq_status rc = sq_qtensor_init(q, s, t->shape[0], t->shape[1], w->dtype, err);
+    /* filled once, front to back: huge pages spare most of the page faults */
+    sq_status rc = sq_qtensor_init_huge(q, s, t->shape[0], t->shape[1], w->dtype, err);
     if (rc != SQ_OK) return with_tensor(err, rc, t->name);
     if (L->gpu) {
         gpu_read_ctx c = {.L = L, .w = w, .name = t->name};
@@ -325,9 +350,11 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         return rc == SQ_OK || rc == SQ_ERR_FORMAT || rc == SQ_ERR_CUDA || rc == SQ_ERR_IO
                    ? rc : with_tensor(err, rc, t->name);
     }
-    sq_quant_scheme piece_s = *s;
-    piece_s.double_quant = false;   /* the offset is the mean over the whole tensor: later */
-    /* the pieces, in order, as the reader thread read them (their sizes: make_units) */
+    /* the consumer's layout where the shape allows (pieces are whole blocks of >= 64) */
+    if (sq_q4_layout_fits(L->o->q4_layout, t->shape[1], s->blocksize)) q->layout = L->o->q4_layout;
+    /* the pieces, in order, as the reader thread read them (their sizes: make_units), each
+     * quantized straight into its place in q (whole blocks; double quant later: its offset is
+     * the mean over the whole tensor) */
     for (uint64_t first = 0; first < n;) {
         const size_t u = L->next_unit++;
         uint8_t *buf = NULL;
@@ -336,20 +363,17 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         if (rc != SQ_OK) return rc;
         const uint64_t m = L->units[u].n / es;
         double t0 = sq_trace_begin(L->trace);
-        sq_qtensor piece;
-        rc = sq_quant_4bit_from(w->dtype, buf, 1, (int64_t)m, &piece_s, L->o->pool, &piece, err);
+        rc = sq_quant_4bit_part(q, first, w->dtype, buf, m, L->o->pool, err);
         sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "quantize", t0, t->name, (int64_t)(m * es));
         load_reader_release(L->rd, u);
         if (rc != SQ_OK) return with_tensor(err, rc, t->name);
+        /* the piece's absmax while it is in cache (first is a multiple of the blocksize) */
+        const uint64_t B = (uint64_t)q->blocksize;
+        rc = check_absmax_range(L, t, w, q, first / B, sq_ceil_div_u64(first + m, B), err);
+        if (rc != SQ_OK) return rc;
         load_prog_add(&L->prog, m * es);
-        /* first is a multiple of B (even): whole bytes and whole blocks */
-        memcpy(q->packed + first / 2, piece.packed, (size_t)((m + 1) / 2));
-        memcpy(q->absmax + first / B, piece.absmax, (size_t)piece.n_blocks * sizeof(float));
-        sq_qtensor_free(&piece);
         first += m;
     }
-    rc = check_absmax(L, t, w, q, err);
-    if (rc != SQ_OK) return rc;
     double t0 = sq_trace_begin(L->trace);
     rc = sq_qtensor_compress(q, err);
     if (s->double_quant) sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "double quant", t0, t->name, -1);
@@ -486,7 +510,7 @@ static sq_status load_prequant(loader *L, const sq_tensor_spec *t, const sq_quan
     item->shape[0] = t->shape[0];
     item->shape[1] = t->shape[1];
     item->n_bytes = t->n_elements * sq_dtype_size(dtype);
-    item->data = malloc((size_t)item->n_bytes);
+    item->data = load_alloc_dense(item->n_bytes);
     if (!item->data) return sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory");
     rc = sq_dequant_4bit(q, item->data, dtype, err);
     sq_qtensor_free(q);
@@ -590,7 +614,8 @@ static sq_status make_units(loader *L, const int *idx, int n, uint64_t budget,
             }
             u[k++] = (load_unit){.name = t->name, .file_index = w->file_index,
                                  .pos = w->offset + off, .n = m,
-                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2 && !pieces};
+                                 .data_end = w->offset + w->n_bytes, .dense = kind == 2 && !pieces,
+                                 .deferred = kind == 2 && !pieces && m > slot_budget};
             if ((kind == 1 || pieces) && m > *slot_bytes) *slot_bytes = m;
             off += m;
             if (m == 0) break;
@@ -688,7 +713,7 @@ sq_status sq_load_stage(const sq_ckpt *st, const sq_meta *m, const sq_load_stage
     if (rc == SQ_OK) rc = make_units(&L, idx, n, budget, &slot_bytes, err);
     if (rc == SQ_OK)
         rc = load_reader_start(st, L.units, L.n_units, load_n_slots(budget, load_effective_scheme(o).blocksize),
-                               slot_bytes, L.trace, &L.rd, err);
+                               slot_bytes, !o->read_copy, L.trace, &L.rd, err);
     if (L.trace) {
         sq_trace_set_track_name(L.trace, LOAD_TRACK_COMPUTE, "compute");
         sq_trace_set_track_name(L.trace, LOAD_TRACK_READER, "reader");

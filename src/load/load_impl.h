@@ -130,17 +130,27 @@ typedef struct load_unit {
     uint64_t pos, n;       /* file offset, bytes */
     uint64_t data_end;     /* the tensor's last byte + 1 in the file (for the error) */
     bool dense;
+    bool deferred;         /* dense and larger than a slot: the reader only advises it, the
+                              loading thread reads it with its pool straight into the buffer
+                              it hands over (load.c read_parallel) */
 } load_unit;
+
+/* A dense tensor's buffer of n bytes handed to the consumer: sq_alloc_huge of n rounded up to
+ * 64 bytes (a backend may keep it as its own storage, as it keeps its own allocations). */
+static inline void *load_alloc_dense(uint64_t n) {
+    return sq_alloc_huge(((n + 63) & ~UINT64_C(63)) | (n == 0));
+}
 
 typedef struct load_reader load_reader;
 /* Starts the reader on units[0, n_units) (borrowed, must outlive the reader) with n_slots
  * buffers of slot_bytes.  At most n_slots units are read ahead of the caller, and at most one
- * dense unit larger than slot_bytes.  On failure *out is NULL. */
+ * dense unit larger than slot_bytes.  map: pieces are mapped windows of the file instead of
+ * pread() copies (falls back to pread by itself).  On failure *out is NULL. */
 sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_units,
-                            int n_slots, uint64_t slot_bytes, sq_trace *trace, load_reader **out,
-                            sq_error *err);
-/* Waits for unit u (units are taken in order) and gives its bytes: *buf the slot (valid until
- * load_reader_release(u)), and for a dense unit *dense, a malloc'd buffer the caller now owns.
+                            int n_slots, uint64_t slot_bytes, bool map, sq_trace *trace,
+                            load_reader **out, sq_error *err);
+/* Waits for unit u (units are taken in order) and gives its bytes: *buf the slot's bytes
+ * (read-only when mapped; valid until load_reader_release(u)), and for a dense unit *dense, a malloc'd buffer the caller now owns.
  * A read error of that unit comes back here (err->rank kept). */
 sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense, sq_error *err);
 void load_reader_release(load_reader *r, size_t u);
@@ -151,6 +161,11 @@ void load_reader_stop(load_reader *r);
  * name and data_end. */
 sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
                      uint64_t data_end, void *dst, sq_error *err);
+/* The whole of checkpoint tensor w (on fd) into *out (load_alloc_dense), in chunks of up to
+ * 8 MiB read by pool's threads at once (a dense tensor larger than a staging slot, the reader's
+ * deferred units); a failed chunk is read again on the calling thread for its error. */
+sq_status load_read_parallel(const sq_ckpt *st, int fd, const sq_ckpt_tensor *w, const char *name,
+                             sq_pool *pool, sq_trace *trace, void **out, sq_error *err);
 /* fds[file_index], opened (O_RDONLY, sequential advice) on first use. */
 sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_index,
                        const char *tensor, int *fd, sq_error *err);

@@ -94,7 +94,7 @@ sq_status load_int8_prequant(const sq_ckpt *st, const sq_tensor_spec *t, bool de
     item->shape[0] = rows;
     item->shape[1] = cols;
     item->n_bytes = (uint64_t)(rows * cols) * 4;
-    item->data = malloc((size_t)item->n_bytes);
+    item->data = load_alloc_dense(item->n_bytes);
     if (!item->data) rc = sq_error_set(err, SQ_ERR_NOMEM, NULL, t->name, "out of memory");
     for (int64_t r = 0; rc == SQ_OK && r < rows; r++) sq_dequant_int8_row(q, r, (float *)item->data + r * cols);
     sq_qtensor_free(q);

@@ -1,15 +1,24 @@
 /* Owns the loader's read-ahead thread: it walks a fixed list of read units (pieces of weights
- * to quantize, whole dense tensors) in order with pread() on file descriptors of its own, into
- * a ring of n_slots staging buffers (pieces) or freshly malloc'd buffers (dense tensors),
- * while the loading thread converts and quantizes the units already read.  Must never hold
- * more than n_slots units read ahead, more than one dense tensor larger than a slot, or let
- * either thread wait for the other after a stop. */
+ * to quantize, whole dense tensors) in order on file descriptors of its own, into a ring of
+ * n_slots staging slots (pieces) or freshly malloc'd buffers (dense tensors; one larger than a
+ * slot is deferred: only advised here, read by the loading thread's pool), while the loading
+ * thread converts and quantizes the units already read.  A piece is mapped (a read-only
+ * window of its own, populated by this thread with MADV_POPULATE_READ, unmapped when its slot
+ * is reused): the quantizer then reads the page cache in place instead of a pread() copy of
+ * it, which cost as much CPU as quantizing when the file is cached.  Where mapping is off or
+ * fails (a file system without mmap, a kernel without MADV_POPULATE_READ, a file shorter than
+ * its header says) the piece is pread() into the slot's buffer as before, which also gives the
+ * truncation error.  Also owns load_read_parallel, the pool's chunked read of a deferred dense
+ * unit.  Must never hold more than n_slots units read ahead or mapped, more than
+ * one dense tensor larger than a slot, or let either thread wait for the other after a stop. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,10 +26,17 @@
 
 typedef enum { SLOT_FREE = 0, SLOT_FILLED } slot_state;
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22   /* Linux 5.14 */
+#endif
+
 typedef struct slot {
     slot_state state;
     size_t unit;           /* the unit it holds when FILLED */
-    uint8_t *buf;          /* (slot_bytes) */
+    uint8_t *buf;          /* (slot_bytes) the pread() buffer */
+    uint8_t *data;         /* the unit's bytes when FILLED: buf, or into map */
+    void *map;             /* the unit's mapped window (map_len bytes), NULL when read */
+    size_t map_len;
     void *dense;           /* a dense unit's own buffer, handed to the caller */
     sq_status rc;
     sq_error err;
@@ -43,6 +59,9 @@ struct load_reader {
     bool stop;
     int big_in_flight;     /* dense units larger than a slot read but not yet taken */
     size_t advised;        /* units [0, advised) have had their WILLNEED advice */
+    bool use_map;          /* pieces are mapped (turned off for good by the first failure) */
+    uint64_t page;
+    uint64_t *file_size;   /* (n_files) at open, 0 before */
 };
 
 sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, uint64_t n,
@@ -91,14 +110,56 @@ sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_ind
     return SQ_OK;
 }
 
-/* Reads unit u into s (its slot buffer, or a new dense buffer). */
+/* Whether byte pos of fd is in the page cache (a one-byte read that must not wait for the disk).
+ * The read-ahead advice is skipped for a unit whose first, middle and last bytes are: on a warm
+ * load WILLNEED only walks the cache, at a cost that showed in the profile. */
+static bool cached(int fd, uint64_t pos) {
+#ifdef RWF_NOWAIT
+    unsigned char b;
+    struct iovec v = {.iov_base = &b, .iov_len = 1};
+    return preadv2(fd, &v, 1, (off_t)pos, RWF_NOWAIT) == 1;
+#else
+    (void)fd, (void)pos;
+    return false;
+#endif
+}
+
+static void unmap_slot(slot *s) {
+    if (s->map) munmap(s->map, s->map_len);
+    s->map = NULL;
+    s->map_len = 0;
+}
+
+/* Maps piece un of file fd (size file_size) into s and populates it: true when s->data holds
+ * its bytes.  False (nothing left mapped) when the piece runs past the end of the file or the
+ * mapping or its population fails: the caller reads it instead. */
+static bool map_unit(load_reader *r, const load_unit *un, int fd, uint64_t file_size, slot *s) {
+    if (un->n == 0 || un->pos + un->n > file_size) return false;
+    const uint64_t start = un->pos - un->pos % r->page;
+    const size_t len = (size_t)(un->pos + un->n - start);
+    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    if (p == MAP_FAILED) return false;
+    if (madvise(p, len, MADV_POPULATE_READ) != 0) {
+        /* EINVAL: a kernel without it; EFAULT / EIO: the file shrank or cannot be read */
+        munmap(p, len);
+        return false;
+    }
+    s->map = p;
+    s->map_len = len;
+    s->data = (uint8_t *)p + (un->pos - start);
+    return true;
+}
+
+/* Reads unit u into s (mapped, its slot buffer, or a new dense buffer). */
 static void read_unit(load_reader *r, size_t u, slot *s) {
     const load_unit *un = &r->units[u];
     sq_error_init(&s->err, -1);
     s->dense = NULL;
+    unmap_slot(s);   /* the window of the unit this slot held before */
     void *dst = s->buf;
-    if (un->dense) {
-        s->dense = malloc(un->n ? (size_t)un->n : 1);
+    s->data = s->buf;
+    if (un->dense && !un->deferred) {
+        s->dense = load_alloc_dense(un->n);
         if (!s->dense) {
             s->rc = sq_error_set(&s->err, SQ_ERR_NOMEM, NULL, un->name,
                                  "out of memory for %llu bytes", (unsigned long long)un->n);
@@ -110,17 +171,35 @@ static void read_unit(load_reader *r, size_t u, slot *s) {
     s->rc = load_open_fd(r->st, r->fds, r->n_files, un->file_index, un->name, &fd, &s->err);
     if (s->rc != SQ_OK) return;
     /* ask the kernel for the units up to a ring's worth ahead: the disk always has that
-     * much queued while this read and the quantizer work */
-    for (size_t v = r->advised > u + 1 ? r->advised : u + 1;
+     * much queued while this read and the quantizer work (a deferred unit: itself too) */
+    const size_t from = u + (un->deferred ? 0 : 1);
+    for (size_t v = r->advised > from ? r->advised : from;
          v < r->n_units && v <= u + (size_t)r->n_slots; v++) {
         const load_unit *nx = &r->units[v];
         int nfd = -1;
         sq_error ignored;
-        if (load_open_fd(r->st, r->fds, r->n_files, nx->file_index, nx->name, &nfd, &ignored) == SQ_OK)
+        if (load_open_fd(r->st, r->fds, r->n_files, nx->file_index, nx->name, &nfd, &ignored) == SQ_OK &&
+            !(cached(nfd, nx->pos) && cached(nfd, nx->pos + nx->n / 2) && cached(nfd, nx->pos + nx->n - 1)))
             posix_fadvise(nfd, (off_t)nx->pos, (off_t)nx->n, POSIX_FADV_WILLNEED);
         r->advised = v + 1;
     }
+    if (un->deferred) {   /* the loading thread reads it (load.c) */
+        s->rc = SQ_OK;
+        return;
+    }
     double t0 = sq_trace_begin(r->trace);
+    if (!un->dense && r->use_map) {
+        if (!r->file_size[un->file_index]) {
+            struct stat sb;
+            r->file_size[un->file_index] = fstat(fd, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+        }
+        if (map_unit(r, un, fd, r->file_size[un->file_index], s)) {
+            s->rc = SQ_OK;
+            sq_trace_end_ex(r->trace, LOAD_TRACK_READER, "read", t0, un->name, (int64_t)un->n);
+            return;
+        }
+        if (un->pos + un->n <= r->file_size[un->file_index]) r->use_map = false;
+    }
     s->rc = load_pread(fd, sq_ckpt_file_path(r->st, (size_t)un->file_index), un->name, un->pos,
                        un->n, un->data_end, dst, &s->err);
     sq_trace_end_ex(r->trace, LOAD_TRACK_READER, "read", t0, un->name, (int64_t)un->n);
@@ -130,7 +209,7 @@ static void *reader_main(void *arg) {
     load_reader *r = arg;
     for (size_t u = 0; u < r->n_units; u++) {
         slot *s = &r->slots[u % (size_t)r->n_slots];
-        const bool big = r->units[u].dense && r->units[u].n > r->slot_bytes;
+        const bool big = r->units[u].dense && !r->units[u].deferred && r->units[u].n > r->slot_bytes;
         pthread_mutex_lock(&r->mu);
         while (!r->stop && (s->state != SLOT_FREE || (big && r->big_in_flight > 0)))
             pthread_cond_wait(&r->cv, &r->mu);
@@ -151,8 +230,8 @@ static void *reader_main(void *arg) {
 }
 
 sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_units,
-                            int n_slots, uint64_t slot_bytes, sq_trace *trace, load_reader **out,
-                            sq_error *err) {
+                            int n_slots, uint64_t slot_bytes, bool map, sq_trace *trace,
+                            load_reader **out, sq_error *err) {
     *out = NULL;
     load_reader *r = calloc(1, sizeof *r);
     if (!r) return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL, "out of memory for the reader");
@@ -163,9 +242,13 @@ sq_status load_reader_start(const sq_ckpt *st, const load_unit *units, size_t n_
     r->slot_bytes = slot_bytes;
     r->trace = trace;
     r->n_files = sq_ckpt_n_files(st);
+    r->use_map = map;
+    long page = sysconf(_SC_PAGESIZE);
+    r->page = page > 0 ? (uint64_t)page : 4096;
     r->slots = calloc((size_t)r->n_slots, sizeof *r->slots);
     r->fds = malloc((r->n_files ? r->n_files : 1) * sizeof *r->fds);
-    bool ok = r->slots && r->fds;
+    r->file_size = calloc(r->n_files ? r->n_files : 1, sizeof *r->file_size);
+    bool ok = r->slots && r->fds && r->file_size;
     for (size_t i = 0; ok && i < r->n_files; i++) r->fds[i] = -1;
     for (int i = 0; ok && slot_bytes && i < r->n_slots; i++)
         ok = (r->slots[i].buf = malloc((size_t)slot_bytes)) != NULL;
@@ -208,11 +291,11 @@ sq_status load_reader_get(load_reader *r, size_t u, uint8_t **buf, void **dense,
         }
         return s->rc;
     }
-    *buf = s->buf;
+    *buf = s->data;
     if (s->dense) {
         *dense = s->dense;
         s->dense = NULL;
-        if (r->units[u].n > r->slot_bytes) {
+        if (r->units[u].n > r->slot_bytes && !r->units[u].deferred) {
             pthread_mutex_lock(&r->mu);
             r->big_in_flight--;
             pthread_cond_broadcast(&r->cv);
@@ -240,9 +323,11 @@ void load_reader_stop(load_reader *r) {
         pthread_join(r->thread, NULL);
     }
     for (int i = 0; r->slots && i < r->n_slots; i++) {
+        unmap_slot(&r->slots[i]);
         free(r->slots[i].buf);
         free(r->slots[i].dense);
     }
+    free(r->file_size);
     for (size_t i = 0; r->fds && i < r->n_files; i++)
         if (r->fds[i] >= 0) close(r->fds[i]);
     free(r->fds);
@@ -250,4 +335,72 @@ void load_reader_stop(load_reader *r) {
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
+}
+
+/* ---- a large dense tensor, read by the pool straight into the buffer handed over ---- */
+
+#define PAR_CHUNK_BYTES (8ull << 20)
+
+typedef struct par_read {
+    int fd;
+    uint64_t pos, n;          /* the tensor's bytes in the file */
+    uint64_t chunk;           /* bytes per task: PAR_CHUNK_BYTES, less for a small tensor */
+    uint8_t *dst;
+    unsigned char *failed;    /* (n_tasks) */
+} par_read;
+
+static void par_read_task(void *ctx, int64_t t, int thread) {
+    (void)thread;
+    const par_read *p = ctx;
+    const uint64_t off = (uint64_t)t * p->chunk;
+    const uint64_t m = p->n - off < p->chunk ? p->n - off : p->chunk;
+    for (uint64_t done = 0; done < m;) {
+        ssize_t got = pread(p->fd, p->dst + off + done, (size_t)(m - done), (off_t)(p->pos + off + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            p->failed[t] = 1;
+            return;
+        }
+        done += (uint64_t)got;
+    }
+}
+
+/* The whole of w into *out (load_alloc_dense): chunks of up to PAR_CHUNK_BYTES over the pool, so a
+ * dense tensor larger than a staging slot (embeddings, lm_head) is copied out of the page cache
+ * by every thread at once instead of by the reader alone while the loading thread waits; a
+ * failed chunk is read again on this thread for its error (a short file, an I/O error). */
+sq_status load_read_parallel(const sq_ckpt *st, int fd, const sq_ckpt_tensor *w, const char *name,
+                             sq_pool *pool, sq_trace *trace, void **out, sq_error *err) {
+    sq_status rc = SQ_OK;
+    /* at least 16 tasks (of 4 KiB or more) so that every thread gets some */
+    uint64_t chunk = w->n_bytes / 16 < PAR_CHUNK_BYTES ? w->n_bytes / 16 : PAR_CHUNK_BYTES;
+    chunk = chunk < 4096 ? 4096 : chunk - chunk % 4096;
+    const int64_t n_tasks = (int64_t)sq_ceil_div_u64(w->n_bytes, chunk);
+    uint8_t *dst = load_alloc_dense(w->n_bytes);
+    unsigned char *failed = calloc((size_t)(n_tasks ? n_tasks : 1), 1);
+    if (!dst || !failed) {
+        free(dst);
+        free(failed);
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, name, "out of memory for %llu bytes",
+                            (unsigned long long)w->n_bytes);
+    }
+    double t0 = sq_trace_begin(trace);
+    par_read p = {.fd = fd, .pos = w->offset, .n = w->n_bytes, .chunk = chunk, .dst = dst,
+                  .failed = failed};
+    sq_pool_run(n_tasks > 1 ? pool : NULL, n_tasks, par_read_task, &p);
+    for (int64_t t = 0; rc == SQ_OK && t < n_tasks; t++)
+        if (failed[t]) {
+            const uint64_t off = (uint64_t)t * chunk;
+            const uint64_t m = w->n_bytes - off < chunk ? w->n_bytes - off : chunk;
+            rc = load_pread(fd, sq_ckpt_file_path(st, (size_t)w->file_index), name,
+                            w->offset + off, m, w->offset + w->n_bytes, dst + off, err);
+        }
+    sq_trace_end_ex(trace, LOAD_TRACK_COMPUTE, "read", t0, name, (int64_t)w->n_bytes);
+    free(failed);
+    if (rc != SQ_OK) {
+        free(dst);
+        return rc;
+    }
+    *out = dst;
+    return SQ_OK;
 }

@@ -112,7 +112,10 @@ sq_status sq_load_stage_bytes(const sq_meta *m, const sq_ckpt *st,
             if (pe > t->n_elements) pe = t->n_elements;
             uint64_t stg = pe * es * (uint64_t)slots;
             if (stg > out->staging_bytes) out->staging_bytes = stg;
-            uint64_t tr = (pe + 1) / 2 + sq_size_4bit_n_blocks(pe, s.blocksize) * 4;
+            /* pieces are quantized in place (sq_quant_4bit_part): only the float32 absmax
+             * that double quant compresses afterwards comes and goes */
+            (void)pe;
+            uint64_t tr = 0;
             if (s.double_quant) tr += sq_size_4bit_n_blocks(t->n_elements, s.blocksize) * 4;
             if (tr > out->transient_bytes) out->transient_bytes = tr;
         } else if (t->stored_quant != SQ_QUANT_NONE) {

@@ -305,9 +305,9 @@ static void install(sq_stage *s, sq_tensor_role role, int64_t layer, sq_weight *
     *slot = w;
 }
 
-sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
-                             sq_dtype dtype, const void *data, int n_dims,
-                             const int64_t shape[2], sq_error *err) {
+static sq_status set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
+                          sq_dtype dtype, const void *data, void **give, int n_dims,
+                          const int64_t shape[2], sq_error *err) {
     if (!s || !data || !shape) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "stage: NULL argument");
     sq_status st = check_target(s, role, layer, name, err);
     if (st != SQ_OK) return st;
@@ -326,14 +326,27 @@ sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, co
                             sq_stage_role_name(role), n_dims, (long long)shape[0], (long long)cols);
     }
     sq_weight *w = NULL;
-    st = sq_backend_weight_dense(s->be, name, dtype, data, rows, cols, &w, err);
+    st = give ? sq_backend_weight_dense_take(s->be, name, dtype, give, rows, cols, &w, err)
+              : sq_backend_weight_dense(s->be, name, dtype, data, rows, cols, &w, err);
     if (st != SQ_OK) return st;
     install(s, role, layer, w);
     return SQ_OK;
 }
 
-sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
-                            const sq_qtensor *q, sq_error *err) {
+sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
+                             sq_dtype dtype, const void *data, int n_dims,
+                             const int64_t shape[2], sq_error *err) {
+    return set_dense(s, role, layer, name, dtype, data, NULL, n_dims, shape, err);
+}
+
+sq_status sq_stage_set_dense_take(sq_stage *s, sq_tensor_role role, int64_t layer,
+                                  const char *name, sq_dtype dtype, void **data, int n_dims,
+                                  const int64_t shape[2], sq_error *err) {
+    return set_dense(s, role, layer, name, dtype, data ? *data : NULL, data, n_dims, shape, err);
+}
+
+static sq_status set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
+                         const sq_qtensor *q, sq_qtensor *give, sq_error *err) {
     if (!s || !q) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "stage: NULL argument");
     sq_status st = check_target(s, role, layer, name, err);
     if (st != SQ_OK) return st;
@@ -350,10 +363,21 @@ sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, con
                             sq_stage_role_name(role), (long long)q->shape[0],
                             (long long)q->shape[1], (long long)rows, (long long)cols);
     sq_weight *w = NULL;
-    st = sq_backend_weight_4bit(s->be, name, q, &w, err);
+    st = give ? sq_backend_weight_4bit_take(s->be, name, give, &w, err)
+              : sq_backend_weight_4bit(s->be, name, q, &w, err);
     if (st != SQ_OK) return st;
     install(s, role, layer, w);
     return SQ_OK;
+}
+
+sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
+                            const sq_qtensor *q, sq_error *err) {
+    return set_4bit(s, role, layer, name, q, NULL, err);
+}
+
+sq_status sq_stage_set_4bit_take(sq_stage *s, sq_tensor_role role, int64_t layer,
+                                 const char *name, sq_qtensor *q, sq_error *err) {
+    return set_4bit(s, role, layer, name, q, q, err);
 }
 
 sq_status sq_stage_set_ggml(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,

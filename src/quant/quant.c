@@ -82,8 +82,8 @@ static sq_status check_args(const sq_quant_scheme *s, int64_t rows, int64_t cols
     return SQ_OK;
 }
 
-sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
-                          sq_dtype orig_dtype, sq_error *err) {
+static sq_status qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
+                             sq_dtype orig_dtype, bool huge, sq_error *err) {
     memset(q, 0, sizeof *q);
     uint64_t n = 0;
     sq_status st = check_args(s, rows, cols, &n, err);
@@ -97,8 +97,9 @@ sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows,
     q->n_blocks = sq_ceil_div_u64(n, (uint64_t)s->blocksize);
     q->double_quant = s->double_quant;
     q->nested_blocksize = SQ_QM_NESTED_BLOCKSIZE;
-    q->packed = malloc((size_t)((n + 1) / 2));
-    q->absmax = malloc((size_t)q->n_blocks * sizeof(float));
+    q->packed = huge ? sq_alloc_huge((n + 1) / 2) : malloc((size_t)((n + 1) / 2));
+    q->absmax = huge ? sq_alloc_huge(q->n_blocks * sizeof(float))
+                     : malloc((size_t)q->n_blocks * sizeof(float));
     if (!q->packed || !q->absmax) goto nomem;
     if (q->double_quant) {
         q->absmax_q = malloc((size_t)q->n_blocks);
@@ -112,6 +113,16 @@ nomem:
     return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
                         "quantize: out of memory for a [%lld, %lld] 4-bit tensor",
                         (long long)rows, (long long)cols);
+}
+
+sq_status sq_qtensor_init(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows, int64_t cols,
+                          sq_dtype orig_dtype, sq_error *err) {
+    return qtensor_init(q, s, rows, cols, orig_dtype, false, err);
+}
+
+sq_status sq_qtensor_init_huge(sq_qtensor *q, const sq_quant_scheme *s, int64_t rows,
+                               int64_t cols, sq_dtype orig_dtype, sq_error *err) {
+    return qtensor_init(q, s, rows, cols, orig_dtype, true, err);
 }
 
 typedef struct {
@@ -135,6 +146,92 @@ static void run_task(void *ctx_, int64_t task, int thread) {
     sq_quant_blocks_scalar(c->job, b0, b1);
 }
 
+/* Runs job over pool (NULL: the calling thread) in tasks of SQ_QUANT_TASK_ELEMENTS. */
+static void run_job(const sq_quant_job *job, sq_pool *pool, sq_quant_isa isa) {
+    pool_ctx c = {.job = job, .isa = resolve_isa(isa)};
+    c.blocks_per_task = SQ_QUANT_TASK_ELEMENTS / (uint64_t)job->blocksize;
+    if (c.blocks_per_task == 0) c.blocks_per_task = 1;
+    int64_t n_tasks = (int64_t)sq_ceil_div_u64(job->n_blocks, c.blocks_per_task);
+    if (pool && n_tasks > 1) {
+        sq_pool_run(pool, n_tasks, run_task, &c);
+    } else {
+        for (int64_t t = 0; t < n_tasks; t++) run_task(&c, t, 0);
+    }
+}
+
+bool sq_q4_layout_fits(sq_q4_layout l, int64_t cols, int64_t blocksize) {
+    if (l == SQ_Q4_LAYOUT_BNB) return true;
+    return l == SQ_Q4_LAYOUT_G64 && cols > 0 && cols % 64 == 0 && blocksize >= 64;
+}
+
+/* G64's byte of element e (< 32) of a group, and of e + 32 */
+static const uint8_t k_g64_pos[32] = {0,  1,  2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+                                      8,  9,  10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+
+void sq_q4_convert_groups(const uint8_t *src, uint8_t *dst, uint64_t n_groups, bool to_g64) {
+    for (uint64_t g = 0; g < n_groups; g++) {
+        uint8_t n[64], out[32];
+        const uint8_t *s = src + 32 * g;
+        if (to_g64) {
+            for (int b = 0; b < 32; b++) {
+                n[2 * b] = (uint8_t)(s[b] >> 4);
+                n[2 * b + 1] = (uint8_t)(s[b] & 15);
+            }
+            for (int e = 0; e < 32; e++) out[k_g64_pos[e]] = (uint8_t)(n[e] | (n[e + 32] << 4));
+        } else {
+            for (int e = 0; e < 32; e++) {
+                n[e] = (uint8_t)(s[k_g64_pos[e]] & 15);
+                n[e + 32] = (uint8_t)(s[k_g64_pos[e]] >> 4);
+            }
+            for (int b = 0; b < 32; b++) out[b] = (uint8_t)(n[2 * b] << 4 | n[2 * b + 1]);
+        }
+        memcpy(dst + 32 * g, out, 32);
+    }
+}
+
+/* The 4-bit code of flat element i of q, in either layout. */
+static inline unsigned q4_code(const sq_qtensor *q, uint64_t i) {
+    if (q->layout != SQ_Q4_LAYOUT_G64) return sq_qm_unpack(q->packed, i);
+    uint8_t b = q->packed[(i >> 6) * 32 + k_g64_pos[i & 31]];
+    return (i & 32) ? (unsigned)(b >> 4) : (unsigned)(b & 15);
+}
+
+sq_status sq_quant_4bit_part(sq_qtensor *q, uint64_t first, sq_dtype src_dtype, const void *src,
+                             uint64_t n, sq_pool *pool, sq_error *err) {
+    return sq_quant_4bit_part_isa(q, first, src_dtype, src, n, pool, SQ_QUANT_ISA_AUTO, err);
+}
+
+sq_status sq_quant_4bit_part_isa(sq_qtensor *q, uint64_t first, sq_dtype src_dtype,
+                                 const void *src, uint64_t n, sq_pool *pool, sq_quant_isa isa,
+                                 sq_error *err) {
+    if (!q || !q->packed || !q->absmax || (q->type != SQ_QUANT_NF4 && q->type != SQ_QUANT_FP4))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "quantize part: not a 4-bit tensor with a float32 absmax");
+    if (src_dtype != SQ_DTYPE_F32 && src_dtype != SQ_DTYPE_F16 && src_dtype != SQ_DTYPE_BF16)
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "quantize: source dtype %d is not F32, F16 or BF16", (int)src_dtype);
+    const uint64_t B = (uint64_t)q->blocksize, N = q->n_elements;
+    const bool g64 = q->layout == SQ_Q4_LAYOUT_G64;
+    if (!src || n == 0 || first > N || n > N - first || first % B != 0 ||
+        (first + n != N && n % B != 0) ||
+        (g64 && (!sq_q4_layout_fits(q->layout, q->shape[1], q->blocksize) || n % 64 != 0)))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
+                            "quantize part: elements [%llu, %llu) are not whole blocks of a "
+                            "%llu-element tensor (blocksize %llu%s)", (unsigned long long)first,
+                            (unsigned long long)(first + n), (unsigned long long)N,
+                            (unsigned long long)B, g64 ? ", layout g64" : "");
+    sq_quant_job job = {
+        .src_dtype = src_dtype, .src = src, .n = n, .blocksize = q->blocksize,
+        .is_fp4 = q->type == SQ_QUANT_FP4, .n_blocks = sq_ceil_div_u64(n, B),
+        .absmax = q->absmax + first / B, .packed = q->packed + first / 2, .g64 = g64,
+    };
+    if (!sq_quant_isa_available(isa))
+        return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
+                            "quantize: the AVX2 code path is not available on this CPU");
+    run_job(&job, pool, isa);
+    return SQ_OK;
+}
+
 sq_status sq_quant_4bit_isa(sq_dtype src_dtype, const void *src, int64_t rows, int64_t cols,
                             const sq_quant_scheme *s, sq_pool *pool, sq_quant_isa isa,
                             sq_qtensor *out, sq_error *err) {
@@ -153,15 +250,7 @@ sq_status sq_quant_4bit_isa(sq_dtype src_dtype, const void *src, int64_t rows, i
         .is_fp4 = out->type == SQ_QUANT_FP4, .n_blocks = out->n_blocks, .absmax = out->absmax,
         .packed = out->packed,
     };
-    pool_ctx c = {.job = &job, .isa = resolve_isa(isa)};
-    c.blocks_per_task = SQ_QUANT_TASK_ELEMENTS / (uint64_t)out->blocksize;
-    if (c.blocks_per_task == 0) c.blocks_per_task = 1;
-    int64_t n_tasks = (int64_t)sq_ceil_div_u64(job.n_blocks, c.blocks_per_task);
-    if (pool && n_tasks > 1) {
-        sq_pool_run(pool, n_tasks, run_task, &c);
-    } else {
-        for (int64_t t = 0; t < n_tasks; t++) run_task(&c, t, 0);
-    }
+    run_job(&job, pool, isa);
     st = sq_qtensor_compress(out, err);
     if (st != SQ_OK) sq_qtensor_free(out);
     return st;
@@ -198,7 +287,7 @@ void sq_dequant_4bit_f32(const sq_qtensor *q, uint64_t first, uint64_t n, float 
     while (i < end) {
         uint64_t b = i / B, stop = (b + 1) * B < end ? (b + 1) * B : end;
         float am = sq_qtensor_absmax(q, b);
-        for (; i < stop; i++) out[i - first] = sq_qm_dequant(is_fp4, native, sq_qm_unpack(q->packed, i), am);
+        for (; i < stop; i++) out[i - first] = sq_qm_dequant(is_fp4, native, q4_code(q, i), am);
     }
 }
 

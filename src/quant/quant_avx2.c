@@ -57,15 +57,17 @@ SQ_AVX2 static inline __m256i bucket8(__m256 v, const bounds8 *b) {
 }
 
 SQ_AVX2 static inline __attribute__((always_inline)) void
-encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
-            int64_t len, const __m256 r, const bounds8 *bounds, __m256i fp4_order, uint8_t *dst);
+encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, const int G64,
+            uint64_t first, int64_t len, const __m256 r, const bounds8 *bounds, __m256i fp4_order,
+            uint8_t *dst);
 
 /* One full block (len multiple of 32) from the source: absmax + packed bytes. */
 /* Always inlined into a dispatcher with constant dtype and is_fp4, so the per-vector branches
  * fold away. */
 SQ_AVX2 static inline __attribute__((always_inline)) void
-block_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
-           int64_t len, const bounds8 *bounds, __m256i fp4_order, float *absmax_out, uint8_t *dst) {
+block_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, const int G64,
+           uint64_t first, int64_t len, const bounds8 *bounds, __m256i fp4_order,
+           float *absmax_out, uint8_t *dst) {
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     /* pass 1: max|x| with torch's NaN propagation (track NaN lanes apart from the max) */
     __m256 mx = _mm256_setzero_ps(), nanm = _mm256_setzero_ps();
@@ -88,32 +90,53 @@ block_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint
         }
     }
     *absmax_out = am;
-    encode_avx2(job, dtype, is_fp4, first, len, _mm256_set1_ps(sq_qm_full_recip(am)), bounds,
+    encode_avx2(job, dtype, is_fp4, G64, first, len, _mm256_set1_ps(sq_qm_full_recip(am)), bounds,
                 fp4_order, dst);
 }
 
-/* Pass 2 of a full block: scale by r (8 equal lanes), find codes, pack 32 elements -> 16 bytes. */
-SQ_AVX2 static inline __attribute__((always_inline)) void
-encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
-            int64_t len, const __m256 r, const bounds8 *bounds, __m256i fp4_order, uint8_t *dst) {
+/* The codes of 32 elements from e, scaled by r, as bytes in the order of the packs below:
+ * dword d of the result holds elements 8 (d % 4) + 4 (d / 4) + 0..3 (FP4: already mapped to
+ * bnb's codes).  That order is G64's pos() order; BNB permutes it back to element order. */
+SQ_AVX2 static inline __attribute__((always_inline)) __m256i
+codes32_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t e,
+             const __m256 r, const bounds8 *bounds, __m256i fp4_order) {
     const __m256 lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
+    /* clamp keeping NaN: max/min return the second operand when either is NaN */
+    __m256 v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e), r)));
+    __m256 v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 8), r)));
+    __m256 v2 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 16), r)));
+    __m256 v3 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 24), r)));
+    __m256i q0 = bucket8(v0, bounds), q1 = bucket8(v1, bounds);
+    __m256i q2 = bucket8(v2, bounds), q3 = bucket8(v3, bounds);
+    __m256i p16a = _mm256_packs_epi32(q0, q1);     /* a0-3 b0-3 | a4-7 b4-7 */
+    __m256i p16b = _mm256_packs_epi32(q2, q3);
+    __m256i p8 = _mm256_packus_epi16(p16a, p16b);  /* a0-3 b0-3 c0-3 d0-3 | a4-7 ... */
+    if (is_fp4) p8 = _mm256_shuffle_epi8(fp4_order, p8);  /* sorted pos -> bnb code */
+    return p8;
+}
+
+/* Pass 2 of a full block: scale by r (8 equal lanes), find codes, pack.  BNB: 32 elements ->
+ * 16 bytes in element order.  G64 (len a multiple of 64): 64 elements -> 32 bytes, the low
+ * nibbles from the first 32, the high from the next 32, already in pos() order. */
+SQ_AVX2 static inline __attribute__((always_inline)) void
+encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, const int G64,
+            uint64_t first, int64_t len, const __m256 r, const bounds8 *bounds, __m256i fp4_order,
+            uint8_t *dst) {
+    if (G64) {
+        for (int64_t i = 0; i < len; i += 64) {
+            const uint64_t e = first + (uint64_t)i;
+            __m256i c0 = codes32_avx2(job, dtype, is_fp4, e, r, bounds, fp4_order);
+            __m256i c1 = codes32_avx2(job, dtype, is_fp4, e + 32, r, bounds, fp4_order);
+            /* codes < 16: the 16-bit shift moves no bit across a byte */
+            _mm256_storeu_si256((__m256i *)(dst + i / 2), _mm256_or_si256(c0, _mm256_slli_epi16(c1, 4)));
+        }
+        return;
+    }
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     const __m256i nib = _mm256_set1_epi16(0x0110);  /* even byte * 16 + odd byte * 1 */
-    /* pass 2: 32 elements -> 16 bytes */
     for (int64_t i = 0; i < len; i += 32) {
-        const uint64_t e = first + (uint64_t)i;
-        /* clamp keeping NaN: max/min return the second operand when either is NaN */
-        __m256 v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e), r)));
-        __m256 v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 8), r)));
-        __m256 v2 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 16), r)));
-        __m256 v3 = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(load8(dtype, job->src, e + 24), r)));
-        __m256i q0 = bucket8(v0, bounds), q1 = bucket8(v1, bounds);
-        __m256i q2 = bucket8(v2, bounds), q3 = bucket8(v3, bounds);
-        __m256i p16a = _mm256_packs_epi32(q0, q1);     /* a0-3 b0-3 | a4-7 b4-7 */
-        __m256i p16b = _mm256_packs_epi32(q2, q3);
-        __m256i p8 = _mm256_packus_epi16(p16a, p16b);       /* a0-3 b0-3 c0-3 d0-3 | a4-7 ... */
+        __m256i p8 = codes32_avx2(job, dtype, is_fp4, first + (uint64_t)i, r, bounds, fp4_order);
         p8 = _mm256_permutevar8x32_epi32(p8, perm);         /* elements 0..31 in order */
-        if (is_fp4) p8 = _mm256_shuffle_epi8(fp4_order, p8);  /* sorted pos -> bnb code */
         __m256i w = _mm256_maddubs_epi16(p8, nib);          /* 16 x (even << 4 | odd) */
         __m256i b = _mm256_packus_epi16(w, w);              /* bytes 0-7 | 8-15 per lane */
         b = _mm256_permute4x64_epi64(b, 0x08);              /* qwords 0, 2 */
@@ -126,8 +149,9 @@ encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uin
  * scalar rule), which hides the per-block reduction and division latency of small blocks.
  * A group holding a NaN goes block by block (the scalar NaN rule). */
 SQ_AVX2 static inline __attribute__((always_inline)) void
-group8_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uint64_t first,
-            int64_t B, const bounds8 *bounds, __m256i fp4_order, float *absmax_out, uint8_t *dst) {
+group8_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, const int G64,
+            uint64_t first, int64_t B, const bounds8 *bounds, __m256i fp4_order, float *absmax_out,
+            uint8_t *dst) {
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 m[8];
     int any_nan = 0;
@@ -144,8 +168,8 @@ group8_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uin
     }
     if (any_nan) {
         for (int g = 0; g < 8; g++)
-            block_avx2(job, dtype, is_fp4, first + (uint64_t)g * (uint64_t)B, B, bounds, fp4_order,
-                       absmax_out + g, dst + (size_t)g * (size_t)B / 2);
+            block_avx2(job, dtype, is_fp4, G64, first + (uint64_t)g * (uint64_t)B, B, bounds,
+                       fp4_order, absmax_out + g, dst + (size_t)g * (size_t)B / 2);
         return;
     }
     /* 8 x 8 horizontal max: lane g of v = max over m[g] */
@@ -162,7 +186,7 @@ group8_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, uin
     const __m256 lo = _mm256_set1_ps(sq_qm_f32(SQ_QM_ABSMAX_FLOOR_BITS));
     const __m256 r = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_max_ps(lo, v));
     for (int g = 0; g < 8; g++)
-        encode_avx2(job, dtype, is_fp4, first + (uint64_t)g * (uint64_t)B, B,
+        encode_avx2(job, dtype, is_fp4, G64, first + (uint64_t)g * (uint64_t)B, B,
                     _mm256_permutevar8x32_ps(r, _mm256_set1_epi32(g)), bounds, fp4_order,
                     dst + (size_t)g * (size_t)B / 2);
 }
@@ -188,16 +212,22 @@ SQ_AVX2 void sq_quant_blocks_avx2(const sq_quant_job *job, uint64_t b0, uint64_t
         uint8_t *dst = job->packed + first / 2;
         const int group = b + 8 <= b1 && b + 8 <= n_full;
         b += group ? 8 : 1;
-#define SQ_BLOCK(D, F)                                                                       \
-    (group ? group8_avx2(job, D, F, first, (int64_t)B, &bounds, fp4_order, am, dst)        \
-           : block_avx2(job, D, F, first, (int64_t)B, &bounds, fp4_order, am, dst))
-        switch (job->src_dtype * 2 + (job->is_fp4 != 0)) {
-        case SQ_DTYPE_BF16 * 2: SQ_BLOCK(SQ_DTYPE_BF16, 0); break;
-        case SQ_DTYPE_BF16 * 2 + 1: SQ_BLOCK(SQ_DTYPE_BF16, 1); break;
-        case SQ_DTYPE_F16 * 2: SQ_BLOCK(SQ_DTYPE_F16, 0); break;
-        case SQ_DTYPE_F16 * 2 + 1: SQ_BLOCK(SQ_DTYPE_F16, 1); break;
-        case SQ_DTYPE_F32 * 2 + 1: SQ_BLOCK(SQ_DTYPE_F32, 1); break;
-        default: SQ_BLOCK(SQ_DTYPE_F32, 0); break;
+#define SQ_BLOCK(D, F, G)                                                                    \
+    (group ? group8_avx2(job, D, F, G, first, (int64_t)B, &bounds, fp4_order, am, dst)     \
+           : block_avx2(job, D, F, G, first, (int64_t)B, &bounds, fp4_order, am, dst))
+        switch ((job->src_dtype * 2 + (job->is_fp4 != 0)) * 2 + (job->g64 != 0)) {
+        case (SQ_DTYPE_BF16 * 2) * 2: SQ_BLOCK(SQ_DTYPE_BF16, 0, 0); break;
+        case (SQ_DTYPE_BF16 * 2) * 2 + 1: SQ_BLOCK(SQ_DTYPE_BF16, 0, 1); break;
+        case (SQ_DTYPE_BF16 * 2 + 1) * 2: SQ_BLOCK(SQ_DTYPE_BF16, 1, 0); break;
+        case (SQ_DTYPE_BF16 * 2 + 1) * 2 + 1: SQ_BLOCK(SQ_DTYPE_BF16, 1, 1); break;
+        case (SQ_DTYPE_F16 * 2) * 2: SQ_BLOCK(SQ_DTYPE_F16, 0, 0); break;
+        case (SQ_DTYPE_F16 * 2) * 2 + 1: SQ_BLOCK(SQ_DTYPE_F16, 0, 1); break;
+        case (SQ_DTYPE_F16 * 2 + 1) * 2: SQ_BLOCK(SQ_DTYPE_F16, 1, 0); break;
+        case (SQ_DTYPE_F16 * 2 + 1) * 2 + 1: SQ_BLOCK(SQ_DTYPE_F16, 1, 1); break;
+        case (SQ_DTYPE_F32 * 2 + 1) * 2: SQ_BLOCK(SQ_DTYPE_F32, 1, 0); break;
+        case (SQ_DTYPE_F32 * 2 + 1) * 2 + 1: SQ_BLOCK(SQ_DTYPE_F32, 1, 1); break;
+        case (SQ_DTYPE_F32 * 2) * 2 + 1: SQ_BLOCK(SQ_DTYPE_F32, 0, 1); break;
+        default: SQ_BLOCK(SQ_DTYPE_F32, 0, 0); break;
         }
 #undef SQ_BLOCK
     }

@@ -20,6 +20,7 @@ typedef struct sq_quant_job {
     uint64_t n_blocks;   /* ceil(n / blocksize) */
     float *absmax;       /* (n_blocks) out */
     uint8_t *packed;     /* (ceil(n / 2)) out */
+    int g64;             /* packed in layout G64 (then n % 64 == 0 and blocksize >= 64) */
 } sq_quant_job;
 
 /* Quantizes blocks [b0, b1) of job: absmax[b] and the packed bytes of those blocks.  The

@@ -83,5 +83,7 @@ void sq_quant_blocks_scalar(const sq_quant_job *job, uint64_t b0, uint64_t b1) {
         /* B is even, so a block starts on a byte boundary */
         sq_quant_block_scalar(buf, (int64_t)len, len < B, job->is_fp4, &job->absmax[b],
                               job->packed + first / 2);
+        if (job->g64)   /* len is whole groups of 64 then */
+            sq_q4_convert_groups(job->packed + first / 2, job->packed + first / 2, len / 64, true);
     }
 }

@@ -47,10 +47,14 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
         return sq_error_set(err, SQ_ERR_INTERNAL, NULL, t->name,
                             "the loader handed a tensor this stage does not hold");
     /* 4-bit weights of any input width stay 4-bit: both backends take every row length */
-    if (it->is_4bit) return sq_stage_set_4bit(c->s, t->role, t->layer, t->name, &it->q, err);
+    if (it->is_4bit)   /* given up: the loader frees whatever the backend did not take */
+        return sq_stage_set_4bit_take(c->s, t->role, t->layer, t->name, &it->q, err);
     if (it->ggml_type >= 0)   /* a weight kept in its ggml block format */
         return sq_stage_set_ggml(c->s, t->role, t->layer, t->name, it->ggml_type, it->data,
                                  it->n_bytes, err);
+    if (!it->borrowed)   /* the loader's own buffer (load_alloc_dense): the backend may keep it */
+        return sq_stage_set_dense_take(c->s, t->role, t->layer, t->name, it->dtype, &it->data,
+                                       it->n_dims, it->shape, err);
     return sq_stage_set_dense(c->s, t->role, t->layer, t->name, it->dtype, it->data, it->n_dims,
                               it->shape, err);
 }
@@ -101,6 +105,7 @@ sq_status sq_runtime_load_weights(sq_stage *s, const sq_ckpt *st, const sq_meta 
     if (p->quant_on_device) lo.quant_device = p->quant_device;
     lo.trace = p->trace;
     lo.consume_label = "repack/upload";   /* the backend places each weight */
+    lo.q4_layout = sq_backend_q4_layout(sq_stage_backend(s));   /* no repack where it keeps it */
     /* collective with a comm: a rank whose pool failed still loads (on one thread) so that
      * nobody waits, and reports the pool's error afterwards */
     sq_error lerr = err ? *err : (sq_error){0};
