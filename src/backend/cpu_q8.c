@@ -86,7 +86,7 @@ typedef struct {
     int64_t rs;           /* LUT: packed bytes per row */
     int8_t lut[16];       /* LUT: the int8 code table */
     sq_cpu_isa isa;
-    bool vnni;
+    bool vnni, zmm;
 } q8_ctx;
 
 /* ---- which weights, the int8 code table, activation quantization ------------------------------ */
@@ -532,6 +532,161 @@ TGT static void q8_tile_##SFX(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r
 Q8_BODY(TGT_AVX2, avx2, 0)
 Q8_BODY(TGT_VNNI, vnni, 1)
 
+/* ---- the many-row GEMM with 512-bit VNNI ----------------------------------------------------- *
+ * Two outputs share a zmm: the low 256 bits carry output o's 8 lanes, the high 256 bits output
+ * o2's, and one row's activations of a block are broadcast to both halves.  Per (output, row,
+ * block) every lane does exactly what q8_step / the bias step of the 256-bit paths do (the same
+ * exact vpdpbusd sum, fl(ws * dx), one fma; the bias chain likewise), and a half is finished
+ * by q8_fin: the same bits, with half the instructions per multiply-add.  An odd output count
+ * pairs the last output with itself and finishes only the low half. */
+#define TGT_ZMM __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+/* register tile: pairs of outputs x rows (16 accumulators; with a bias chain 4 rows) */
+enum { Q8_Z_NP = 2, Q8_Z_NR = 8, Q8_Z_NR_BIAS = 4 };
+
+TGT_ZMM INLINE __m512i q8z_cat(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+TGT_ZMM INLINE __m512 q8z_catf(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                                               _mm256_castps_pd(hi), 1));
+}
+TGT_ZMM INLINE __m256 q8z_lo(__m512 v) { return _mm512_castps512_ps256(v); }
+TGT_ZMM INLINE __m256 q8z_hi(__m512 v) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+/* NP pairs from output o (pair p: o + 2 p and the next, or itself at the tile's end o1) x NR
+ * rows from r over blocks [b0, b1); accumulators in acc / bac (pair-major, rows Q8_M_RTILE
+ * apart) or, LAST, finished. */
+TGT_ZMM INLINE void q8z_kern(const q8_ctx *c, int64_t o, int64_t o1, int64_t r, __m256i lut,
+                             int64_t b0, int64_t b1, __m512 *acc, __m512 *bac, const int LAST,
+                             const int NP, const int NR, const int KIND, const int UNS,
+                             const int H16, const int B16, const int BIAS) {
+    const __m256i zero = q8_zero_vnni(c, KIND);
+    const __m512i zz = q8z_cat(zero, zero);
+    const int64_t K = c->K, nb = c->nb;
+    const int8_t *qx = c->qx + r * K;
+    const float *dx = c->dx + r * nb, *xs = c->xs + r * nb * 8;
+    const int32_t *corr = c->corr + r * nb * 8;
+    q8_row_vnni R[2 * Q8_Z_NP];
+    int64_t oo[2 * Q8_Z_NP];
+    __m512 a[Q8_Z_NP][Q8_Z_NR], ba[Q8_Z_NP][Q8_Z_NR];
+    _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
+        oo[2 * p] = o + 2 * p;
+        oo[2 * p + 1] = o + 2 * p + 1 < o1 ? o + 2 * p + 1 : o + 2 * p;
+        R[2 * p] = q8_row_of_vnni(c, oo[2 * p], KIND, BIAS);
+        R[2 * p + 1] = q8_row_of_vnni(c, oo[2 * p + 1], KIND, BIAS);
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+            a[p][j] = acc[p * Q8_M_RTILE + j];
+            ba[p][j] = BIAS ? bac[p * Q8_M_RTILE + j] : a[p][j];
+        }
+    }
+    for (int64_t b = b0; b < b1; b++) {
+        __m512i wc[Q8_Z_NP];
+        __m512 ws[Q8_Z_NP], mb[Q8_Z_NP];
+        _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
+            wc[p] = q8z_cat(q8_wcodes_vnni(R[2 * p].w, b, lut, KIND),
+                            q8_wcodes_vnni(R[2 * p + 1].w, b, lut, KIND));
+            if (!UNS && KIND == K_I8) wc[p] = _mm512_xor_si512(wc[p], zz);
+            ws[p] = q8z_catf(q8_ws_vnni(c, R[2 * p].s, oo[2 * p], b, KIND, H16, B16),
+                             q8_ws_vnni(c, R[2 * p + 1].s, oo[2 * p + 1], b, KIND, H16, B16));
+            mb[p] = BIAS ? q8z_catf(q8_par_vnni(R[2 * p].m, b, H16), q8_par_vnni(R[2 * p + 1].m, b, H16))
+                         : ws[p];
+        }
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+            const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qx + j * K + 32 * b)));
+            const __m512 d = _mm512_set1_ps(dx[j * nb + b]);
+            const __m512i cr = UNS ? _mm512_setzero_si512()
+                                   : _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(corr + (j * nb + b) * 8)));
+            const __m512 xv = BIAS ? _mm512_castsi512_ps(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xs + (j * nb + b) * 8))))
+                                   : d;
+            _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
+                const __m512i s = _mm512_dpbusd_epi32(cr, wc[p], q);
+                a[p][j] = _mm512_fmadd_ps(_mm512_mul_ps(ws[p], d), _mm512_cvtepi32_ps(s), a[p][j]);
+                if (BIAS) ba[p][j] = _mm512_fmadd_ps(mb[p], xv, ba[p][j]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+            if (LAST) {
+                q8_fin_vnni(c, oo[2 * p], r + j, q8z_lo(a[p][j]), q8z_lo(ba[p][j]), BIAS);
+                if (oo[2 * p + 1] != oo[2 * p])
+                    q8_fin_vnni(c, oo[2 * p + 1], r + j, q8z_hi(a[p][j]), q8z_hi(ba[p][j]), BIAS);
+            } else {
+                acc[p * Q8_M_RTILE + j] = a[p][j];
+                if (BIAS) bac[p * Q8_M_RTILE + j] = ba[p][j];
+            }
+        }
+}
+#define Q8Z_K(LASTV, NP, NRV) \
+    q8z_kern(c, o, o1, r, lut, b0, b1, ao, bo, LASTV, NP, NRV, KIND, UNS, H16, B16, BIAS)
+#define Q8Z_NR_CASES(LASTV, NP)                                                                 \
+    switch (r1 - r < nr ? r1 - r : nr) {                                                       \
+    case 1: Q8Z_K(LASTV, NP, 1); break;                                                        \
+    case 2: Q8Z_K(LASTV, NP, 2); break;                                                        \
+    case 3: Q8Z_K(LASTV, NP, 3); break;                                                        \
+    case 4: Q8Z_K(LASTV, NP, 4); break;                                                        \
+    case 5: if (!BIAS) Q8Z_K(LASTV, NP, 5); break;                                             \
+    case 6: if (!BIAS) Q8Z_K(LASTV, NP, 6); break;                                             \
+    case 7: if (!BIAS) Q8Z_K(LASTV, NP, 7); break;                                             \
+    default: if (!BIAS) Q8Z_K(LASTV, NP, 8); break;                                            \
+    }
+TGT_ZMM INLINE void q8z_tile_t(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1,
+                               const int KIND, const int UNS, const int H16, const int B16,
+                               const int BIAS) {
+    __m256i lut = _mm256_setzero_si256();
+    if (KIND == K_LUT) /* the table's values + 128, VNNI's unsigned operand */
+        lut = _mm256_xor_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)c->lut)),
+                               _mm256_set1_epi8((char)0x80));
+    const int64_t npairs = (o1 - o0 + 1) / 2, nr = BIAS ? Q8_Z_NR_BIAS : Q8_Z_NR;
+    __m512 acc[(Q8_M_OTILE / 2) * Q8_M_RTILE], bac[BIAS ? (Q8_M_OTILE / 2) * Q8_M_RTILE : 1];
+    for (int64_t i = 0; i < npairs * Q8_M_RTILE; i++) {
+        acc[i] = _mm512_setzero_ps();
+        if (BIAS) bac[i] = acc[i];
+    }
+    for (int64_t b0 = 0; b0 < c->nb; b0 += Q8_KP) {
+        const int64_t b1 = b0 + Q8_KP < c->nb ? b0 + Q8_KP : c->nb;
+        const int last = b1 == c->nb;
+        for (int64_t p = 0; p < npairs; p += Q8_Z_NP) {
+            const int64_t o = o0 + 2 * p;
+            const int two = p + 1 < npairs;
+            for (int64_t r = r0; r < r1; r += nr) {
+                __m512 *ao = acc + p * Q8_M_RTILE + (r - r0);
+                __m512 *bo = BIAS ? bac + p * Q8_M_RTILE + (r - r0) : bac;
+                if (last && two) { Q8Z_NR_CASES(1, 2) }
+                else if (last) { Q8Z_NR_CASES(1, 1) }
+                else if (two) { Q8Z_NR_CASES(0, 2) }
+                else { Q8Z_NR_CASES(0, 1) }
+            }
+        }
+    }
+}
+TGT_ZMM INLINE void q8z_disp(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1,
+                             const int KIND, const int UNS, const int B16) {
+    const sq_qblock_format *f = &c->w->qf;
+    const int h16 = f->scale_bits == 16, bias = KIND != K_LUT && f->has_bias;
+    if (h16 && bias) q8z_tile_t(c, o0, o1, r0, r1, KIND, UNS, 1, B16, 1);
+    else if (h16) q8z_tile_t(c, o0, o1, r0, r1, KIND, UNS, 1, B16, 0);
+    else if (bias) q8z_tile_t(c, o0, o1, r0, r1, KIND, UNS, 0, B16, 1);
+    else q8z_tile_t(c, o0, o1, r0, r1, KIND, UNS, 0, B16, 0);
+}
+TGT_ZMM static void q8_tile_zmm(const q8_ctx *c, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
+    const sq_qblock_format *f = &c->w->qf;
+    switch (c->kind) {
+    case K_LUT: q8z_tile_t(c, o0, o1, r0, r1, K_LUT, 0, 0, 0, 0); break;
+    case K_Q4:
+        if (f->code_zero == 0) q8z_disp(c, o0, o1, r0, r1, K_Q4, 1, 0);
+        else q8z_disp(c, o0, o1, r0, r1, K_Q4, 0, 0);
+        break;
+    default:
+        if (f->block_elems == 16) q8z_disp(c, o0, o1, r0, r1, K_I8, 0, 1);
+        else q8z_disp(c, o0, o1, r0, r1, K_I8, 0, 0);
+        break;
+    }
+}
+
 /* sq_cpu_q8_quantize_row with AVX2, the same float operations per element (amax by max, which
  * like the scalar loop skips NaNs; the product, the rounding trick, the clamps by max / min,
  * which like the scalar comparisons send NaN to -127), so the same bytes and scales. */
@@ -588,7 +743,8 @@ static void q8_task(void *ctx_, int64_t t, int thread) {
     int64_t r0 = rt * c->rt, r1 = r0 + c->rt < c->n_rows ? r0 + c->rt : c->n_rows;
 #ifdef SQ_HAVE_X86
     if (c->isa != SQ_CPU_PORTABLE) {
-        if (c->vnni) q8_tile_vnni(c, o0, o1, r0, r1);
+        if (c->zmm && r1 - r0 > Q8_FEW_ROWS) q8_tile_zmm(c, o0, o1, r0, r1);
+        else if (c->vnni) q8_tile_vnni(c, o0, o1, r0, r1);
         else q8_tile_avx2(c, o0, o1, r0, r1);
         return;
     }
@@ -646,7 +802,8 @@ sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, cons
                            const sq_weight *bias, void *out_d, sq_error *err) {
     sq_cpu *cpu = sq_cpu_of(be);
     const int64_t K = w->cols, nb = K / 32;
-    q8_ctx c = {.w = w, .N = w->rows, .K = K, .nb = nb, .isa = cpu->isa, .vnni = cpu->vnni};
+    q8_ctx c = {.w = w, .N = w->rows, .K = K, .nb = nb, .isa = cpu->isa, .vnni = cpu->vnni,
+                .zmm = cpu->zmm};
     if (bias) {
         if (bias->store == SQ_WSTORE_BF16) c.bias_bf16 = bias->data_d;
         else c.bias = bias->data_d;
