@@ -556,44 +556,47 @@ TGT_ZMM INLINE __m256 q8z_hi(__m512 v) {
     return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
 }
 
-/* NP pairs from output o (pair p: o + 2 p and the next, or itself at the tile's end o1) x NR
- * rows from r over blocks [b0, b1); accumulators in acc / bac (pair-major, rows Q8_M_RTILE
- * apart) or, LAST, finished. */
-TGT_ZMM INLINE void q8z_kern(const q8_ctx *c, int64_t o, int64_t o1, int64_t r, __m256i lut,
-                             int64_t b0, int64_t b1, __m512 *acc, __m512 *bac, const int LAST,
-                             const int NP, const int NR, const int KIND, const int UNS,
-                             const int H16, const int B16, const int BIAS) {
+/* One pair's decoded block: codes (VNNI's unsigned operand), weight scales, biases. */
+typedef struct {
+    __m512i wc;
+    __m512 ws, mb;
+} q8z_blk;
+
+/* Decode pair (oa, ob) over blocks [b0, b1) into pb[0 .. b1 - b0): once per panel, then read
+ * by every row of the tile. */
+TGT_ZMM INLINE void q8z_decode(const q8_ctx *c, int64_t oa, int64_t ob, __m256i lut, int64_t b0,
+                               int64_t b1, q8z_blk *pb, const int KIND, const int UNS,
+                               const int H16, const int B16, const int BIAS) {
     const __m256i zero = q8_zero_vnni(c, KIND);
     const __m512i zz = q8z_cat(zero, zero);
+    const q8_row_vnni A = q8_row_of_vnni(c, oa, KIND, BIAS), B = q8_row_of_vnni(c, ob, KIND, BIAS);
+    for (int64_t b = b0; b < b1; b++) {
+        q8z_blk *k = pb + (b - b0);
+        k->wc = q8z_cat(q8_wcodes_vnni(A.w, b, lut, KIND), q8_wcodes_vnni(B.w, b, lut, KIND));
+        if (!UNS && KIND == K_I8) k->wc = _mm512_xor_si512(k->wc, zz);
+        k->ws = q8z_catf(q8_ws_vnni(c, A.s, oa, b, KIND, H16, B16),
+                         q8_ws_vnni(c, B.s, ob, b, KIND, H16, B16));
+        if (BIAS) k->mb = q8z_catf(q8_par_vnni(A.m, b, H16), q8_par_vnni(B.m, b, H16));
+    }
+}
+
+/* NP pairs from output o (pair p: o + 2 p and the next, or itself at the tile's end o1; decoded
+ * blocks pb + p * Q8_KP) x NR rows from r over blocks [b0, b1); accumulators in acc / bac
+ * (pair-major, rows Q8_M_RTILE apart) or, LAST, finished. */
+TGT_ZMM INLINE void q8z_kern(const q8_ctx *c, int64_t o, int64_t o1, int64_t r, const q8z_blk *pb,
+                             int64_t b0, int64_t b1, __m512 *acc, __m512 *bac, const int LAST,
+                             const int NP, const int NR, const int UNS, const int BIAS) {
     const int64_t K = c->K, nb = c->nb;
-    const int8_t *qx = c->qx + r * K;
-    const float *dx = c->dx + r * nb, *xs = c->xs + r * nb * 8;
-    const int32_t *corr = c->corr + r * nb * 8;
-    q8_row_vnni R[2 * Q8_Z_NP];
-    int64_t oo[2 * Q8_Z_NP];
+    const int8_t *qx = c->qx + r * K + 32 * b0;
+    const float *dx = c->dx + r * nb + b0, *xs = c->xs + (r * nb + b0) * 8;
+    const int32_t *corr = c->corr + (r * nb + b0) * 8;
     __m512 a[Q8_Z_NP][Q8_Z_NR], ba[Q8_Z_NP][Q8_Z_NR];
-    _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
-        oo[2 * p] = o + 2 * p;
-        oo[2 * p + 1] = o + 2 * p + 1 < o1 ? o + 2 * p + 1 : o + 2 * p;
-        R[2 * p] = q8_row_of_vnni(c, oo[2 * p], KIND, BIAS);
-        R[2 * p + 1] = q8_row_of_vnni(c, oo[2 * p + 1], KIND, BIAS);
+    _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)
         _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
             a[p][j] = acc[p * Q8_M_RTILE + j];
             ba[p][j] = BIAS ? bac[p * Q8_M_RTILE + j] : a[p][j];
         }
-    }
-    for (int64_t b = b0; b < b1; b++) {
-        __m512i wc[Q8_Z_NP];
-        __m512 ws[Q8_Z_NP], mb[Q8_Z_NP];
-        _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
-            wc[p] = q8z_cat(q8_wcodes_vnni(R[2 * p].w, b, lut, KIND),
-                            q8_wcodes_vnni(R[2 * p + 1].w, b, lut, KIND));
-            if (!UNS && KIND == K_I8) wc[p] = _mm512_xor_si512(wc[p], zz);
-            ws[p] = q8z_catf(q8_ws_vnni(c, R[2 * p].s, oo[2 * p], b, KIND, H16, B16),
-                             q8_ws_vnni(c, R[2 * p + 1].s, oo[2 * p + 1], b, KIND, H16, B16));
-            mb[p] = BIAS ? q8z_catf(q8_par_vnni(R[2 * p].m, b, H16), q8_par_vnni(R[2 * p + 1].m, b, H16))
-                         : ws[p];
-        }
+    for (int64_t b = 0; b < b1 - b0; b++) {
         _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
             const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qx + j * K + 32 * b)));
             const __m512 d = _mm512_set1_ps(dx[j * nb + b]);
@@ -602,26 +605,28 @@ TGT_ZMM INLINE void q8z_kern(const q8_ctx *c, int64_t o, int64_t o1, int64_t r, 
             const __m512 xv = BIAS ? _mm512_castsi512_ps(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(xs + (j * nb + b) * 8))))
                                    : d;
             _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
-                const __m512i s = _mm512_dpbusd_epi32(cr, wc[p], q);
-                a[p][j] = _mm512_fmadd_ps(_mm512_mul_ps(ws[p], d), _mm512_cvtepi32_ps(s), a[p][j]);
-                if (BIAS) ba[p][j] = _mm512_fmadd_ps(mb[p], xv, ba[p][j]);
+                const q8z_blk *k = pb + p * Q8_KP + b;
+                const __m512i s = _mm512_dpbusd_epi32(cr, k->wc, q);
+                a[p][j] = _mm512_fmadd_ps(_mm512_mul_ps(k->ws, d), _mm512_cvtepi32_ps(s), a[p][j]);
+                if (BIAS) ba[p][j] = _mm512_fmadd_ps(k->mb, xv, ba[p][j]);
             }
         }
     }
-    _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++)
+    _Pragma("GCC unroll 2") for (int p = 0; p < NP; p++) {
+        const int64_t oa = o + 2 * p, ob = oa + 1 < o1 ? oa + 1 : oa;
         _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
             if (LAST) {
-                q8_fin_vnni(c, oo[2 * p], r + j, q8z_lo(a[p][j]), q8z_lo(ba[p][j]), BIAS);
-                if (oo[2 * p + 1] != oo[2 * p])
-                    q8_fin_vnni(c, oo[2 * p + 1], r + j, q8z_hi(a[p][j]), q8z_hi(ba[p][j]), BIAS);
+                q8_fin_vnni(c, oa, r + j, q8z_lo(a[p][j]), q8z_lo(ba[p][j]), BIAS);
+                if (ob != oa) q8_fin_vnni(c, ob, r + j, q8z_hi(a[p][j]), q8z_hi(ba[p][j]), BIAS);
             } else {
                 acc[p * Q8_M_RTILE + j] = a[p][j];
                 if (BIAS) bac[p * Q8_M_RTILE + j] = ba[p][j];
             }
         }
+    }
 }
 #define Q8Z_K(LASTV, NP, NRV) \
-    q8z_kern(c, o, o1, r, lut, b0, b1, ao, bo, LASTV, NP, NRV, KIND, UNS, H16, B16, BIAS)
+    q8z_kern(c, o, o1, r, pb + p * Q8_KP, b0, b1, ao, bo, LASTV, NP, NRV, UNS, BIAS)
 #define Q8Z_NR_CASES(LASTV, NP)                                                                 \
     switch (r1 - r < nr ? r1 - r : nr) {                                                       \
     case 1: Q8Z_K(LASTV, NP, 1); break;                                                        \
@@ -642,6 +647,7 @@ TGT_ZMM INLINE void q8z_tile_t(const q8_ctx *c, int64_t o0, int64_t o1, int64_t 
                                _mm256_set1_epi8((char)0x80));
     const int64_t npairs = (o1 - o0 + 1) / 2, nr = BIAS ? Q8_Z_NR_BIAS : Q8_Z_NR;
     __m512 acc[(Q8_M_OTILE / 2) * Q8_M_RTILE], bac[BIAS ? (Q8_M_OTILE / 2) * Q8_M_RTILE : 1];
+    q8z_blk pb[(Q8_M_OTILE / 2) * Q8_KP];   /* the tile's decoded panel */
     for (int64_t i = 0; i < npairs * Q8_M_RTILE; i++) {
         acc[i] = _mm512_setzero_ps();
         if (BIAS) bac[i] = acc[i];
@@ -649,6 +655,10 @@ TGT_ZMM INLINE void q8z_tile_t(const q8_ctx *c, int64_t o0, int64_t o1, int64_t 
     for (int64_t b0 = 0; b0 < c->nb; b0 += Q8_KP) {
         const int64_t b1 = b0 + Q8_KP < c->nb ? b0 + Q8_KP : c->nb;
         const int last = b1 == c->nb;
+        for (int64_t p = 0; p < npairs; p++) {
+            const int64_t oa = o0 + 2 * p, ob = oa + 1 < o1 ? oa + 1 : oa;
+            q8z_decode(c, oa, ob, lut, b0, b1, pb + p * Q8_KP, KIND, UNS, H16, B16, BIAS);
+        }
         for (int64_t p = 0; p < npairs; p += Q8_Z_NP) {
             const int64_t o = o0 + 2 * p;
             const int two = p + 1 < npairs;
