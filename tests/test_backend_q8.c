@@ -162,9 +162,10 @@ static double q8_bound(const float *w, const float *x, int64_t K, bool table, fl
 
 /* _i: 0: in_features 768 (whole chunks of 8 blocks of 32), NF4 / FP4 absmax blocks of 64;
  * 1: 832 (a tail of 2 blocks after the chunks), NF4 / FP4 blocks of 128 that cross rows
- * (kinds with blocks of 256 skip it) */
+ * (kinds with blocks of 256 skip it), and an odd output count (the 512-bit GEMM pairs the last
+ * output with itself).  41 rows: a tile of 32 and one of 9 (register tiles of 4 and a row). */
 START_TEST(test_paths_identical_and_bounded) {
-    const int64_t N = 70, K = _i == 0 ? 768 : 832, NR = 41;
+    const int64_t N = _i == 0 ? 70 : 71, K = _i == 0 ? 768 : 832, NR = 41;
     const int qbs = _i == 0 ? 64 : 128;
     sq_backend *bv = mk_be(3, NULL, SQ_CPU_ACT_INT8), *b2 = mk_be(1, "avx2", SQ_CPU_ACT_INT8);
     sq_backend *bp = mk_be(2, "portable", SQ_CPU_ACT_INT8), *bf = mk_be(2, NULL, SQ_CPU_ACT_F32);
@@ -191,10 +192,11 @@ START_TEST(test_paths_identical_and_bounded) {
         /* the int8 path ran: it differs from the float32 activations somewhere */
         ck_assert_msg(memcmp(all[0], all[3], (size_t)(NR * N * 4)) != 0, "%s: int8 == f32",
                       kind_name(k));
-        /* rows alone and in calls of 2 and 5, on every path */
-        static const int64_t counts[] = {1, 2, 5};
+        /* rows alone and in calls of 2, 5 and 7 (the GEMV; GEMM register tiles cut short), on
+         * every path */
+        static const int64_t counts[] = {1, 2, 5, 7};
         for (int i = 0; i < 3; i++)
-            for (int ci = 0; ci < 3; ci++)
+            for (int ci = 0; ci < 4; ci++)
                 for (int64_t r = 0; r + counts[ci] <= NR; r += 17) {
                     float *part = sq_test_linear(bes[i], w[i], x + r * K, counts[ci], bs[i]);
                     ck_assert_msg(memcmp(part, all[0] + r * N, (size_t)(counts[ci] * N * 4)) == 0,

@@ -272,6 +272,7 @@ sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err) 
     if (cap && strcmp(cap, "portable") == 0) c->isa = SQ_CPU_PORTABLE;
     else if (cap && strcmp(cap, "avx2") == 0 && c->isa > SQ_CPU_AVX2) c->isa = SQ_CPU_AVX2;
     if (c->isa != SQ_CPU_AVX512) c->vnni = false;
+    c->zmm = c->vnni && __builtin_cpu_supports("avx512bw");
     c->act_int8 = SQ_CPU_ACT_INT8_DEFAULT;
     *out = &c->base;
     return SQ_OK;

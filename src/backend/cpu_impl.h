@@ -18,6 +18,7 @@ typedef struct sq_cpu {
     sq_pool *pool;
     sq_cpu_isa isa;
     bool vnni;                  /* AVX-512 VNNI (256-bit vpdpbusd) on the int8 path */
+    bool zmm;                   /* and AVX-512BW: the int8 GEMM's 512-bit tile (cpu_q8.c) */
     bool act_int8;              /* Linear quantizes activations to int8 (cpu_q8.c) */
     int8_t *q8_buf;             /* int8 activation scratch: q8_cap codes, then per 32 of them
                                    dx, 8 lane sums xs (float), 8 int32 corrections */
