@@ -44,7 +44,10 @@ static uint64_t json_str_len(const char *s) {
     return n;
 }
 
-/* {"dtype":"XXXX","shape":[20 digits,20 digits],"data_offsets":[20 digits,20 digits]}, */
+/* The fixed part of one header entry, at its longest: a dtype name of at most 4 characters
+ * ("BF16", "U8"), two shape numbers and two offsets of at most 20 digits each, the keys, quotes,
+ * brackets and separators: {"dtype":"BF16","shape":[R,C],"data_offsets":[B,E]}, with R, C, B, E
+ * of 20 digits is 128 bytes; 160 leaves room. */
 #define ENTRY_FIXED_BYTES 160
 #define HEADER_FIXED_BYTES 64     /* {"__metadata__":{"format":"pt"} … } */
 
