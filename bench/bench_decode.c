@@ -168,7 +168,12 @@ static int bench_gemv(sq_backend *be, int reps, int act, double rd_gbs, int quic
     static const int fmts[4] = {-1, SQ_GGML_Q4_0, SQ_GGML_Q4_1, SQ_GGML_Q8_0};
     int ok = 1;
     for (int s = quick ? 1 : 0; s < (quick ? 2 : 3); s++)
-        for (int fi = 0; fi < 4; fi++) {
+        for (int fi = 0; fi < 4; fi++)
+        for (int a = 1; a <= 2; a++) {
+            /* each activation mode uploads its own weights: in int8 mode the CPU backend
+             * interleaves Q4_0 / Q8_0 for its kernels (cpu_q8i.h) */
+            if (!(act & a)) continue;
+            sq_backend_cpu_set_activations(be, a == 1 ? SQ_CPU_ACT_F32 : SQ_CPU_ACT_INT8, NULL);
             int64_t M = shapes[s][0], K = shapes[s][1];
             sq_qtensor q;
             uint8_t *raw = NULL;
@@ -203,10 +208,7 @@ static int bench_gemv(sq_backend *be, int reps, int act, double rd_gbs, int quic
             sq_backend_upload(be, x_d, x, (uint64_t)(64 * K * 4), &err);
             free(x);
             const char *name = fmts[fi] < 0 ? "nf4" : sq_ggml_type_name(fmts[fi]);
-            for (int bi = 0; bi < (quick ? 2 : 3); bi++)
-                for (int a = 1; a <= 2; a++) {
-                    if (!(act & a)) continue;
-                    sq_backend_cpu_set_activations(be, a == 1 ? SQ_CPU_ACT_F32 : SQ_CPU_ACT_INT8, NULL);
+            for (int bi = 0; bi < (quick ? 2 : 3); bi++) {
                     int B = batches[bi];
                     double t[64];
                     int n_runs = reps * n_copies < 64 ? reps * n_copies : 64;

@@ -163,10 +163,14 @@ static double q8_bound(const float *w, const float *x, int64_t K, bool table, fl
 /* _i: 0: in_features 768 (whole chunks of 8 blocks of 32), NF4 / FP4 absmax blocks of 64;
  * 1: 832 (a tail of 2 blocks after the chunks), NF4 / FP4 blocks of 128 that cross rows
  * (kinds with blocks of 256 skip it), and an odd output count (the 512-bit GEMM pairs the last
- * output with itself).  41 rows: a tile of 32 and one of 9 (register tiles of 4 and a row). */
+ * output with itself).  41 rows: a tile of 32 and one of 9 (register tiles of 4 and a row).
+ * 2, 3: out_features 80 and 96 (multiples of 16: Q4_0, Q8_0 and int8 take the layout
+ * interleaved by 16 outputs, cpu_q8i.c), in_features 768 and 2112 (66 blocks: a chunk of 64
+ * blocks and a tail). */
 START_TEST(test_paths_identical_and_bounded) {
-    const int64_t N = _i == 0 ? 70 : 71, K = _i == 0 ? 768 : 832, NR = 41;
-    const int qbs = _i == 0 ? 64 : 128;
+    static const int64_t Ns[] = {70, 71, 80, 96}, Ks[] = {768, 832, 768, 2112};
+    const int64_t N = Ns[_i], K = Ks[_i], NR = 41;
+    const int qbs = _i % 2 == 0 ? 64 : 128;
     sq_backend *bv = mk_be(3, NULL, SQ_CPU_ACT_INT8), *b2 = mk_be(1, "avx2", SQ_CPU_ACT_INT8);
     sq_backend *bp = mk_be(2, "portable", SQ_CPU_ACT_INT8), *bf = mk_be(2, NULL, SQ_CPU_ACT_F32);
     float *x = malloc((size_t)(NR * K * 4)), *bias = malloc((size_t)N * 4);
@@ -281,6 +285,144 @@ START_TEST(test_f32_mode_unchanged) {
 }
 END_TEST
 
+/* The documented quantization of a row of x (cpu_q8.c) and the order of the interleaved
+ * kernels (cpu_q8i.c), written out: per block p = the exact sum of code * qx, acc = fma(fl(s *
+ * dx), p, acc), y = acc + bias.  Every path must give these bits for Q4_0, Q8_0 and int8 with
+ * out_features a multiple of 16 (and so fails where the row-major order runs instead). */
+static void ref_quant(const float *x, int64_t K, int8_t *q, float *dx) {
+    const float magic = 12582912.0f;
+    for (int64_t b = 0; b < K / 32; b++) {
+        float amax = 0.0f;
+        for (int e = 0; e < 32; e++) amax = fabsf(x[32 * b + e]) > amax ? fabsf(x[32 * b + e]) : amax;
+        float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int e = 0; e < 32; e++) {
+            float t = (x[32 * b + e] * id + magic) - magic;
+            t = t >= -127.0f ? t : -127.0f;
+            t = t <= 127.0f ? t : 127.0f;
+            q[32 * b + e] = (int8_t)t;
+        }
+        dx[b] = d;
+    }
+}
+
+static float half_to_f32(uint16_t h) {
+    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31, m = h & 1023u, u;
+    if (e == 0) {   /* subnormal or zero: m * 2^-24 exactly */
+        float v = (float)m * (1.0f / 16777216.0f);
+        return s ? -v : v;
+    }
+    u = s | ((e == 31 ? 255u : e + 112u) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+START_TEST(test_interleaved_order) {
+    const int64_t N = 32, K = 2112, NR = 9;
+    static const int kinds[] = {SQ_GGML_Q4_0, SQ_GGML_Q8_0, W_I8};
+    sq_backend *bes[3] = {mk_be(2, NULL, SQ_CPU_ACT_INT8), mk_be(1, "avx2", SQ_CPU_ACT_INT8),
+                          mk_be(3, "portable", SQ_CPU_ACT_INT8)};
+    float *x = malloc((size_t)(NR * K * 4)), *bias = malloc((size_t)N * 4), *dx = malloc((size_t)(NR * K / 32 * 4));
+    int8_t *qx = malloc((size_t)(NR * K));
+    for (int64_t j = 0; j < NR * K; j++) x[j] = rng_f(-3, 3) * (j % 89 == 0 ? 30.0f : 1.0f);
+    for (int64_t j = 0; j < N; j++) bias[j] = rng_f(-1, 1);
+    for (int64_t r = 0; r < NR; r++) ref_quant(x + r * K, K, qx + r * K, dx + r * (K / 32));
+    float *want = malloc((size_t)(NR * N * 4));
+    for (int t = 0; t < 3; t++) {
+        const int k = kinds[t];
+        src_w s;
+        mk_src(k, N, K, 64, &s);
+        for (int64_t o = 0; o < N; o++)
+            for (int64_t r = 0; r < NR; r++) {
+                float acc = 0.0f;
+                for (int64_t b = 0; b < K / 32; b++) {
+                    int32_t p = 0;
+                    float sc;
+                    if (k == W_I8) {
+                        sc = s.scales[o * (K / 32) + b];
+                        for (int e = 0; e < 32; e++) p += (int8_t)s.raw[o * K + 32 * b + e] * qx[r * K + 32 * b + e];
+                    } else {
+                        const uint8_t *blk = s.raw + o * s.rb + b * (k == SQ_GGML_Q4_0 ? 18 : 34);
+                        uint16_t d;
+                        memcpy(&d, blk, 2);
+                        sc = half_to_f32(d);
+                        for (int e = 0; e < 32; e++) {
+                            int c = k == SQ_GGML_Q4_0 ? ((blk[2 + (e & 15)] >> ((e >> 4) * 4)) & 15) - 8
+                                                      : (int8_t)blk[2 + e];
+                            p += c * qx[r * K + 32 * b + e];
+                        }
+                    }
+                    acc = fmaf(sc * dx[r * (K / 32) + b], (float)p, acc);
+                }
+                want[r * N + o] = acc + bias[o];
+            }
+        for (int i = 0; i < 3; i++) {
+            sq_weight *w = mk_w(bes[i], k, &s, N, K), *bw = NULL;
+            ck_assert_int_eq(sq_backend_weight_dense(bes[i], "bias", SQ_DTYPE_F32, bias, 1, N, &bw, NULL), SQ_OK);
+            for (int64_t n = 1; n <= NR; n += 4) {   /* 1, 5, 9 rows: the GEMV and the GEMM */
+                float *y = sq_test_linear(bes[i], w, x, n, bw);
+                for (int64_t j = 0; j < n * N; j++)
+                    ck_assert_msg(memcmp(&y[j], &want[j], 4) == 0, "%s on %s, %lld rows: out %lld = %.9g, order says %.9g",
+                                  kind_name(k), sq_backend_name(bes[i]), (long long)n, (long long)j, y[j], want[j]);
+                free(y);
+            }
+            sq_backend_weight_free(bes[i], w);
+            sq_backend_weight_free(bes[i], bw);
+        }
+        free_src(&s);
+    }
+    free(want);
+    free(x);
+    free(bias);
+    free(dx);
+    free(qx);
+    for (int i = 0; i < 3; i++) sq_backend_destroy(bes[i]);
+}
+END_TEST
+
+/* A weight uploaded for int8 activations (interleaved), then used with float32 ones and as an
+ * embedding table: the same bits as the weight uploaded in f32 mode, on every path. */
+START_TEST(test_interleaved_f32_and_embed) {
+    const int64_t N = 48, K = 96, NR = 3;
+    static const int kinds[] = {SQ_GGML_Q4_0, SQ_GGML_Q8_0, W_I8};
+    float *x = malloc((size_t)(NR * K * 4));
+    for (int64_t j = 0; j < NR * K; j++) x[j] = rng_f(-2, 2);
+    static const char *isas[] = {NULL, "avx2", "portable"};
+    for (int t = 0; t < 3; t++)
+        for (int i = 0; i < 3; i++) {
+            const int k = kinds[t];
+            src_w s;
+            mk_src(k, N, K, 64, &s);
+            sq_backend *b8 = mk_be(2, isas[i], SQ_CPU_ACT_INT8), *bf = mk_be(2, isas[i], SQ_CPU_ACT_F32);
+            sq_weight *w8 = mk_w(b8, k, &s, N, K), *wf = mk_w(bf, k, &s, N, K);
+            float *yq = sq_test_linear(b8, w8, x, NR, NULL);   /* int8: differs from f32 */
+            ck_assert_int_eq(sq_backend_cpu_set_activations(b8, SQ_CPU_ACT_F32, NULL), SQ_OK);
+            float *y8 = sq_test_linear(b8, w8, x, NR, NULL), *yf = sq_test_linear(bf, wf, x, NR, NULL);
+            ck_assert_msg(memcmp(y8, yf, (size_t)(NR * N * 4)) == 0, "%s: f32 linear", kind_name(k));
+            ck_assert_msg(memcmp(yq, yf, (size_t)(NR * N * 4)) != 0, "%s: int8 == f32", kind_name(k));
+            int32_t ids[4] = {0, 17, 47, 31};
+            float *e8 = malloc((size_t)(4 * K * 4)), *ef = malloc((size_t)(4 * K * 4));
+            ck_assert_int_eq(sq_backend_embed(b8, w8, ids, 4, e8, NULL), SQ_OK);
+            ck_assert_int_eq(sq_backend_embed(bf, wf, ids, 4, ef, NULL), SQ_OK);
+            ck_assert_int_eq(sq_backend_sync(b8, NULL), SQ_OK);
+            ck_assert_int_eq(sq_backend_sync(bf, NULL), SQ_OK);
+            ck_assert_msg(memcmp(e8, ef, (size_t)(4 * K * 4)) == 0, "%s: embedding rows", kind_name(k));
+            for (int64_t e = 0; e < K; e++) ck_assert(memcmp(&ef[K + e], &s.deq[17 * K + e], 4) == 0);
+            free(e8);
+            free(ef);
+            free(yq);
+            free(y8);
+            free(yf);
+            sq_backend_weight_free(b8, w8);
+            sq_backend_weight_free(bf, wf);
+            sq_backend_destroy(b8);
+            sq_backend_destroy(bf);
+            free_src(&s);
+        }
+    free(x);
+}
+END_TEST
+
 START_TEST(test_refusals) {
     sq_error err;
     sq_error_init(&err, -1);
@@ -299,7 +441,9 @@ int main(void) {
     Suite *s = suite_create("backend_q8");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 100);
-    tcase_add_loop_test(tc, test_paths_identical_and_bounded, 0, 2);
+    tcase_add_loop_test(tc, test_paths_identical_and_bounded, 0, 4);
+    tcase_add_test(tc, test_interleaved_order);
+    tcase_add_test(tc, test_interleaved_f32_and_embed);
     tcase_add_test(tc, test_f32_mode_unchanged);
     tcase_add_test(tc, test_refusals);
     suite_add_tcase(s, tc);

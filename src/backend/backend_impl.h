@@ -90,6 +90,9 @@ struct sq_weight {
     sq_qblock_format qf;
     int64_t code_row_bytes;
     void *bias_d;
+    /* CPU backend, QBLOCK: codes and scales interleaved by groups of 16 outputs
+     * (cpu_q8i.h), made at upload when Linear takes int8 activations */
+    bool q8i;
 };
 
 /* A zeroed weight with its name and shape (ggml_type -1); NULL when out of memory. */

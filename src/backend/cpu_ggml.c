@@ -16,6 +16,7 @@
  * Must never keep a dequantized copy of a weight beyond one panel per running task, allocate
  * inside an op, or print. */
 #include "cpu_impl.h"
+#include "cpu_q8i.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -83,10 +84,31 @@ sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, co
     up_ctx uc = {data, rb, w, type};
     sq_pool_run(sq_cpu_of(be)->pool, (w->rows + 63) / 64, up_task, &uc);
     w->n_bytes = code_bytes + scale_bytes * (w->qf.has_bias ? 2 : 1);
+    /* int8 activations: the layout of their kernels (cpu_q8i.h) */
+    if (sq_cpu_of(be)->act_int8) {
+        st = sq_cpu_q8i_repack(w, err);
+        if (st != SQ_OK) {
+            free(codes);
+            free(scales);
+            free(biases);
+        }
+        return st;
+    }
     return SQ_OK;
 }
 
 void sq_cpu_ggml_row(const sq_weight *w, int64_t r, float *out) {
+    if (w->q8i) {   /* interleaved (cpu_q8i.h): block by block, the same values */
+        const int sb = w->qf.scale_bits / 8;
+        for (int64_t b = 0; b < w->cols / 32; b++) {
+            uint8_t cb[32];
+            sq_cpu_q8i_block_codes(w, r, b, cb);
+            sq_qblock_dequantize_row(&w->qf, cb,
+                                     (const char *)w->absmax_d + sq_cpu_q8i_param_index(w, r, b) * sb,
+                                     NULL, 32, out + 32 * b);
+        }
+        return;
+    }
     const int64_t pb = w->cols / w->qf.block_elems * (w->qf.scale_bits / 8);
     sq_qblock_dequantize_row(&w->qf, (const uint8_t *)w->data_d + r * w->code_row_bytes,
                              (const char *)w->absmax_d + r * pb,
@@ -114,6 +136,14 @@ static inline float bias_of(const gl_ctx *c, int64_t o) {
 
 static inline float gw(const gl_ctx *c, int64_t o, int64_t k) {
     const sq_weight *w = c->w;
+    if (w->q8i) {   /* interleaved (cpu_q8i.h; blocks of 32, no bias) */
+        uint8_t cb[32];
+        sq_cpu_q8i_block_codes(w, o, k / 32, cb);
+        int code = w->qf.code_bits == 4 ? ((cb[k & 15] >> (((k >> 4) & 1) * 4)) & 15) - w->qf.code_zero
+                                        : (int8_t)cb[k & 31];
+        return sq_gq_qblock_value(code, sq_qblock_param(&w->qf, w->absmax_d, sq_cpu_q8i_param_index(w, o, k / 32)),
+                                  0.0f, false);
+    }
     const uint8_t *cr = (const uint8_t *)w->data_d + o * w->code_row_bytes;
     int code = w->qf.code_bits == 4
                    ? ((cr[(k >> 5) * 16 + (k & 15)] >> (((k >> 4) & 1) * 4)) & 15) - w->qf.code_zero
@@ -373,7 +403,9 @@ static void gl_task(void *ctx_, int64_t t, int thread) {
     int64_t o0 = ot * c->otile, o1 = o0 + c->otile < c->N ? o0 + c->otile : c->N;
     int64_t r0 = rt * c->rt, r1 = r0 + c->rt < c->n_rows ? r0 + c->rt : c->n_rows;
 #ifdef SQ_HAVE_X86
-    if (c->isa != SQ_CPU_PORTABLE) { gl_tile_avx2(c, o0, o1, r0, r1); return; }
+    /* an interleaved weight (uploaded for int8 activations) meets float32 ones: the portable
+     * path, the same bits, slower */
+    if (c->isa != SQ_CPU_PORTABLE && !c->w->q8i) { gl_tile_avx2(c, o0, o1, r0, r1); return; }
 #endif
     gl_rows_portable(c, o0, o1, r0, r1);
 }

@@ -22,8 +22,14 @@
  * store of cpu_linear.c) give c = nearbyint(127 * code[q]) (an int8 code table, the way
  * llama.cpp's IQ4_NL is an int8 table) and s = fl(absmax * fl(1 / 127)).
  *
- * The order, fixed, the same on the portable, AVX2 and AVX-512 VNNI paths, for any tiling and
- * thread count, so results are bit-identical everywhere:
+ * Two layouts, each with its own fixed order.  Weights interleaved by 16 outputs (w->q8i,
+ * cpu_q8i.h: Q4_0, Q8_0 and int8 absmax with out_features % 16 == 0, made at upload when the
+ * backend is in int8 mode) take cpu_q8i.c, whose lanes are outputs:
+ *   p_b = the exact int32 sum over block b of c * qx; acc = fma(fl(s_b * dx_b), (float)p_b, acc)
+ *   for b ascending; y = acc + the Linear's bias.
+ * Every other weight keeps the row-major layout and this order below.
+ * The row-major order, fixed, the same on the portable, AVX2 and AVX-512 VNNI paths, for any
+ * tiling and thread count, so results are bit-identical everywhere:
  *   lane i (0..7) of block b: p = sum of c * qx over the block's bytes 4 i .. 4 i + 3 (an exact
  *     int32: |p| <= 4 * 128 * 127); the bytes are the weight's codes in its layout order and
  *     the activation was quantized in the same order (NF4 / FP4 repacked groups: see
@@ -51,6 +57,7 @@
  * Anything else (dense weights, ragged 4-bit rows) takes the float32 path of cpu_linear.c.
  * Must never allocate inside an op (the activation scratch is sized by reserve) or print. */
 #include "cpu_impl.h"
+#include "cpu_q8i.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -759,6 +766,12 @@ static void q8_task(void *ctx_, int64_t t, int thread) {
     int64_t ot = t % c->n_otiles, rt = t / c->n_otiles;
     int64_t o0 = ot * c->otile, o1 = o0 + c->otile < c->N ? o0 + c->otile : c->N;
     int64_t r0 = rt * c->rt, r1 = r0 + c->rt < c->n_rows ? r0 + c->rt : c->n_rows;
+    if (c->w->q8i) {   /* interleaved by 16 outputs: cpu_q8i.c */
+        sq_q8i_args a = {c->w, c->bias, c->bias_bf16, c->out, c->qx, c->dx, c->corr,
+                         c->K, c->N, c->nb, c->isa, c->zmm};
+        sq_cpu_q8i_tile(&a, o0, o1, r0, r1);
+        return;
+    }
 #ifdef SQ_HAVE_X86
     if (c->isa != SQ_CPU_PORTABLE) {
         if (c->zmm && r1 - r0 > Q8_FEW_ROWS) q8_tile_zmm(c, o0, o1, r0, r1);

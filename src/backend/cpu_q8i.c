@@ -1,0 +1,300 @@
+/* CPU Linear with int8 activations on weights interleaved by groups of 16 outputs (cpu_q8i.h):
+ * the layout of llama.cpp's repacked Q4_0 GEMM, where the lanes of a vector are outputs.
+ *
+ * The order, fixed, the same on the portable, AVX2 and AVX-512 VNNI paths, for any tiling,
+ * thread count and row count (the GEMV and the GEMM give the same bits per row):
+ *   p_b = the exact int32 sum over block b of code * qx (|p| <= 32 * 128 * 127 < 2^24, so
+ *     (float)p is exact too);
+ *   acc = fma(fl(s_b * dx_b), (float)p_b, acc) for b ascending, one accumulator per output;
+ *   y = acc + the Linear's bias.
+ * The integer sums: portable, a plain loop; AVX2, maddubs of |c| with qx signed by c then madd
+ * by ones (no int16 saturation for |qx| <= 127); VNNI, vpdpbusd of the unsigned nibble (or the
+ * int8 code + 128) with qx, started from -zero * (the block's sum of qx).  Per block and 16
+ * outputs that is one cvt, one mul and one fma, against 16 x 8 lanes of them on the row-major
+ * layout (cpu_q8.c).  The GEMM (q8i_tile_zmm) keeps a register tile of up to 8 rows and reuses
+ * each decoded weight register across them.
+ * Must never allocate inside an op or print. */
+#include "cpu_q8i.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shardq/ggml_quant.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SQ_HAVE_X86 1
+#endif
+
+enum {
+    Q8I_CH = 64,     /* blocks per chunk whose corrections a task sums at once */
+    Q8I_NR = 8,      /* rows of the 512-bit register tile */
+    Q8I_MAXG = 2     /* groups of 16 outputs a task handles at a time */
+};
+
+bool sq_cpu_q8i_eligible(const sq_weight *w) {
+    if (w->store != SQ_WSTORE_QBLOCK) return false;
+    const sq_qblock_format *f = &w->qf;
+    return f->block_elems == 32 && !f->has_bias && (f->code_bits == 4 || f->code_bits == 8) &&
+           w->rows % SQ_Q8I_GROUP == 0 && w->cols % 32 == 0 && w->cols > 0;
+}
+
+/* dwords per block: 4 (4-bit) or 8 (8-bit) */
+static inline int64_t q8i_ng(const sq_weight *w) { return w->qf.code_bits == 4 ? 4 : 8; }
+
+void sq_cpu_q8i_pack_group(const sq_weight *w, int64_t g, const uint8_t *codes, const void *scales) {
+    const int64_t crb = w->code_row_bytes, nb = w->cols / 32, ng = q8i_ng(w);
+    const int sb = w->qf.scale_bits / 8;
+    uint8_t *gb = (uint8_t *)w->data_d + g * SQ_Q8I_GROUP * crb;
+    char *sp = (char *)w->absmax_d + g * SQ_Q8I_GROUP * nb * sb;
+    for (int i = 0; i < SQ_Q8I_GROUP; i++)
+        for (int64_t b = 0; b < nb; b++) {
+            for (int64_t t = 0; t < ng; t++)
+                memcpy(gb + (b * ng + t) * 64 + 4 * i, codes + i * crb + (b * ng + t) * 4, 4);
+            memcpy(sp + (b * SQ_Q8I_GROUP + i) * sb, (const char *)scales + (i * nb + b) * sb, (size_t)sb);
+        }
+}
+
+void sq_cpu_q8i_block_codes(const sq_weight *w, int64_t o, int64_t b, uint8_t *dst) {
+    const int64_t ng = q8i_ng(w), i = o % SQ_Q8I_GROUP;
+    const uint8_t *gb = (const uint8_t *)w->data_d + (o - i) * w->code_row_bytes;
+    for (int64_t t = 0; t < ng; t++) memcpy(dst + 4 * t, gb + (b * ng + t) * 64 + 4 * i, 4);
+}
+
+int64_t sq_cpu_q8i_param_index(const sq_weight *w, int64_t o, int64_t b) {
+    const int64_t i = o % SQ_Q8I_GROUP;
+    return (o - i) * (w->cols / 32) + b * SQ_Q8I_GROUP + i;
+}
+
+static inline float q8i_bias(const sq_q8i_args *a, int64_t o) {
+    if (a->bias) return a->bias[o];
+    if (a->bias_bf16) return sq_bf16_to_f32_1(a->bias_bf16[o]);
+    return 0.0f;
+}
+
+/* ---- portable reference path ----------------------------------------------------------------- */
+
+static void q8i_rows_portable(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
+    const sq_weight *w = a->w;
+    const bool b4 = w->qf.code_bits == 4;
+    const int zero = w->qf.code_zero;
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t r = r0; r < r1; r++) {
+            const int8_t *qx = a->qx + r * a->K;
+            const float *dx = a->dx + r * a->nb;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < a->nb; b++) {
+                uint8_t cb[32];
+                sq_cpu_q8i_block_codes(w, o, b, cb);
+                int32_t p = 0;
+                for (int e = 0; e < 32; e++) {
+                    int c = b4 ? ((cb[e & 15] >> ((e >> 4) * 4)) & 15) - zero : (int8_t)cb[e];
+                    p += c * qx[32 * b + e];
+                }
+                float s = sq_qblock_param(&w->qf, w->absmax_d, sq_cpu_q8i_param_index(w, o, b));
+                acc = fmaf(s * dx[b], (float)p, acc);
+            }
+            a->out[r * a->N + o] = acc + q8i_bias(a, o);
+        }
+}
+
+/* ---- AVX2 and AVX-512 VNNI ------------------------------------------------------------------- */
+#ifdef SQ_HAVE_X86
+#define TGT_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TGT_ZMM __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+#define INLINE static inline __attribute__((always_inline))
+
+static inline int32_t q8i_dw(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Eight outputs o .. o + 7 (half of a group), every row: maddubs, then the same float steps. */
+TGT_AVX2 static void q8i_tile_avx2(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
+    const sq_weight *w = a->w;
+    const bool b4 = w->qf.code_bits == 4, h16 = w->qf.scale_bits == 16;
+    const int64_t nb = a->nb, ng = q8i_ng(w);
+    const __m256i m4 = _mm256_set1_epi8(15), z = _mm256_set1_epi8((char)w->qf.code_zero),
+                  ones = _mm256_set1_epi16(1);
+    for (int64_t o = o0; o < o1; o += 8) {
+        const int64_t h = (o % SQ_Q8I_GROUP) / 8, g0 = o - o % SQ_Q8I_GROUP;
+        const uint8_t *gb = (const uint8_t *)w->data_d + g0 * w->code_row_bytes + 32 * h;
+        const int64_t pi = g0 * nb + 8 * h;
+        for (int64_t r = r0; r < r1; r++) {
+            const int8_t *qx = a->qx + r * a->K;
+            const float *dx = a->dx + r * nb;
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                __m256i p = _mm256_setzero_si256();
+                const int8_t *q = qx + 32 * b;
+                for (int64_t t = 0; t < ng; t++) {
+                    __m256i v = _mm256_loadu_si256((const __m256i *)(gb + (b * ng + t) * 64));
+                    if (b4) {
+                        __m256i lo = _mm256_sub_epi8(_mm256_and_si256(v, m4), z);
+                        __m256i hi = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), z);
+                        __m256i ql = _mm256_set1_epi32(q8i_dw(q + 4 * t)), qh = _mm256_set1_epi32(q8i_dw(q + 16 + 4 * t));
+                        p = _mm256_add_epi32(p, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(ql, lo)), ones));
+                        p = _mm256_add_epi32(p, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(qh, hi)), ones));
+                    } else {
+                        __m256i qv = _mm256_set1_epi32(q8i_dw(q + 4 * t));
+                        p = _mm256_add_epi32(p, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(qv, v)), ones));
+                    }
+                }
+                __m256 s = h16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w->absmax_d + pi + 16 * b)))
+                               : _mm256_loadu_ps((const float *)w->absmax_d + pi + 16 * b);
+                acc = _mm256_fmadd_ps(_mm256_mul_ps(s, _mm256_set1_ps(dx[b])), _mm256_cvtepi32_ps(p), acc);
+            }
+            float y[8];
+            _mm256_storeu_ps(y, acc);
+            for (int i = 0; i < 8 && o + i < o1; i++) a->out[r * a->N + o + i] = y[i] + q8i_bias(a, o + i);
+        }
+    }
+}
+
+/* cs[b - b0] = the sum of the 8 lane corrections of block b (-zero * the block's sum of qx) */
+TGT_AVX2 static void q8i_corr_sums(const int32_t *corr, int64_t b0, int64_t b1, int32_t *cs) {
+    int64_t b = b0;
+    for (; b + 8 <= b1; b += 8) {
+        __m256i v[8];
+        for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_si256((const __m256i *)(corr + 8 * (b + k)));
+        __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+        __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+        __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
+        __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
+                                     _mm256_permute2x128_si256(q0, q1, 0x31));
+        _mm256_storeu_si256((__m256i *)(cs + (b - b0)), s);
+    }
+    for (; b < b1; b++) {
+        int32_t s = 0;
+        for (int k = 0; k < 8; k++) s += corr[8 * b + k];
+        cs[b - b0] = s;
+    }
+}
+
+/* One group (gb: its codes, sp: its scales) x NR rows over blocks [b0, b1); acc: the rows'
+ * accumulators. */
+TGT_ZMM INLINE void q8i_kern(const sq_q8i_args *a, const uint8_t *gb, const void *sp, int64_t r,
+                             int64_t b0, int64_t b1, int32_t (*cs)[Q8I_CH], __m512 *acc,
+                             const int NR, const int B4, const int H16) {
+    const int64_t K = a->K, nb = a->nb;
+    const __m512i m4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8((char)0x80);
+    __m512 ac[Q8I_NR];
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) ac[j] = acc[j];
+    for (int64_t b = b0; b < b1; b++) {
+        __m512i wv[8];
+        if (B4) {
+            _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) {
+                __m512i v = _mm512_loadu_si512((const void *)(gb + (b * 4 + t) * 64));
+                wv[t] = _mm512_and_si512(v, m4);
+                wv[4 + t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+        } else {
+            _Pragma("GCC unroll 8") for (int t = 0; t < 8; t++)
+                wv[t] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(gb + (b * 8 + t) * 64)), x80);
+        }
+        const __m512 s = H16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)sp + 16 * b)))
+                             : _mm512_loadu_ps((const float *)sp + 16 * b);
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+            const int8_t *q = a->qx + (r + j) * K + 32 * b;
+            __m512i p0 = _mm512_set1_epi32(cs[j][b - b0]), p1 = _mm512_setzero_si512();
+            /* 4-bit: dword t holds elements 4 t .. 4 t + 3 (low nibbles) and 16 + 4 t .. (high);
+             * 8-bit: elements 4 t .. 4 t + 3 */
+            _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) {
+                p0 = _mm512_dpbusd_epi32(p0, wv[t], _mm512_set1_epi32(q8i_dw(q + 4 * t)));
+                p1 = _mm512_dpbusd_epi32(p1, wv[4 + t], _mm512_set1_epi32(q8i_dw(q + 16 + 4 * t)));
+            }
+            const __m512i p = _mm512_add_epi32(p0, p1);
+            ac[j] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(a->dx[(r + j) * nb + b])),
+                                    _mm512_cvtepi32_ps(p), ac[j]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) acc[j] = ac[j];
+}
+
+#define Q8I_K(NRV) q8i_kern(a, gb, sp, r, b0, b1, cs, acc[gi], NRV, B4, H16)
+TGT_ZMM INLINE void q8i_tile_zmm_t(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0,
+                                   int64_t r1, const int B4, const int H16) {
+    const sq_weight *w = a->w;
+    const int64_t nb = a->nb;
+    const int sb = w->qf.scale_bits / 8;
+    for (int64_t og = o0; og < o1; og += Q8I_MAXG * SQ_Q8I_GROUP) {
+        const int64_t ng = (o1 - og) / SQ_Q8I_GROUP < Q8I_MAXG ? (o1 - og) / SQ_Q8I_GROUP : Q8I_MAXG;
+        for (int64_t r = r0; r < r1; r += Q8I_NR) {
+            const int64_t nr = r1 - r < Q8I_NR ? r1 - r : Q8I_NR;
+            __m512 acc[Q8I_MAXG][Q8I_NR];
+            for (int gi = 0; gi < Q8I_MAXG; gi++)
+                for (int j = 0; j < Q8I_NR; j++) acc[gi][j] = _mm512_setzero_ps();
+            for (int64_t b0 = 0; b0 < nb; b0 += Q8I_CH) {
+                const int64_t b1 = b0 + Q8I_CH < nb ? b0 + Q8I_CH : nb;
+                int32_t cs[Q8I_NR][Q8I_CH];
+                for (int64_t j = 0; j < nr; j++) q8i_corr_sums(a->corr + (r + j) * nb * 8, b0, b1, cs[j]);
+                for (int64_t gi = 0; gi < ng; gi++) {
+                    const int64_t o = og + gi * SQ_Q8I_GROUP;
+                    const uint8_t *gb = (const uint8_t *)w->data_d + o * w->code_row_bytes;
+                    const void *sp = (const char *)w->absmax_d + o * nb * sb;
+                    switch (nr) {
+                    case 1: Q8I_K(1); break;
+                    case 2: Q8I_K(2); break;
+                    case 3: Q8I_K(3); break;
+                    case 4: Q8I_K(4); break;
+                    case 5: Q8I_K(5); break;
+                    case 6: Q8I_K(6); break;
+                    case 7: Q8I_K(7); break;
+                    default: Q8I_K(8); break;
+                    }
+                }
+            }
+            for (int64_t gi = 0; gi < ng; gi++) {
+                const int64_t o = og + gi * SQ_Q8I_GROUP;
+                for (int64_t j = 0; j < nr; j++) {
+                    float y[SQ_Q8I_GROUP];
+                    _mm512_storeu_ps(y, acc[gi][j]);
+                    for (int i = 0; i < SQ_Q8I_GROUP; i++)
+                        a->out[(r + j) * a->N + o + i] = y[i] + q8i_bias(a, o + i);
+                }
+            }
+        }
+    }
+}
+TGT_ZMM static void q8i_tile_zmm(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
+    const bool b4 = a->w->qf.code_bits == 4, h16 = a->w->qf.scale_bits == 16;
+    if (b4 && h16) q8i_tile_zmm_t(a, o0, o1, r0, r1, 1, 1);
+    else if (b4) q8i_tile_zmm_t(a, o0, o1, r0, r1, 1, 0);
+    else if (h16) q8i_tile_zmm_t(a, o0, o1, r0, r1, 0, 1);
+    else q8i_tile_zmm_t(a, o0, o1, r0, r1, 0, 0);
+}
+#endif /* SQ_HAVE_X86 */
+
+void sq_cpu_q8i_tile(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
+#ifdef SQ_HAVE_X86
+    if (a->isa != SQ_CPU_PORTABLE) {
+        if (a->zmm) q8i_tile_zmm(a, o0, o1, r0, r1);
+        else q8i_tile_avx2(a, o0, o1, r0, r1);
+        return;
+    }
+#endif
+    q8i_rows_portable(a, o0, o1, r0, r1);
+}
+
+/* ---- upload ---------------------------------------------------------------------------------- */
+
+sq_status sq_cpu_q8i_repack(sq_weight *w, sq_error *err) {
+    if (!sq_cpu_q8i_eligible(w)) return SQ_OK;
+    const int64_t crb = w->code_row_bytes, nb = w->cols / 32;
+    const int sb = w->qf.scale_bits / 8;
+    const size_t cbytes = (size_t)(SQ_Q8I_GROUP * crb), sbytes = (size_t)(SQ_Q8I_GROUP * nb * sb);
+    uint8_t *tmp = malloc(cbytes + sbytes);
+    if (!tmp)
+        return sq_error_set(err, SQ_ERR_NOMEM, NULL, w->name,
+                            "backend alloc: out of memory interleaving a weight");
+    for (int64_t g = 0; g < w->rows / SQ_Q8I_GROUP; g++) {
+        memcpy(tmp, (const uint8_t *)w->data_d + g * (int64_t)cbytes, cbytes);
+        memcpy(tmp + cbytes, (const char *)w->absmax_d + g * (int64_t)sbytes, sbytes);
+        sq_cpu_q8i_pack_group(w, g, tmp, tmp + cbytes);
+    }
+    free(tmp);
+    w->q8i = true;
+    return SQ_OK;
+}

@@ -1,0 +1,50 @@
+/* CPU backend, private: block-scaled weights interleaved by groups of 16 outputs for the int8
+ * activation kernels (cpu_q8i.c).  Must never be included outside src/backend/.
+ *
+ * Which weights (sq_cpu_q8i_eligible): QBLOCK, blocks of 32 elements, no bias, rows % 16 == 0
+ * (GGUF Q4_0, Q8_0; int8 absmax weights).  The CPU backend stores them so (w->q8i) at upload
+ * when its Linear takes int8 activations; every other weight keeps the row-major form.
+ *
+ * Layout, group g = rows 16 g .. 16 g + 15 at the place of those rows in the row-major arrays
+ * (the same bytes in all, so no second copy):
+ *   codes   a block's code bytes (16 for 4-bit, 32 for 8-bit) as NG = 4 or 8 dwords t; block b,
+ *           dword t of row 16 g + i at byte (b * NG + t) * 64 + 4 i of the group: one 64-byte
+ *           load is dword t of the 16 outputs, the lanes of one vpdpbusd.
+ *   scales  scale b of row 16 g + i at index 16 b + i of the group (16 scales a block). */
+#ifndef SQ_CPU_Q8I_H
+#define SQ_CPU_Q8I_H
+
+#include "cpu_impl.h"
+
+enum { SQ_Q8I_GROUP = 16 };
+
+bool sq_cpu_q8i_eligible(const sq_weight *w);
+/* Interleave group g of w from 16 row-major rows (codes: 16 x code_row_bytes; scales: 16 x
+ * cols / 32 params). */
+void sq_cpu_q8i_pack_group(const sq_weight *w, int64_t g, const uint8_t *codes, const void *scales);
+/* The code bytes of block b of row o in the row-major order (16 or 32 of them). */
+void sq_cpu_q8i_block_codes(const sq_weight *w, int64_t o, int64_t b, uint8_t *dst);
+/* Index of the scale of block b of row o in w->absmax_d. */
+int64_t sq_cpu_q8i_param_index(const sq_weight *w, int64_t o, int64_t b);
+
+/* Interleave w in place (w->q8i) when it is eligible; nothing otherwise.  Upload only. */
+sq_status sq_cpu_q8i_repack(sq_weight *w, sq_error *err);
+
+/* One call of the int8-activation Linear on an interleaved weight (cpu_q8.c fills it). */
+typedef struct {
+    const sq_weight *w;
+    const float *bias;        /* (N) float32, or bias_bf16, or neither */
+    const uint16_t *bias_bf16;
+    float *out;               /* (n_rows, N) */
+    const int8_t *qx;         /* (n_rows, K) */
+    const float *dx;          /* (n_rows, nb) */
+    const int32_t *corr;      /* (n_rows, nb, 8): -z * the lane's sum of qx (cpu_q8.c) */
+    int64_t K, N, nb;
+    sq_cpu_isa isa;
+    bool zmm;
+} sq_q8i_args;
+
+/* Outputs [o0, o1) (whole groups) x rows [r0, r1). */
+void sq_cpu_q8i_tile(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, int64_t r1);
+
+#endif
