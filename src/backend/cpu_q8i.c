@@ -30,7 +30,8 @@
 enum {
     Q8I_CH = 64,     /* blocks per chunk whose corrections a task sums at once */
     Q8I_NR = 8,      /* rows of the 512-bit register tile */
-    Q8I_MAXG = 2     /* groups of 16 outputs a task handles at a time */
+    Q8I_MAXG = 2,    /* groups of 16 outputs a task handles at a time */
+    Q8I_PREFETCH = 4096   /* bytes ahead in a group's codes that the kernel prefetches */
 };
 
 bool sq_cpu_q8i_eligible(const sq_weight *w) {
@@ -184,6 +185,9 @@ TGT_ZMM INLINE void q8i_kern(const sq_q8i_args *a, const uint8_t *gb, const void
     _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) ac[j] = acc[j];
     for (int64_t b = b0; b < b1; b++) {
         __m512i wv[8];
+        /* one stream per group: the hardware prefetchers stop at 4 KiB pages */
+        for (int t = 0; t < (B4 ? 4 : 8); t++)
+            _mm_prefetch((const char *)(gb + (b * (B4 ? 4 : 8) + t) * 64 + Q8I_PREFETCH), _MM_HINT_T0);
         if (B4) {
             _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) {
                 __m512i v = _mm512_loadu_si512((const void *)(gb + (b * 4 + t) * 64));
