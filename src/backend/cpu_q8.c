@@ -91,6 +91,7 @@ typedef struct {
     const float *xs;      /* (n_rows, nb, 8) dx * the lane's sum of qx */
     const int32_t *corr;  /* (n_rows, nb, 8) -z * the lane's sum of qx: z = the 4-bit code zero
                            * for K_Q4, 128 otherwise (VNNI's unsigned operand: see q8_dot) */
+    const int32_t *bsum;  /* (n_rows, nb) the sums of corr per block: interleaved weights */
     int64_t n_rows, K, N, nb;
     int64_t otile, n_otiles, rt;
     q8_kind kind;
@@ -767,7 +768,7 @@ static void q8_task(void *ctx_, int64_t t, int thread) {
     int64_t o0 = ot * c->otile, o1 = o0 + c->otile < c->N ? o0 + c->otile : c->N;
     int64_t r0 = rt * c->rt, r1 = r0 + c->rt < c->n_rows ? r0 + c->rt : c->n_rows;
     if (c->w->q8i) {   /* interleaved by 16 outputs: cpu_q8i.c */
-        sq_q8i_args a = {c->w, c->bias, c->bias_bf16, c->out, c->qx, c->dx, c->corr,
+        sq_q8i_args a = {c->w, c->bias, c->bias_bf16, c->out, c->qx, c->dx, c->bsum,
                          c->K, c->N, c->nb, c->isa, c->zmm};
         sq_cpu_q8i_tile(&a, o0, o1, r0, r1);
         return;
@@ -817,10 +818,11 @@ sq_status sq_cpu_reserve_q8(sq_cpu *cpu, int64_t max_rows, int64_t max_width, sq
                             "backend reserve: int8 activation scratch for %lld x %lld is too large",
                             (long long)max_rows, (long long)max_width);
     if (n <= cpu->q8_cap) return SQ_OK;
-    /* per element: 1 byte of qx; per block of 32: dx, 8 lane sums xs and 8 corrections */
+    /* per element: 1 byte of qx; per block of 32: dx, 8 lane sums xs, 8 corrections and their
+     * sum (cpu_q8i.c) */
     uint64_t nb = n / 32;
     void *p = NULL;
-    if (posix_memalign(&p, 64, n + nb * (4 + 32 + 32) + 64) != 0)
+    if (posix_memalign(&p, 64, n + nb * (4 + 32 + 32 + 4) + 64) != 0)
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, NULL,
                             "backend reserve: out of memory for the int8 activation scratch");
     free(cpu->q8_buf);
@@ -856,7 +858,7 @@ sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, cons
     const uint64_t cap_nb = cpu->q8_cap / 32;
     int8_t *qx = cpu->q8_buf;
     float *dx = (float *)(cpu->q8_buf + cpu->q8_cap), *xs = dx + cap_nb;
-    int32_t *corr = (int32_t *)(xs + cap_nb * 8);
+    int32_t *corr = (int32_t *)(xs + cap_nb * 8), *bsum = corr + cap_nb * 8;
     for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
         const int64_t nr = n_rows - r0 < chunk ? n_rows - r0 : chunk;
         quant_ctx qc = {(const float *)x_d + r0 * K, K, c.kind == K_LUT,
@@ -877,6 +879,8 @@ sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, cons
             c.rt = nr;
         }
         c.n_otiles = (c.N + c.otile - 1) / c.otile;
+        c.bsum = bsum;
+        if (w->q8i) sq_cpu_q8i_block_sums(corr, nr, nb, cpu->isa, bsum);
         const int64_t n_rtiles = (nr + c.rt - 1) / c.rt;
         uint64_t work = (uint64_t)c.N * (uint64_t)K * (uint64_t)nr;
         sq_pool_run(work < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, c.n_otiles * n_rtiles, q8_task, &c);

@@ -28,7 +28,7 @@
 #endif
 
 enum {
-    Q8I_CH = 64,     /* blocks per chunk whose corrections a task sums at once */
+    Q8I_CH = 64,     /* blocks per chunk of a task's loop */
     Q8I_NR = 8,      /* rows of the 512-bit register tile */
     Q8I_MAXG = 2,    /* groups of 16 outputs a task handles at a time */
     Q8I_PREFETCH = 4096   /* bytes ahead in a group's codes that the kernel prefetches */
@@ -154,30 +154,10 @@ TGT_AVX2 static void q8i_tile_avx2(const sq_q8i_args *a, int64_t o0, int64_t o1,
     }
 }
 
-/* cs[b - b0] = the sum of the 8 lane corrections of block b (-zero * the block's sum of qx) */
-TGT_AVX2 static void q8i_corr_sums(const int32_t *corr, int64_t b0, int64_t b1, int32_t *cs) {
-    int64_t b = b0;
-    for (; b + 8 <= b1; b += 8) {
-        __m256i v[8];
-        for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_si256((const __m256i *)(corr + 8 * (b + k)));
-        __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
-        __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
-        __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
-        __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
-                                     _mm256_permute2x128_si256(q0, q1, 0x31));
-        _mm256_storeu_si256((__m256i *)(cs + (b - b0)), s);
-    }
-    for (; b < b1; b++) {
-        int32_t s = 0;
-        for (int k = 0; k < 8; k++) s += corr[8 * b + k];
-        cs[b - b0] = s;
-    }
-}
-
 /* One group (gb: its codes, sp: its scales) x NR rows over blocks [b0, b1); acc: the rows'
  * accumulators. */
 TGT_ZMM INLINE void q8i_kern(const sq_q8i_args *a, const uint8_t *gb, const void *sp, int64_t r,
-                             int64_t b0, int64_t b1, int32_t (*cs)[Q8I_CH], __m512 *acc,
+                             int64_t b0, int64_t b1, __m512 *acc,
                              const int NR, const int B4, const int H16) {
     const int64_t K = a->K, nb = a->nb;
     const __m512i m4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8((char)0x80);
@@ -202,7 +182,7 @@ TGT_ZMM INLINE void q8i_kern(const sq_q8i_args *a, const uint8_t *gb, const void
                              : _mm512_loadu_ps((const float *)sp + 16 * b);
         _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
             const int8_t *q = a->qx + (r + j) * K + 32 * b;
-            __m512i p0 = _mm512_set1_epi32(cs[j][b - b0]), p1 = _mm512_setzero_si512();
+            __m512i p0 = _mm512_set1_epi32(a->bsum[(r + j) * nb + b]), p1 = _mm512_setzero_si512();
             /* 4-bit: dword t holds elements 4 t .. 4 t + 3 (low nibbles) and 16 + 4 t .. (high);
              * 8-bit: elements 4 t .. 4 t + 3 */
             _Pragma("GCC unroll 4") for (int t = 0; t < 4; t++) {
@@ -217,7 +197,7 @@ TGT_ZMM INLINE void q8i_kern(const sq_q8i_args *a, const uint8_t *gb, const void
     _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) acc[j] = ac[j];
 }
 
-#define Q8I_K(NRV) q8i_kern(a, gb, sp, r, b0, b1, cs, acc[gi], NRV, B4, H16)
+#define Q8I_K(NRV) q8i_kern(a, gb, sp, r, b0, b1, acc[gi], NRV, B4, H16)
 TGT_ZMM INLINE void q8i_tile_zmm_t(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0,
                                    int64_t r1, const int B4, const int H16) {
     const sq_weight *w = a->w;
@@ -232,8 +212,6 @@ TGT_ZMM INLINE void q8i_tile_zmm_t(const sq_q8i_args *a, int64_t o0, int64_t o1,
                 for (int j = 0; j < Q8I_NR; j++) acc[gi][j] = _mm512_setzero_ps();
             for (int64_t b0 = 0; b0 < nb; b0 += Q8I_CH) {
                 const int64_t b1 = b0 + Q8I_CH < nb ? b0 + Q8I_CH : nb;
-                int32_t cs[Q8I_NR][Q8I_CH];
-                for (int64_t j = 0; j < nr; j++) q8i_corr_sums(a->corr + (r + j) * nb * 8, b0, b1, cs[j]);
                 for (int64_t gi = 0; gi < ng; gi++) {
                     const int64_t o = og + gi * SQ_Q8I_GROUP;
                     const uint8_t *gb = (const uint8_t *)w->data_d + o * w->code_row_bytes;
@@ -270,6 +248,46 @@ TGT_ZMM static void q8i_tile_zmm(const sq_q8i_args *a, int64_t o0, int64_t o1, i
     else q8i_tile_zmm_t(a, o0, o1, r0, r1, 0, 0);
 }
 #endif /* SQ_HAVE_X86 */
+
+#ifdef SQ_HAVE_X86
+/* cs[b - b0] = the sum of the 8 lane corrections of block b (-zero * the block's sum of qx) */
+TGT_AVX2 static void q8i_corr_sums_avx2(const int32_t *corr, int64_t b0, int64_t b1, int32_t *cs) {
+    int64_t b = b0;
+    for (; b + 8 <= b1; b += 8) {
+        __m256i v[8];
+        for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_si256((const __m256i *)(corr + 8 * (b + k)));
+        __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+        __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+        __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
+        __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
+                                     _mm256_permute2x128_si256(q0, q1, 0x31));
+        _mm256_storeu_si256((__m256i *)(cs + (b - b0)), s);
+    }
+    for (; b < b1; b++) {
+        int32_t s = 0;
+        for (int k = 0; k < 8; k++) s += corr[8 * b + k];
+        cs[b - b0] = s;
+    }
+}
+
+#endif
+
+void sq_cpu_q8i_block_sums(const int32_t *corr, int64_t n_rows, int64_t nb, sq_cpu_isa isa,
+                           int32_t *bsum) {
+    for (int64_t r = 0; r < n_rows; r++) {
+#ifdef SQ_HAVE_X86
+        if (isa != SQ_CPU_PORTABLE) {
+            q8i_corr_sums_avx2(corr + r * nb * 8, 0, nb, bsum + r * nb);
+            continue;
+        }
+#endif
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t s = 0;
+            for (int k = 0; k < 8; k++) s += corr[(r * nb + b) * 8 + k];
+            bsum[r * nb + b] = s;
+        }
+    }
+}
 
 void sq_cpu_q8i_tile(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, int64_t r1) {
 #ifdef SQ_HAVE_X86

@@ -38,11 +38,16 @@ typedef struct {
     float *out;               /* (n_rows, N) */
     const int8_t *qx;         /* (n_rows, K) */
     const float *dx;          /* (n_rows, nb) */
-    const int32_t *corr;      /* (n_rows, nb, 8): -z * the lane's sum of qx (cpu_q8.c) */
+    const int32_t *bsum;      /* (n_rows, nb): -z * the block's sum of qx (sq_cpu_q8i_block_sums) */
     int64_t K, N, nb;
     sq_cpu_isa isa;
     bool zmm;
 } sq_q8i_args;
+
+/* bsum[r][b] = the sum of corr[r][b][0..7] (cpu_q8.c's lane corrections -z * the lane's sum
+ * of qx), for n_rows rows of nb blocks; once per call, before the tiles. */
+void sq_cpu_q8i_block_sums(const int32_t *corr, int64_t n_rows, int64_t nb, sq_cpu_isa isa,
+                           int32_t *bsum);
 
 /* Outputs [o0, o1) (whole groups) x rows [r0, r1). */
 void sq_cpu_q8i_tile(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, int64_t r1);
