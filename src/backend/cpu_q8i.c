@@ -208,8 +208,8 @@ TGT_ZMM INLINE void q8i_tile_zmm_t(const sq_q8i_args *a, int64_t o0, int64_t o1,
         for (int64_t r = r0; r < r1; r += Q8I_NR) {
             const int64_t nr = r1 - r < Q8I_NR ? r1 - r : Q8I_NR;
             __m512 acc[Q8I_MAXG][Q8I_NR];
-            for (int gi = 0; gi < Q8I_MAXG; gi++)
-                for (int j = 0; j < Q8I_NR; j++) acc[gi][j] = _mm512_setzero_ps();
+            for (int64_t gi = 0; gi < ng; gi++)
+                for (int64_t j = 0; j < nr; j++) acc[gi][j] = _mm512_setzero_ps();
             for (int64_t b0 = 0; b0 < nb; b0 += Q8I_CH) {
                 const int64_t b1 = b0 + Q8I_CH < nb ? b0 + Q8I_CH : nb;
                 for (int64_t gi = 0; gi < ng; gi++) {
@@ -230,12 +230,15 @@ TGT_ZMM INLINE void q8i_tile_zmm_t(const sq_q8i_args *a, int64_t o0, int64_t o1,
             }
             for (int64_t gi = 0; gi < ng; gi++) {
                 const int64_t o = og + gi * SQ_Q8I_GROUP;
-                for (int64_t j = 0; j < nr; j++) {
-                    float y[SQ_Q8I_GROUP];
-                    _mm512_storeu_ps(y, acc[gi][j]);
-                    for (int i = 0; i < SQ_Q8I_GROUP; i++)
-                        a->out[(r + j) * a->N + o + i] = y[i] + q8i_bias(a, o + i);
-                }
+                /* + bias lane by lane: the same float additions as the portable path */
+                __m512 bv = _mm512_setzero_ps();
+                if (a->bias) bv = _mm512_loadu_ps(a->bias + o);
+                else if (a->bias_bf16)
+                    bv = _mm512_castsi512_ps(_mm512_slli_epi32(
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(a->bias_bf16 + o))), 16));
+                for (int64_t j = 0; j < nr; j++)
+                    _mm512_storeu_ps(a->out + (r + j) * a->N + o,
+                                     _mm512_add_ps(acc[gi][j], bv));   /* + 0 without bias, as there */
             }
         }
     }
