@@ -325,7 +325,15 @@ START_TEST(test_interleaved_order) {
     float *x = malloc((size_t)(NR * K * 4)), *bias = malloc((size_t)N * 4), *dx = malloc((size_t)(NR * K / 32 * 4));
     int8_t *qx = malloc((size_t)(NR * K));
     for (int64_t j = 0; j < NR * K; j++) x[j] = rng_f(-3, 3) * (j % 89 == 0 ? 30.0f : 1.0f);
-    for (int64_t j = 0; j < N; j++) bias[j] = rng_f(-1, 1);
+    uint16_t bias16[32];   /* the bias exact in bfloat16 too: also taken as a BF16 weight */
+    for (int64_t j = 0; j < N; j++) {
+        float v = rng_f(-1, 1);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        u &= 0xffff0000u;
+        memcpy(&bias[j], &u, 4);
+        bias16[j] = (uint16_t)(u >> 16);
+    }
     for (int64_t r = 0; r < NR; r++) ref_quant(x + r * K, K, qx + r * K, dx + r * (K / 32));
     float *want = malloc((size_t)(NR * N * 4));
     for (int t = 0; t < 3; t++) {
@@ -358,7 +366,8 @@ START_TEST(test_interleaved_order) {
             }
         for (int i = 0; i < 3; i++) {
             sq_weight *w = mk_w(bes[i], k, &s, N, K), *bw = NULL;
-            ck_assert_int_eq(sq_backend_weight_dense(bes[i], "bias", SQ_DTYPE_F32, bias, 1, N, &bw, NULL), SQ_OK);
+            ck_assert_int_eq(sq_backend_weight_dense(bes[i], "bias", t == 1 ? SQ_DTYPE_BF16 : SQ_DTYPE_F32,
+                                                     t == 1 ? (const void *)bias16 : bias, 1, N, &bw, NULL), SQ_OK);
             for (int64_t n = 1; n <= NR; n += 4) {   /* 1, 5, 9 rows: the GEMV and the GEMM */
                 float *y = sq_test_linear(bes[i], w, x, n, bw);
                 for (int64_t j = 0; j < n * N; j++)

@@ -51,7 +51,7 @@
  * (2 threads, 64-token prompt, Q4_0): prefill 1.07B 44-50 -> 81-98 tok/s, SmolLM2-135M
  * 240-400 -> 480-660 tok/s against the 256-bit tile.  Its ceiling is the fixed float order: per
  * (output, row, block) 8 lanes of cvt, mul and fma, against one fma lane in llama.cpp's
- * repacked Q4_0 GEMM, whose lanes are outputs.
+ * repacked Q4_0 GEMM, whose lanes are outputs (what cpu_q8i.c does for the weights it takes).
  * Supported: the block-scaled form with code_bits 4 (blocks of 32) or 8 (blocks of 16 or 32,
  * a bias only with blocks of 32); NF4 / FP4 with in_features % 64 == 0 and blocks >= 64.
  * Anything else (dense weights, ragged 4-bit rows) takes the float32 path of cpu_linear.c.
