@@ -61,7 +61,11 @@ sq_status sq_backend_create_cpu(int n_threads, sq_backend **out, sq_error *err);
  * products (src/backend/cpu_q8.c: the order and why per block); dense weights, NF4 / FP4 rows
  * whose in_features is not a multiple of 64, and calls made before sq_backend_reserve sized the
  * scratch stay float32.  Results stay bit-identical across thread counts, row counts and ISA
- * paths in either mode.  DEFAULT: the build's default (SQ_CPU_ACT_INT8_DEFAULT). */
+ * paths in either mode.  Set the mode before uploading weights: in INT8 mode GGUF Q4_0 / Q8_0
+ * and int8 absmax weights with out_features % 16 == 0 are stored interleaved by 16 outputs for
+ * the int8 kernels (src/backend/cpu_q8i.c, their own float order); such a weight used later
+ * with F32 activations gives the same bits as ever on a slower path.
+ * DEFAULT: the build's default (SQ_CPU_ACT_INT8_DEFAULT). */
 typedef enum sq_cpu_activations {
     SQ_CPU_ACT_DEFAULT = 0,
     SQ_CPU_ACT_F32 = 1,
