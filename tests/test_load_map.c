@@ -4,7 +4,8 @@
  * checkpoint itself; a truncated file still fails with the truncation error; the CPU backend
  * keeps such a mapping as a weight's storage (the same Linear output as a copied weight, the
  * file unlinked under it) and refuses data not aligned to its element size (copied, the
- * mapping left to the caller). */
+ * mapping left to the caller); `shardq run` maps a large embedding and lm_head and gives the same
+ * logits on 1 and 2 ranks. */
 #include <check.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -260,6 +261,67 @@ START_TEST(test_backend_keeps_mapping) {
 }
 END_TEST
 
+
+/* ---- `shardq run`: the embedding and lm_head (20 MB, larger than a staging slot) mapped -------- */
+
+/* A 1-layer model whose embedding and lm_head [40000 x 256] bf16 are larger than the default
+ * staging slot (16 MiB): run's load maps both (the trace's "map" spans name them), the CPU
+ * backend keeps the windows, and generation on 1 and 2 ranks gives the same logits (rank 0
+ * holds the mapped embedding, the last rank the mapped lm_head). */
+START_TEST(test_run_mapped_embedding) {
+    char *dir = sq_test_tmpdir("load_map_run");
+    char cfg[4200], model[4200], trace[4200], l1[4200], l2[4200], cmd[20000];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    snprintf(model, sizeof model, "%s/m", dir);
+    snprintf(trace, sizeof trace, "%s/trace.json", dir);
+    snprintf(l1, sizeof l1, "%s/l1.bin", dir);
+    snprintf(l2, sizeof l2, "%s/l2.bin", dir);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 256,"
+          " \"intermediate_size\": 704, \"num_hidden_layers\": 2, \"num_attention_heads\": 8,"
+          " \"num_key_value_heads\": 2, \"head_dim\": 32, \"vocab_size\": 40000, \"rms_norm_eps\": 1e-05,"
+          " \"rope_theta\": 10000.0, \"max_position_embeddings\": 256, \"tie_word_embeddings\": false,"
+          " \"torch_dtype\": \"bfloat16\", \"bos_token_id\": 1, \"eos_token_id\": 2}", f);
+    ck_assert_int_eq(fclose(f), 0);
+    int rc = 0;
+    snprintf(cmd, sizeof cmd, SQ_SINGLETON_ENV "'%s' make-model --out '%s' --config '%s'",
+             SQ_SHARDQ_EXE, model, cfg);
+    char *o = sq_test_run(cmd, &rc);
+    ck_assert_msg(rc == 0, "%s", o);
+    free(o);
+    snprintf(cmd, sizeof cmd, SQ_SINGLETON_ENV "'%s' run '%s' --prompt-ids '1,2,3;40,41' "
+             "--max-new-tokens 4 --threads 2 --quiet --trace '%s' --dump-logits '%s'",
+             SQ_SHARDQ_EXE, model, trace, l1);
+    o = sq_test_run(cmd, &rc);
+    ck_assert_msg(rc == 0, "%s", o);
+    free(o);
+    size_t tn = 0;
+    char *t = sq_test_read_file(trace, &tn);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_msg(strstr(t, "\"map\"") && strstr(t, "model.embed_tokens.weight") &&
+                      strstr(t, "lm_head.weight"), "no map spans in the trace");
+    int n_map = 0;
+    for (const char *p = t; (p = strstr(p, "\"name\":\"map\"")); p++) n_map++;
+    ck_assert_int_eq(n_map, 2);
+    free(t);
+    snprintf(cmd, sizeof cmd, "'%s' --oversubscribe -np 2 '%s' run '%s' --prompt-ids '1,2,3;40,41' "
+             "--max-new-tokens 4 --threads 1 --quiet --dump-logits '%s'",
+             SQ_MPIEXEC, SQ_SHARDQ_EXE, model, l2);
+    o = sq_test_run(cmd, &rc);
+    ck_assert_msg(rc == 0, "%s", o);
+    free(o);
+    size_t n1 = 0, n2 = 0;
+    char *a = sq_test_read_file(l1, &n1), *b = sq_test_read_file(l2, &n2);
+    ck_assert(a && b && n1 > 0 && n1 == n2);
+    ck_assert_msg(!memcmp(a, b, n1), "1 rank and 2 ranks differ");
+    free(a);
+    free(b);
+    ck_assert_int_eq(sq_test_rmtree(dir), 0);
+    free(dir);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("load_map");
     TCase *tc = tcase_create("core");
@@ -268,6 +330,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_dense_copied_without_option);
     tcase_add_test(tc, test_dense_map_truncated);
     tcase_add_test(tc, test_backend_keeps_mapping);
+    tcase_add_test(tc, test_run_mapped_embedding);
     suite_add_tcase(s, tc);
     return s;
 }
