@@ -9,7 +9,7 @@
  * fails (a file system without mmap, a kernel without MADV_POPULATE_READ, a file shorter than
  * its header says) the piece is pread() into the slot's buffer as before, which also gives the
  * truncation error.  Also owns load_read_parallel, the pool's chunked read of a deferred dense
- * unit.  Must never hold more than n_slots units read ahead or mapped, more than
+ * unit, and load_map_parallel, the same unit kept as a populated mapped window (dense_map).  Must never hold more than n_slots units read ahead or mapped, more than
  * one dense tensor larger than a slot, or let either thread wait for the other after a stop. */
 #include <errno.h>
 #include <fcntl.h>
