@@ -129,6 +129,16 @@ sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src
 sq_status sq_backend_weight_dense_take(sq_backend *be, const char *name, sq_dtype src_dtype,
                                        void **src, int64_t rows, int64_t cols, sq_weight **out,
                                        sq_error *err);
+/* The same for data inside a read-only mapping of a file that the caller gives up (*map,
+ * map_len bytes, from mmap; src inside it, aligned to its element size, with at least
+ * rows * cols elements rounded up to 64 bytes readable from src within the mapping): a backend
+ * that can read it in place (the CPU backend, F32 and BF16) keeps the mapping as the weight's
+ * storage, sets *map to NULL and unmaps it when the weight is freed; otherwise the data is
+ * copied and the mapping stays the caller's.  The file must then not be truncated while the
+ * weight lives (its pages would be gone: SIGBUS, as with any mapped model file). */
+sq_status sq_backend_weight_dense_map(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                      const void *src, void **map, size_t map_len, int64_t rows,
+                                      int64_t cols, sq_weight **out, sq_error *err);
 /* A 4-bit NF4 / FP4 weight (bitsandbytes layout, shape [out, in], any in >= 1: rows may start
  * mid-byte and blocks may cross rows; or layout G64 where sq_q4_layout_fits).  Both backends keep one float32 absmax per block
  * (double-quant absmax is expanded once, exactly as bnb reconstructs it).  q is not kept: the

@@ -18,7 +18,9 @@
  * staging slots that share the budget B — a piece is a read-only mapped window of the file
  * that the thread populates (MADV_POPULATE_READ) and unmaps when the slot is reused, so the
  * quantizer reads the page cache in place; with read_copy, or where mapping fails, a pread()
- * copy into the slot's buffer; dense tensors are pread() into buffers of their own — while the calling thread quantizes the piece read
+ * copy into the slot's buffer; dense tensors are pread() into buffers of their own (with
+ * dense_map, one larger than a slot is instead a read-only mapped window of the file that the
+ * pool populates and the consumer may keep: no copy, no fresh memory to zero) — while the calling thread quantizes the piece read
  * before (straight from BF16 / F16 / F32, no float32 copy; the pool splits its blocks) and
  * calls the consumer: reading, quantizing and the consumer's work (a backend's repack or
  * upload, quantize's file write) overlap.  Pre-quantized parts, GGUF blocks and rows to
@@ -39,7 +41,9 @@
  *          of the share for a consumer that keeps it).  With dense_pieces no dense tensor is
  *          ever whole in memory: T is the largest 4-bit weight.
  * Page cache is not counted beyond S: a mapped window counts while its slot holds it (at most
- * the slot's bytes + a page), and pread copies out of it.
+ * the slot's bytes + a page), and pread copies out of it; a dense_map window is page cache
+ * shared with the file, resident (and counted in RSS) while its item or the weight keeping it
+ * lives, in place of T's copy.
  *
  * GPU quantization (sq_load_options.quant_device >= 0, CUDA builds): each 4-bit weight is read
  * chunk by chunk (whole blocks) with pread() straight into a ring of 3 pinned buffers that
@@ -128,6 +132,13 @@ typedef struct sq_load_item {
      * valid during the call only: never take it).  Otherwise 0, n_bytes and false. */
     uint64_t piece_offset, total_bytes;
     bool borrowed;
+    /* sq_load_options.dense_map: data lies in this read-only mapping of the checkpoint file
+     * (map_len bytes from mmap; the element-aligned tensor, with n_bytes rounded up to 64
+     * readable), which the item owns: sq_load_item_release unmaps it, or a consumer takes it
+     * (sq_stage_set_dense_map) and sets map to NULL (map_len stays: data is never freed).
+     * NULL and 0 otherwise. */
+    void *map;
+    uint64_t map_len;
 } sq_load_item;
 
 /* Called once per tensor in skeleton order.  Returning non-OK stops the load with that error. */
@@ -162,6 +173,11 @@ typedef struct sq_load_options {
                                       writes them out never holds a whole one */
     bool read_copy;                /* pieces are pread() into the staging slots instead of
                                       read in place through a mapped window (see above) */
+    bool dense_map;                /* a dense tensor larger than a staging slot, read as stored
+                                      and aligned to its element size, comes as a read-only
+                                      mapped window of the file (sq_load_item.map), populated
+                                      by the pool, instead of a copy into fresh memory; where
+                                      mapping fails it is copied as before */
     sq_q4_layout q4_layout;        /* 4-bit weights quantized here come in this layout where
                                       sq_q4_layout_fits (BNB, the default, otherwise): G64 for
                                       a consumer that keeps the CPU backend's layout */

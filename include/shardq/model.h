@@ -77,6 +77,13 @@ sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, co
 sq_status sq_stage_set_dense_take(sq_stage *s, sq_tensor_role role, int64_t layer,
                                   const char *name, sq_dtype dtype, void **data, int n_dims,
                                   const int64_t shape[2], sq_error *err);
+/* The same for data inside a read-only file mapping the caller gives up (*map, map_len; see
+ * sq_backend_weight_dense_map): the backend may read it in place and own the mapping (then
+ * *map is set to NULL), else the data is copied and the mapping stays the caller's. */
+sq_status sq_stage_set_dense_map(sq_stage *s, sq_tensor_role role, int64_t layer,
+                                 const char *name, sq_dtype dtype, const void *data, void **map,
+                                 size_t map_len, int n_dims, const int64_t shape[2],
+                                 sq_error *err);
 /* Sets one decoder Linear weight (Q, K, V, O, GATE, UP, DOWN) from a 4-bit tensor; q is copied
  * (repacked) and may be freed afterwards. */
 sq_status sq_stage_set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,

@@ -97,8 +97,8 @@ sq_weight *sq_backend_weight_new(const char *name, int64_t rows, int64_t cols) {
 }
 
 static sq_status weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
-                              const void *src, void **give, int64_t rows, int64_t cols,
-                              sq_weight **out, sq_error *err) {
+                              const void *src, void **give, void **map, size_t map_len,
+                              int64_t rows, int64_t cols, sq_weight **out, sq_error *err) {
     if (out) *out = NULL;
     CHECK_BE(be);
     if (!out || !src) return bad(err, "weight_dense", "NULL pointer");
@@ -117,6 +117,12 @@ static sq_status weight_dense(sq_backend *be, const char *name, sq_dtype src_dty
         *out = w;
         return SQ_OK;
     }
+    if (map && *map && be->ops->weight_dense_map &&
+        be->ops->weight_dense_map(be, w, src_dtype, src, *map, map_len)) {
+        *map = NULL;
+        *out = w;
+        return SQ_OK;
+    }
     sq_status st = be->ops->weight_dense(be, w, src_dtype, src, err);
     if (st != SQ_OK) { free(w); return st; }
     *out = w;
@@ -126,7 +132,7 @@ static sq_status weight_dense(sq_backend *be, const char *name, sq_dtype src_dty
 sq_status sq_backend_weight_dense(sq_backend *be, const char *name, sq_dtype src_dtype,
                                   const void *src, int64_t rows, int64_t cols, sq_weight **out,
                                   sq_error *err) {
-    return weight_dense(be, name, src_dtype, src, NULL, rows, cols, out, err);
+    return weight_dense(be, name, src_dtype, src, NULL, NULL, 0, rows, cols, out, err);
 }
 
 sq_status sq_backend_weight_dense_take(sq_backend *be, const char *name, sq_dtype src_dtype,
@@ -134,7 +140,20 @@ sq_status sq_backend_weight_dense_take(sq_backend *be, const char *name, sq_dtyp
                                        sq_error *err) {
     if (out) *out = NULL;
     if (!src) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "weight_dense_take: NULL pointer");
-    return weight_dense(be, name, src_dtype, *src, src, rows, cols, out, err);
+    return weight_dense(be, name, src_dtype, *src, src, NULL, 0, rows, cols, out, err);
+}
+
+sq_status sq_backend_weight_dense_map(sq_backend *be, const char *name, sq_dtype src_dtype,
+                                      const void *src, void **map, size_t map_len, int64_t rows,
+                                      int64_t cols, sq_weight **out, sq_error *err) {
+    if (out) *out = NULL;
+    if (!map || !src)
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "weight_dense_map: NULL pointer");
+    if (*map && ((const uint8_t *)src < (const uint8_t *)*map ||
+                 (const uint8_t *)src > (const uint8_t *)*map + map_len))
+        return sq_error_set(err, SQ_ERR_INVALID, NULL, name,
+                            "weight_dense_map: the data is not inside the mapping");
+    return weight_dense(be, name, src_dtype, src, NULL, map, map_len, rows, cols, out, err);
 }
 
 /* weight_4bit and weight_4bit_take: q may be given up (take) when give != NULL (then q ==

@@ -24,6 +24,12 @@ typedef struct sq_backend_ops {
     /* keep src (the caller's, sq_backend_weight_dense_take) as the weight's storage: true when
      * taken (w->impl fields set), false to have it copied by weight_dense.  NULL: never. */
     bool (*weight_dense_take)(sq_backend *be, sq_weight *w, sq_dtype src_dtype, void *src);
+    /* keep src, which lies in the caller's read-only file mapping (map, map_len;
+     * sq_backend_weight_dense_map), as the weight's storage: true when kept (the weight then
+     * owns the mapping: w->map, w->map_len, unmapped on release), false to have it copied.
+     * NULL: never. */
+    bool (*weight_dense_map)(sq_backend *be, sq_weight *w, sq_dtype src_dtype, const void *src,
+                             void *map, size_t map_len);
     sq_status (*weight_4bit)(sq_backend *be, sq_weight *w, const sq_qtensor *q, sq_error *err);
     /* q->packed in layout G64 (cols % 64 == 0); with take it may keep q's packed / absmax
      * (setting them NULL in q) instead of copying, without take it leaves q alone.  NULL: the
@@ -93,6 +99,10 @@ struct sq_weight {
     /* CPU backend, QBLOCK: codes and scales interleaved by groups of 16 outputs
      * (cpu_q8i.h), made at upload when Linear takes int8 activations */
     bool q8i;
+    /* a dense weight kept in a read-only mapping of its checkpoint file (weight_dense_map):
+     * data_d points into it; unmapped, never freed, on release.  NULL otherwise. */
+    void *map;
+    size_t map_len;
 };
 
 /* A zeroed weight with its name and shape (ggml_type -1); NULL when out of memory. */

@@ -6,6 +6,7 @@
 #include "cpu_impl.h"
 
 #include <math.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,7 +138,9 @@ static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor 
 }
 
 static void cpu_weight_release(sq_backend *be, sq_weight *w) {
-    free(w->data_d);
+    if (w->map) munmap(w->map, w->map_len);   /* data_d lies in it */
+    else free(w->data_d);
+    w->map = NULL;
     free(w->absmax_d);
     free(w->bias_d);
     w->data_d = w->absmax_d = w->bias_d = NULL;
@@ -223,7 +226,7 @@ static const sq_backend_ops cpu_ops = {
     .name = cpu_name, .destroy = cpu_destroy, .reserve = cpu_reserve, .alloc = cpu_alloc,
     .free = cpu_free, .upload = cpu_upload, .download = cpu_download, .copy = cpu_copy,
     .memset = cpu_memset, .sync = cpu_sync, .weight_dense = cpu_weight_dense,
-    .weight_dense_take = sq_cpu_weight_dense_take,
+    .weight_dense_take = sq_cpu_weight_dense_take, .weight_dense_map = sq_cpu_weight_dense_map,
     .weight_4bit = cpu_weight_4bit, .weight_4bit_g64 = sq_cpu_weight_4bit_g64,
     .weight_ggml = sq_cpu_weight_ggml,
     .weight_release = cpu_weight_release, .embed = cpu_embed,

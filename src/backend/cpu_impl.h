@@ -73,6 +73,10 @@ sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bo
                                  sq_error *err);
 /* A dense F32 / BF16 weight kept in the caller's buffer (cpu_repack.c); false for F16. */
 bool sq_cpu_weight_dense_take(sq_backend *be, sq_weight *w, sq_dtype src_dtype, void *src);
+/* The same for src inside a read-only file mapping the weight then owns (w->map): F32 / BF16
+ * aligned to their element size (the kernels load unaligned vectors), else false (copied). */
+bool sq_cpu_weight_dense_map(sq_backend *be, sq_weight *w, sq_dtype src_dtype, const void *src,
+                             void *map, size_t map_len);
 
 /* ggml weights in the block-scaled integer form (cpu_ggml.c): upload, Linear (the same fixed
  * order as every other Linear), and one row dequantized (embedding). */

@@ -53,6 +53,16 @@ sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bo
     return SQ_OK;
 }
 
+bool sq_cpu_weight_dense_map(sq_backend *be, sq_weight *w, sq_dtype src_dtype, const void *src,
+                             void *map, size_t map_len) {
+    const size_t es = src_dtype == SQ_DTYPE_BF16 ? 2 : 4;
+    if ((uintptr_t)src % es != 0) return false;   /* the kernels read whole elements */
+    if (!sq_cpu_weight_dense_take(be, w, src_dtype, (void *)(uintptr_t)src)) return false;
+    w->map = map;
+    w->map_len = map_len;
+    return true;
+}
+
 bool sq_cpu_weight_dense_take(sq_backend *be, sq_weight *w, sq_dtype src_dtype, void *src) {
     (void)be;
     if (src_dtype != SQ_DTYPE_BF16 && src_dtype != SQ_DTYPE_F32) return false;   /* F16: converted */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,8 +58,13 @@ sq_load_stage_desc sq_load_stage_from_plan(const sq_plan_stage *s) {
 
 void sq_load_item_release(sq_load_item *item) {
     if (!item) return;
-    if (!item->borrowed) free(item->data);
-    item->data = NULL;
+    if (item->map_len) {   /* data lies in a mapping: the item's, or taken by the consumer */
+        if (item->map) munmap(item->map, (size_t)item->map_len);
+    } else if (!item->borrowed) {
+        free(item->data);
+    }
+    item->data = item->map = NULL;
+    item->map_len = 0;
     sq_qtensor_free(&item->q);
 }
 
@@ -245,7 +251,9 @@ static sq_status load_dense(loader *L, const sq_tensor_spec *t, const sq_ckpt_te
     if (rc == SQ_OK && L->units[u].deferred) {
         int fd = -1;
         rc = get_fd(L, w->file_index, t->name, &fd, err);
-        if (rc == SQ_OK)
+        if (rc == SQ_OK && !(L->o->dense_map &&
+                             load_map_parallel(fd, w, L->o->pool, L->trace, t->name, &item->data,
+                                               &item->map, &item->map_len)))
             rc = load_read_parallel(L->st, fd, w, t->name, L->o->pool, L->trace, &item->data, err);
     }
     if (rc == SQ_OK) load_prog_add(&L->prog, w->n_bytes);

@@ -166,6 +166,14 @@ sq_status load_pread(int fd, const char *path, const char *name, uint64_t pos, u
  * deferred units); a failed chunk is read again on the calling thread for its error. */
 sq_status load_read_parallel(const sq_ckpt *st, int fd, const sq_ckpt_tensor *w, const char *name,
                              sq_pool *pool, sq_trace *trace, void **out, sq_error *err);
+/* dense_map: the whole of w (on fd) as a read-only mapped window of the file, populated by
+ * pool's threads in chunks (MADV_POPULATE_READ, so a cold load reads the disk here, as a copy
+ * would): *data its first byte, *map / *map_len the window to munmap.  False, nothing mapped,
+ * where it cannot be: w not aligned to its element size, its bytes rounded up to 64 running
+ * past the file's last page, mmap or population failing (the caller copies it instead, which
+ * also gives a truncated file's error). */
+bool load_map_parallel(int fd, const sq_ckpt_tensor *w, sq_pool *pool, sq_trace *trace,
+                       const char *name, void **data, void **map, uint64_t *map_len);
 /* fds[file_index], opened (O_RDONLY, sequential advice) on first use. */
 sq_status load_open_fd(const sq_ckpt *st, int *fds, size_t n_files, int file_index,
                        const char *tensor, int *fd, sq_error *err);

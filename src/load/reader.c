@@ -9,7 +9,7 @@
  * fails (a file system without mmap, a kernel without MADV_POPULATE_READ, a file shorter than
  * its header says) the piece is pread() into the slot's buffer as before, which also gives the
  * truncation error.  Also owns load_read_parallel, the pool's chunked read of a deferred dense
- * unit.  Must never hold more than n_slots units read ahead or mapped, more than
+ * unit, and load_map_parallel, the same unit kept as a populated mapped window (dense_map).  Must never hold more than n_slots units read ahead or mapped, more than
  * one dense tensor larger than a slot, or let either thread wait for the other after a stop. */
 #include <errno.h>
 #include <fcntl.h>
@@ -403,4 +403,62 @@ sq_status load_read_parallel(const sq_ckpt *st, int fd, const sq_ckpt_tensor *w,
     }
     *out = dst;
     return SQ_OK;
+}
+
+/* ---- a large dense tensor kept as a mapped window of the page cache (dense_map) ---- */
+
+typedef struct par_map {
+    uint8_t *base;
+    uint64_t len, chunk;
+    unsigned char *failed;    /* (n_tasks) */
+} par_map;
+
+static void par_map_task(void *ctx, int64_t t, int thread) {
+    (void)thread;
+    const par_map *p = ctx;
+    const uint64_t off = (uint64_t)t * p->chunk;
+    const uint64_t m = p->len - off < p->chunk ? p->len - off : p->chunk;
+    if (madvise(p->base + off, (size_t)m, MADV_POPULATE_READ) != 0) p->failed[t] = 1;
+}
+
+bool load_map_parallel(int fd, const sq_ckpt_tensor *w, sq_pool *pool, sq_trace *trace,
+                       const char *name, void **data, void **map, uint64_t *map_len) {
+    *data = *map = NULL;
+    *map_len = 0;
+    const size_t es = sq_dtype_size(w->dtype);
+    long pg = sysconf(_SC_PAGESIZE);
+    const uint64_t page = pg > 0 ? (uint64_t)pg : 4096;
+    struct stat sb;
+    if (w->n_bytes == 0 || es == 0 || w->offset % es != 0 || fstat(fd, &sb) != 0 || sb.st_size <= 0)
+        return false;
+    const uint64_t size = (uint64_t)sb.st_size;
+    /* the tensor and its bytes up to the next multiple of 64 readable: within the file's pages
+     * (the last one reads as zeros past the end of the file; a page beyond it would SIGBUS) */
+    const uint64_t last = w->offset + ((w->n_bytes + 63) & ~UINT64_C(63)) - 1;
+    if (w->offset + w->n_bytes > size || last / page > (size - 1) / page) return false;
+    const uint64_t start = w->offset - w->offset % page;
+    const uint64_t len = (last / page + 1) * page - start;
+    double t0 = sq_trace_begin(trace);
+    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, (off_t)start);
+    if (p == MAP_FAILED) return false;
+    uint64_t chunk = len / 16 < PAR_CHUNK_BYTES ? len / 16 : PAR_CHUNK_BYTES;
+    chunk = chunk < page ? page : chunk - chunk % page;
+    const int64_t n_tasks = (int64_t)sq_ceil_div_u64(len, chunk);
+    unsigned char *failed = calloc((size_t)n_tasks, 1);
+    bool ok = failed != NULL;
+    if (ok) {
+        par_map pm = {.base = p, .len = len, .chunk = chunk, .failed = failed};
+        sq_pool_run(n_tasks > 1 ? pool : NULL, n_tasks, par_map_task, &pm);
+        for (int64_t t = 0; ok && t < n_tasks; t++) ok = !failed[t];
+    }
+    free(failed);
+    if (!ok) {   /* EINVAL: a kernel without MADV_POPULATE_READ; EFAULT / EIO: the file shrank */
+        munmap(p, (size_t)len);
+        return false;
+    }
+    sq_trace_end_ex(trace, LOAD_TRACK_COMPUTE, "map", t0, name, (int64_t)w->n_bytes);
+    *map = p;
+    *map_len = len;
+    *data = (uint8_t *)p + (w->offset - start);
+    return true;
 }

@@ -306,8 +306,8 @@ static void install(sq_stage *s, sq_tensor_role role, int64_t layer, sq_weight *
 }
 
 static sq_status set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
-                          sq_dtype dtype, const void *data, void **give, int n_dims,
-                          const int64_t shape[2], sq_error *err) {
+                          sq_dtype dtype, const void *data, void **give, void **map,
+                          size_t map_len, int n_dims, const int64_t shape[2], sq_error *err) {
     if (!s || !data || !shape) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "stage: NULL argument");
     sq_status st = check_target(s, role, layer, name, err);
     if (st != SQ_OK) return st;
@@ -326,8 +326,10 @@ static sq_status set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, cons
                             sq_stage_role_name(role), n_dims, (long long)shape[0], (long long)cols);
     }
     sq_weight *w = NULL;
-    st = give ? sq_backend_weight_dense_take(s->be, name, dtype, give, rows, cols, &w, err)
-              : sq_backend_weight_dense(s->be, name, dtype, data, rows, cols, &w, err);
+    st = give  ? sq_backend_weight_dense_take(s->be, name, dtype, give, rows, cols, &w, err)
+         : map ? sq_backend_weight_dense_map(s->be, name, dtype, data, map, map_len, rows, cols,
+                                             &w, err)
+               : sq_backend_weight_dense(s->be, name, dtype, data, rows, cols, &w, err);
     if (st != SQ_OK) return st;
     install(s, role, layer, w);
     return SQ_OK;
@@ -336,13 +338,22 @@ static sq_status set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, cons
 sq_status sq_stage_set_dense(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,
                              sq_dtype dtype, const void *data, int n_dims,
                              const int64_t shape[2], sq_error *err) {
-    return set_dense(s, role, layer, name, dtype, data, NULL, n_dims, shape, err);
+    return set_dense(s, role, layer, name, dtype, data, NULL, NULL, 0, n_dims, shape, err);
 }
 
 sq_status sq_stage_set_dense_take(sq_stage *s, sq_tensor_role role, int64_t layer,
                                   const char *name, sq_dtype dtype, void **data, int n_dims,
                                   const int64_t shape[2], sq_error *err) {
-    return set_dense(s, role, layer, name, dtype, data ? *data : NULL, data, n_dims, shape, err);
+    return set_dense(s, role, layer, name, dtype, data ? *data : NULL, data, NULL, 0, n_dims,
+                     shape, err);
+}
+
+sq_status sq_stage_set_dense_map(sq_stage *s, sq_tensor_role role, int64_t layer,
+                                 const char *name, sq_dtype dtype, const void *data, void **map,
+                                 size_t map_len, int n_dims, const int64_t shape[2],
+                                 sq_error *err) {
+    if (!map) return sq_error_set(err, SQ_ERR_INVALID, NULL, name, "stage: NULL argument");
+    return set_dense(s, role, layer, name, dtype, data, NULL, map, map_len, n_dims, shape, err);
 }
 
 static sq_status set_4bit(sq_stage *s, sq_tensor_role role, int64_t layer, const char *name,

@@ -144,6 +144,10 @@ encode_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, con
     }
 }
 
+#ifndef SQ_QUANT_PREFETCH
+#define SQ_QUANT_PREFETCH 4096   /* bytes past the group being quantized */
+#endif
+
 /* Eight consecutive full blocks: the eight maxima are reduced together and the eight
  * reciprocals come from one vector division (the same IEEE 1.0f / max(absmax, 1e-38f) as the
  * scalar rule), which hides the per-block reduction and division latency of small blocks.
@@ -153,6 +157,15 @@ group8_avx2(const sq_quant_job *job, const sq_dtype dtype, const int is_fp4, con
             uint64_t first, int64_t B, const bounds8 *bounds, __m256i fp4_order, float *absmax_out,
             uint8_t *dst) {
     const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    /* the source a few KiB ahead: the hardware prefetcher stops at each 4 KiB page, and a
+     * loaded weight streams from DRAM (the page cache), page by page */
+    {
+        const size_t es = dtype == SQ_DTYPE_F32 ? 4 : 2;
+        /* an address, not a pointer: past the source's end it is only a hint (never faults) */
+        const uintptr_t ahead = (uintptr_t)job->src + (first + 8 * (uint64_t)B) * es + SQ_QUANT_PREFETCH;
+        for (size_t k = 0; k < 8 * (size_t)B * es; k += 64)
+            _mm_prefetch((const char *)(ahead + k), _MM_HINT_T0);
+    }
     __m256 m[8];
     int any_nan = 0;
     for (int g = 0; g < 8; g++) {

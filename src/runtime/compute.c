@@ -52,6 +52,9 @@ static sq_status consume(void *user, sq_load_item *it, sq_error *err) {
     if (it->ggml_type >= 0)   /* a weight kept in its ggml block format */
         return sq_stage_set_ggml(c->s, t->role, t->layer, t->name, it->ggml_type, it->data,
                                  it->n_bytes, err);
+    if (it->map)   /* a read-only window of the file (dense_map): the backend may keep it */
+        return sq_stage_set_dense_map(c->s, t->role, t->layer, t->name, it->dtype, it->data,
+                                      &it->map, (size_t)it->map_len, it->n_dims, it->shape, err);
     if (!it->borrowed)   /* the loader's own buffer (load_alloc_dense): the backend may keep it */
         return sq_stage_set_dense_take(c->s, t->role, t->layer, t->name, it->dtype, &it->data,
                                        it->n_dims, it->shape, err);
@@ -97,6 +100,7 @@ sq_status sq_runtime_load_weights(sq_stage *s, const sq_ckpt *st, const sq_meta 
     lo.scheme = p->scheme;
     lo.pool = pool;              /* NULL after a failed create: the loader's own thread */
     lo.tied_head_copy = true;
+    lo.dense_map = true;         /* large dense tensors: the page cache, mapped, kept in place */
     lo.comm = p->comm;
     lo.progress = p->progress;
     lo.progress_user = p->progress_user;
