@@ -584,6 +584,20 @@ static void lin_task(void *ctx_, int64_t t, int thread) {
     lin_rows_portable(c, o0, o1, r0, r1);
 }
 
+sq_status sq_cpu_linear_multi(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                              const sq_weight *const *w, const sq_weight *const *bias,
+                              void *const *out_d, sq_error *err) {
+    sq_cpu *cpu = sq_cpu_of(be);
+    bool q8 = cpu->act_int8;
+    for (int i = 0; i < n && q8; i++) q8 = cpu->q8_cap >= (uint64_t)w[i]->cols && sq_cpu_q8_supported(w[i]);
+    if (q8 && sq_cpu_linear_q8_multi(be, x_d, n_rows, n, w, bias, out_d)) return SQ_OK;
+    for (int i = 0; i < n; i++) {
+        sq_status st = sq_cpu_linear(be, x_d, n_rows, w[i], bias ? bias[i] : NULL, out_d[i], err);
+        if (st != SQ_OK) return st;
+    }
+    return SQ_OK;
+}
+
 sq_status sq_cpu_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                         const sq_weight *bias, void *out_d, sq_error *err) {
     sq_cpu *cpu = sq_cpu_of(be);
