@@ -4,7 +4,8 @@
  * portable, AVX2 and AVX-512 VNNI paths, thread counts 1 / 2 / 3 and row counts 1 / 2 / 5 / 41
  * (the GEMV and the GEMM kernels); every value within a derived bound of a float64 dot product of
  * the dequantized weight with the float32 x; one row's quantization exact; the mode switch
- * refused on a non-CPU call and f32 mode unchanged. */
+ * refused on a non-CPU call and f32 mode unchanged; several Linears of one x
+ * (sq_backend_linear_multi) bit-identical to one call each. */
 #include <check.h>
 #include <float.h>
 #include <math.h>
@@ -432,6 +433,98 @@ START_TEST(test_interleaved_f32_and_embed) {
 }
 END_TEST
 
+/* sq_backend_linear_multi: the same bits as one sq_backend_linear per weight, for groups that
+ * share one quantization of x (Q4_0 x 3 with a bias, NF4 x 2, int8 with and without zero
+ * point) and groups that cannot (Q4_0 + Q8_0: other corrections; Q4_K + Q6_K + Q4_0; a dense
+ * weight), 1 / 5 / 41 rows, int8 and float32 activations.  Then x is rewritten in place and the
+ * call repeated: the outputs are those of the new x (no stale quantization is reused).  And the
+ * argument errors: overlapping outputs, mismatched widths, counts outside [1, 8]. */
+START_TEST(test_linear_multi) {
+    const int64_t K = 256, Ns[3] = {40, 24, 72}, rows[3] = {1, 5, 41};
+    static const int groups[][3] = {{SQ_GGML_Q4_0, SQ_GGML_Q4_0, SQ_GGML_Q4_0},
+                                    {W_NF4, W_NF4, 0},
+                                    {W_I8, W_I8ZP, W_I8},
+                                    {SQ_GGML_Q4_0, SQ_GGML_Q8_0, 0},
+                                    {SQ_GGML_Q4_K, SQ_GGML_Q6_K, SQ_GGML_Q4_0},
+                                    {SQ_GGML_Q8_0, 1000, 0}};   /* 1000: dense F32 */
+    static const int group_n[] = {3, 2, 3, 2, 3, 2};
+    sq_error err;
+    sq_error_init(&err, -1);
+    for (int act = 0; act < 2; act++) {
+        sq_backend *be = mk_be(2, NULL, act ? SQ_CPU_ACT_F32 : SQ_CPU_ACT_INT8);
+        for (int g = 0; g < (int)(sizeof group_n / sizeof *group_n); g++) {
+            const int n = group_n[g];
+            src_w src[3];
+            const sq_weight *w[3] = {NULL, NULL, NULL}, *bias[3] = {NULL, NULL, NULL};
+            float *bv = malloc((size_t)Ns[0] * 4), *dense = malloc((size_t)(Ns[2] * K) * 4);
+            for (int64_t i = 0; i < Ns[0]; i++) bv[i] = rng_f(-1, 1);
+            for (int64_t i = 0; i < Ns[2] * K; i++) dense[i] = rng_f(-1, 1);
+            sq_weight *bw = NULL;
+            ck_assert_int_eq(sq_backend_weight_dense(be, "b", SQ_DTYPE_F32, bv, 1, Ns[0], &bw, &err), SQ_OK);
+            for (int i = 0; i < n; i++) {
+                sq_weight *wi = NULL;
+                if (groups[g][i] == 1000) {
+                    memset(&src[i], 0, sizeof src[i]);
+                    ck_assert_int_eq(sq_backend_weight_dense(be, "d", SQ_DTYPE_F32, dense, Ns[i], K, &wi, &err), SQ_OK);
+                } else {
+                    mk_src(groups[g][i], Ns[i], K, 64, &src[i]);
+                    wi = mk_w(be, groups[g][i], &src[i], Ns[i], K);
+                }
+                w[i] = wi;
+            }
+            if (g == 0) bias[0] = bw;
+            for (int ri = 0; ri < 3; ri++) {
+                const int64_t R = rows[ri];
+                float *x = malloc((size_t)(R * K) * 4);
+                void *x_d = NULL, *o_d[3] = {NULL, NULL, NULL};
+                ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(R * K * 4), &x_d, &err), SQ_OK);
+                for (int i = 0; i < n; i++)
+                    ck_assert_int_eq(sq_backend_alloc(be, (uint64_t)(R * Ns[i] * 4), &o_d[i], &err), SQ_OK);
+                for (int pass = 0; pass < 2; pass++) {   /* pass 1: x rewritten in place */
+                    for (int64_t j = 0; j < R * K; j++) x[j] = rng_f(-2, 2) * (j % 97 == 3 ? 20.0f : 1.0f);
+                    ck_assert_int_eq(sq_backend_upload(be, x_d, x, (uint64_t)(R * K * 4), &err), SQ_OK);
+                    ck_assert_msg(sq_backend_linear_multi(be, x_d, R, n, w, bias, o_d, &err) == SQ_OK, "%s", err.msg);
+                    for (int i = 0; i < n; i++) {
+                        float *ref = sq_test_linear(be, w[i], x, R, bias[i]);
+                        float *got = malloc((size_t)(R * Ns[i]) * 4);
+                        ck_assert_int_eq(sq_backend_download(be, got, o_d[i], (uint64_t)(R * Ns[i] * 4), &err), SQ_OK);
+                        ck_assert_msg(memcmp(got, ref, (size_t)(R * Ns[i]) * 4) == 0,
+                                      "act %d group %d weight %d rows %lld pass %d: differs from linear",
+                                      act, g, i, (long long)R, pass);
+                        free(ref);
+                        free(got);
+                    }
+                }
+                if (g == 0 && ri == 1) {   /* argument errors */
+                    void *bad[3] = {o_d[0], x_d, o_d[2]};
+                    ck_assert_int_eq(sq_backend_linear_multi(be, x_d, R, 3, w, bias, bad, &err), SQ_ERR_INVALID);
+                    ck_assert_ptr_nonnull(strstr(err.msg, "overlaps the input"));
+                    void *dup[3] = {o_d[0], o_d[1], (char *)o_d[0] + 4};
+                    ck_assert_int_eq(sq_backend_linear_multi(be, x_d, R, 3, w, bias, dup, &err), SQ_ERR_INVALID);
+                    ck_assert_ptr_nonnull(strstr(err.msg, "overlaps output 0"));
+                    ck_assert_int_eq(sq_backend_linear_multi(be, x_d, R, 0, w, bias, o_d, &err), SQ_ERR_INVALID);
+                    ck_assert_int_eq(sq_backend_linear_multi(be, x_d, R, 9, w, bias, o_d, &err), SQ_ERR_INVALID);
+                    const sq_weight *wb[2] = {w[0], bw};   /* bw: 40 inputs, not 256 */
+                    ck_assert_int_eq(sq_backend_linear_multi(be, x_d, R, 2, wb, NULL, o_d, &err), SQ_ERR_INVALID);
+                    ck_assert_ptr_nonnull(strstr(err.msg, "40 inputs"));
+                }
+                sq_backend_free(be, x_d);
+                for (int i = 0; i < n; i++) sq_backend_free(be, o_d[i]);
+                free(x);
+            }
+            for (int i = 0; i < n; i++) {
+                sq_backend_weight_free(be, (sq_weight *)w[i]);
+                if (groups[g][i] != 1000) free_src(&src[i]);
+            }
+            sq_backend_weight_free(be, bw);
+            free(bv);
+            free(dense);
+        }
+        sq_backend_destroy(be);
+    }
+}
+END_TEST
+
 START_TEST(test_refusals) {
     sq_error err;
     sq_error_init(&err, -1);
@@ -455,6 +548,7 @@ int main(void) {
     tcase_add_test(tc, test_interleaved_f32_and_embed);
     tcase_add_test(tc, test_f32_mode_unchanged);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_linear_multi);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -241,6 +241,16 @@ sq_status sq_backend_attention(sq_backend *be, const void *q_d, const void *k_d,
 sq_status sq_backend_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                             const sq_weight *bias, void *out_d, sq_error *err);
 
+/* Up to SQ_BACKEND_MAX_LINEARS Linears of the same x (q / k / v, gate / up): out_d[i] =
+ * x · w[i]ᵀ (+ bias[i]; bias may be NULL, or hold NULLs), every w[i] with the same cols.  The
+ * same bits as n sq_backend_linear calls in order; the CPU backend with int8 activations
+ * quantizes x once for all of them (when their activation layouts agree) and runs them in one
+ * pool dispatch.  No out_d[i] may overlap x_d or another out_d[j] (SQ_ERR_INVALID). */
+#define SQ_BACKEND_MAX_LINEARS 8
+sq_status sq_backend_linear_multi(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                                  const sq_weight *const *w, const sq_weight *const *bias,
+                                  void *const *out_d, sq_error *err);
+
 /* out = a + b, n floats.  out may equal a or b. */
 sq_status sq_backend_add(sq_backend *be, const void *a_d, const void *b_d, int64_t n,
                          void *out_d, sq_error *err);

@@ -377,6 +377,54 @@ sq_status sq_backend_linear(sq_backend *be, const void *x_d, int64_t n_rows, con
     return be->ops->linear(be, x_d, n_rows, w, bias, out_d, err);
 }
 
+static bool overlaps(const void *a, uint64_t a_bytes, const void *b, uint64_t b_bytes) {
+    uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+    return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+
+sq_status sq_backend_linear_multi(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                                  const sq_weight *const *w, const sq_weight *const *bias,
+                                  void *const *out_d, sq_error *err) {
+    CHECK_BE(be);
+    if (!w || !out_d || n < 1 || n > SQ_BACKEND_MAX_LINEARS)
+        return bad(err, "linear_multi", "NULL array or a count outside [1, 8]");
+    sq_status st = check_rows(be, "linear_multi", n_rows, err);
+    if (st != SQ_OK) return st;
+    for (int i = 0; i < n; i++) {
+        if (!w[i]) return bad(err, "linear_multi", "NULL weight");
+        if (w[i]->cols != w[0]->cols)
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, w[i]->name,
+                                "backend linear_multi: %lld inputs, the first weight has %lld",
+                                (long long)w[i]->cols, (long long)w[0]->cols);
+        const sq_weight *b = bias ? bias[i] : NULL;
+        if (b && (b->rows != 1 || b->cols != w[i]->rows || b->store == SQ_WSTORE_Q4 ||
+                  b->store == SQ_WSTORE_QBLOCK))
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, b->name,
+                                "backend linear_multi: bias [%lld, %lld] does not match %lld outputs",
+                                (long long)b->rows, (long long)b->cols, (long long)w[i]->rows);
+    }
+    if (n_rows == 0) return SQ_OK;
+    if (!x_d) return bad(err, "linear_multi", "NULL pointer");
+    const uint64_t x_bytes = (uint64_t)n_rows * (uint64_t)w[0]->cols * 4;
+    for (int i = 0; i < n; i++) {
+        const uint64_t oi = (uint64_t)n_rows * (uint64_t)w[i]->rows * 4;
+        if (!out_d[i]) return bad(err, "linear_multi", "NULL pointer");
+        if (overlaps(out_d[i], oi, x_d, x_bytes))
+            return sq_error_set(err, SQ_ERR_INVALID, NULL, w[i]->name,
+                                "backend linear_multi: output %d overlaps the input", i);
+        for (int j = 0; j < i; j++)
+            if (overlaps(out_d[i], oi, out_d[j], (uint64_t)n_rows * (uint64_t)w[j]->rows * 4))
+                return sq_error_set(err, SQ_ERR_INVALID, NULL, w[i]->name,
+                                    "backend linear_multi: output %d overlaps output %d", i, j);
+    }
+    if (be->ops->linear_multi) return be->ops->linear_multi(be, x_d, n_rows, n, w, bias, out_d, err);
+    for (int i = 0; i < n; i++) {
+        st = be->ops->linear(be, x_d, n_rows, w[i], bias ? bias[i] : NULL, out_d[i], err);
+        if (st != SQ_OK) return st;
+    }
+    return SQ_OK;
+}
+
 sq_status sq_backend_add(sq_backend *be, const void *a_d, const void *b_d, int64_t n,
                          void *out_d, sq_error *err) {
     CHECK_BE(be);

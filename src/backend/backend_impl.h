@@ -56,6 +56,10 @@ typedef struct sq_backend_ops {
                            const sq_seq_span *seqs, int64_t n_rows, void *out_d, sq_error *err);
     sq_status (*linear)(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                         const sq_weight *bias, void *out_d, sq_error *err);
+    /* n Linears of one x (checked by the wrapper: shapes, no overlaps); NULL: n linear calls */
+    sq_status (*linear_multi)(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                              const sq_weight *const *w, const sq_weight *const *bias,
+                              void *const *out_d, sq_error *err);
     sq_status (*add)(sq_backend *be, const void *a_d, const void *b_d, int64_t n, void *out_d,
                      sq_error *err);
     sq_status (*swiglu)(sq_backend *be, const void *g_d, const void *u_d, int64_t n, void *out_d,

@@ -231,7 +231,7 @@ static const sq_backend_ops cpu_ops = {
     .weight_ggml = sq_cpu_weight_ggml,
     .weight_release = cpu_weight_release, .embed = cpu_embed,
     .rmsnorm = cpu_rmsnorm, .rope = sq_cpu_rope, .attention = sq_cpu_attention,
-    .linear = sq_cpu_linear, .add = cpu_add, .swiglu = cpu_swiglu, .sample = sq_cpu_sample,
+    .linear = sq_cpu_linear, .linear_multi = sq_cpu_linear_multi, .add = cpu_add, .swiglu = cpu_swiglu, .sample = sq_cpu_sample,
 };
 
 sq_status sq_backend_cpu_set_activations(sq_backend *be, sq_cpu_activations a, sq_error *err) {

@@ -33,6 +33,11 @@ static inline sq_cpu *sq_cpu_of(sq_backend *be) { return (sq_cpu *)be; }
 
 sq_status sq_cpu_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                         const sq_weight *bias, void *out_d, sq_error *err);
+/* n Linears of one x (sq_backend_linear_multi): int8 activations quantized once and one pool
+ * dispatch when every weight takes them with the same activation layout, else n Linears. */
+sq_status sq_cpu_linear_multi(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                              const sq_weight *const *w, const sq_weight *const *bias,
+                              void *const *out_d, sq_error *err);
 sq_status sq_cpu_rope(sq_backend *be, void *q_d, void *k_d, int64_t n_rows, int n_heads,
                       int n_kv_heads, int head_dim, const int32_t *pos, const void *inv_freq_d,
                       sq_error *err);
@@ -91,6 +96,11 @@ void sq_cpu_ggml_row(const sq_weight *w, int64_t r, float *out);
 bool sq_cpu_q8_supported(const sq_weight *w);
 sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                            const sq_weight *bias, void *out_d, sq_error *err);
+/* n of them on one x (n <= SQ_BACKEND_MAX_LINEARS); false (nothing done) when they cannot share
+ * one quantization of x (activation layouts differ, or rows past the scratch) */
+bool sq_cpu_linear_q8_multi(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                            const sq_weight *const *w, const sq_weight *const *bias,
+                            void *const *out_d);
 sq_status sq_cpu_reserve_q8(sq_cpu *cpu, int64_t max_rows, int64_t max_width, sq_error *err);
 void sq_cpu_q8_quantize_row(const float *x, int64_t K, bool perm, int32_t corr_zero, int8_t *qx,
                             float *dx, float *xs, int32_t *corr);

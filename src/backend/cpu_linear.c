@@ -223,7 +223,19 @@ TGT_AVX2 INLINE void dk4x1(const lin_ctx *c, int64_t o, int64_t r, const int S) 
     const float *x = c->x + r * c->K;
     const int64_t K8 = c->K & ~(int64_t)7;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    /* the next 4 outputs' rows, one cache line per row every 64 bytes of this row's: the
+     * GEMV is a DRAM stream (a BF16 lm_head: 57 MB a token), and these run ahead of the
+     * hardware prefetcher across the row boundaries */
+    const int64_t pf_step = S ? 32 : 16, pf_end = o + 8 <= c->N ? K8 : 0;
     for (int64_t k = 0; k < K8; k += 8) {
+        if (k % pf_step == 0 && k < pf_end) {
+            const char *nb = (const char *)c->w->data_d + ((o + 4) * c->K + k) * (S ? 2 : 4);
+            const int64_t rb = c->K * (S ? 2 : 4);
+            _mm_prefetch(nb, _MM_HINT_T0);
+            _mm_prefetch(nb + rb, _MM_HINT_T0);
+            _mm_prefetch(nb + 2 * rb, _MM_HINT_T0);
+            _mm_prefetch(nb + 3 * rb, _MM_HINT_T0);
+        }
         __m256 xv = _mm256_loadu_ps(x + k);
         a0 = _mm256_fmadd_ps(wvec_dense(c, o, k, S), xv, a0);
         a1 = _mm256_fmadd_ps(wvec_dense(c, o + 1, k, S), xv, a1);
@@ -582,6 +594,20 @@ static void lin_task(void *ctx_, int64_t t, int thread) {
     if (tc->isa != SQ_CPU_PORTABLE) { lin_tile_avx2(c, o0, o1, r0, r1); return; }
 #endif
     lin_rows_portable(c, o0, o1, r0, r1);
+}
+
+sq_status sq_cpu_linear_multi(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                              const sq_weight *const *w, const sq_weight *const *bias,
+                              void *const *out_d, sq_error *err) {
+    sq_cpu *cpu = sq_cpu_of(be);
+    bool q8 = cpu->act_int8;
+    for (int i = 0; i < n && q8; i++) q8 = cpu->q8_cap >= (uint64_t)w[i]->cols && sq_cpu_q8_supported(w[i]);
+    if (q8 && sq_cpu_linear_q8_multi(be, x_d, n_rows, n, w, bias, out_d)) return SQ_OK;
+    for (int i = 0; i < n; i++) {
+        sq_status st = sq_cpu_linear(be, x_d, n_rows, w[i], bias ? bias[i] : NULL, out_d[i], err);
+        if (st != SQ_OK) return st;
+    }
+    return SQ_OK;
 }
 
 sq_status sq_cpu_linear(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,

@@ -831,59 +831,126 @@ sq_status sq_cpu_reserve_q8(sq_cpu *cpu, int64_t max_rows, int64_t max_width, sq
     return SQ_OK;
 }
 
+/* The weight's part of a Linear's context: kind, code table, bias. */
+static void q8_ctx_weight(q8_ctx *c, const sq_cpu *cpu, const sq_weight *w, const sq_weight *bias) {
+    *c = (q8_ctx){.w = w, .N = w->rows, .K = w->cols, .nb = w->cols / 32, .isa = cpu->isa,
+                  .vnni = cpu->vnni, .zmm = cpu->zmm};
+    if (bias) {
+        if (bias->store == SQ_WSTORE_BF16) c->bias_bf16 = bias->data_d;
+        else c->bias = bias->data_d;
+    }
+    if (w->store == SQ_WSTORE_Q4) {
+        c->kind = K_LUT;
+        c->lbs = __builtin_ctzll((unsigned long long)w->blocksize);
+        c->rs = sq_cpu_q4_row_bytes(c->K);
+        for (int i = 0; i < 16; i++) c->lut[i] = q8_lut_code(w->code[i]);
+    } else {
+        c->kind = w->qf.code_bits == 4 ? K_Q4 : K_I8;
+    }
+}
+
+/* The activation layout the weight reads: the element order (permuted for LUT groups) and the
+ * zero of the corrections. */
+static bool q8_perm_of(const q8_ctx *c) { return c->kind == K_LUT; }
+static int32_t q8_corr_zero_of(const q8_ctx *c) { return c->kind == K_Q4 ? c->w->qf.code_zero : 128; }
+
+/* The scratch's quantized rows (cpu->q8_buf: codes, then dx, xs, corr) into c. */
+static void q8_ctx_scratch(q8_ctx *c, const sq_cpu *cpu) {
+    const uint64_t cap_nb = cpu->q8_cap / 32;
+    c->qx = cpu->q8_buf;
+    c->dx = (const float *)(cpu->q8_buf + cpu->q8_cap);
+    c->xs = c->dx + cap_nb;
+    c->corr = (const int32_t *)(c->xs + cap_nb * 8);
+    c->bsum = c->corr + cap_nb * 8;
+}
+
+/* Quantizes nr rows of x (width K) into the scratch in the layout c reads; with bsums also
+ * the corrections' sum per block that interleaved weights read (cpu_q8i.c). */
+static void q8_quantize_rows(sq_cpu *cpu, const q8_ctx *c, const float *x, int64_t nr, bool bsums) {
+    const uint64_t cap_nb = cpu->q8_cap / 32;
+    float *dx = (float *)(cpu->q8_buf + cpu->q8_cap), *xs = dx + cap_nb;
+    int32_t *corr = (int32_t *)(xs + cap_nb * 8);
+    quant_ctx qc = {x, c->K, q8_perm_of(c), q8_corr_zero_of(c), cpu->isa, cpu->q8_buf, dx, xs, corr};
+    sq_pool_run((uint64_t)nr * (uint64_t)c->K < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, nr,
+                quant_task, &qc);
+    if (bsums) sq_cpu_q8i_block_sums(corr, nr, c->nb, cpu->isa, corr + cap_nb * 8);
+}
+
+/* The tiling of nr rows (out: the rows' outputs); returns the task count. */
+static int64_t q8_ctx_tile(q8_ctx *c, int64_t nr, float *out) {
+    c->out = out;
+    c->n_rows = nr;
+    if (nr > Q8_FEW_ROWS) {
+        c->otile = Q8_M_OTILE;
+        c->rt = nr < Q8_M_RTILE ? nr : Q8_M_RTILE;
+    } else {
+        c->otile = Q8_OTILE;
+        c->rt = nr;
+    }
+    c->n_otiles = (c->N + c->otile - 1) / c->otile;
+    return c->n_otiles * ((nr + c->rt - 1) / c->rt);
+}
+
 sq_status sq_cpu_linear_q8(sq_backend *be, const void *x_d, int64_t n_rows, const sq_weight *w,
                            const sq_weight *bias, void *out_d, sq_error *err) {
     sq_cpu *cpu = sq_cpu_of(be);
-    const int64_t K = w->cols, nb = K / 32;
-    q8_ctx c = {.w = w, .N = w->rows, .K = K, .nb = nb, .isa = cpu->isa, .vnni = cpu->vnni,
-                .zmm = cpu->zmm};
-    if (bias) {
-        if (bias->store == SQ_WSTORE_BF16) c.bias_bf16 = bias->data_d;
-        else c.bias = bias->data_d;
-    }
-    if (w->store == SQ_WSTORE_Q4) {
-        c.kind = K_LUT;
-        c.lbs = __builtin_ctzll((unsigned long long)w->blocksize);
-        c.rs = sq_cpu_q4_row_bytes(K);
-        for (int i = 0; i < 16; i++) c.lut[i] = q8_lut_code(w->code[i]);
-    } else {
-        c.kind = w->qf.code_bits == 4 ? K_Q4 : K_I8;
-    }
+    const int64_t K = w->cols;
+    q8_ctx c;
+    q8_ctx_weight(&c, cpu, w, bias);
     /* rows in chunks that fit the reserved scratch */
     const int64_t chunk = (int64_t)(cpu->q8_cap / (uint64_t)K);
     if (chunk <= 0)
         return sq_error_set(err, SQ_ERR_INTERNAL, NULL, w->name,
                             "linear: no int8 activation scratch reserved for width %lld",
                             (long long)K);
-    const uint64_t cap_nb = cpu->q8_cap / 32;
-    int8_t *qx = cpu->q8_buf;
-    float *dx = (float *)(cpu->q8_buf + cpu->q8_cap), *xs = dx + cap_nb;
-    int32_t *corr = (int32_t *)(xs + cap_nb * 8), *bsum = corr + cap_nb * 8;
+    q8_ctx_scratch(&c, cpu);
     for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
         const int64_t nr = n_rows - r0 < chunk ? n_rows - r0 : chunk;
-        quant_ctx qc = {(const float *)x_d + r0 * K, K, c.kind == K_LUT,
-                        c.kind == K_Q4 ? w->qf.code_zero : 128, cpu->isa, qx, dx, xs, corr};
-        sq_pool_run((uint64_t)nr * (uint64_t)K < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, nr,
-                    quant_task, &qc);
-        c.qx = qx;
-        c.dx = dx;
-        c.xs = xs;
-        c.corr = corr;
-        c.out = (float *)out_d + r0 * c.N;
-        c.n_rows = nr;
-        if (nr > Q8_FEW_ROWS) {
-            c.otile = Q8_M_OTILE;
-            c.rt = nr < Q8_M_RTILE ? nr : Q8_M_RTILE;
-        } else {
-            c.otile = Q8_OTILE;
-            c.rt = nr;
-        }
-        c.n_otiles = (c.N + c.otile - 1) / c.otile;
-        c.bsum = bsum;
-        if (w->q8i) sq_cpu_q8i_block_sums(corr, nr, nb, cpu->isa, bsum);
-        const int64_t n_rtiles = (nr + c.rt - 1) / c.rt;
+        q8_quantize_rows(cpu, &c, (const float *)x_d + r0 * K, nr, w->q8i);
+        const int64_t n_tasks = q8_ctx_tile(&c, nr, (float *)out_d + r0 * c.N);
         uint64_t work = (uint64_t)c.N * (uint64_t)K * (uint64_t)nr;
-        sq_pool_run(work < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, c.n_otiles * n_rtiles, q8_task, &c);
+        sq_pool_run(work < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, n_tasks, q8_task, &c);
     }
     return SQ_OK;
+}
+
+/* Several Linears' tasks in one dispatch: task t belongs to the Linear i with
+ * start[i] <= t < start[i + 1]. */
+typedef struct {
+    const q8_ctx *c;
+    int n;
+    int64_t start[SQ_BACKEND_MAX_LINEARS + 1];
+} q8_multi_ctx;
+
+static void q8_multi_task(void *ctx_, int64_t t, int thread) {
+    const q8_multi_ctx *m = ctx_;
+    int i = 0;
+    while (t >= m->start[i + 1]) i++;
+    q8_task((void *)&m->c[i], t - m->start[i], thread);
+}
+
+bool sq_cpu_linear_q8_multi(sq_backend *be, const void *x_d, int64_t n_rows, int n,
+                            const sq_weight *const *w, const sq_weight *const *bias,
+                            void *const *out_d) {
+    sq_cpu *cpu = sq_cpu_of(be);
+    const int64_t K = w[0]->cols;
+    if (n < 1 || n > SQ_BACKEND_MAX_LINEARS || (uint64_t)n_rows * (uint64_t)K > cpu->q8_cap) return false;
+    q8_ctx c[SQ_BACKEND_MAX_LINEARS];
+    for (int i = 0; i < n; i++) {
+        q8_ctx_weight(&c[i], cpu, w[i], bias ? bias[i] : NULL);
+        if (q8_perm_of(&c[i]) != q8_perm_of(&c[0]) || q8_corr_zero_of(&c[i]) != q8_corr_zero_of(&c[0]))
+            return false;
+    }
+    bool any_q8i = false;
+    for (int i = 0; i < n; i++) any_q8i = any_q8i || w[i]->q8i;
+    q8_quantize_rows(cpu, &c[0], x_d, n_rows, any_q8i);
+    q8_multi_ctx m = {c, n, {0}};
+    uint64_t work = 0;
+    for (int i = 0; i < n; i++) {
+        q8_ctx_scratch(&c[i], cpu);
+        m.start[i + 1] = m.start[i] + q8_ctx_tile(&c[i], n_rows, out_d[i]);
+        work += (uint64_t)c[i].N * (uint64_t)K * (uint64_t)n_rows;
+    }
+    sq_pool_run(work < SQ_CPU_SERIAL_WORK ? NULL : cpu->pool, m.start[n], q8_multi_task, &m);
+    return true;
 }

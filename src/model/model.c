@@ -511,9 +511,11 @@ static sq_status run_layers(sq_stage *s, const sq_stage_input *b, int64_t n, voi
                           s->p.max_batch, s->p.max_seq, (int)s->nkv, (int)s->hd};
         /* attention block */
         TRY(sq_backend_rmsnorm(be, x, w[L_ATTN_NORM], eps, n, s->h_d, err));
-        TRY(sq_backend_linear(be, s->h_d, n, w[L_Q], w[L_QB], s->q_d, err));
-        TRY(sq_backend_linear(be, s->h_d, n, w[L_K], w[L_KB], s->k_d, err));
-        TRY(sq_backend_linear(be, s->h_d, n, w[L_V], w[L_VB], s->v_d, err));
+        {   /* q, k, v of one normed x: quantized once (int8 activations), one dispatch */
+            const sq_weight *qkv[3] = {w[L_Q], w[L_K], w[L_V]}, *qkv_b[3] = {w[L_QB], w[L_KB], w[L_VB]};
+            void *qkv_out[3] = {s->q_d, s->k_d, s->v_d};
+            TRY(sq_backend_linear_multi(be, s->h_d, n, 3, qkv, qkv_b, qkv_out, err));
+        }
         TRY(sq_backend_rope(be, s->q_d, s->k_d, n, (int)s->nh, (int)s->nkv, (int)s->hd, s->pos,
                             s->inv_freq_d, err));
         TRY(sq_backend_attention(be, s->q_d, s->k_d, s->v_d, &kv, (int)s->nh, b->n_seqs, b->seqs,
@@ -522,8 +524,11 @@ static sq_status run_layers(sq_stage *s, const sq_stage_input *b, int64_t n, voi
         TRY(sq_backend_add(be, x, s->t_d, n * s->H, x, err));
         /* MLP block */
         TRY(sq_backend_rmsnorm(be, x, w[L_MLP_NORM], eps, n, s->h_d, err));
-        TRY(sq_backend_linear(be, s->h_d, n, w[L_GATE], NULL, s->g_d, err));
-        TRY(sq_backend_linear(be, s->h_d, n, w[L_UP], NULL, s->u_d, err));
+        {
+            const sq_weight *gu[2] = {w[L_GATE], w[L_UP]};
+            void *gu_out[2] = {s->g_d, s->u_d};
+            TRY(sq_backend_linear_multi(be, s->h_d, n, 2, gu, NULL, gu_out, err));
+        }
         TRY(sq_backend_swiglu(be, s->g_d, s->u_d, n * s->I, s->g_d, err));
         TRY(sq_backend_linear(be, s->g_d, n, w[L_DOWN], NULL, s->t_d, err));
         TRY(sq_backend_add(be, x, s->t_d, n * s->H, x, err));
