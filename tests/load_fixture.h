@@ -1,7 +1,8 @@
-/* Test fixture shared by test_load.c and test_quantize_mpi.c: writes a deterministic model
- * folder from a config preset (config.json, generation_config.json, tokenizer_config.json,
- * BF16 safetensors split into files at given tensor indices, model.safetensors.index.json).
- * Header-only, static; never used by the product. */
+/* Test fixture shared by test_load.c, test_load_map.c (through load_stage_fixture.h) and
+ * test_quantize_mpi.c: writes a deterministic model folder from a config preset (config.json,
+ * generation_config.json, tokenizer_config.json, BF16 safetensors split into files at given
+ * tensor indices, model.safetensors.index.json). Header-only, static; never used by the
+ * product. */
 #ifndef SHARDQ_LOAD_FIXTURE_H
 #define SHARDQ_LOAD_FIXTURE_H
 

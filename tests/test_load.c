@@ -11,63 +11,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "load_fixture.h"
+#include "load_stage_fixture.h"
 #include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "testutil.h"
 
 /* ---- helpers --------------------------------------------------------------------------------- */
-
-typedef struct fixture {
-    char *dir;
-    sq_model_config cfg;
-    sq_ckpt *st;
-    sq_meta *meta;
-} fixture;
-
-/* tiny llama (4 layers, intermediate 172: partial blocks), two files split at layer 2 */
-static void fixture_make(fixture *fx, const char *preset, bool tied) {
-    sq_error err;
-    sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_config_preset(preset, SQ_ARCH_LLAMA, &fx->cfg, &err), SQ_OK);
-    fx->cfg.tie_word_embeddings = tied;
-    fx->dir = sq_test_tmpdir("load");
-    ck_assert_ptr_nonnull(fx->dir);
-    int split[2] = {0, lf_layer_first_tensor(&fx->cfg, (int)fx->cfg.n_layers / 2)};
-    ck_assert_int_eq(lf_make_model(fx->dir, &fx->cfg, 2, split), 0);
-    ck_assert_int_eq(sq_ckpt_open(fx->dir, &fx->st, &err), SQ_OK);
-    ck_assert_int_eq(sq_meta_create(&fx->cfg, &fx->meta, &err), SQ_OK);
-    ck_assert_int_eq(sq_meta_validate(fx->meta, fx->st, &err), SQ_OK);
-}
-
-static void fixture_free(fixture *fx) {
-    sq_meta_destroy(fx->meta);
-    sq_ckpt_close(fx->st);
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", fx->dir);
-    free(fx->dir);
-}
-
-/* keeps every item (takes ownership), like a backend upload without the copy */
-typedef struct collected {
-    sq_load_item items[512];
-    int n;
-} collected;
-
-static sq_status collect(void *user, sq_load_item *it, sq_error *err) {
-    collected *c = user;
-    if (c->n >= 512) return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL, "too many");
-    c->items[c->n++] = *it;
-    it->data = NULL;
-    memset(&it->q, 0, sizeof it->q);
-    return SQ_OK;
-}
-
-static void collected_free(collected *c) {
-    for (int i = 0; i < c->n; i++) sq_load_item_release(&c->items[i]);
-    c->n = 0;
-}
 
 static sq_load_stage_desc whole(const sq_model_config *c) {
     return (sq_load_stage_desc){.first_layer = 0, .n_layers = (int)c->n_layers, .has_embed = true,
@@ -150,7 +99,7 @@ static void check_equal_q(const sq_qtensor *a, const sq_qtensor *b, const char *
 static void run_equal_read(sq_quant_type type, bool dq, int64_t blocksize, uint64_t staging,
                            bool read_copy, sq_q4_layout layout) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     sq_error err;
     sq_error_init(&err, -1);
     sq_pool *pool = NULL;
@@ -258,7 +207,7 @@ END_TEST
 
 START_TEST(test_quant_none_dense) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     sq_error err;
     sq_error_init(&err, -1);
     sq_load_options o = sq_load_options_default();
@@ -300,7 +249,7 @@ static void stage_loads(fixture *fx, const sq_load_stage_desc *s, sq_status want
 
 START_TEST(test_other_stage_file_truncated) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     /* after the headers were read and validated, cut file 2 (layers 2-3, norm, lm_head) down
      * to its header: reading any of its tensors through the mapping would now SIGBUS */
     const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, "model.layers.2.input_layernorm.weight");
@@ -324,7 +273,7 @@ END_TEST
  * truncation error naming that tensor, never a SIGBUS. */
 static void truncated_at(const char *name, uint64_t keep, bool lm_head_small_slots) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, name);
     ck_assert_int_eq(t->file_index, 1);
     const char *path2 = sq_ckpt_file_path(fx.st, 1);
@@ -360,7 +309,7 @@ END_TEST
 
 START_TEST(test_other_stage_file_replaced_by_folder) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     char path1[4200];
     snprintf(path1, sizeof path1, "%s", sq_ckpt_file_path(fx.st, 0));
     ck_assert_int_eq(unlink(path1), 0);
@@ -379,7 +328,7 @@ END_TEST
 
 START_TEST(test_nan_refused) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     const char *name = "model.layers.3.mlp.up_proj.weight";
     const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, name);
     /* element 1000 (block 15 at blocksize 64; row 15 of [172, 64]) becomes a NaN */
@@ -451,7 +400,7 @@ START_TEST(test_inf_refused) {
     const char *name = "model.layers.3.mlp.up_proj.weight";
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         fixture fx;
-        fixture_make(&fx, "tiny", false);
+        fixture_make(&fx, "load", "tiny", false);
         poke_file1(&fx, name, cases[k].dt, cases[k].bits);
         sq_error err;
         sq_load_stage_desc s1 = {.first_layer = 2, .n_layers = 2, .has_head = true};
@@ -463,7 +412,7 @@ START_TEST(test_inf_refused) {
     }
     /* the same rewrite without a poke loads (the refusal is the value, not the dtype) */
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     poke_file1(&fx, name, SQ_DTYPE_F16, 0x3c00);   /* 1.0 */
     sq_error err;
     sq_load_stage_desc s1 = {.first_layer = 2, .n_layers = 2, .has_head = true};
@@ -501,7 +450,7 @@ static sq_status slow_collect(void *user, sq_load_item *it, sq_error *err) {
 
 START_TEST(test_progress_alone) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     sq_error err;
     sq_error_init(&err, -1);
     prog_log l = {.monotone = true};
@@ -689,7 +638,7 @@ START_TEST(test_max_rss_small) {
     return;
 #endif
     fixture fx;
-    fixture_make(&fx, "small", false);
+    fixture_make(&fx, "load", "small", false);
     rss_report r = run_rss_child(fx.dir, "--rss-child");
     unsigned long long base = r.before_hwm > r.before_rss ? r.before_hwm : r.before_rss;
     unsigned long long bound = base + r.share + r.staging + r.transient + RSS_SLACK;
@@ -710,7 +659,7 @@ END_TEST
 
 START_TEST(test_cli_quantize) {
     fixture fx;
-    fixture_make(&fx, "tiny", false);
+    fixture_make(&fx, "load", "tiny", false);
     char cmd[9000], out[4200];
     int rc = 0;
     snprintf(out, sizeof out, "%s-q", fx.dir);

@@ -1,11 +1,12 @@
-/* test_load_map: dense tensors kept as read-only mapped windows of the checkpoint file
- * (sq_load_options.dense_map) instead of copies into fresh memory: the loader hands a large
- * dense tensor over as a mapping that outlives the loader's file descriptors and the
- * checkpoint itself; a truncated file still fails with the truncation error; the CPU backend
- * keeps such a mapping as a weight's storage (the same Linear output as a copied weight, the
- * file unlinked under it) and refuses data not aligned to its element size (copied, the
- * mapping left to the caller); `shardq run` maps a large embedding and lm_head and gives the same
- * logits on 1 and 2 ranks. */
+/* test_load_map (fixture: load_stage_fixture.h, a tiny llama whose embedding and lm_head are
+ * [320 x 64] bf16, 40 KiB each): dense tensors kept as read-only mapped windows of the
+ * checkpoint file (sq_load_options.dense_map) instead of copies into fresh memory: the loader
+ * hands a large dense tensor over as a mapping that outlives the loader's file descriptors and
+ * the checkpoint itself; a truncated file still fails with the truncation error; the CPU
+ * backend keeps such a mapping as a weight's storage (the same Linear output as a copied
+ * weight, the file unlinked under it) and refuses data not aligned to its element size (copied,
+ * the mapping left to the caller); `shardq run` maps a large embedding and lm_head and gives
+ * the same logits on 1 and 2 ranks. */
 #include <check.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -14,63 +15,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "load_fixture.h"
+#include "load_stage_fixture.h"
 #include "shardq/backend.h"
 #include "shardq/checkpoint.h"
 #include "shardq/load.h"
 #include "shardq/safetensors.h"
 #include "testutil.h"
-
-typedef struct fixture {
-    char *dir;
-    sq_model_config cfg;
-    sq_ckpt *st;
-    sq_meta *meta;
-} fixture;
-
-/* tiny llama (embedding and lm_head [320 x 64] bf16, 40 KiB each), two files */
-static void fixture_make(fixture *fx) {
-    sq_error err;
-    sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_config_preset("tiny", SQ_ARCH_LLAMA, &fx->cfg, &err), SQ_OK);
-    fx->dir = sq_test_tmpdir("load_map");
-    ck_assert_ptr_nonnull(fx->dir);
-    int split[2] = {0, lf_layer_first_tensor(&fx->cfg, (int)fx->cfg.n_layers / 2)};
-    ck_assert_int_eq(lf_make_model(fx->dir, &fx->cfg, 2, split), 0);
-    ck_assert_int_eq(sq_ckpt_open(fx->dir, &fx->st, &err), SQ_OK);
-    ck_assert_int_eq(sq_meta_create(&fx->cfg, &fx->meta, &err), SQ_OK);
-    ck_assert_int_eq(sq_meta_validate(fx->meta, fx->st, &err), SQ_OK);
-}
-
-static void fixture_free(fixture *fx) {
-    sq_meta_destroy(fx->meta);
-    sq_ckpt_close(fx->st);
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx->dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", fx->dir);
-    free(fx->dir);
-}
-
-/* keeps every item, taking its buffers and mappings (as a backend that keeps them) */
-typedef struct collected {
-    sq_load_item items[128];
-    int n;
-} collected;
-
-static sq_status collect(void *user, sq_load_item *it, sq_error *err) {
-    collected *c = user;
-    if (c->n >= 128) return sq_error_set(err, SQ_ERR_INTERNAL, NULL, NULL, "too many");
-    c->items[c->n++] = *it;
-    it->data = NULL;
-    it->map = NULL;
-    memset(&it->q, 0, sizeof it->q);
-    return SQ_OK;
-}
-
-static void collected_free(collected *c) {
-    for (int i = 0; i < c->n; i++) sq_load_item_release(&c->items[i]);
-    c->n = 0;
-}
 
 /* Slots of 1 KiB (staging 4 KiB): the embedding and lm_head are larger than a slot, so with
  * dense_map they come mapped; the norms (128 bytes) are read into buffers as before.  Their
@@ -78,7 +28,7 @@ static void collected_free(collected *c) {
  * itself is closed; without dense_map nothing is mapped. */
 static void load_whole(bool dense_map) {
     fixture fx;
-    fixture_make(&fx);
+    fixture_make(&fx, "load_map", "tiny", false);
     sq_error err;
     sq_error_init(&err, -1);
     sq_pool *pool = NULL;
@@ -139,7 +89,7 @@ END_TEST
  * file) and the copy gives the truncation error naming the tensor, never a SIGBUS. */
 START_TEST(test_dense_map_truncated) {
     fixture fx;
-    fixture_make(&fx);
+    fixture_make(&fx, "load_map", "tiny", false);
     const sq_ckpt_tensor *t = sq_ckpt_find(fx.st, "lm_head.weight");
     ck_assert_int_eq(t->file_index, 1);
     const char *path2 = sq_ckpt_file_path(fx.st, 1);
