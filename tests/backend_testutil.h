@@ -7,6 +7,32 @@
 
 #include "shardq/backend.h"
 
+/* A CPU backend with n_threads threads on ISA path isa (NULL: the best the CPU has, else
+ * "avx2" or "portable", through SHARDQ_CPU_ISA), reserved for lim. */
+static inline sq_backend *sq_test_cpu_backend(int n_threads, const char *isa,
+                                              sq_backend_limits lim) {
+    if (isa) setenv("SHARDQ_CPU_ISA", isa, 1);
+    else unsetenv("SHARDQ_CPU_ISA");
+    sq_backend *be = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_create_cpu(n_threads, &be, &err), SQ_OK);
+    unsetenv("SHARDQ_CPU_ISA");
+    ck_assert_int_eq(sq_backend_reserve(be, &lim, &err), SQ_OK);
+    return be;
+}
+
+/* bytes of backend memory holding src (zeroed when src is NULL) */
+static inline void *sq_test_upload(sq_backend *be, const void *src, size_t bytes) {
+    void *p = NULL;
+    sq_error err;
+    sq_error_init(&err, -1);
+    ck_assert_int_eq(sq_backend_alloc(be, bytes, &p, &err), SQ_OK);
+    if (src) ck_assert_int_eq(sq_backend_upload(be, p, src, bytes, &err), SQ_OK);
+    else ck_assert_int_eq(sq_backend_memset(be, p, 0, bytes, &err), SQ_OK);
+    return p;
+}
+
 /* out (n, rows) = x (n, cols) · wᵀ (+ bias) through the backend; malloc'd */
 static inline float *sq_test_linear(sq_backend *be, const sq_weight *w, const float *x, int64_t n,
                                     const sq_weight *bias) {

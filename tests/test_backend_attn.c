@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_testutil.h"
 #include "shardq/backend.h"
 
 static uint64_t rng_state = 0x2545f491;
@@ -24,34 +25,18 @@ static float rng_f(float lo, float hi) {
 }
 
 static sq_backend *mk_be(int n_threads, const char *isa) {
-    if (isa) setenv("SHARDQ_CPU_ISA", isa, 1);
-    else unsetenv("SHARDQ_CPU_ISA");
-    sq_backend *be = NULL;
-    sq_error err;
-    sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_backend_create_cpu(n_threads, &be, &err), SQ_OK);
-    unsetenv("SHARDQ_CPU_ISA");
     sq_backend_limits lim = {.max_rows = 256, .max_width = 1024, .max_vocab = 64, .max_head_dim = 128};
-    ck_assert_int_eq(sq_backend_reserve(be, &lim, &err), SQ_OK);
-    return be;
-}
-static void *up(sq_backend *be, const void *src, size_t bytes) {
-    void *p = NULL;
-    sq_error err;
-    ck_assert_int_eq(sq_backend_alloc(be, bytes, &p, &err), SQ_OK);
-    if (src) ck_assert_int_eq(sq_backend_upload(be, p, src, bytes, &err), SQ_OK);
-    else ck_assert_int_eq(sq_backend_memset(be, p, 0, bytes, &err), SQ_OK);
-    return p;
+    return sq_test_cpu_backend(n_threads, isa, lim);
 }
 
 /* Attention of rows [r0, r0 + n) of one sequence (slot 1) on be, into out (host, all rows). */
 static void attend(sq_backend *be, const sq_kv_layer *kv, int H, const float *q, const float *k,
                    const float *v, int r0, int n, float *out) {
     const int qw = H * kv->head_dim, kw = kv->n_kv_heads * kv->head_dim;
-    void *q_d = up(be, q + (size_t)r0 * qw, (size_t)n * qw * 4);
-    void *k_d = up(be, k + (size_t)r0 * kw, (size_t)n * kw * 4);
-    void *v_d = up(be, v + (size_t)r0 * kw, (size_t)n * kw * 4);
-    void *o_d = up(be, NULL, (size_t)n * qw * 4);
+    void *q_d = sq_test_upload(be, q + (size_t)r0 * qw, (size_t)n * qw * 4);
+    void *k_d = sq_test_upload(be, k + (size_t)r0 * kw, (size_t)n * kw * 4);
+    void *v_d = sq_test_upload(be, v + (size_t)r0 * kw, (size_t)n * kw * 4);
+    void *o_d = sq_test_upload(be, NULL, (size_t)n * qw * 4);
     sq_seq_span sp = {1, r0, n};
     sq_error err;
     ck_assert_int_eq(sq_backend_attention(be, q_d, k_d, v_d, kv, H, 1, &sp, o_d, &err), SQ_OK);
@@ -76,8 +61,10 @@ START_TEST(test_long_sequence) {
         float *one = malloc((size_t)T * qw * 4), *split = malloc((size_t)T * qw * 4);
         size_t cache = (size_t)SLOTS * MAXS * kw * 4;
         sq_backend *b2 = mk_be(2, isa), *b3 = mk_be(3, isa);
-        sq_kv_layer kv2 = {up(b2, NULL, cache), up(b2, NULL, cache), SLOTS, MAXS, KVH, HD};
-        sq_kv_layer kv3 = {up(b3, NULL, cache), up(b3, NULL, cache), SLOTS, MAXS, KVH, HD};
+        sq_kv_layer kv2 = {sq_test_upload(b2, NULL, cache), sq_test_upload(b2, NULL, cache), SLOTS,
+                           MAXS, KVH, HD};
+        sq_kv_layer kv3 = {sq_test_upload(b3, NULL, cache), sq_test_upload(b3, NULL, cache), SLOTS,
+                           MAXS, KVH, HD};
         attend(b2, &kv2, H, q, k, v, 0, T, one);
         attend(b3, &kv3, H, q, k, v, 0, 50, split);
         attend(b3, &kv3, H, q, k, v, 50, 1, split);
@@ -120,7 +107,8 @@ END_TEST
 START_TEST(test_exp_bound) {
     const int HD = 64, T = 64;
     sq_backend *be = mk_be(2, NULL);
-    sq_kv_layer kv = {up(be, NULL, 2 * T * HD * 4), up(be, NULL, 2 * T * HD * 4), 2, T, 1, HD};
+    sq_kv_layer kv = {sq_test_upload(be, NULL, 2 * T * HD * 4),
+                      sq_test_upload(be, NULL, 2 * T * HD * 4), 2, T, 1, HD};
     float *q = calloc((size_t)T * HD, 4), *k = calloc((size_t)T * HD, 4), *v = calloc((size_t)T * HD, 4);
     float *out = malloc((size_t)T * HD * 4);
     for (int i = 0; i < T; i++) q[i * HD] = 8.0f, v[i * HD + i] = 1.0f;
