@@ -76,7 +76,8 @@ enum {
     Q8_M_OTILE = 16,    /* outputs per task with many rows */
     Q8_M_RTILE = 32,    /* rows per task with many rows */
     Q8_KP = 8,          /* blocks of 32 per panel of the many-row path (its activations: L1) */
-    Q8_PREFETCH = 512   /* bytes ahead in a code row that the GEMV prefetches */
+    Q8_PREFETCH = 512,  /* bytes ahead in a code row that the GEMV prefetches */
+    Q8_PPREFETCH = 256  /* bytes ahead in a row's scales / biases that the GEMV prefetches */
 };
 
 typedef enum { K_Q4 = 0, K_I8 = 1, K_LUT = 2 } q8_kind;
@@ -380,6 +381,17 @@ TGT INLINE void q8_few_##SFX(const q8_ctx *c, int64_t o, int64_t r, __m256i lut,
                     _mm_prefetch(pf + 128, _MM_HINT_T0);                                       \
                     _mm_prefetch(pf + 192, _MM_HINT_T0);                                       \
                 }                                                                              \
+                /* the scale (and bias) streams too: they cross 4 KiB pages as well */      \
+                if (KIND == K_LUT)                                                             \
+                    _mm_prefetch((const char *)(c->w->absmax_d) + Q8_PPREFETCH + 4 *           \
+                                 (int64_t)((((uint64_t)(o + i) * (uint64_t)c->K) >> c->lbs) +  \
+                                           (uint64_t)((32 * b8) >> c->lbs)), _MM_HINT_T0);     \
+                else                                                                           \
+                    _mm_prefetch((const char *)R[i].s + b8 * (H16 ? 2 : 4) + Q8_PPREFETCH,     \
+                                 _MM_HINT_T0);                                                 \
+                if (BIAS)                                                                      \
+                    _mm_prefetch((const char *)R[i].m + b8 * (H16 ? 2 : 4) + Q8_PPREFETCH,     \
+                                 _MM_HINT_T0);                                                 \
             }                                                                                  \
             _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) {                              \
                 const int64_t b = b8 + k;                                                      \
