@@ -23,13 +23,12 @@ typedef struct fixture {
     sq_meta *meta;
 } fixture;
 
-/* The preset's llama (tie_word_embeddings = tied) in two files split at its middle layer,
- * under a new folder named after tag. */
-static void fixture_make(fixture *fx, const char *tag, const char *preset, bool tied) {
+/* The llama of cfg in two files split at its middle layer, under a new folder named after
+ * tag. */
+static void fixture_make_config(fixture *fx, const char *tag, const sq_model_config *cfg) {
     sq_error err;
     sq_error_init(&err, -1);
-    ck_assert_int_eq(sq_config_preset(preset, SQ_ARCH_LLAMA, &fx->cfg, &err), SQ_OK);
-    fx->cfg.tie_word_embeddings = tied;
+    fx->cfg = *cfg;
     fx->dir = sq_test_tmpdir(tag);
     ck_assert_ptr_nonnull(fx->dir);
     int split[2] = {0, lf_layer_first_tensor(&fx->cfg, (int)fx->cfg.n_layers / 2)};
@@ -37,6 +36,16 @@ static void fixture_make(fixture *fx, const char *tag, const char *preset, bool 
     ck_assert_int_eq(sq_ckpt_open(fx->dir, &fx->st, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_create(&fx->cfg, &fx->meta, &err), SQ_OK);
     ck_assert_int_eq(sq_meta_validate(fx->meta, fx->st, &err), SQ_OK);
+}
+
+/* The preset's llama (tie_word_embeddings = tied), as fixture_make_config. */
+static void fixture_make(fixture *fx, const char *tag, const char *preset, bool tied) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_model_config cfg;
+    ck_assert_int_eq(sq_config_preset(preset, SQ_ARCH_LLAMA, &cfg, &err), SQ_OK);
+    cfg.tie_word_embeddings = tied;
+    fixture_make_config(fx, tag, &cfg);
 }
 
 static void fixture_free(fixture *fx) {

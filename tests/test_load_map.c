@@ -80,6 +80,90 @@ static void load_whole(bool dense_map) {
     fixture_free(&fx);
 }
 
+/* The checkpoint's pages this process has mapped (RssFile), in bytes. */
+static uint64_t rss_file(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "RssFile: %llu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+typedef struct watched {
+    collected c;
+    uint64_t peak;   /* the largest RssFile seen when an item was handed over */
+} watched;
+
+static sq_status collect_watched(void *user, sq_load_item *it, sq_error *err) {
+    watched *w = user;
+    uint64_t r = rss_file();
+    if (r > w->peak) w->peak = r;
+    return collect(&w->c, it, err);
+}
+
+/* Pieces of 8 MiB (staging 32 MiB over 4 slots): windows of one mapping per file instead of a
+ * mapping each.  The model: 3 layers of hidden 1024 / intermediate 4096 (the MLP weights are
+ * 8 MiB each), 98 MiB in all.  While loading, what the process maps stays within the ring's
+ * windows and the 2 MiB regions around them (4 x (8 + 4) MiB, half the files); after, nothing
+ * stays mapped; and the bytes equal a whole-tensor quantization. */
+START_TEST(test_pieces_in_file_windows) {
+    sq_error err;
+    sq_error_init(&err, -1);
+    sq_model_config cfg;
+    ck_assert_int_eq(sq_config_preset("small", SQ_ARCH_LLAMA, &cfg, &err), SQ_OK);
+    cfg.hidden_size = 1024;
+    cfg.intermediate_size = 4096;
+    cfg.n_layers = 3;
+    cfg.n_heads = cfg.n_kv_heads = 8;
+    cfg.head_dim = 128;
+    cfg.vocab_size = 512;
+    fixture fx;
+    fixture_make_config(&fx, "load_win", &cfg);
+    sq_pool *pool = NULL;
+    ck_assert_int_eq(sq_pool_create(2, &pool, &err), SQ_OK);
+    sq_load_options o = sq_load_options_default();
+    o.pool = pool;
+    o.scheme = (sq_quant_scheme){.type = SQ_QUANT_NF4, .blocksize = 64,
+                                 .dense_dtype = SQ_DTYPE_BF16};
+    o.staging_bytes = 32u << 20;
+    sq_load_stage_desc all = {.first_layer = 0, .n_layers = 3, .has_embed = true,
+                              .has_head = true};
+    watched *w = calloc(1, sizeof *w);
+    const uint64_t before = rss_file();
+    ck_assert_int_eq(sq_load_stage(fx.st, fx.meta, &all, &o, collect_watched, w, NULL, &err),
+                     SQ_OK);
+    const uint64_t after = rss_file();
+    const uint64_t bound = 4 * ((8u << 20) + (4u << 20));
+    ck_assert_uint_ge(sq_ckpt_data_bytes(fx.st), 2 * bound);
+    ck_assert_msg(w->peak <= before + bound, "mapped %llu bytes of the checkpoint while loading "
+                  "(bound %llu)", (unsigned long long)(w->peak - before), (unsigned long long)bound);
+    ck_assert_msg(after <= before + (256u << 10), "%llu bytes still mapped after the load",
+                  (unsigned long long)(after - before));
+    int n_q = 0;
+    for (int i = 0; i < w->c.n; i++) {
+        sq_load_item *it = &w->c.items[i];
+        if (!it->is_4bit) continue;
+        n_q++;
+        const sq_ckpt_tensor *info = sq_ckpt_find(fx.st, it->spec->name);
+        sq_qtensor ref;
+        ck_assert_int_eq(sq_quant_4bit_from(SQ_DTYPE_BF16, sq_ckpt_data(fx.st, info),
+                                            it->spec->shape[0], it->spec->shape[1], &o.scheme,
+                                            pool, &ref, &err), SQ_OK);
+        ck_assert_msg(!memcmp(it->q.packed, ref.packed, (ref.n_elements + 1) / 2) &&
+                          !memcmp(it->q.absmax, ref.absmax, ref.n_blocks * 4),
+                      "%s differs from a whole-tensor quantization", it->spec->name);
+        sq_qtensor_free(&ref);
+    }
+    ck_assert_int_eq(n_q, 3 * 7);
+    collected_free(&w->c);
+    free(w);
+    sq_pool_destroy(pool);
+    fixture_free(&fx);
+}
+END_TEST
+
 START_TEST(test_dense_mapped_outlives_loader) { load_whole(true); }
 END_TEST
 START_TEST(test_dense_copied_without_option) { load_whole(false); }
@@ -276,6 +360,7 @@ static Suite *suite(void) {
     Suite *s = suite_create("load_map");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_pieces_in_file_windows);
     tcase_add_test(tc, test_dense_mapped_outlives_loader);
     tcase_add_test(tc, test_dense_copied_without_option);
     tcase_add_test(tc, test_dense_map_truncated);

@@ -338,7 +338,8 @@ END_TEST
 /* sq_quant_4bit_part: a tensor quantized in parts of whole blocks straight into its arrays gives
  * the whole-tensor bytes (BNB); in layout G64 the same absmax and the BNB bytes regrouped
  * (sq_q4_convert_groups, both ways), on every code path, partial last blocks and NaN / Inf /
- * zero blocks included, and the same dequantized values. */
+ * zero blocks included, and the same dequantized values; sq_quant_4bit_part_checked names each
+ * part's first block whose absmax is NaN or Inf (the Inf's block always). */
 START_TEST(test_parts_and_g64) {
     enum { ROWS = 6, COLS = 17 * 64, N = ROWS * COLS };
     float *f = malloc(N * sizeof *f);
@@ -379,14 +380,23 @@ START_TEST(test_parts_and_g64) {
                         ck_assert_int_eq(sq_qtensor_init(&q, &s, ROWS, COLS, dts[d], &err), SQ_OK);
                         ck_assert(sq_q4_layout_fits(SQ_Q4_LAYOUT_G64, COLS, s.blocksize));
                         q.layout = lay ? SQ_Q4_LAYOUT_G64 : SQ_Q4_LAYOUT_BNB;
-                        const uint64_t piece = 3 * (uint64_t)s.blocksize;
+                        const uint64_t piece = 3 * (uint64_t)s.blocksize, B = (uint64_t)s.blocksize;
+                        bool inf_seen = false;
                         for (uint64_t first = 0; first < N; first += piece) {
-                            uint64_t m = N - first < piece ? N - first : piece;
-                            ck_assert_int_eq(sq_quant_4bit_part_isa(&q, first, dts[d],
-                                                                    (const char *)src[d] + first * es[d],
-                                                                    m, ii ? pool : NULL, isas[ii], &err),
+                            uint64_t m = N - first < piece ? N - first : piece, bad = 0;
+                            ck_assert_int_eq(sq_quant_4bit_part_checked(&q, first, dts[d],
+                                                                        (const char *)src[d] + first * es[d],
+                                                                        m, ii ? pool : NULL, isas[ii],
+                                                                        &bad, &err),
                                              SQ_OK);
+                            /* the part's first block whose absmax is not finite, or none */
+                            uint64_t want = UINT64_MAX;
+                            for (uint64_t b = first / B; want == UINT64_MAX && b < (first + m + B - 1) / B; b++)
+                                if (!isfinite(whole.absmax[b])) want = b;
+                            ck_assert_uint_eq(bad, want);
+                            if (bad == 2000 / B) inf_seen = true;
                         }
+                        ck_assert(inf_seen);   /* the Inf's block is always reported */
                         ck_assert_mem_eq(q.absmax, whole.absmax, whole.n_blocks * sizeof(float));
                         if (lay) {
                             sq_q4_convert_groups(whole.packed, conv, N / 64, true);

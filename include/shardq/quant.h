@@ -117,6 +117,13 @@ sq_status sq_quant_4bit_part(sq_qtensor *q, uint64_t first, sq_dtype src_dtype, 
 sq_status sq_quant_4bit_part_isa(sq_qtensor *q, uint64_t first, sq_dtype src_dtype,
                                  const void *src, uint64_t n, sq_pool *pool, sq_quant_isa isa,
                                  sq_error *err);
+/* sq_quant_4bit_part_isa that also looks for a corrupt source while the part's absmax is in
+ * cache: *bad_block (non-NULL) is set to the index in q of the part's first block whose absmax
+ * came out NaN or Inf (a NaN or Inf element), UINT64_MAX when there is none.  The same bytes
+ * as sq_quant_4bit_part. */
+sq_status sq_quant_4bit_part_checked(sq_qtensor *q, uint64_t first, sq_dtype src_dtype,
+                                     const void *src, uint64_t n, sq_pool *pool, sq_quant_isa isa,
+                                     uint64_t *bad_block, sq_error *err);
 /* True when a [rows, cols] 4-bit weight with this blocksize may be held in layout l: BNB
  * always; G64 when cols % 64 == 0 and blocksize >= 64. */
 bool sq_q4_layout_fits(sq_q4_layout l, int64_t cols, int64_t blocksize);

@@ -371,14 +371,13 @@ static sq_status load_quantize(loader *L, const sq_tensor_spec *t, const sq_ckpt
         if (rc != SQ_OK) return rc;
         const uint64_t m = L->units[u].n / es;
         double t0 = sq_trace_begin(L->trace);
-        rc = sq_quant_4bit_part(q, first, w->dtype, buf, m, L->o->pool, err);
+        uint64_t bad = UINT64_MAX;   /* looked for by the quantizer's tasks, in cache */
+        rc = sq_quant_4bit_part_checked(q, first, w->dtype, buf, m, L->o->pool,
+                                        SQ_QUANT_ISA_AUTO, &bad, err);
         sq_trace_end_ex(L->trace, LOAD_TRACK_COMPUTE, "quantize", t0, t->name, (int64_t)(m * es));
         load_reader_release(L->rd, u);
         if (rc != SQ_OK) return with_tensor(err, rc, t->name);
-        /* the piece's absmax while it is in cache (first is a multiple of the blocksize) */
-        const uint64_t B = (uint64_t)q->blocksize;
-        rc = check_absmax_range(L, t, w, q, first / B, sq_ceil_div_u64(first + m, B), err);
-        if (rc != SQ_OK) return rc;
+        if (bad != UINT64_MAX) return check_absmax_range(L, t, w, q, bad, bad + 1, err);
         load_prog_add(&L->prog, m * es);
         first += m;
     }

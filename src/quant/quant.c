@@ -5,6 +5,7 @@
  * double quant in quant_dq.c.  Must never print, exit, or keep mutable globals. */
 #include "shardq/quant.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,16 +147,53 @@ static void run_task(void *ctx_, int64_t task, int thread) {
     sq_quant_blocks_scalar(c->job, b0, b1);
 }
 
+/* The first block of [b0, b1) whose absmax is NaN or Inf (all exponent bits set), or b1; the
+ * scan is branch-free per 64 blocks. */
+static uint64_t first_nonfinite(const float *absmax, uint64_t b0, uint64_t b1) {
+    for (uint64_t g = b0; g < b1; g += 64) {
+        const uint64_t ge = g + 64 < b1 ? g + 64 : b1;
+        uint32_t bad = 0;
+        for (uint64_t b = g; b < ge; b++) {
+            uint32_t bits;
+            memcpy(&bits, &absmax[b], 4);
+            bad |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+        }
+        if (!bad) continue;
+        for (uint64_t b = g; b < ge; b++) {
+            uint32_t bits;
+            memcpy(&bits, &absmax[b], 4);
+            if ((bits & 0x7f800000u) == 0x7f800000u) return b;
+        }
+    }
+    return b1;
+}
+
+static void run_task_checked(void *ctx_, int64_t task, int thread) {
+    run_task(ctx_, task, thread);
+    const pool_ctx *c = ctx_;
+    uint64_t b0 = (uint64_t)task * c->blocks_per_task;
+    uint64_t b1 = b0 + c->blocks_per_task;
+    if (b1 > c->job->n_blocks) b1 = c->job->n_blocks;
+    const uint64_t bad = first_nonfinite(c->job->absmax, b0, b1);
+    if (bad == b1) return;
+    uint64_t cur = atomic_load_explicit(c->job->first_bad, memory_order_relaxed);
+    while (bad < cur && !atomic_compare_exchange_weak_explicit(c->job->first_bad, &cur, bad,
+                                                               memory_order_relaxed,
+                                                               memory_order_relaxed)) {
+    }
+}
+
 /* Runs job over pool (NULL: the calling thread) in tasks of SQ_QUANT_TASK_ELEMENTS. */
 static void run_job(const sq_quant_job *job, sq_pool *pool, sq_quant_isa isa) {
     pool_ctx c = {.job = job, .isa = resolve_isa(isa)};
     c.blocks_per_task = SQ_QUANT_TASK_ELEMENTS / (uint64_t)job->blocksize;
     if (c.blocks_per_task == 0) c.blocks_per_task = 1;
     int64_t n_tasks = (int64_t)sq_ceil_div_u64(job->n_blocks, c.blocks_per_task);
+    const sq_pool_fn fn = job->first_bad ? run_task_checked : run_task;
     if (pool && n_tasks > 1) {
-        sq_pool_run(pool, n_tasks, run_task, &c);
+        sq_pool_run(pool, n_tasks, fn, &c);
     } else {
-        for (int64_t t = 0; t < n_tasks; t++) run_task(&c, t, 0);
+        for (int64_t t = 0; t < n_tasks; t++) fn(&c, t, 0);
     }
 }
 
@@ -198,12 +236,20 @@ static inline unsigned q4_code(const sq_qtensor *q, uint64_t i) {
 
 sq_status sq_quant_4bit_part(sq_qtensor *q, uint64_t first, sq_dtype src_dtype, const void *src,
                              uint64_t n, sq_pool *pool, sq_error *err) {
-    return sq_quant_4bit_part_isa(q, first, src_dtype, src, n, pool, SQ_QUANT_ISA_AUTO, err);
+    return sq_quant_4bit_part_checked(q, first, src_dtype, src, n, pool, SQ_QUANT_ISA_AUTO, NULL,
+                                      err);
 }
 
 sq_status sq_quant_4bit_part_isa(sq_qtensor *q, uint64_t first, sq_dtype src_dtype,
                                  const void *src, uint64_t n, sq_pool *pool, sq_quant_isa isa,
                                  sq_error *err) {
+    return sq_quant_4bit_part_checked(q, first, src_dtype, src, n, pool, isa, NULL, err);
+}
+
+sq_status sq_quant_4bit_part_checked(sq_qtensor *q, uint64_t first, sq_dtype src_dtype,
+                                     const void *src, uint64_t n, sq_pool *pool, sq_quant_isa isa,
+                                     uint64_t *bad_block, sq_error *err) {
+    if (bad_block) *bad_block = UINT64_MAX;
     if (!q || !q->packed || !q->absmax || (q->type != SQ_QUANT_NF4 && q->type != SQ_QUANT_FP4))
         return sq_error_set(err, SQ_ERR_INVALID, NULL, NULL,
                             "quantize part: not a 4-bit tensor with a float32 absmax");
@@ -228,7 +274,11 @@ sq_status sq_quant_4bit_part_isa(sq_qtensor *q, uint64_t first, sq_dtype src_dty
     if (!sq_quant_isa_available(isa))
         return sq_error_set(err, SQ_ERR_UNSUPPORTED, NULL, NULL,
                             "quantize: the AVX2 code path is not available on this CPU");
+    _Atomic uint64_t first_bad = UINT64_MAX;
+    if (bad_block) job.first_bad = &first_bad;
     run_job(&job, pool, isa);
+    if (bad_block && atomic_load(&first_bad) != UINT64_MAX)
+        *bad_block = first / B + atomic_load(&first_bad);
     return SQ_OK;
 }
 

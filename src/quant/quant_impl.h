@@ -21,6 +21,9 @@ typedef struct sq_quant_job {
     float *absmax;       /* (n_blocks) out */
     uint8_t *packed;     /* (ceil(n / 2)) out */
     int g64;             /* packed in layout G64 (then n % 64 == 0 and blocksize >= 64) */
+    /* non-NULL: lowered (atomically) to the index within the job of the first block whose
+     * absmax is NaN or Inf; each task looks at its own absmax while it is in cache */
+    _Atomic uint64_t *first_bad;
 } sq_quant_job;
 
 /* Quantizes blocks [b0, b1) of job: absmax[b] and the packed bytes of those blocks.  The
