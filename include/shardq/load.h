@@ -14,10 +14,12 @@
  * re-quantized; their quant_map / nested_quant_map must be bitsandbytes' own tables.
  *
  * The pipeline: a read-ahead thread (one per call, sequential + WILLNEED advice on the next
- * reads) walks the stage's pieces and dense tensors in load order into a ring of up to 4
- * staging slots that share the budget B — a piece is a read-only mapped window of the file
- * that the thread populates (MADV_POPULATE_READ) and unmaps when the slot is reused, so the
- * quantizer reads the page cache in place; with read_copy, or where mapping fails, a pread()
+ * reads it copies) walks the stage's pieces and dense tensors in load order into a ring of up
+ * to 4 staging slots that share the budget B — a piece is a read-only mapped window of the file
+ * (of one mapping of the whole file when pieces are 8 MiB or more) that the thread populates
+ * (MADV_POPULATE_READ, which reads a cold file into 2 MiB folios) and gives back when the slot
+ * is reused, so the quantizer reads the page cache in place; with read_copy, or where mapping
+ * fails, a pread()
  * copy into the slot's buffer; dense tensors are pread() into buffers of their own (with
  * dense_map, one larger than a slot is instead a read-only mapped window of the file that the
  * pool populates and the consumer may keep: no copy, no fresh memory to zero) — while the calling thread quantizes the piece read
