@@ -3,7 +3,8 @@
 #   - dd: the disk's sequential read of the same safetensors files, page cache dropped;
 #   - bench_quant: the CPU's BF16 -> NF4 rate with T threads (T = 2 by default);
 #   - `shardq bench --load-only` (run's load: read + quantize + the backend's repack) and
-#     `shardq quantize` (read + quantize, then with writing), cold (page cache dropped) and
+#     `shardq quantize` (read + quantize + the shard written to the page cache, then with its
+#     fsync), cold (page cache dropped) and
 #     warm, for 1 rank x T threads and for each rank count in RANKS x 1 thread;
 #   - quantize's max RSS per rank;
 # then the ratios against the targets: warm load (1 rank x T threads) >= 75% of bench_quant's
@@ -68,7 +69,8 @@ per = min(r["gb_per_s"] for r in j["ranks"])
 print("  %-8s %5s %7s %-14s %8.2f %8.3f %9.3f %12.0f" % ("run-load", n, t, state, j["load_s"], j["gb_per_s"], per, rss))
 PY
 }
-# 4. quantize: read + quantize (load_gbps), and with writing (gbps); max RSS per rank
+# 4. quantize: read + quantize + writing the shard (load_gbps), and with its fsync (gbps); max
+# RSS per rank
 quant_row() {   # ranks threads cache
   local n=$1 t=$2 cache=$3 state=warm
   [ "$cache" = cold ] && state=$(drop)
@@ -122,11 +124,14 @@ def get(what, n, t, cold):
             return r
 print("# targets (issue 14): warm load, 1 rank x %s threads, >= 75%% of bench_quant's %s-thread "
       "GB/s; cold load >= 80%% of dd's GB/s; quantize max RSS per rank <= 512 MiB" % (threads, threads))
-for what, label in (("run-load", "run's load (bench --load-only)"), ("quant-rq", "quantize, read + quantize")):
+for what, label in (("run-load", "run's load (bench --load-only)"), ("quant-rq", "quantize, up to the shard written")):
     w, c = get(what, "1", threads, False), get(what, "1", threads, True)
     if w and bq:
         r = float(w[5]) / bq
-        print("  %-32s warm 1x%s: %.3f GB/s = %3.0f%% of bench_quant (%s)" % (label, threads, float(w[5]), 100 * r, "met" if r >= 0.75 else "missed"))
+        # the warm target is run's load; quantize also double-quantizes and copies the shard
+        # into the page cache, so its ratio is only shown
+        verdict = ("met" if r >= 0.75 else "missed") if what == "run-load" else "not a target"
+        print("  %-32s warm 1x%s: %.3f GB/s = %3.0f%% of bench_quant (%s)" % (label, threads, float(w[5]), 100 * r, verdict))
     if what == "run-load" and os.environ.get("RATIOS"):
         rs = sorted(float(x) for x in os.environ["RATIOS"].split())
         med = rs[len(rs) // 2] if len(rs) % 2 else (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2
