@@ -493,20 +493,20 @@ START_TEST(test_interleaved_f32_and_embed) {
 END_TEST
 
 /* sq_backend_linear_multi: the same bits as one sq_backend_linear per weight, for groups that
- * share one quantization of x (Q4_0 x 3 with a bias, NF4 x 2, int8 with and without zero
- * point) and groups that cannot (Q4_0 + Q8_0: other corrections; Q4_K + Q6_K + Q4_0; a dense
+ * share one quantization of x (Q4_0 x 3 with a bias, NF4 x 3, int8 with and without zero
+ * point; the third weight of each, 80 outputs, interleaved by 16 outputs and the others not) and groups that cannot (Q4_0 + Q8_0: other corrections; Q4_K + Q6_K + Q4_0; a dense
  * weight), 1 / 5 / 41 rows, int8 and float32 activations.  Then x is rewritten in place and the
  * call repeated: the outputs are those of the new x (no stale quantization is reused).  And the
  * argument errors: overlapping outputs, mismatched widths, counts outside [1, 8]. */
 START_TEST(test_linear_multi) {
-    const int64_t K = 256, Ns[3] = {40, 24, 72}, rows[3] = {1, 5, 41};
+    const int64_t K = 256, Ns[3] = {40, 24, 80}, rows[3] = {1, 5, 41};   /* 80: interleaved */
     static const int groups[][3] = {{SQ_GGML_Q4_0, SQ_GGML_Q4_0, SQ_GGML_Q4_0},
-                                    {W_NF4, W_NF4, 0},
+                                    {W_NF4, W_NF4, W_NF4},
                                     {W_I8, W_I8ZP, W_I8},
                                     {SQ_GGML_Q4_0, SQ_GGML_Q8_0, 0},
                                     {SQ_GGML_Q4_K, SQ_GGML_Q6_K, SQ_GGML_Q4_0},
                                     {SQ_GGML_Q8_0, 1000, 0}};   /* 1000: dense F32 */
-    static const int group_n[] = {3, 2, 3, 2, 3, 2};
+    static const int group_n[] = {3, 3, 3, 2, 3, 2};
     sq_error err;
     sq_error_init(&err, -1);
     for (int act = 0; act < 2; act++) {
