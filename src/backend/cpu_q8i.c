@@ -378,21 +378,32 @@ void sq_cpu_q8i_tile(const sq_q8i_args *a, int64_t o0, int64_t o1, int64_t r0, i
 
 /* ---- upload ---------------------------------------------------------------------------------- */
 
-sq_status sq_cpu_q8i_repack(sq_weight *w, sq_error *err) {
+typedef struct {
+    const sq_weight *w;
+    uint8_t *tmp;           /* per pool thread: one group's codes, then its scales */
+    size_t cbytes, sbytes;
+} q8i_repack_ctx;
+
+/* Group g, in place through the thread's copy of it. */
+static void q8i_repack_task(void *ctx_, int64_t g, int thread) {
+    const q8i_repack_ctx *c = ctx_;
+    uint8_t *tmp = c->tmp + (size_t)thread * (c->cbytes + c->sbytes);
+    memcpy(tmp, (const uint8_t *)c->w->data_d + g * (int64_t)c->cbytes, c->cbytes);
+    memcpy(tmp + c->cbytes, (const char *)c->w->absmax_d + g * (int64_t)c->sbytes, c->sbytes);
+    sq_cpu_q8i_pack_group(c->w, g, tmp, tmp + c->cbytes);
+}
+
+sq_status sq_cpu_q8i_repack(sq_pool *pool, sq_weight *w, sq_error *err) {
     if (!sq_cpu_q8i_eligible(w)) return SQ_OK;
-    const int64_t crb = q8i_crb(w), spr = q8i_spr(w);
-    const int sb = q8i_sb(w);
-    const size_t cbytes = (size_t)(SQ_Q8I_GROUP * crb), sbytes = (size_t)(SQ_Q8I_GROUP * spr * sb);
-    uint8_t *tmp = malloc(cbytes + sbytes);
-    if (!tmp)
+    const int nt = pool ? sq_pool_n_threads(pool) : 1;
+    q8i_repack_ctx c = {w, NULL, (size_t)(SQ_Q8I_GROUP * q8i_crb(w)),
+                        (size_t)(SQ_Q8I_GROUP * q8i_spr(w) * q8i_sb(w))};
+    c.tmp = malloc((size_t)nt * (c.cbytes + c.sbytes));
+    if (!c.tmp)
         return sq_error_set(err, SQ_ERR_NOMEM, NULL, w->name,
                             "backend alloc: out of memory interleaving a weight");
-    for (int64_t g = 0; g < w->rows / SQ_Q8I_GROUP; g++) {
-        memcpy(tmp, (const uint8_t *)w->data_d + g * (int64_t)cbytes, cbytes);
-        memcpy(tmp + cbytes, (const char *)w->absmax_d + g * (int64_t)sbytes, sbytes);
-        sq_cpu_q8i_pack_group(w, g, tmp, tmp + cbytes);
-    }
-    free(tmp);
+    sq_pool_run(pool, w->rows / SQ_Q8I_GROUP, q8i_repack_task, &c);
+    free(c.tmp);
     w->q8i = true;
     return SQ_OK;
 }

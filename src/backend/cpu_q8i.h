@@ -41,8 +41,9 @@ int64_t sq_cpu_q8i_param_index(const sq_weight *w, int64_t o, int64_t b);
 int sq_cpu_q8i_q4_nibble(const sq_weight *w, int64_t o, int64_t k);
 float sq_cpu_q8i_q4_absmax(const sq_weight *w, int64_t o, int64_t k);
 
-/* Interleave w in place (w->q8i) when it is eligible; nothing otherwise.  Upload only. */
-sq_status sq_cpu_q8i_repack(sq_weight *w, sq_error *err);
+/* Interleave w in place (w->q8i) when it is eligible; nothing otherwise.  Upload only; groups
+ * in parallel on pool (NULL: the calling thread). */
+sq_status sq_cpu_q8i_repack(sq_pool *pool, sq_weight *w, sq_error *err);
 
 /* One call of the int8-activation Linear on an interleaved weight (cpu_q8.c fills it). */
 typedef struct {

@@ -57,7 +57,7 @@ sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bo
 
 sq_status sq_cpu_q4_q8i(sq_backend *be, sq_weight *w, sq_error *err) {
     if (!sq_cpu_of(be)->act_int8) return SQ_OK;
-    sq_status st = sq_cpu_q8i_repack(w, err);
+    sq_status st = sq_cpu_q8i_repack(sq_cpu_of(be)->pool, w, err);
     if (st != SQ_OK) {   /* the buffers are the weight's now (taken or allocated) */
         free(w->data_d);
         free(w->absmax_d);
