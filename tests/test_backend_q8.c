@@ -5,7 +5,10 @@
  * (the GEMV and the GEMM kernels); every value within a derived bound of a float64 dot product of
  * the dequantized weight with the float32 x; one row's quantization exact; the mode switch
  * refused on a non-CPU call and f32 mode unchanged; several Linears of one x
- * (sq_backend_linear_multi) bit-identical to one call each. */
+ * (sq_backend_linear_multi) bit-identical to one call each.  The weights interleaved by 16
+ * outputs (cpu_q8i.c: Q4_0, Q8_0, int8, NF4 / FP4 with and without double quant, absmax blocks
+ * 64 / 128 / 256, from BNB and from G64) give the documented order's bits on every path, also
+ * used with float32 activations afterwards. */
 #include <check.h>
 #include <float.h>
 #include <math.h>
@@ -69,7 +72,8 @@ typedef struct {
     float *scales, *biases;
 } src_w;
 
-static void mk_src(int k, int64_t N, int64_t K, int blocksize, src_w *s) {
+/* dq: NF4 / FP4 with double quant */
+static void mk_src_dq(int k, int64_t N, int64_t K, int blocksize, bool dq, src_w *s) {
     memset(s, 0, sizeof *s);
     s->deq = malloc((size_t)(N * K) * 4);
     if (k == W_I8 || k == W_I8ZP) {
@@ -96,6 +100,7 @@ static void mk_src(int k, int64_t N, int64_t K, int blocksize, src_w *s) {
         sq_quant_scheme sc = sq_quant_scheme_default();
         sc.type = k == W_NF4 ? SQ_QUANT_NF4 : SQ_QUANT_FP4;
         sc.blocksize = blocksize;
+        sc.double_quant = dq;
         ck_assert_int_eq(sq_quant_4bit(v, N, K, SQ_DTYPE_F32, &sc, NULL, &s->q, NULL), SQ_OK);
         sq_dequant_4bit_f32(&s->q, 0, (uint64_t)(N * K), s->deq);
         free(v);
@@ -115,6 +120,10 @@ static void mk_src(int k, int64_t N, int64_t K, int blocksize, src_w *s) {
     }
     for (int64_t o = 0; o < N; o++)
         sq_ggml_dequantize_row((sq_ggml_type)k, s->raw + o * s->rb, s->deq + o * K, K);
+}
+
+static void mk_src(int k, int64_t N, int64_t K, int blocksize, src_w *s) {
+    mk_src_dq(k, N, K, blocksize, false, s);
 }
 
 static void free_src(src_w *s) {
@@ -318,13 +327,65 @@ static float half_to_f32(uint16_t h) {
     return f;
 }
 
+/* NF4 / FP4 code q as the int8 the order uses: nearbyint(127 * code), written out */
+static int ref_lut(sq_quant_type t, int q) {
+    float v = 127.0f * sq_quant_code_table(t)[q], r = floorf(v + 0.5f);
+    if (r - v == 0.5f && fmodf(r, 2.0f) != 0.0f) r -= 1.0f;   /* ties to even */
+    return (int)fmaxf(-127.0f, fminf(127.0f, r));
+}
+
+/* The documented interleaved order for weight s of kind k (N x K) on NR rows of x: want. */
+static void ref_interleaved(int k, const src_w *s, const float *x, int64_t NR, int64_t N,
+                            int64_t K, const float *bias, float *want) {
+    int8_t *qx = malloc((size_t)(NR * K));
+    float *dx = malloc((size_t)(NR * K / 32 * 4));
+    for (int64_t r = 0; r < NR; r++) ref_quant(x + r * K, K, qx + r * K, dx + r * (K / 32));
+    for (int64_t o = 0; o < N; o++)
+        for (int64_t r = 0; r < NR; r++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < K / 32; b++) {
+                int32_t p = 0;
+                float sc;
+                if (k == W_NF4 || k == W_FP4) {   /* bnb's flat nibbles, even index high */
+                    const uint64_t f0 = (uint64_t)(o * K + 32 * b);
+                    sc = sq_qtensor_absmax(&s->q, f0 / (uint64_t)s->q.blocksize) * (1.0f / 127.0f);
+                    for (int e = 0; e < 32; e++) {
+                        uint64_t f = f0 + (uint64_t)e;
+                        int nib = (s->q.packed[f / 2] >> ((f & 1) ? 0 : 4)) & 15;
+                        p += ref_lut(s->q.type, nib) * qx[r * K + 32 * b + e];
+                    }
+                } else if (k == W_I8) {
+                    sc = s->scales[o * (K / 32) + b];
+                    for (int e = 0; e < 32; e++) p += (int8_t)s->raw[o * K + 32 * b + e] * qx[r * K + 32 * b + e];
+                } else {
+                    const uint8_t *blk = s->raw + o * s->rb + b * (k == SQ_GGML_Q4_0 ? 18 : 34);
+                    uint16_t d;
+                    memcpy(&d, blk, 2);
+                    sc = half_to_f32(d);
+                    for (int e = 0; e < 32; e++) {
+                        int c = k == SQ_GGML_Q4_0 ? ((blk[2 + (e & 15)] >> ((e >> 4) * 4)) & 15) - 8
+                                                  : (int8_t)blk[2 + e];
+                        p += c * qx[r * K + 32 * b + e];
+                    }
+                }
+                acc = fmaf(sc * dx[r * (K / 32) + b], (float)p, acc);
+            }
+            want[r * N + o] = acc + (bias ? bias[o] : 0.0f);
+        }
+    free(qx);
+    free(dx);
+}
+
+/* Q4_0, Q8_0, int8; NF4 / FP4 with absmax blocks of 64, 128, 256, with and without double
+ * quant (the interleaved layout from both 4-bit uploads: BNB, and G64 kept). */
 START_TEST(test_interleaved_order) {
-    const int64_t N = 32, K = 2112, NR = 9;
-    static const int kinds[] = {SQ_GGML_Q4_0, SQ_GGML_Q8_0, W_I8};
+    const int64_t N = 32, K = 2304, NR = 9;   /* 72 blocks: a chunk of 64 and a tail */
+    static const int kinds[] = {SQ_GGML_Q4_0, SQ_GGML_Q8_0, W_I8, W_NF4, W_FP4, W_NF4, W_FP4, W_NF4};
+    static const int qbs[] = {64, 64, 64, 64, 64, 256, 128, 128};
+    static const bool dqs[] = {false, false, false, false, true, true, false, true};
     sq_backend *bes[3] = {mk_be(2, NULL, SQ_CPU_ACT_INT8), mk_be(1, "avx2", SQ_CPU_ACT_INT8),
                           mk_be(3, "portable", SQ_CPU_ACT_INT8)};
-    float *x = malloc((size_t)(NR * K * 4)), *bias = malloc((size_t)N * 4), *dx = malloc((size_t)(NR * K / 32 * 4));
-    int8_t *qx = malloc((size_t)(NR * K));
+    float *x = malloc((size_t)(NR * K * 4)), *bias = malloc((size_t)N * 4);
     for (int64_t j = 0; j < NR * K; j++) x[j] = rng_f(-3, 3) * (j % 89 == 0 ? 30.0f : 1.0f);
     uint16_t bias16[32];   /* the bias exact in bfloat16 too: also taken as a BF16 weight */
     for (int64_t j = 0; j < N; j++) {
@@ -335,45 +396,31 @@ START_TEST(test_interleaved_order) {
         memcpy(&bias[j], &u, 4);
         bias16[j] = (uint16_t)(u >> 16);
     }
-    for (int64_t r = 0; r < NR; r++) ref_quant(x + r * K, K, qx + r * K, dx + r * (K / 32));
     float *want = malloc((size_t)(NR * N * 4));
-    for (int t = 0; t < 3; t++) {
+    for (int t = 0; t < (int)(sizeof kinds / sizeof *kinds); t++) {
         const int k = kinds[t];
         src_w s;
-        mk_src(k, N, K, 64, &s);
-        for (int64_t o = 0; o < N; o++)
-            for (int64_t r = 0; r < NR; r++) {
-                float acc = 0.0f;
-                for (int64_t b = 0; b < K / 32; b++) {
-                    int32_t p = 0;
-                    float sc;
-                    if (k == W_I8) {
-                        sc = s.scales[o * (K / 32) + b];
-                        for (int e = 0; e < 32; e++) p += (int8_t)s.raw[o * K + 32 * b + e] * qx[r * K + 32 * b + e];
-                    } else {
-                        const uint8_t *blk = s.raw + o * s.rb + b * (k == SQ_GGML_Q4_0 ? 18 : 34);
-                        uint16_t d;
-                        memcpy(&d, blk, 2);
-                        sc = half_to_f32(d);
-                        for (int e = 0; e < 32; e++) {
-                            int c = k == SQ_GGML_Q4_0 ? ((blk[2 + (e & 15)] >> ((e >> 4) * 4)) & 15) - 8
-                                                      : (int8_t)blk[2 + e];
-                            p += c * qx[r * K + 32 * b + e];
-                        }
-                    }
-                    acc = fmaf(sc * dx[r * (K / 32) + b], (float)p, acc);
-                }
-                want[r * N + o] = acc + bias[o];
-            }
+        mk_src_dq(k, N, K, qbs[t], dqs[t], &s);
+        ref_interleaved(k, &s, x, NR, N, K, bias, want);
         for (int i = 0; i < 3; i++) {
-            sq_weight *w = mk_w(bes[i], k, &s, N, K), *bw = NULL;
+            sq_weight *w = NULL, *bw = NULL;
+            if (k < 0 && k != W_I8 && t % 2 == 0) {   /* the loader's G64 form, kept */
+                sq_qtensor g = s.q;
+                g.layout = SQ_Q4_LAYOUT_G64;
+                g.packed = malloc((size_t)(N * K / 2));
+                sq_q4_convert_groups(s.q.packed, g.packed, (uint64_t)(N * K / 64), true);
+                ck_assert_int_eq(sq_backend_weight_4bit(bes[i], "g64", &g, &w, NULL), SQ_OK);
+                free(g.packed);
+            } else {
+                w = mk_w(bes[i], k, &s, N, K);
+            }
             ck_assert_int_eq(sq_backend_weight_dense(bes[i], "bias", t == 1 ? SQ_DTYPE_BF16 : SQ_DTYPE_F32,
                                                      t == 1 ? (const void *)bias16 : bias, 1, N, &bw, NULL), SQ_OK);
             for (int64_t n = 1; n <= NR; n += 4) {   /* 1, 5, 9 rows: the GEMV and the GEMM */
                 float *y = sq_test_linear(bes[i], w, x, n, bw);
                 for (int64_t j = 0; j < n * N; j++)
-                    ck_assert_msg(memcmp(&y[j], &want[j], 4) == 0, "%s on %s, %lld rows: out %lld = %.9g, order says %.9g",
-                                  kind_name(k), sq_backend_name(bes[i]), (long long)n, (long long)j, y[j], want[j]);
+                    ck_assert_msg(memcmp(&y[j], &want[j], 4) == 0, "%s bs %d dq %d on %s, %lld rows: out %lld = %.9g, order says %.9g",
+                                  kind_name(k), qbs[t], (int)dqs[t], sq_backend_name(bes[i]), (long long)n, (long long)j, y[j], want[j]);
                 free(y);
             }
             sq_backend_weight_free(bes[i], w);
@@ -384,42 +431,53 @@ START_TEST(test_interleaved_order) {
     free(want);
     free(x);
     free(bias);
-    free(dx);
-    free(qx);
     for (int i = 0; i < 3; i++) sq_backend_destroy(bes[i]);
 }
 END_TEST
 
-/* A weight uploaded for int8 activations (interleaved), then used with float32 ones and as an
- * embedding table: the same bits as the weight uploaded in f32 mode, on every path. */
+/* A weight uploaded for int8 activations (interleaved: its int8 results are the documented
+ * order's), then used with float32 ones and (not 4-bit) as an embedding table: the same bits as
+ * the weight uploaded in f32 mode, on every path.  NF4 with absmax blocks of 128 (64 for FP4,
+ * with double quant). */
 START_TEST(test_interleaved_f32_and_embed) {
-    const int64_t N = 48, K = 96, NR = 3;
-    static const int kinds[] = {SQ_GGML_Q4_0, SQ_GGML_Q8_0, W_I8};
+    const int64_t N = 48, K = 256, NR = 3;
+    static const int kinds[] = {SQ_GGML_Q4_0, SQ_GGML_Q8_0, W_I8, W_NF4, W_FP4};
     float *x = malloc((size_t)(NR * K * 4));
     for (int64_t j = 0; j < NR * K; j++) x[j] = rng_f(-2, 2);
     static const char *isas[] = {NULL, "avx2", "portable"};
-    for (int t = 0; t < 3; t++)
+    float *want = malloc((size_t)(NR * N * 4));
+    for (int t = 0; t < 5; t++)
         for (int i = 0; i < 3; i++) {
             const int k = kinds[t];
             src_w s;
-            mk_src(k, N, K, 64, &s);
+            mk_src_dq(k, N, K, k == W_NF4 ? 128 : 64, k == W_FP4, &s);
             sq_backend *b8 = mk_be(2, isas[i], SQ_CPU_ACT_INT8), *bf = mk_be(2, isas[i], SQ_CPU_ACT_F32);
             sq_weight *w8 = mk_w(b8, k, &s, N, K), *wf = mk_w(bf, k, &s, N, K);
             float *yq = sq_test_linear(b8, w8, x, NR, NULL);   /* int8: differs from f32 */
+            ref_interleaved(k, &s, x, NR, N, K, NULL, want);
+            ck_assert_msg(memcmp(yq, want, (size_t)(NR * N * 4)) == 0, "%s: int8 not the interleaved order",
+                          kind_name(k));
             ck_assert_int_eq(sq_backend_cpu_set_activations(b8, SQ_CPU_ACT_F32, NULL), SQ_OK);
             float *y8 = sq_test_linear(b8, w8, x, NR, NULL), *yf = sq_test_linear(bf, wf, x, NR, NULL);
             ck_assert_msg(memcmp(y8, yf, (size_t)(NR * N * 4)) == 0, "%s: f32 linear", kind_name(k));
             ck_assert_msg(memcmp(yq, yf, (size_t)(NR * N * 4)) != 0, "%s: int8 == f32", kind_name(k));
-            int32_t ids[4] = {0, 17, 47, 31};
-            float *e8 = malloc((size_t)(4 * K * 4)), *ef = malloc((size_t)(4 * K * 4));
-            ck_assert_int_eq(sq_backend_embed(b8, w8, ids, 4, e8, NULL), SQ_OK);
-            ck_assert_int_eq(sq_backend_embed(bf, wf, ids, 4, ef, NULL), SQ_OK);
-            ck_assert_int_eq(sq_backend_sync(b8, NULL), SQ_OK);
-            ck_assert_int_eq(sq_backend_sync(bf, NULL), SQ_OK);
-            ck_assert_msg(memcmp(e8, ef, (size_t)(4 * K * 4)) == 0, "%s: embedding rows", kind_name(k));
-            for (int64_t e = 0; e < K; e++) ck_assert(memcmp(&ef[K + e], &s.deq[17 * K + e], 4) == 0);
-            free(e8);
-            free(ef);
+            /* and back to int8: the interleaved results again */
+            ck_assert_int_eq(sq_backend_cpu_set_activations(b8, SQ_CPU_ACT_INT8, NULL), SQ_OK);
+            float *yq2 = sq_test_linear(b8, w8, x, NR, NULL);
+            ck_assert(memcmp(yq2, want, (size_t)(NR * N * 4)) == 0);
+            free(yq2);
+            if (k != W_NF4 && k != W_FP4) {   /* no 4-bit embedding tables */
+                int32_t ids[4] = {0, 17, 47, 31};
+                float *e8 = malloc((size_t)(4 * K * 4)), *ef = malloc((size_t)(4 * K * 4));
+                ck_assert_int_eq(sq_backend_embed(b8, w8, ids, 4, e8, NULL), SQ_OK);
+                ck_assert_int_eq(sq_backend_embed(bf, wf, ids, 4, ef, NULL), SQ_OK);
+                ck_assert_int_eq(sq_backend_sync(b8, NULL), SQ_OK);
+                ck_assert_int_eq(sq_backend_sync(bf, NULL), SQ_OK);
+                ck_assert_msg(memcmp(e8, ef, (size_t)(4 * K * 4)) == 0, "%s: embedding rows", kind_name(k));
+                for (int64_t e = 0; e < K; e++) ck_assert(memcmp(&ef[K + e], &s.deq[17 * K + e], 4) == 0);
+                free(e8);
+                free(ef);
+            }
             free(yq);
             free(y8);
             free(yf);
@@ -429,25 +487,26 @@ START_TEST(test_interleaved_f32_and_embed) {
             sq_backend_destroy(bf);
             free_src(&s);
         }
+    free(want);
     free(x);
 }
 END_TEST
 
 /* sq_backend_linear_multi: the same bits as one sq_backend_linear per weight, for groups that
- * share one quantization of x (Q4_0 x 3 with a bias, NF4 x 2, int8 with and without zero
- * point) and groups that cannot (Q4_0 + Q8_0: other corrections; Q4_K + Q6_K + Q4_0; a dense
+ * share one quantization of x (Q4_0 x 3 with a bias, NF4 x 3, int8 with and without zero
+ * point; the third weight of each, 80 outputs, interleaved by 16 outputs and the others not) and groups that cannot (Q4_0 + Q8_0: other corrections; Q4_K + Q6_K + Q4_0; a dense
  * weight), 1 / 5 / 41 rows, int8 and float32 activations.  Then x is rewritten in place and the
  * call repeated: the outputs are those of the new x (no stale quantization is reused).  And the
  * argument errors: overlapping outputs, mismatched widths, counts outside [1, 8]. */
 START_TEST(test_linear_multi) {
-    const int64_t K = 256, Ns[3] = {40, 24, 72}, rows[3] = {1, 5, 41};
+    const int64_t K = 256, Ns[3] = {40, 24, 80}, rows[3] = {1, 5, 41};   /* 80: interleaved */
     static const int groups[][3] = {{SQ_GGML_Q4_0, SQ_GGML_Q4_0, SQ_GGML_Q4_0},
-                                    {W_NF4, W_NF4, 0},
+                                    {W_NF4, W_NF4, W_NF4},
                                     {W_I8, W_I8ZP, W_I8},
                                     {SQ_GGML_Q4_0, SQ_GGML_Q8_0, 0},
                                     {SQ_GGML_Q4_K, SQ_GGML_Q6_K, SQ_GGML_Q4_0},
                                     {SQ_GGML_Q8_0, 1000, 0}};   /* 1000: dense F32 */
-    static const int group_n[] = {3, 2, 3, 2, 3, 2};
+    static const int group_n[] = {3, 3, 3, 2, 3, 2};
     sq_error err;
     sq_error_init(&err, -1);
     for (int act = 0; act < 2; act++) {

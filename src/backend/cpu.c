@@ -4,6 +4,7 @@
  * cpu_sample.c.
  * Must never keep a dequantized copy of a 4-bit weight, allocate inside an op, or print. */
 #include "cpu_impl.h"
+#include "cpu_q8i.h"
 
 #include <math.h>
 #include <sys/mman.h>
@@ -111,7 +112,8 @@ static sq_status cpu_weight_dense(sq_backend *be, sq_weight *w, sq_dtype dt, con
 
 /* Repacked into the layout of sq_cpu_q4_pos (cpu_impl.h, any in_features; cpu_linear.c does
  * it); absmax stays one float32 per bnb block (flat index (o * cols + k) / blocksize, blocks
- * may cross rows), double-quant absmax expanded once. */
+ * may cross rows), double-quant absmax expanded once.  In int8 mode then interleaved by 16
+ * outputs where it fits (sq_cpu_q4_q8i). */
 static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor *q,
                                  sq_error *err) {
     const float *code = sq_quant_code_table(q->type);
@@ -134,7 +136,7 @@ static sq_status cpu_weight_4bit(sq_backend *be, sq_weight *w, const sq_qtensor 
     w->data_d = packed;
     w->absmax_d = absmax;
     w->n_bytes = packed_bytes + q->n_blocks * sizeof(float);
-    return SQ_OK;
+    return sq_cpu_q4_q8i(be, w, err);
 }
 
 static void cpu_weight_release(sq_backend *be, sq_weight *w) {

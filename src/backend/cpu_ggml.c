@@ -86,7 +86,7 @@ sq_status sq_cpu_weight_ggml(sq_backend *be, sq_weight *w, sq_ggml_type type, co
     w->n_bytes = code_bytes + scale_bytes * (w->qf.has_bias ? 2 : 1);
     /* int8 activations: the layout of their kernels (cpu_q8i.h) */
     if (sq_cpu_of(be)->act_int8) {
-        st = sq_cpu_q8i_repack(w, err);
+        st = sq_cpu_q8i_repack(sq_cpu_of(be)->pool, w, err);
         if (st != SQ_OK) {
             free(codes);
             free(scales);

@@ -73,6 +73,9 @@ int64_t sq_cpu_q4_row_bytes(int64_t K);
 /* bnb's packed nibbles of a [rows, K] weight (flat element i in byte i / 2, even i in the high
  * nibble) into the layout above, rows in parallel on pool (NULL: the calling thread). */
 void sq_cpu_q4_repack(sq_pool *pool, const uint8_t *src, uint8_t *dst, int64_t rows, int64_t K);
+/* In int8 mode: a 4-bit weight just made (G64 rows, float32 absmax) interleaved by 16 outputs
+ * for the int8 kernels when it fits (cpu_q8i.h); on failure its buffers are freed. */
+sq_status sq_cpu_q4_q8i(sq_backend *be, sq_weight *w, sq_error *err);
 /* A 4-bit weight in layout G64 (cpu_repack.c: kept as it is, taken over with take). */
 sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bool take,
                                  sq_error *err);

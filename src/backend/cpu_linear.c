@@ -8,7 +8,9 @@
  * (exactly bnb's dequantized value, absmax of the bnb block holding the element's flat index
  * o * K + k) before it meets x.  Tiling (how many rows share a decoded weight vector, how many
  * outputs run side by side, which thread) therefore never changes a result bit; the portable
- * path uses fmaf() in the same order and agrees bit for bit.
+ * path uses fmaf() in the same order and agrees bit for bit.  A 4-bit weight interleaved for
+ * the int8 kernels (w->q8i, cpu_q8i.h; uploaded in int8 mode, then used with float32
+ * activations) takes that portable path, element by element: slow, the same bits.
  * 4-bit on AVX2: the 16 code values are split into 4 byte planes; vpshufb looks up 32 nibbles
  * per plane at once and two rounds of unpacks rebuild the float32 codes in k order (the repacked
  * layout, sq_cpu_q4_pos, is made for that), then one multiply by absmax and the FMA.  Few rows:
@@ -16,6 +18,7 @@
  * two outputs is decoded once into a small stack buffer and reused by every row of the tile.
  * Must never keep a dequantized copy of a weight beyond one panel per running task. */
 #include "cpu_impl.h"
+#include "cpu_q8i.h"
 
 #include <math.h>
 #include <string.h>
@@ -137,6 +140,7 @@ static inline float w_elem(const lin_ctx *c, int64_t o, int64_t k) {
     case SQ_WSTORE_F32: return ((const float *)w->data_d)[o * c->K + k];
     case SQ_WSTORE_BF16: return sq_bf16_to_f32_1(((const uint16_t *)w->data_d)[o * c->K + k]);
     default: {
+        if (w->q8i) return w->code[sq_cpu_q8i_q4_nibble(w, o, k)] * sq_cpu_q8i_q4_absmax(w, o, k);
         int64_t byte;
         int shift;
         sq_cpu_q4_pos(c->K, k, &byte, &shift);
@@ -591,7 +595,8 @@ static void lin_task(void *ctx_, int64_t t, int thread) {
     int64_t o0 = ot * c->otile, o1 = o0 + c->otile < c->N ? o0 + c->otile : c->N;
     int64_t r0 = rt * c->rt, r1 = r0 + c->rt < c->n_rows ? r0 + c->rt : c->n_rows;
 #ifdef SQ_HAVE_X86
-    if (tc->isa != SQ_CPU_PORTABLE) { lin_tile_avx2(c, o0, o1, r0, r1); return; }
+    /* interleaved for int8 activations (cpu_q8i.h): the portable path reads it, same bits */
+    if (tc->isa != SQ_CPU_PORTABLE && !c->w->q8i) { lin_tile_avx2(c, o0, o1, r0, r1); return; }
 #endif
     lin_rows_portable(c, o0, o1, r0, r1);
 }

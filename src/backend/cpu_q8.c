@@ -23,8 +23,8 @@
  * llama.cpp's IQ4_NL is an int8 table) and s = fl(absmax * fl(1 / 127)).
  *
  * Two layouts, each with its own fixed order.  Weights interleaved by 16 outputs (w->q8i,
- * cpu_q8i.h: Q4_0, Q8_0 and int8 absmax with out_features % 16 == 0, made at upload when the
- * backend is in int8 mode) take cpu_q8i.c, whose lanes are outputs:
+ * cpu_q8i.h: Q4_0, Q8_0, int8 absmax, NF4 / FP4 (with whole absmax blocks >= 64 per row), all
+ * with out_features % 16 == 0, made at upload in int8 mode) take cpu_q8i.c (lanes = outputs):
  *   p_b = the exact int32 sum over block b of c * qx; acc = fma(fl(s_b * dx_b), (float)p_b, acc)
  *   for b ascending; y = acc + the Linear's bias.
  * Every other weight keeps the row-major layout and this order below.
@@ -781,7 +781,7 @@ static void q8_task(void *ctx_, int64_t t, int thread) {
     int64_t r0 = rt * c->rt, r1 = r0 + c->rt < c->n_rows ? r0 + c->rt : c->n_rows;
     if (c->w->q8i) {   /* interleaved by 16 outputs: cpu_q8i.c */
         sq_q8i_args a = {c->w, c->bias, c->bias_bf16, c->out, c->qx, c->dx, c->bsum,
-                         c->K, c->N, c->nb, c->isa, c->zmm};
+                         c->K, c->N, c->nb, c->isa, c->zmm, c->kind == K_LUT ? c->lut : NULL};
         sq_cpu_q8i_tile(&a, o0, o1, r0, r1);
         return;
     }

@@ -7,11 +7,14 @@
  * and a second buffer per weight.  Dense F32 / BF16: the buffer as it is (the caller's is at
  * least the weight rounded up to 64 bytes, as the backend's own allocations).  Must never
  * change a byte of what the backend holds (test_backend compares it with the copied weight
- * and with the repack of the BNB twin). */
+ * and with the repack of the BNB twin).  In int8 mode a 4-bit weight, kept or copied, is then
+ * interleaved in place for the int8 kernels where it fits (sq_cpu_q4_q8i, cpu_q8i.h), the same
+ * bytes either way. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_impl.h"
+#include "cpu_q8i.h"
 
 /* aligned_alloc(64) of n rounded up, as the backend's own allocations (freed with free()) */
 static void *alloc64(uint64_t n) {
@@ -21,7 +24,6 @@ static void *alloc64(uint64_t n) {
 
 sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bool take,
                                  sq_error *err) {
-    (void)be;
     const float *code = sq_quant_code_table(q->type);
     if (!code)
         return sq_error_set(err, SQ_ERR_INTERNAL, NULL, w->name, "no code table for quant type %d",
@@ -50,7 +52,18 @@ sq_status sq_cpu_weight_4bit_g64(sq_backend *be, sq_weight *w, sq_qtensor *q, bo
     w->data_d = packed;
     w->absmax_d = absmax;
     w->n_bytes = packed_bytes + absmax_bytes;
-    return SQ_OK;
+    return sq_cpu_q4_q8i(be, w, err);
+}
+
+sq_status sq_cpu_q4_q8i(sq_backend *be, sq_weight *w, sq_error *err) {
+    if (!sq_cpu_of(be)->act_int8) return SQ_OK;
+    sq_status st = sq_cpu_q8i_repack(sq_cpu_of(be)->pool, w, err);
+    if (st != SQ_OK) {   /* the buffers are the weight's now (taken or allocated) */
+        free(w->data_d);
+        free(w->absmax_d);
+        w->data_d = w->absmax_d = NULL;
+    }
+    return st;
 }
 
 bool sq_cpu_weight_dense_map(sq_backend *be, sq_weight *w, sq_dtype src_dtype, const void *src,

@@ -64,7 +64,7 @@ sq_status sq_backend_weight_qblock(sq_backend *be, const char *name, const sq_qb
     if (st == SQ_OK) st = be->ops->upload(be, w->absmax_d, scales, param_bytes, &e);
     if (st == SQ_OK && f->has_bias) st = be->ops->upload(be, w->bias_d, biases, param_bytes, &e);
     /* the CPU backend with int8 activations: the layout of their kernels (cpu_q8i.h) */
-    if (st == SQ_OK && sq_backend_cpu_activations_int8(be)) st = sq_cpu_q8i_repack(w, &e);
+    if (st == SQ_OK && sq_backend_cpu_activations_int8(be)) st = sq_cpu_q8i_repack(NULL, w, &e);
     if (st != SQ_OK) {
         if (w->data_d) be->ops->free(be, w->data_d);
         if (w->absmax_d) be->ops->free(be, w->absmax_d);
