@@ -14,17 +14,8 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static uint64_t rng_state = 0x1234567;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float rng_f(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
-}
+#define SQ_TEST_RNG_SEED 0x1234567
+#include "test_rng.h"
 static float *rand_vec(int64_t n, float lo, float hi) {
     float *v = malloc((size_t)n * sizeof *v);
     for (int64_t i = 0; i < n; i++) v[i] = rng_f(lo, hi);

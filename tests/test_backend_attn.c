@@ -13,16 +13,8 @@
 #include "backend_testutil.h"
 #include "shardq/backend.h"
 
-static uint64_t rng_state = 0x2545f491;
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float rng_f(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
-}
+#define SQ_TEST_RNG_SEED 0x2545f491
+#include "test_rng.h"
 
 static sq_backend *mk_be(int n_threads, const char *isa) {
     sq_backend_limits lim = {.max_rows = 256, .max_width = 1024, .max_vocab = 64, .max_head_dim = 128};

@@ -16,16 +16,8 @@
 #include "shardq/backend.h"
 #include "shardq/ggml_quant.h"
 
-static uint64_t rng_state = 0x51f15eed;
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float rng_f(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
-}
+#define SQ_TEST_RNG_SEED 0x51f15eed
+#include "test_rng.h"
 
 static const int k_types[] = {SQ_GGML_Q8_0, SQ_GGML_Q4_0, SQ_GGML_Q4_1, SQ_GGML_Q5_0,
                               SQ_GGML_Q5_1, SQ_GGML_Q4_K, SQ_GGML_Q5_K, SQ_GGML_Q6_K,

@@ -21,16 +21,8 @@
 #include "shardq/quant.h"
 #include "shardq/size.h"
 
-static uint64_t rng_state = 0x51ed2701;
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float rng_f(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
-}
+#define SQ_TEST_RNG_SEED 0x51ed2701
+#include "test_rng.h"
 
 /* the quantized ggml types, then NF4 and FP4 (as negative tags) */
 #define W_NF4 (-1)

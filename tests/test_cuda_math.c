@@ -13,17 +13,7 @@
 #include "shardq/backend.h"
 #include "shardq/quant.h"
 
-static uint64_t rng_state;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9e3779b97f4a7c15ull + 1; }
-static uint64_t rng_u64(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-static float rng_f(float lo, float hi) {
-    return lo + (hi - lo) * (float)((rng_u64() >> 40) * (1.0 / 16777216.0));
-}
+#include "test_rng.h"
 static sq_backend *cpu_be(void) {
     sq_backend *be = NULL;
     sq_error err;
